@@ -1,0 +1,49 @@
+# flotilla — the README's two commands are `make demo` and `make test`.
+# Every target that needs Debian packages runs `make deps` first.
+
+GO      ?= go
+BIN     := bin
+CMDS    := announce render scheduler
+# Debian packages the tests and the demo use: a real etcd (3.4, as CoreOS-era
+# clusters run), haproxy and nginx for the load balancer, systemd and a user bus
+# for the systemd executor, iproute2 for network namespaces.
+DEBS    := etcd-server etcd-client haproxy nginx-light systemd dbus-user-session iproute2 procps util-linux curl ca-certificates
+TESTFLAGS ?=
+export GOFLAGS ?= -mod=mod
+
+.PHONY: all build test unit store-binary vet fmt-check deps demo bench faults clean
+
+all: build
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -trimpath -o $(BIN)/ $(addprefix ./cmd/,$(CMDS))
+
+deps:
+	@./scripts/deps.sh $(DEBS)
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+# The whole suite with the race detector: unit tests, real etcd (embedded),
+# integration with real haproxy/nginx/systemd; then the store suite again against
+# Debian's etcd server binary.
+test: deps fmt-check vet build
+	$(GO) test -race -count=1 -timeout 20m $(TESTFLAGS) ./...
+	$(MAKE) store-binary
+
+store-binary:
+	FLOTILLA_TEST_ETCD_BIN=$$(command -v etcd) $(GO) test -count=1 -timeout 5m $(TESTFLAGS) ./internal/store/...
+
+demo: deps build
+	@./scripts/demo.sh
+
+bench: deps build
+	@./bench/run.sh
+
+clean:
+	rm -rf $(BIN) bench/results

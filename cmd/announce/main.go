@@ -1,0 +1,6 @@
+// Command announce — see run.go.
+package main
+
+import "github.com/flotilla/flotilla/internal/cmdline"
+
+func main() { cmdline.Main("announce", run) }

@@ -1,0 +1,21 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"io"
+
+	"github.com/flotilla/flotilla/internal/cmdline"
+)
+
+const usage = `usage: scheduler [flags]
+
+(skeleton: the command is being built)`
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("scheduler", flag.ContinueOnError)
+	if err := cmdline.Parse(fs, args, stdout, usage); err != nil {
+		return err
+	}
+	return cmdline.Usagef("not implemented yet")
+}

@@ -1,0 +1,176 @@
+// Package store is flotilla's only door to etcd: it owns the etcd v3 client and
+// offers what the rest of the code needs — reads with their revision, watches that
+// resume from a revision, leases as objects, guarded transactions and leader
+// election — with errors that name the operation and the endpoints.
+package store
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+)
+
+// Client is a connection to an etcd cluster. It is safe for concurrent use.
+type Client struct {
+	cli       *clientv3.Client
+	endpoints []string
+}
+
+// Open connects to etcd and checks that at least one endpoint answers (and that
+// the credentials are accepted) within cfg.DialTimeout. It never blocks longer
+// than that. cfg is validated first.
+func Open(ctx context.Context, cfg Config) (*Client, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	where := strings.Join(cfg.Endpoints, ",")
+	tlsCfg, err := tlsConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to etcd %s: %w", where, err)
+	}
+	eps := cfg.Endpoints
+	if tlsCfg != nil {
+		// The client picks TLS per endpoint from its scheme.
+		eps = make([]string, len(cfg.Endpoints))
+		for i, ep := range cfg.Endpoints {
+			eps[i] = strings.Replace(ep, "http://", "https://", 1)
+		}
+	}
+	dctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
+	defer cancel()
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:            eps,
+		DialTimeout:          cfg.DialTimeout,
+		DialKeepAliveTime:    10 * time.Second,
+		DialKeepAliveTimeout: 5 * time.Second,
+		TLS:                  tlsCfg,
+		Username:             cfg.Username,
+		Password:             cfg.Password,
+		Logger:               zap.NewNop(),
+		Context:              ctx,
+		PermitWithoutStream:  true,
+		RejectOldCluster:     false,
+		DialOptions:          []grpc.DialOption{},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("connect to etcd %s: %w", where, explain(err, cfg, tlsCfg))
+	}
+	c := &Client{cli: cli, endpoints: eps}
+	if err := c.probe(dctx); err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("connect to etcd %s (within %s): %w", where, cfg.DialTimeout, explain(err, cfg, tlsCfg))
+	}
+	return c, nil
+}
+
+// probe asks for a key that is not expected to exist: it exercises connection,
+// TLS and authentication with the smallest request.
+func (c *Client) probe(ctx context.Context) error {
+	_, err := c.cli.Get(ctx, "\x00flotilla-probe", clientv3.WithCountOnly())
+	if errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrGRPCPermissionDenied) {
+		return nil // authenticated; the user is just not allowed that key
+	}
+	return err
+}
+
+// Endpoints returns the endpoints the client was opened with.
+func (c *Client) Endpoints() []string { return append([]string(nil), c.endpoints...) }
+
+// Close closes the connection. It is safe to call more than once.
+func (c *Client) Close() error {
+	err := c.cli.Close()
+	if err != nil && (errors.Is(err, context.Canceled) || strings.Contains(err.Error(), "already closed")) {
+		return nil
+	}
+	return err
+}
+
+// Ping checks that etcd answers within ctx.
+func (c *Client) Ping(ctx context.Context) error {
+	if err := c.probe(ctx); err != nil {
+		return fmt.Errorf("ping etcd %s: %w", strings.Join(c.endpoints, ","), err)
+	}
+	return nil
+}
+
+func tlsConfig(cfg Config) (*tls.Config, error) {
+	if !cfg.TLSEnabled() {
+		return nil, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: cfg.InsecureSkipVerify}
+	if cfg.CACert != "" {
+		pem, err := os.ReadFile(cfg.CACert)
+		if err != nil {
+			return nil, fmt.Errorf("read CA %s: %w", cfg.CACert, err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("read CA %s: no PEM certificate in it", cfg.CACert)
+		}
+		tc.RootCAs = pool
+	}
+	if cfg.Cert != "" {
+		pair, err := tls.LoadX509KeyPair(cfg.Cert, cfg.Key)
+		if err != nil {
+			return nil, fmt.Errorf("load client certificate %s / %s: %w", cfg.Cert, cfg.Key, err)
+		}
+		tc.Certificates = []tls.Certificate{pair}
+	}
+	return tc, nil
+}
+
+// explain turns a bare deadline into the reason behind it when one can be
+// found: a refused connection or a failed TLS handshake says more than
+// "context deadline exceeded".
+func explain(err error, cfg Config, tlsCfg *tls.Config) error {
+	if errors.Is(err, rpctypes.ErrAuthFailed) || errors.Is(err, rpctypes.ErrGRPCAuthFailed) {
+		return fmt.Errorf("authentication failed for user %q: %w", cfg.Username, err)
+	}
+	if !errors.Is(err, context.DeadlineExceeded) && !strings.Contains(err.Error(), "deadline") {
+		return err
+	}
+	var reasons []string
+	for _, ep := range cfg.Endpoints {
+		u, perr := url.Parse(ep)
+		if perr != nil {
+			continue
+		}
+		d := net.Dialer{Timeout: time.Second}
+		conn, derr := d.Dial("tcp", u.Host)
+		if derr != nil {
+			reasons = append(reasons, fmt.Sprintf("%s: %v", u.Host, derr))
+			continue
+		}
+		if tlsCfg != nil {
+			tc := tlsCfg.Clone()
+			if tc.ServerName == "" {
+				tc.ServerName, _, _ = net.SplitHostPort(u.Host)
+			}
+			tconn := tls.Client(conn, tc)
+			tconn.SetDeadline(time.Now().Add(time.Second))
+			if herr := tconn.Handshake(); herr != nil {
+				reasons = append(reasons, fmt.Sprintf("%s: TLS handshake: %v", u.Host, herr))
+			} else if _, rerr := tconn.Read(make([]byte, 1)); rerr != nil && strings.Contains(rerr.Error(), "certificate") {
+				// TLS 1.3: the server refuses a client certificate after the handshake.
+				reasons = append(reasons, fmt.Sprintf("%s: TLS: %v", u.Host, rerr))
+			}
+		}
+		conn.Close()
+	}
+	if len(reasons) == 0 {
+		return fmt.Errorf("no answer: %w", err)
+	}
+	return fmt.Errorf("%s: %w", strings.Join(reasons, "; "), err)
+}
