@@ -1,0 +1,67 @@
+package systemdtest_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/flotilla/flotilla/internal/systemdtest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// TestManager starts a manager, runs a unit in it through systemctl inside
+// the namespace and checks that the unit's process ran with the manager's
+// runtime directory, and that the manager answers on its bus.
+func TestManager(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	m := systemdtest.New(t)
+
+	out := filepath.Join(m.Dir, "out")
+	unit := "[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo $XDG_RUNTIME_DIR > " + out + "'\n"
+	if err := os.WriteFile(filepath.Join(m.UnitDir, "hello.service"), []byte(unit), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Systemctl(ctx, "daemon-reload"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Systemctl(ctx, "start", "hello.service"); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatalf("the unit did not run: %v", err)
+	}
+	if got := strings.TrimSpace(string(b)); got != m.RuntimeDir {
+		t.Errorf("unit saw XDG_RUNTIME_DIR=%q, want %q", got, m.RuntimeDir)
+	}
+
+	conn, err := systemdtest.Dial(ctx, m.BusAddress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	st, err := conn.ListUnitsByNamesContext(ctx, []string{"hello.service"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st) != 1 || st[0].LoadState != "loaded" || st[0].ActiveState != "inactive" {
+		t.Errorf("hello.service over the bus: %+v, want loaded/inactive", st)
+	}
+}
+
+// TestHostUntouched checks that the host's /run is not the one the manager
+// sees: /run/systemd/system must not appear outside the namespace.
+func TestHostUntouched(t *testing.T) {
+	_, before := os.Stat("/run/systemd/system")
+	systemdtest.New(t)
+	if _, after := os.Stat("/run/systemd/system"); (before == nil) != (after == nil) {
+		t.Errorf("/run/systemd/system changed on the host: before %v, after %v", before, after)
+	}
+}
