@@ -1,0 +1,339 @@
+package resources
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	texttemplate "text/template"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	"go.yaml.in/yaml/v2"
+)
+
+// ApplyOptions change how Apply puts a rendered file in place.
+type ApplyOptions struct {
+	// Noop writes nothing: when the file would change, a unified diff goes to
+	// Diff (if set) and Apply reports the change.
+	Noop bool
+	Diff io.Writer
+	// SyncOnly skips check_cmd (and the caller skips reload_cmd).
+	SyncOnly bool
+	// Logger receives command output; nil discards it.
+	Logger *slog.Logger
+}
+
+// Apply puts content at r.Dest when it differs from what is there (content,
+// mode or owner): staged in Dest's directory with its final mode from the
+// first byte, fsynced, checked with check_cmd, then renamed over Dest. It
+// reports whether Dest changed (or, with Noop, would change). On any error
+// Dest is untouched. Apply does not run reload_cmd: see Reload.
+func (r *Resource) Apply(ctx context.Context, content []byte, opts ApplyOptions) (changed bool, err error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if err := validateFormat(r.OutputFormat, content); err != nil {
+		return false, fmt.Errorf("render %s: output is not valid %s: %w", r.Name, r.OutputFormat, err)
+	}
+	mode, uid, gid := r.Mode, r.UID, r.GID
+	if uid < 0 {
+		uid = os.Geteuid()
+	}
+	if gid < 0 {
+		gid = os.Getegid()
+	}
+	old, oldErr := os.ReadFile(r.Dest)
+	st, statErr := os.Stat(r.Dest)
+	if !r.ModeSet {
+		mode = 0o644
+		if statErr == nil {
+			mode = st.Mode().Perm()
+		}
+	}
+	if oldErr == nil && statErr == nil && bytes.Equal(old, content) && sameOwnerMode(st, mode, uid, gid) {
+		return false, nil
+	}
+	if opts.Noop {
+		if opts.Diff != nil {
+			from := r.Dest
+			if oldErr != nil {
+				from = "/dev/null"
+			}
+			d := UnifiedDiff(from, r.Dest, old, content)
+			if len(d) == 0 && statErr == nil {
+				d = []byte(fmt.Sprintf("%s: mode/owner %v %d:%d → %v %d:%d\n", r.Dest, st.Mode().Perm(), statUID(st), statGID(st), mode, uid, gid))
+			}
+			opts.Diff.Write(d)
+		}
+		return true, nil
+	}
+	dir := filepath.Dir(r.Dest)
+	if r.CreateDestDir {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return false, fmt.Errorf("render %s: create_dest_dir %s: %w", r.Name, dir, err)
+		}
+	}
+	staged, err := stage(dir, filepath.Base(r.Dest), content, mode, uid, gid)
+	if err != nil {
+		return false, fmt.Errorf("render %s: stage %s: %w", r.Name, r.Dest, err)
+	}
+	keep := r.KeepStageFile
+	defer func() {
+		if !keep {
+			os.Remove(staged)
+		}
+	}()
+	if r.CheckCmd != "" && !opts.SyncOnly {
+		cmd, err := expandCmd(r.CheckCmd, staged, r.Dest)
+		if err != nil {
+			return false, fmt.Errorf("render %s: check_cmd: %w", r.Name, err)
+		}
+		if err := RunCommand(ctx, log, cmd, r.CheckTimeout); err != nil {
+			return false, fmt.Errorf("render %s: check_cmd %w", r.Name, err)
+		}
+	}
+	if r.Backup && statErr == nil {
+		bak := r.Dest + ".bak"
+		os.Remove(bak)
+		if err := os.Link(r.Dest, bak); err != nil {
+			if err := os.WriteFile(bak, old, st.Mode().Perm()); err != nil {
+				return false, fmt.Errorf("render %s: backup %s: %w", r.Name, bak, err)
+			}
+		}
+	}
+	if err := os.Rename(staged, r.Dest); err != nil {
+		if !errors.Is(err, syscall.EBUSY) {
+			return false, fmt.Errorf("render %s: rename %s → %s: %w", r.Name, staged, r.Dest, err)
+		}
+		// A bind-mounted file (docker -v file:file) cannot be replaced:
+		// write it in place, as confd does.
+		if err := writeInPlace(r.Dest, content, mode, uid, gid); err != nil {
+			return false, fmt.Errorf("render %s: write %s in place: %w", r.Name, r.Dest, err)
+		}
+	} else {
+		syncDir(dir)
+	}
+	return true, nil
+}
+
+// Reload runs reload_cmd ({{.dest}} is Dest) with its timeout; a resource
+// without one does nothing. ctx cancels it; pass a context that outlives a
+// shutdown to let a reload finish.
+func (r *Resource) Reload(ctx context.Context, log *slog.Logger) error {
+	if r.ReloadCmd == "" {
+		return nil
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	cmd, err := expandCmd(r.ReloadCmd, r.Dest, r.Dest)
+	if err != nil {
+		return fmt.Errorf("reload %s: reload_cmd: %w", r.Name, err)
+	}
+	if err := RunCommand(ctx, log, cmd, r.ReloadTimeout); err != nil {
+		return fmt.Errorf("reload %s: reload_cmd %w", r.Name, err)
+	}
+	return nil
+}
+
+// RunCommand runs cmd with /bin/sh -c (as confd does: users' commands rely on
+// the shell) in its own process group, killed with the group after timeout.
+// Its output goes to log. The error says how it ended and carries the tail
+// of its output.
+func RunCommand(ctx context.Context, log *slog.Logger, cmd string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	c := exec.CommandContext(ctx, "/bin/sh", "-c", cmd)
+	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	c.Cancel = func() error { return syscall.Kill(-c.Process.Pid, syscall.SIGKILL) }
+	c.WaitDelay = 2 * time.Second
+	var out bytes.Buffer
+	c.Stdout, c.Stderr = &out, &out
+	start := time.Now()
+	err := c.Run()
+	text := strings.TrimSpace(out.String())
+	log.Info("command", "cmd", cmd, "took", time.Since(start).Round(time.Millisecond), "output", text, "err", err)
+	if err == nil {
+		return nil
+	}
+	if len(text) > 2000 {
+		text = "…" + text[len(text)-2000:]
+	}
+	var ee *exec.ExitError
+	switch {
+	case ctx.Err() == context.DeadlineExceeded:
+		return fmt.Errorf("%q timed out after %s: %s", cmd, timeout, text)
+	case errors.As(err, &ee):
+		return fmt.Errorf("%q exited %d: %s", cmd, ee.ExitCode(), text)
+	default:
+		return fmt.Errorf("%q: %w", cmd, err)
+	}
+}
+
+// expandCmd fills {{.src}} and {{.dest}} in a command template. The values are
+// paths render controls; they are shell-quoted when they hold anything but
+// plain path characters.
+func expandCmd(text, src, dest string) (string, error) {
+	if text == "" {
+		return "", nil
+	}
+	t, err := texttemplate.New("cmd").Parse(text)
+	if err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	if err := t.Execute(&b, map[string]string{"src": ShellQuote(src), "dest": ShellQuote(dest)}); err != nil {
+		return "", err
+	}
+	return b.String(), nil
+}
+
+// ShellQuote returns s unchanged when it holds only characters that need no
+// quoting in sh, else s in single quotes.
+func ShellQuote(s string) string {
+	safe := s != ""
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("/._-+:@,%=", c)) {
+			safe = false
+			break
+		}
+	}
+	if safe {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+func stage(dir, base string, content []byte, mode os.FileMode, uid, gid int) (string, error) {
+	var rnd [6]byte
+	var f *os.File
+	var name string
+	for range 10 {
+		rand.Read(rnd[:])
+		name = filepath.Join(dir, "."+base+"."+hex.EncodeToString(rnd[:]))
+		var err error
+		f, err = os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, os.ErrExist) {
+			return "", err
+		}
+	}
+	if f == nil {
+		return "", fmt.Errorf("no free staging name in %s", dir)
+	}
+	err := func() error {
+		if err := f.Chmod(mode); err != nil { // undo the umask before the first byte
+			return err
+		}
+		if err := f.Chown(uid, gid); err != nil && !(errors.Is(err, syscall.EPERM) && uid == os.Geteuid()) {
+			return err
+		}
+		if _, err := f.Write(content); err != nil {
+			return err
+		}
+		return f.Sync()
+	}()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(name)
+		return "", err
+	}
+	return name, nil
+}
+
+func writeInPlace(dest string, content []byte, mode os.FileMode, uid, gid int) error {
+	f, err := os.OpenFile(dest, os.O_WRONLY|os.O_TRUNC, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(content); err != nil {
+		f.Close()
+		return err
+	}
+	f.Chmod(mode)
+	f.Chown(uid, gid)
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+}
+
+func sameOwnerMode(st os.FileInfo, mode os.FileMode, uid, gid int) bool {
+	return st.Mode().Perm() == mode.Perm() && statUID(st) == uid && statGID(st) == gid
+}
+
+func statUID(st os.FileInfo) int {
+	if s, ok := st.Sys().(*syscall.Stat_t); ok {
+		return int(s.Uid)
+	}
+	return -1
+}
+
+func statGID(st os.FileInfo) int {
+	if s, ok := st.Sys().(*syscall.Stat_t); ok {
+		return int(s.Gid)
+	}
+	return -1
+}
+
+// validateFormat refuses content that does not parse as format ("" accepts all).
+func validateFormat(format string, b []byte) error {
+	switch format {
+	case "":
+		return nil
+	case "json":
+		var v any
+		return json.Unmarshal(b, &v)
+	case "yaml":
+		var v any
+		return yaml.Unmarshal(b, &v)
+	case "toml":
+		var v map[string]any
+		_, err := toml.Decode(string(b), &v)
+		return err
+	case "xml":
+		d := xml.NewDecoder(bytes.NewReader(b))
+		elems := 0
+		for {
+			tok, err := d.Token()
+			if err == io.EOF {
+				if elems == 0 {
+					return errors.New("no element")
+				}
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			if _, ok := tok.(xml.StartElement); ok {
+				elems++
+			}
+		}
+	}
+	return fmt.Errorf("unknown format %q", format)
+}
