@@ -5,100 +5,230 @@
 // THIS FILE IS THE CONTRACT between template/ and its users (resources/,
 // internal/render). Its exported API may grow; its signatures should not change
 // without updating every caller.
+//
+// # Functions
+//
+// Every template gets, in this order of precedence:
+//
+//   - confd's functions (kelseyhightower/confd v0.16/v0.17) with confd's exact
+//     semantics, so a confd template renders byte for byte as confd renders it:
+//     get getv gets getvs exists ls lsdir base dir split join json jsonArray
+//     map getenv datetime toUpper toLower contains replace trimSuffix lookupIP
+//     lookupIPV4 lookupIPV6 lookupSRV fileExists base64Encode base64Decode
+//     parseBool reverse sortByLength sortKVByLength add sub mul div mod seq atoi.
+//   - the functions the maintained fork (abtreece/confd v0.41) added: hostname
+//     lookupIfaceIPV4 lookupIfaceIPV6 include default ternary coalesce empty
+//     toJson fromJson toPrettyJson indent nindent quote squote regexMatch
+//     regexFind regexReplaceAll trimPrefix repeat nospace snakecase camelcase
+//     kebabcase dict list hasKey keys values append pluck sha256sum.
+//     Where the two confd lines disagree (seq with first > last, reverse
+//     copying or not) the original's meaning is kept.
+//   - every function of Masterminds/sprig/v3's HermeticTxtFuncMap. When a
+//     sprig name is taken by one of the functions above, the confd/fork
+//     meaning wins and sprig's function stays reachable with the prefix
+//     "sprig_": sprig_join, sprig_contains, sprig_trimPrefix, sprig_seq, ….
+//
+// docs/template-functions.md lists every function with its origin and meaning.
+//
+// # Errors
+//
+// A render error names the template, the line and, for get/getv, the key:
+//
+//	render template haproxy.cfg.tmpl:12: getv: key "/clusterstate/x" not found
+//
+// Such errors wrap a *KeyError (and ErrKeyNotFound). Map lookups with a
+// missing key are errors (missingkey=error), not "<no value>".
 package template
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
-	"sort"
+	"net"
+	"os"
+	"slices"
 	"strings"
+	"sync"
 	texttemplate "text/template"
+	"time"
+
+	"github.com/Masterminds/sprig/v3"
 )
 
-// KVPair is one key and value as templates see them (confd's memkv.KVPair):
-// Key is relative to the resource's prefix, always starting with "/".
-type KVPair struct {
-	Key   string
-	Value string
-}
-
-// Store is the snapshot a template renders from. Keys are absolute within
-// the snapshot ("/clusterstate/ns/nginx@1.service"). Safe for concurrent reads;
-// Set and Delete must not run concurrently with rendering.
-type Store struct {
-	m map[string]string
-}
-
-// NewStore returns a store holding kvs (copied).
-func NewStore(kvs map[string]string) *Store {
-	s := &Store{m: make(map[string]string, len(kvs))}
-	for k, v := range kvs {
-		s.m[k] = v
-	}
-	return s
-}
-
-// Set sets key to value.
-func (s *Store) Set(key, value string) { s.m[key] = value }
-
-// Delete removes key.
-func (s *Store) Delete(key string) { delete(s.m, key) }
-
-// Len returns the number of keys.
-func (s *Store) Len() int { return len(s.m) }
-
-// Get returns a key's value.
-func (s *Store) Get(key string) (string, bool) {
-	v, ok := s.m[key]
-	return v, ok
-}
-
-// Keys returns every key, sorted.
-func (s *Store) Keys() []string {
-	ks := make([]string, 0, len(s.m))
-	for k := range s.m {
-		ks = append(ks, k)
-	}
-	sort.Strings(ks)
-	return ks
-}
-
 // Options changes how a template is parsed and rendered. The zero value is
-// confd's behaviour.
+// confd's behaviour with the real environment, clock, resolver and host name.
 type Options struct {
 	// Delims overrides "{{" and "}}" when both are set.
 	Delims [2]string
-	// Dir is the templates directory: `include` is confined to it.
+	// Dir is the templates directory: `include` is confined to it. Empty
+	// means include fails.
 	Dir string
+	// IncludeDepth bounds how deeply includes nest; 0 means 10 (the fork's
+	// limit).
+	IncludeDepth int
 	// Getenv looks up environment variables for getenv; nil means os.Getenv.
 	Getenv func(string) string
+	// Hostname answers hostname; nil means os.Hostname.
+	Hostname func() (string, error)
+	// Now answers datetime; nil means time.Now.
+	Now func() time.Time
+	// LookupIP resolves names for lookupIP, lookupIPV4 and lookupIPV6; nil
+	// means net.LookupIP.
+	LookupIP func(host string) ([]net.IP, error)
+	// LookupSRV resolves lookupSRV; nil means net.LookupSRV.
+	LookupSRV func(service, proto, name string) (string, []*net.SRV, error)
+	// InterfaceAddrs lists an interface's addresses for lookupIfaceIPV4/6;
+	// nil means the host's interfaces (net.InterfaceByName).
+	InterfaceAddrs func(name string) ([]net.Addr, error)
+}
+
+func (o *Options) getenv(key string) string {
+	if o.Getenv != nil {
+		return o.Getenv(key)
+	}
+	return os.Getenv(key)
+}
+
+func (o *Options) now() time.Time {
+	if o.Now != nil {
+		return o.Now()
+	}
+	return time.Now()
+}
+
+func (o *Options) includeDepth() int {
+	if o.IncludeDepth > 0 {
+		return o.IncludeDepth
+	}
+	return 10
 }
 
 // Template is a parsed template, ready to render many snapshots. Safe for
 // concurrent use.
 type Template struct {
-	name string
-	t    *texttemplate.Template
+	name  string
+	opts  Options
+	funcs texttemplate.FuncMap // the full map; store functions unbound
+	base  *texttemplate.Template
+	pool  sync.Pool // *execState: a clone of base bound to its own binding
 }
 
-// Parse parses text as the template called name (the file name, used in errors).
+// execState is one ready-to-run copy of a template whose store functions
+// read b.
+type execState struct {
+	t *texttemplate.Template
+	b *binding
+}
+
+// binding is what the store functions and include of one execution read.
+// It is used by one goroutine at a time (execStates are pooled).
+type binding struct {
+	t     *Template
+	store *Store
+	depth int      // includes currently nested
+	stack []string // names being rendered, for cycle detection
+	full  texttemplate.FuncMap
+}
+
+// FuncNames returns the name of every function a template can call, sorted.
+func FuncNames() []string {
+	m := buildFuncs(&Options{}, &binding{})
+	names := make([]string, 0, len(m))
+	for n := range m {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// ownFuncs is everything that is not sprig: confd's functions, the fork's and
+// the store functions bound to b.
+func ownFuncs(o *Options, b *binding) texttemplate.FuncMap {
+	m := confdFuncs(o)
+	for n, f := range forkFuncs(o) {
+		m[n] = f
+	}
+	for n, f := range boundFuncs(b) {
+		m[n] = f
+	}
+	return m
+}
+
+// boundFuncs are the functions that read a binding.
+func boundFuncs(b *binding) texttemplate.FuncMap {
+	m := storeFuncs(b)
+	m["include"] = b.include
+	return m
+}
+
+// buildFuncs merges hermetic sprig under our functions; a sprig function
+// whose name we take is kept as "sprig_<name>".
+func buildFuncs(o *Options, b *binding) texttemplate.FuncMap {
+	m := sprig.HermeticTxtFuncMap()
+	for n, f := range ownFuncs(o, b) {
+		if sf, ok := m[n]; ok {
+			m["sprig_"+n] = sf
+		}
+		m[n] = f
+	}
+	return m
+}
+
+func newText(name string, o *Options, funcs texttemplate.FuncMap) *texttemplate.Template {
+	t := texttemplate.New(name).Option("missingkey=error")
+	if o.Delims[0] != "" && o.Delims[1] != "" {
+		t = t.Delims(o.Delims[0], o.Delims[1])
+	}
+	return t.Funcs(funcs)
+}
+
+// Parse parses text as the template called name (the file name, used in
+// errors and as the start of include cycle detection).
 func Parse(name string, text []byte, opts Options) (*Template, error) {
-	t := texttemplate.New(name)
-	if opts.Delims[0] != "" && opts.Delims[1] != "" {
-		t = t.Delims(opts.Delims[0], opts.Delims[1])
-	}
-	t, err := t.Parse(string(text))
+	t := &Template{name: name, opts: opts}
+	t.funcs = buildFuncs(&t.opts, &binding{t: t})
+	base, err := newText(name, &t.opts, t.funcs).Parse(string(text))
 	if err != nil {
-		return nil, fmt.Errorf("parse template %s: %w", name, err)
+		return nil, parseError(name, err)
 	}
-	return &Template{name: name, t: t}, nil
+	t.base = base
+	return t, nil
 }
 
-// Execute renders the template against s into w.
+// Name returns the name the template was parsed with.
+func (t *Template) Name() string { return t.name }
+
+func (t *Template) state() (*execState, error) {
+	if st, ok := t.pool.Get().(*execState); ok {
+		return st, nil
+	}
+	b := &binding{t: t}
+	c, err := t.base.Clone()
+	if err != nil {
+		return nil, fmt.Errorf("render template %s: %w", t.name, err)
+	}
+	c.Funcs(boundFuncs(b))
+	return &execState{t: c, b: b}, nil
+}
+
+// Execute renders the template against s into w. On error, w may hold part
+// of the output: render into a buffer (Render) when that matters. A nil s is
+// an empty store.
 func (t *Template) Execute(w io.Writer, s *Store) error {
-	if err := t.t.Execute(w, nil); err != nil {
-		return fmt.Errorf("render template %s: %w", t.name, strings.TrimPrefix(err.Error(), "template: "))
+	if s == nil {
+		s = NewStore(nil)
+	}
+	st, err := t.state()
+	if err != nil {
+		return err
+	}
+	st.b.store, st.b.depth, st.b.stack = s, 0, append(st.b.stack[:0], cleanName(t.name))
+	err = st.t.Execute(w, nil)
+	st.b.store = nil
+	t.pool.Put(st)
+	if err != nil {
+		return execError(t.name, err)
 	}
 	return nil
 }
@@ -110,4 +240,81 @@ func (t *Template) Render(s *Store) ([]byte, error) {
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+// tmplError is a parse or render error located in a template.
+type tmplError struct {
+	op  string // "parse" or "render"
+	loc string // "name" or "name:line"
+	msg string
+	err error
+}
+
+func (e *tmplError) Error() string { return e.op + " template " + e.loc + ": " + e.msg }
+func (e *tmplError) Unwrap() error { return e.err }
+
+func isDigits(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// parseError turns text/template's "template: name:3: msg" into
+// "parse template name:3: msg".
+func parseError(name string, err error) error {
+	text := strings.TrimPrefix(err.Error(), "template: ")
+	loc, msg := name, text
+	if rest, ok := strings.CutPrefix(text, name+":"); ok {
+		if line, m, ok := strings.Cut(rest, ": "); ok && isDigits(line) {
+			loc, msg = name+":"+line, m
+		}
+	}
+	return &tmplError{op: "parse", loc: loc, msg: msg, err: err}
+}
+
+// execError turns text/template's
+//
+//	template: name:12:7: executing "name" at <getv "/x">: error calling getv: …
+//
+// into "render template name:12: getv: …", keeping the cause for errors.As.
+func execError(name string, err error) error {
+	var ee texttemplate.ExecError
+	if !errors.As(err, &ee) {
+		return &tmplError{op: "render", loc: name, msg: err.Error(), err: err}
+	}
+	text := strings.TrimPrefix(ee.Err.Error(), "template: ")
+	loc, msg := name, text
+	if i := strings.Index(text, `: executing "`); i >= 0 {
+		loc, msg = text[:i], text[i+2:]
+		if j := strings.LastIndexByte(loc, ':'); j >= 0 && isDigits(loc[j+1:]) {
+			loc = loc[:j] // drop the column
+		}
+	} else if rest, ok := strings.CutPrefix(text, ee.Name+": "); ok {
+		msg = rest
+	}
+	if rest, ok := strings.CutPrefix(msg, "executing "); ok {
+		// `executing "name" at <ctx>: …` → `at <ctx>: …`
+		if k := strings.Index(rest, `" at <`); k >= 0 {
+			msg = rest[k+2:]
+		}
+	}
+	cause := errors.Unwrap(ee.Err)
+	if cause == nil {
+		return &tmplError{op: "render", loc: loc, msg: msg, err: err}
+	}
+	head := strings.TrimSuffix(msg, cause.Error())
+	msg = cause.Error()
+	if i := strings.LastIndex(head, "error calling "); i >= 0 {
+		fn := strings.TrimSuffix(head[i+len("error calling "):], ": ")
+		if !strings.HasPrefix(msg, fn+":") && !strings.HasPrefix(msg, fn+" ") {
+			msg = fn + ": " + msg
+		}
+	}
+	return &tmplError{op: "render", loc: loc, msg: msg, err: cause}
 }

@@ -1,0 +1,234 @@
+package template
+
+import (
+	"path"
+	"sort"
+	"strings"
+
+	"github.com/google/btree"
+)
+
+// KVPair is one key and value as templates see them (confd's memkv.KVPair):
+// Key is relative to the resource's prefix, always starting with "/".
+type KVPair struct {
+	Key   string
+	Value string
+}
+
+// btreeDegree is the fan-out of the store's ordered index. 32 keeps the tree
+// shallow (four levels at 100k keys) and the per-node slices cache friendly.
+const btreeDegree = 32
+
+func lessKV(a, b KVPair) bool { return a.Key < b.Key }
+
+// Store is the snapshot a template renders from. Keys are absolute within
+// the snapshot ("/clusterstate/ns/nginx@1.service").
+//
+// Keys are kept in an ordered B-tree, so Set and Delete cost O(log n) and the
+// prefix scans behind gets, getvs, ls and lsdir visit only the keys under the
+// pattern's literal prefix. The zero value is not usable: use NewStore.
+//
+// Safe for concurrent reads (rendering from several goroutines); Set, Delete
+// and Clone must not run concurrently with rendering or with each other.
+// A long-lived store that receives watch events can hand a cheap
+// copy-on-write snapshot to a renderer with Clone.
+type Store struct {
+	t *btree.BTreeG[KVPair]
+	// unclean counts keys that path.Clean would change (or that are not
+	// absolute). While it is zero, ls can restrict itself to a prefix scan and
+	// still give exactly memkv's answer.
+	unclean int
+}
+
+// NewStore returns a store holding kvs (copied).
+func NewStore(kvs map[string]string) *Store {
+	s := &Store{t: btree.NewG(btreeDegree, lessKV)}
+	for k, v := range kvs {
+		s.Set(k, v)
+	}
+	return s
+}
+
+func isUnclean(key string) bool {
+	return !strings.HasPrefix(key, "/") || path.Clean(key) != key
+}
+
+// Set sets key to value.
+func (s *Store) Set(key, value string) {
+	if _, replaced := s.t.ReplaceOrInsert(KVPair{Key: key, Value: value}); !replaced && isUnclean(key) {
+		s.unclean++
+	}
+}
+
+// Delete removes key; deleting a missing key does nothing.
+func (s *Store) Delete(key string) {
+	if _, ok := s.t.Delete(KVPair{Key: key}); ok && isUnclean(key) {
+		s.unclean--
+	}
+}
+
+// Len returns the number of keys.
+func (s *Store) Len() int { return s.t.Len() }
+
+// Get returns a key's value.
+func (s *Store) Get(key string) (string, bool) {
+	kv, ok := s.t.Get(KVPair{Key: key})
+	return kv.Value, ok
+}
+
+// Keys returns every key, sorted.
+func (s *Store) Keys() []string {
+	ks := make([]string, 0, s.t.Len())
+	s.t.Ascend(func(kv KVPair) bool {
+		ks = append(ks, kv.Key)
+		return true
+	})
+	return ks
+}
+
+// Clone returns an independent copy of s in O(1): both share nodes until one
+// of them is written (copy on write). Use it to render a snapshot while the
+// original keeps receiving updates.
+func (s *Store) Clone() *Store {
+	return &Store{t: s.t.Clone(), unclean: s.unclean}
+}
+
+// ascendPrefix calls fn for every pair whose key starts with prefix, in key
+// order, until fn returns false.
+func (s *Store) ascendPrefix(prefix string, fn func(KVPair) bool) {
+	if prefix == "" {
+		s.t.Ascend(fn)
+		return
+	}
+	s.t.AscendGreaterOrEqual(KVPair{Key: prefix}, func(kv KVPair) bool {
+		if !strings.HasPrefix(kv.Key, prefix) {
+			return false
+		}
+		return fn(kv)
+	})
+}
+
+// literalPrefix returns the part of a path.Match pattern before its first
+// special character: every name the pattern matches starts with it.
+func literalPrefix(pattern string) string {
+	if i := strings.IndexAny(pattern, `*?[\`); i >= 0 {
+		return pattern[:i]
+	}
+	return pattern
+}
+
+// getAll is memkv's GetAll: every pair whose key matches pattern
+// (path.Match syntax), sorted by key. A malformed pattern is an error
+// whenever the store holds at least one key, as in memkv.
+func (s *Store) getAll(pattern string) ([]KVPair, error) {
+	out := make([]KVPair, 0)
+	var err error
+	s.ascendPrefix(literalPrefix(pattern), func(kv KVPair) bool {
+		ok, merr := path.Match(pattern, kv.Key)
+		if merr != nil {
+			err = merr
+			return false
+		}
+		if ok {
+			out = append(out, kv)
+		}
+		return true
+	})
+	if err != nil {
+		return nil, err
+	}
+	if len(out) == 0 && s.t.Len() > 0 {
+		// memkv matches the pattern against every key, so a malformed
+		// pattern fails even when no key shares its literal prefix.
+		first, _ := s.t.Min()
+		if _, merr := path.Match(pattern, first.Key); merr != nil {
+			return nil, merr
+		}
+	}
+	return out, nil
+}
+
+// getAllValues is memkv's GetAllValues: the values of getAll, sorted by value.
+func (s *Store) getAllValues(pattern string) ([]string, error) {
+	kvs, err := s.getAll(pattern)
+	if err != nil {
+		return make([]string, 0), err
+	}
+	vs := make([]string, len(kvs))
+	for i, kv := range kvs {
+		vs[i] = kv.Value
+	}
+	sort.Strings(vs)
+	return vs, nil
+}
+
+func pathToTerms(p string) []string { return strings.Split(path.Clean(p), "/") }
+
+func samePrefixTerms(prefix, test []string) bool {
+	if len(test) < len(prefix) {
+		return false
+	}
+	for i := range prefix {
+		if prefix[i] != test[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func sortedSet(m map[string]struct{}) []string {
+	vs := make([]string, 0, len(m))
+	for k := range m {
+		vs = append(vs, k)
+	}
+	sort.Strings(vs)
+	return vs
+}
+
+// list is memkv's List (template function ls): the names of the entries
+// directly below dir, sorted and unique; a key equal to dir contributes its
+// base name. The rule is applied exactly as memkv applies it; only the set of
+// keys it is applied to is narrowed to those that can match.
+func (s *Store) list(dir string) []string {
+	seen := make(map[string]struct{})
+	prefix := pathToTerms(dir)
+	visit := func(kv KVPair) bool {
+		if kv.Key == dir {
+			seen[path.Base(kv.Key)] = struct{}{}
+			return true
+		}
+		if samePrefixTerms(prefix, pathToTerms(path.Dir(kv.Key))) {
+			rest := strings.TrimPrefix(strings.TrimPrefix(kv.Key, dir), "/")
+			name, _, _ := strings.Cut(rest, "/")
+			seen[name] = struct{}{}
+		}
+		return true
+	}
+	clean := path.Clean(dir)
+	if s.unclean > 0 || !strings.HasPrefix(clean, "/") || clean == "/" {
+		s.t.Ascend(visit)
+		return sortedSet(seen)
+	}
+	// Every key is clean and absolute: path.Dir(key) lies under clean exactly
+	// when key starts with clean+"/"; a key equal to dir is the only other hit.
+	if kv, ok := s.t.Get(KVPair{Key: dir}); ok {
+		visit(kv)
+	}
+	s.ascendPrefix(clean+"/", visit)
+	return sortedSet(seen)
+}
+
+// listDir is memkv's ListDir (template function lsdir): the names of the
+// entries directly below dir that have entries below them, sorted and unique.
+func (s *Store) listDir(dir string) []string {
+	seen := make(map[string]struct{})
+	prefix := pathToTerms(dir)
+	s.ascendPrefix(dir, func(kv KVPair) bool {
+		items := pathToTerms(path.Dir(kv.Key))
+		if samePrefixTerms(prefix, items) && len(items)-len(prefix) >= 1 {
+			seen[items[len(prefix)]] = struct{}{}
+		}
+		return true
+	})
+	return sortedSet(seen)
+}
