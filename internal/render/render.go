@@ -1,0 +1,713 @@
+// Package render is the runner behind cmd/render: it keeps every resource of
+// a confd directory rendered from one shared watch of the key source.
+//
+// One goroutine owns all state: it applies watch batches to a per-resource
+// in-memory snapshot (only resources whose keys changed become dirty), renders
+// a dirty resource once its quiescence window closes, retries failures with
+// backoff, defers throttled reloads, and reloads its configuration when
+// conf.d or templates change (fsnotify) or on request (SIGHUP).
+package render
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/flotilla/flotilla/resources"
+	"github.com/flotilla/flotilla/template"
+)
+
+// Mode says how Run keeps files current.
+type Mode int
+
+const (
+	// Watch follows the source's changes (-watch).
+	Watch Mode = iota
+	// Poll lists the source every Interval (confd without -watch).
+	Poll
+)
+
+// Config is what the runner needs. Zero durations take the defaults.
+type Config struct {
+	// ConfDir holds conf.d/ and templates/.
+	ConfDir string
+	// Prefix is the global key prefix.
+	Prefix string
+	// Source gives the keys.
+	Source Source
+	// Mode and Interval: watch, or poll every Interval (default 10m).
+	Mode     Mode
+	Interval time.Duration
+	// Wait is the global quiescence window (-wait); a resource's own wins.
+	Wait resources.Wait
+	// Noop prints diffs to Diff and writes nothing; SyncOnly writes without
+	// check/reload; KeepStageFile keeps staged files; Strict makes unknown
+	// keys in resource files errors.
+	Noop, SyncOnly, KeepStageFile, Strict bool
+	Diff                                  io.Writer
+	// RetryMin and RetryMax bound the backoff after a failure (1s, 1m).
+	RetryMin, RetryMax time.Duration
+	// PingInterval is how often the source's health is probed (5s).
+	PingInterval time.Duration
+	// ConfigDebounce gathers file events before a config reload (100ms).
+	ConfigDebounce time.Duration
+	// NoConfigWatch turns off fsnotify on conf.d and templates.
+	NoConfigWatch bool
+	// Reload requests a config reload (SIGHUP).
+	Reload <-chan struct{}
+	// Notify receives sd_notify states ("READY=1", …); nil drops them.
+	Notify func(state string)
+	// WatchdogInterval sends WATCHDOG=1 this often from the loop (0: never).
+	WatchdogInterval time.Duration
+	// Logger, Metrics: nil discards.
+	Logger  *slog.Logger
+	Metrics *Metrics
+}
+
+func (c *Config) defaults() {
+	if c.Interval <= 0 {
+		c.Interval = 10 * time.Minute
+	}
+	if c.RetryMin <= 0 {
+		c.RetryMin = time.Second
+	}
+	if c.RetryMax <= 0 {
+		c.RetryMax = time.Minute
+	}
+	if c.RetryMax < c.RetryMin {
+		c.RetryMax = c.RetryMin
+	}
+	if c.PingInterval <= 0 {
+		c.PingInterval = 5 * time.Second
+	}
+	if c.ConfigDebounce <= 0 {
+		c.ConfigDebounce = 100 * time.Millisecond
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Notify == nil {
+		c.Notify = func(string) {}
+	}
+}
+
+func (c *Config) confDir() string      { return filepath.Join(c.ConfDir, "conf.d") }
+func (c *Config) templatesDir() string { return filepath.Join(c.ConfDir, "templates") }
+
+// entry is one resource's state; owned by the loop goroutine.
+type entry struct {
+	res      *resources.Resource
+	tmpl     *template.Template
+	tmplText []byte
+	store    *template.Store // nil until the first resync
+
+	dirty        bool
+	first, last  time.Time // first and last change not yet rendered
+	since        time.Time // arrival of the oldest unrendered watch batch
+	failures     int
+	retryAt      time.Time
+	reloadWanted bool
+	reloadAt     time.Time
+	reloadFails  int
+	lastReload   time.Time
+	rendered     bool // attempted at least once
+}
+
+type runner struct {
+	cfg     Config
+	log     *slog.Logger
+	entries map[string]*entry // by resource file path
+	rev     int64
+}
+
+func newRunner(cfg Config) *runner {
+	cfg.defaults()
+	return &runner{cfg: cfg, log: cfg.Logger, entries: map[string]*entry{}}
+}
+
+// loadConfig reads conf.d and templates. A file that fails keeps its previous
+// good entry, if any. It returns the new entries, the errors, and whether
+// anything changed.
+func (r *runner) loadConfig() (changed bool, errs []error) {
+	names, err := filepath.Glob(filepath.Join(r.cfg.confDir(), "*.toml"))
+	if err != nil {
+		return false, []error{err}
+	}
+	if _, err := os.Stat(r.cfg.confDir()); err != nil {
+		errs = append(errs, fmt.Errorf("confdir: %w", err))
+	}
+	opts := resources.LoadOptions{
+		Prefix: r.cfg.Prefix, TemplatesDir: r.cfg.templatesDir(),
+		Strict: r.cfg.Strict, KeepStageFile: r.cfg.KeepStageFile,
+	}
+	next := make(map[string]*entry, len(names))
+	for _, n := range names {
+		old := r.entries[n]
+		e, err := loadEntry(n, opts)
+		if err != nil {
+			errs = append(errs, err)
+			if old != nil {
+				r.log.Error("resource broken; keeping its last good version", "resource", filepath.Base(n), "err", err)
+				next[n] = old
+			} else {
+				r.log.Error("resource skipped", "resource", filepath.Base(n), "err", err)
+			}
+			continue
+		}
+		for _, w := range e.res.Warnings {
+			r.log.Warn(w)
+		}
+		if old != nil && old.res.Equal(e.res) && string(old.tmplText) == string(e.tmplText) {
+			next[n] = old
+			continue
+		}
+		changed = true
+		next[n] = e
+	}
+	if len(next) != len(r.entries) {
+		changed = true
+	}
+	r.entries = next
+	return changed, errs
+}
+
+func loadEntry(file string, opts resources.LoadOptions) (*entry, error) {
+	res, err := resources.Load(file, opts)
+	if err != nil {
+		return nil, err
+	}
+	text, err := os.ReadFile(res.Src)
+	if err != nil {
+		return nil, fmt.Errorf("resource %s: template: %w", file, err)
+	}
+	t, err := template.Parse(filepath.Base(res.Src), text, template.Options{Delims: res.Delims, Dir: opts.TemplatesDir})
+	if err != nil {
+		return nil, fmt.Errorf("resource %s: %w", file, err)
+	}
+	return &entry{res: res, tmpl: t, tmplText: text}, nil
+}
+
+func (r *runner) sorted() []*entry {
+	names := make([]string, 0, len(r.entries))
+	for n := range r.entries {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	out := make([]*entry, len(names))
+	for i, n := range names {
+		out[i] = r.entries[n]
+	}
+	return out
+}
+
+// prefixes returns every resource key (deduplicated) and the longest common
+// string prefix of them, which the one shared watch follows.
+func (r *runner) prefixes() (keys []string, common string) {
+	seen := map[string]bool{}
+	for _, e := range r.entries {
+		for _, k := range e.res.Keys {
+			if !seen[k] {
+				seen[k] = true
+				keys = append(keys, k)
+			}
+		}
+	}
+	sort.Strings(keys)
+	if len(keys) == 0 {
+		return nil, ""
+	}
+	common = keys[0]
+	for _, k := range keys[1:] {
+		i := 0
+		for i < len(common) && i < len(k) && common[i] == k[i] {
+			i++
+		}
+		common = common[:i]
+	}
+	return keys, common
+}
+
+// resync lists every key and rebuilds each resource's snapshot; a resource
+// whose snapshot differs (or that is new) becomes dirty.
+func (r *runner) resync(ctx context.Context, now time.Time) error {
+	keys, _ := r.prefixes()
+	if len(keys) == 0 {
+		return nil
+	}
+	kvs, rev, err := r.cfg.Source.List(ctx, keys)
+	if err != nil {
+		return err
+	}
+	r.rev = rev
+	r.cfg.Metrics.setKeys(len(kvs))
+	for _, e := range r.entries {
+		m := map[string]string{}
+		for k, v := range kvs {
+			if e.res.Match(k) {
+				m[e.res.Relative(k)] = v
+			}
+		}
+		if e.store != nil && sameStore(e.store, m) {
+			continue
+		}
+		e.store = template.NewStore(m)
+		r.markDirty(e, now, time.Time{})
+	}
+	return nil
+}
+
+func sameStore(s *template.Store, m map[string]string) bool {
+	if s.Len() != len(m) {
+		return false
+	}
+	for k, v := range m {
+		if sv, ok := s.Get(k); !ok || sv != v {
+			return false
+		}
+	}
+	return true
+}
+
+func (r *runner) markDirty(e *entry, now, arrived time.Time) {
+	if !e.dirty {
+		e.dirty = true
+		e.first = now
+		e.since = arrived
+	}
+	e.last = now
+}
+
+// apply applies one watch batch to the snapshots.
+func (r *runner) apply(b Batch, now time.Time) {
+	if b.Rev > r.rev {
+		r.rev = b.Rev
+	}
+	for _, c := range b.Changes {
+		for _, e := range r.entries {
+			if e.store == nil || !e.res.Match(c.Key) {
+				continue
+			}
+			rel := e.res.Relative(c.Key)
+			old, had := e.store.Get(rel)
+			if c.Deleted {
+				if !had {
+					continue
+				}
+				e.store.Delete(rel)
+			} else {
+				if had && old == c.Value {
+					continue
+				}
+				e.store.Set(rel, c.Value)
+			}
+			r.markDirty(e, now, now)
+		}
+	}
+}
+
+func (r *runner) wait(e *entry) resources.Wait {
+	if !e.res.Wait.IsZero() {
+		return e.res.Wait
+	}
+	return r.cfg.Wait
+}
+
+// due returns when e next needs the loop (zero: nothing pending).
+func (r *runner) due(e *entry) time.Time {
+	var t time.Time
+	if e.dirty {
+		w := r.wait(e)
+		t = e.last.Add(w.Min)
+		if lim := e.first.Add(w.Max); w.Max > 0 && lim.Before(t) {
+			t = lim
+		}
+	} else if e.failures > 0 {
+		t = e.retryAt
+	}
+	if e.reloadWanted && (t.IsZero() || e.reloadAt.Before(t)) {
+		t = e.reloadAt
+	}
+	return t
+}
+
+func (r *runner) backoff(n int) time.Duration {
+	d := r.cfg.RetryMin
+	for i := 1; i < n && d < r.cfg.RetryMax; i++ {
+		d *= 2
+	}
+	return min(d, r.cfg.RetryMax)
+}
+
+// process renders what is due and runs reloads that are due.
+func (r *runner) process(ctx context.Context) {
+	for _, e := range r.sorted() {
+		now := time.Now()
+		d := r.due(e)
+		if d.IsZero() || d.After(now) || ctx.Err() != nil {
+			continue
+		}
+		if e.dirty || e.failures > 0 {
+			if e.dirty || !e.retryAt.After(now) {
+				r.render(ctx, e)
+			}
+		}
+		if e.reloadWanted && !e.reloadAt.After(time.Now()) {
+			r.reload(ctx, e)
+		}
+	}
+}
+
+// render renders e and puts the file in place; on success it starts or
+// schedules the reload.
+func (r *runner) render(ctx context.Context, e *entry) {
+	name := e.res.Name
+	since := e.since
+	e.dirty, e.rendered = false, true
+	content, err := e.tmpl.Render(e.store)
+	if err != nil {
+		err = fmt.Errorf("render %s: %w", name, err)
+	} else {
+		var changed bool
+		changed, err = e.res.Apply(ctx, content, resources.ApplyOptions{
+			Noop: r.cfg.Noop, Diff: r.cfg.Diff, SyncOnly: r.cfg.SyncOnly, Logger: r.log.With("resource", name),
+		})
+		if err == nil {
+			now := time.Now()
+			e.failures = 0
+			r.cfg.Metrics.rendered(name, changed, now)
+			if !since.IsZero() {
+				r.cfg.Metrics.lag(now.Sub(since))
+			}
+			if changed {
+				r.log.Info("rendered", "resource", name, "dest", e.res.Dest, "rev", r.rev, "noop", r.cfg.Noop)
+				if !r.cfg.Noop && !r.cfg.SyncOnly && e.res.ReloadCmd != "" {
+					e.reloadWanted, e.reloadFails = true, 0
+					e.reloadAt = now
+					if mri := e.res.MinReloadInterval; mri > 0 && !e.lastReload.IsZero() && now.Sub(e.lastReload) < mri {
+						e.reloadAt = e.lastReload.Add(mri)
+						r.log.Info("reload deferred by min_reload_interval", "resource", name, "until", e.reloadAt.Format(time.RFC3339Nano))
+					}
+				}
+			} else {
+				r.log.Debug("unchanged", "resource", name, "rev", r.rev)
+			}
+			return
+		}
+	}
+	if ctx.Err() != nil {
+		e.dirty = true // not a failure of the resource: try again next run
+		return
+	}
+	e.failures++
+	wait := r.backoff(e.failures)
+	e.retryAt = time.Now().Add(wait)
+	r.cfg.Metrics.failed(name)
+	r.log.Error("render failed; will retry", "resource", name, "retry_in", wait, "err", err)
+}
+
+func (r *runner) reload(ctx context.Context, e *entry) {
+	// A reload that has started is let finish on shutdown: only its timeout
+	// stops it.
+	err := e.res.Reload(context.WithoutCancel(ctx), r.log.With("resource", e.res.Name))
+	e.lastReload = time.Now()
+	r.cfg.Metrics.reloaded(e.res.Name, err)
+	if err != nil {
+		e.reloadFails++
+		wait := r.backoff(e.reloadFails)
+		e.reloadAt = time.Now().Add(wait)
+		r.log.Error("reload failed; will retry", "resource", e.res.Name, "retry_in", wait, "err", err)
+		return
+	}
+	e.reloadWanted, e.reloadFails = false, 0
+	r.log.Info("reloaded", "resource", e.res.Name)
+}
+
+// Onetime renders every resource once (no quiescence, no throttling) and
+// returns an error naming each resource that failed.
+func Onetime(ctx context.Context, cfg Config) error {
+	r := newRunner(cfg)
+	_, errs := r.loadConfig()
+	if len(r.entries) > 0 {
+		if err := r.resync(ctx, time.Now()); err != nil {
+			return errors.Join(append(errs, fmt.Errorf("read keys: %w", err))...)
+		}
+	}
+	for _, e := range r.sorted() {
+		r.render(ctx, e)
+		if e.failures > 0 {
+			continue
+		}
+		if e.reloadWanted {
+			err := e.res.Reload(ctx, r.log.With("resource", e.res.Name))
+			if err != nil {
+				errs = append(errs, err)
+			}
+			r.cfg.Metrics.reloaded(e.res.Name, err)
+		}
+	}
+	for _, e := range r.sorted() {
+		if e.failures > 0 {
+			errs = append(errs, r.lastErr(e))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// lastErr re-renders e in memory to name why it failed (Onetime's report).
+func (r *runner) lastErr(e *entry) error {
+	if _, err := e.tmpl.Render(e.store); err != nil {
+		return fmt.Errorf("render %s: %w", e.res.Name, err)
+	}
+	return fmt.Errorf("render %s: failed (see log)", e.res.Name)
+}
+
+// CheckConfig validates every resource and template without writing: files
+// parse, templates parse and render against the source's keys.
+func CheckConfig(ctx context.Context, cfg Config, out io.Writer) error {
+	r := newRunner(cfg)
+	_, errs := r.loadConfig()
+	if len(r.entries) > 0 {
+		if err := r.resync(ctx, time.Now()); err != nil {
+			errs = append(errs, fmt.Errorf("read keys: %w", err))
+		} else {
+			for _, e := range r.sorted() {
+				if _, err := e.tmpl.Render(e.store); err != nil {
+					errs = append(errs, fmt.Errorf("render %s: %w", e.res.Name, err))
+					continue
+				}
+				fmt.Fprintf(out, "ok %s → %s\n", e.res.Name, e.res.Dest)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Run keeps every resource rendered until ctx ends; it returns nil then.
+// It never exits on source failures: it keeps the last good files and
+// retries with backoff.
+func Run(ctx context.Context, cfg Config) error {
+	r := newRunner(cfg)
+	g, ctx := errgroup.WithContext(ctx)
+	cfgEvents := make(chan struct{}, 1)
+	if !r.cfg.NoConfigWatch {
+		fw, err := fsnotify.NewWatcher()
+		if err != nil {
+			return fmt.Errorf("watch %s: %w", r.cfg.ConfDir, err)
+		}
+		for _, d := range []string{r.cfg.confDir(), r.cfg.templatesDir()} {
+			if err := fw.Add(d); err != nil {
+				r.log.Warn("not watching for config changes", "dir", d, "err", err)
+			}
+		}
+		g.Go(func() error {
+			defer fw.Close()
+			for {
+				select {
+				case <-ctx.Done():
+					return nil
+				case ev, ok := <-fw.Events:
+					if !ok {
+						return nil
+					}
+					if strings.HasPrefix(filepath.Base(ev.Name), ".") {
+						continue
+					}
+					select {
+					case cfgEvents <- struct{}{}:
+					default:
+					}
+				case err, ok := <-fw.Errors:
+					if !ok {
+						return nil
+					}
+					r.log.Warn("config watch", "err", err)
+				}
+			}
+		})
+	}
+	if r.cfg.Metrics != nil {
+		g.Go(func() error {
+			t := time.NewTicker(r.cfg.PingInterval)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-t.C:
+				}
+				pctx, cancel := context.WithTimeout(ctx, r.cfg.PingInterval)
+				err := r.cfg.Source.Ping(pctx)
+				cancel()
+				if ctx.Err() == nil {
+					r.cfg.Metrics.setConnected(err == nil)
+				}
+			}
+		})
+	}
+	g.Go(func() error { return r.loop(ctx, cfgEvents) })
+	return g.Wait()
+}
+
+func (r *runner) loop(ctx context.Context, cfgEvents <-chan struct{}) error {
+	var (
+		w          Watcher
+		wc         <-chan Batch
+		needResync = true
+		resyncAt   time.Time
+		resyncFail int
+		cfgAt      time.Time // pending config reload
+		reloading  bool      // RELOADING=1 sent, READY=1 owed
+		ready      bool
+		nextPoll   time.Time
+		nextDog    time.Time
+	)
+	closeWatch := func() {
+		if w != nil {
+			w.Close()
+			w, wc = nil, nil
+		}
+	}
+	defer closeWatch()
+	if _, errs := r.loadConfig(); len(errs) > 0 {
+		r.log.Error("configuration has errors; rendering the rest", "errors", len(errs))
+	}
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		now := time.Now()
+		if !cfgAt.IsZero() && !cfgAt.After(now) {
+			cfgAt = time.Time{}
+			if changed, errs := r.loadConfig(); changed {
+				r.log.Info("configuration reloaded", "resources", len(r.entries), "errors", len(errs))
+				needResync, resyncAt = true, time.Time{}
+			}
+		}
+		if needResync && !resyncAt.After(now) {
+			if err := r.resync(ctx, now); err != nil {
+				if ctx.Err() != nil {
+					break
+				}
+				resyncFail++
+				d := r.backoff(resyncFail)
+				resyncAt = now.Add(d)
+				r.cfg.Metrics.setConnected(false)
+				r.log.Warn("cannot read keys; keeping the last good files", "retry_in", d, "err", err)
+			} else {
+				resyncFail, needResync = 0, false
+				r.cfg.Metrics.setConnected(true)
+				closeWatch()
+				if _, common := r.prefixes(); r.cfg.Mode == Watch && common != "" {
+					w = r.cfg.Source.Watch(ctx, common, r.rev+1)
+					wc = w.C()
+				}
+				nextPoll = now.Add(r.cfg.Interval)
+			}
+		}
+		r.process(ctx)
+		if ctx.Err() != nil {
+			break
+		}
+		if !needResync && (!ready || reloading) && r.allRendered() {
+			r.cfg.Notify("READY=1")
+			r.cfg.Metrics.setReady()
+			ready, reloading = true, false
+		}
+		if r.cfg.WatchdogInterval > 0 && !time.Now().Before(nextDog) {
+			r.cfg.Notify("WATCHDOG=1")
+			nextDog = time.Now().Add(r.cfg.WatchdogInterval)
+		}
+
+		// Sleep until the next thing is due.
+		next := now.Add(time.Hour)
+		soonest := func(t time.Time) {
+			if !t.IsZero() && t.Before(next) {
+				next = t
+			}
+		}
+		for _, e := range r.entries {
+			soonest(r.due(e))
+		}
+		soonest(cfgAt)
+		if needResync {
+			soonest(resyncAt)
+		}
+		if r.cfg.Mode == Poll && !needResync {
+			soonest(nextPoll)
+		}
+		if r.cfg.WatchdogInterval > 0 {
+			soonest(nextDog)
+		}
+		timer.Reset(max(time.Until(next), 0))
+		select {
+		case <-ctx.Done():
+		case <-timer.C:
+			if r.cfg.Mode == Poll && !needResync && !time.Now().Before(nextPoll) {
+				needResync, resyncAt = true, time.Time{}
+			}
+		case b, ok := <-wc:
+			r.batch(b, ok, &needResync, &resyncAt, closeWatch)
+			// Take what else is queued: one render for the lot.
+			for more := true; more && wc != nil; {
+				select {
+				case b, ok := <-wc:
+					r.batch(b, ok, &needResync, &resyncAt, closeWatch)
+				default:
+					more = false
+				}
+			}
+		case <-cfgEvents:
+			cfgAt = time.Now().Add(r.cfg.ConfigDebounce)
+		case <-r.cfg.Reload:
+			r.log.Info("reload requested")
+			r.cfg.Notify(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", monotonicUsec()))
+			reloading = true
+			cfgAt = time.Now()
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	r.cfg.Notify("STOPPING=1")
+	return nil
+}
+
+func (r *runner) batch(b Batch, ok bool, needResync *bool, resyncAt *time.Time, closeWatch func()) {
+	switch {
+	case !ok:
+		closeWatch()
+		*needResync, *resyncAt = true, time.Now().Add(r.cfg.RetryMin)
+	case b.Err != nil:
+		closeWatch()
+		r.log.Warn("watch ended; resyncing", "err", b.Err)
+		*needResync, *resyncAt = true, time.Time{}
+	case b.Resync:
+		*needResync, *resyncAt = true, time.Time{}
+	default:
+		r.apply(b, time.Now())
+	}
+}
+
+func (r *runner) allRendered() bool {
+	for _, e := range r.entries {
+		if !e.rendered {
+			return false
+		}
+	}
+	return true
+}

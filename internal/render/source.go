@@ -1,0 +1,307 @@
+package render
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/fsnotify/fsnotify"
+	"go.yaml.in/yaml/v2"
+
+	"github.com/flotilla/flotilla/internal/store"
+)
+
+// Source is where keys come from: etcd, or a file for trying templates.
+type Source interface {
+	// List returns every key equal to or below each prefix (string prefix:
+	// the runner filters) and the revision it was read at.
+	List(ctx context.Context, prefixes []string) (map[string]string, int64, error)
+	// Watch streams changes of keys under prefix from revision fromRev. The
+	// channel closes after a batch with Err set, or when ctx ends.
+	Watch(ctx context.Context, prefix string, fromRev int64) Watcher
+	// Ping reports whether the source answers.
+	Ping(ctx context.Context) error
+}
+
+// Watcher is a running watch. Close is idempotent and waits for its goroutine.
+type Watcher interface {
+	C() <-chan Batch
+	Close()
+}
+
+// Batch is a set of changes up to Rev. Resync asks for a full List (the file
+// source says so on every change); Err ends the watch.
+type Batch struct {
+	Rev     int64
+	Changes []Change
+	Resync  bool
+	Err     error
+}
+
+// Change is one key set or deleted.
+type Change struct {
+	Key, Value string
+	Deleted    bool
+}
+
+// EtcdSource reads etcd through internal/store. It opens its client lazily and
+// again after a failed open, so render starts (and waits) while etcd is down.
+// Safe for concurrent use; Close it when done.
+type EtcdSource struct {
+	cfg store.Config
+	mu  sync.Mutex
+	c   *store.Client
+}
+
+var _ Source = (*EtcdSource)(nil)
+
+// NewEtcdSource returns a source for cfg. It does not connect yet.
+func NewEtcdSource(cfg store.Config) *EtcdSource { return &EtcdSource{cfg: cfg} }
+
+func (s *EtcdSource) client(ctx context.Context) (*store.Client, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.c != nil {
+		return s.c, nil
+	}
+	c, err := store.Open(ctx, s.cfg)
+	if err != nil {
+		return nil, err
+	}
+	s.c = c
+	return c, nil
+}
+
+// List reads the prefixes in one transaction, within the dial timeout.
+func (s *EtcdSource) List(ctx context.Context, prefixes []string) (map[string]string, int64, error) {
+	c, err := s.client(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*s.cfg.DialTimeout)
+	defer cancel()
+	res, rev, err := c.GetPrefixes(ctx, prefixes)
+	if err != nil {
+		return nil, 0, err
+	}
+	n := 0
+	for _, kvs := range res {
+		n += len(kvs)
+	}
+	out := make(map[string]string, n)
+	for _, kvs := range res {
+		for _, kv := range kvs {
+			out[kv.Key] = string(kv.Value)
+		}
+	}
+	return out, rev, nil
+}
+
+// Ping asks etcd for nothing.
+func (s *EtcdSource) Ping(ctx context.Context) error {
+	c, err := s.client(ctx)
+	if err != nil {
+		return err
+	}
+	return c.Ping(ctx)
+}
+
+// Watch watches prefix through one store watch (which resumes by itself
+// after a disconnect and ends on compaction).
+func (s *EtcdSource) Watch(ctx context.Context, prefix string, fromRev int64) Watcher {
+	c, err := s.client(ctx)
+	if err != nil {
+		ch := make(chan Batch, 1)
+		ch <- Batch{Err: err}
+		close(ch)
+		return &chanWatcher{ch: ch}
+	}
+	w := c.WatchPrefix(ctx, prefix, fromRev)
+	out := make(chan Batch)
+	ctx, cancel := context.WithCancel(ctx)
+	cw := &chanWatcher{ch: out, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(cw.done)
+		defer close(out)
+		defer w.Close()
+		for wb := range w.C {
+			b := Batch{Rev: wb.Rev, Err: wb.Err}
+			for _, ev := range wb.Events {
+				b.Changes = append(b.Changes, Change{Key: ev.KV.Key, Value: string(ev.KV.Value), Deleted: ev.Type == store.EventDelete})
+			}
+			select {
+			case out <- b:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return cw
+}
+
+// Close closes the client, if open.
+func (s *EtcdSource) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.c == nil {
+		return nil
+	}
+	err := s.c.Close()
+	s.c = nil
+	return err
+}
+
+type chanWatcher struct {
+	ch     chan Batch
+	cancel context.CancelFunc
+	done   chan struct{}
+	once   sync.Once
+}
+
+func (w *chanWatcher) C() <-chan Batch { return w.ch }
+
+func (w *chanWatcher) Close() {
+	w.once.Do(func() {
+		if w.cancel != nil {
+			w.cancel()
+			<-w.done
+		}
+	})
+}
+
+// FileSource serves keys from YAML or JSON files (confd's file backend):
+// nested maps become paths ("/a/b"), list items their index ("/a/0").
+// Its watch asks for a resync whenever a file changes.
+type FileSource struct {
+	Files []string
+	rev   int64
+	mu    sync.Mutex
+}
+
+var _ Source = (*FileSource)(nil)
+
+// List reads every file.
+func (s *FileSource) List(_ context.Context, _ []string) (map[string]string, int64, error) {
+	out := map[string]string{}
+	for _, f := range s.Files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, 0, fmt.Errorf("file backend: %w", err)
+		}
+		var v any
+		if err := yaml.Unmarshal(b, &v); err != nil {
+			return nil, 0, fmt.Errorf("file backend %s: %w", f, err)
+		}
+		if err := flatten(out, "", v); err != nil {
+			return nil, 0, fmt.Errorf("file backend %s: %w", f, err)
+		}
+	}
+	s.mu.Lock()
+	s.rev++
+	rev := s.rev
+	s.mu.Unlock()
+	return out, rev, nil
+}
+
+func flatten(out map[string]string, p string, v any) error {
+	switch x := v.(type) {
+	case map[any]any:
+		for k, vv := range x {
+			if err := flatten(out, p+"/"+fmt.Sprint(k), vv); err != nil {
+				return err
+			}
+		}
+	case map[string]any:
+		for k, vv := range x {
+			if err := flatten(out, p+"/"+k, vv); err != nil {
+				return err
+			}
+		}
+	case []any:
+		for i, vv := range x {
+			if err := flatten(out, p+"/"+strconv.Itoa(i), vv); err != nil {
+				return err
+			}
+		}
+	case nil:
+		if p != "" {
+			out[p] = ""
+		}
+	default:
+		if p == "" {
+			return errors.New("want a map at the top")
+		}
+		out[p] = fmt.Sprint(x)
+	}
+	return nil
+}
+
+// Ping always succeeds.
+func (s *FileSource) Ping(context.Context) error { return nil }
+
+// Watch watches the files' directories and sends a Resync batch when one of
+// the files changes.
+func (s *FileSource) Watch(ctx context.Context, _ string, _ int64) Watcher {
+	fw, err := fsnotify.NewWatcher()
+	if err == nil {
+		dirs := map[string]bool{}
+		for _, f := range s.Files {
+			dirs[filepath.Dir(f)] = true
+		}
+		names := make([]string, 0, len(dirs))
+		for d := range dirs {
+			names = append(names, d)
+		}
+		sort.Strings(names)
+		for _, d := range names {
+			if err = fw.Add(d); err != nil {
+				fw.Close()
+				break
+			}
+		}
+	}
+	if err != nil {
+		ch := make(chan Batch, 1)
+		ch <- Batch{Err: fmt.Errorf("file backend: watch: %w", err)}
+		close(ch)
+		return &chanWatcher{ch: ch}
+	}
+	files := map[string]bool{}
+	for _, f := range s.Files {
+		files[filepath.Clean(f)] = true
+	}
+	out := make(chan Batch)
+	ctx, cancel := context.WithCancel(ctx)
+	cw := &chanWatcher{ch: out, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(cw.done)
+		defer close(out)
+		defer fw.Close()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case ev, ok := <-fw.Events:
+				if !ok {
+					return
+				}
+				if !files[filepath.Clean(ev.Name)] || strings.HasPrefix(filepath.Base(ev.Name), ".") {
+					continue
+				}
+				select {
+				case out <- Batch{Resync: true}:
+				case <-ctx.Done():
+					return
+				}
+			case <-fw.Errors:
+			}
+		}
+	}()
+	return cw
+}
