@@ -1,0 +1,394 @@
+package process
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/flotilla/flotilla/internal/executor"
+)
+
+// run is one start of a unit: its lifecycle goroutine runs until the unit is
+// stopped or ends for good (restarts included).
+type run struct {
+	e       *Executor
+	spec    executor.Spec
+	svc     *service
+	stopReq chan struct{}
+	stopped sync.Once
+	done    chan struct{}
+
+	mu    sync.Mutex
+	state executor.State
+}
+
+func (r *run) finished() bool {
+	select {
+	case <-r.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (r *run) requestStop() { r.stopped.Do(func() { close(r.stopReq) }) }
+
+func (r *run) stopRequested() bool {
+	select {
+	case <-r.stopReq:
+		return true
+	default:
+		return false
+	}
+}
+
+// stop asks the lifecycle to stop and waits for it to end.
+func (r *run) stop(ctx context.Context) error {
+	r.requestStop()
+	select {
+	case <-r.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("stop %s: %w", r.spec.Name, ctx.Err())
+	}
+}
+
+func (r *run) setState(active, sub string) {
+	r.mu.Lock()
+	changed := r.state.Active != active || r.state.Sub != sub
+	r.state = executor.State{Load: "loaded", Active: active, Sub: sub}
+	r.mu.Unlock()
+	if changed {
+		r.e.notify()
+	}
+}
+
+func (r *run) getState() executor.State {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.state
+}
+
+// result of one attempt.
+type result int
+
+const (
+	success result = iota
+	failure
+)
+
+func (r *run) lifecycle() {
+	name := r.spec.Name
+	logFile, err := os.OpenFile(r.e.logPath(name), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		r.e.log.Error("open unit log", "unit", name, "err", err)
+		r.setState("failed", "failed")
+		return
+	}
+	defer logFile.Close()
+	for {
+		res := r.attempt(logFile)
+		if r.stopRequested() {
+			r.setState("inactive", "dead")
+			return
+		}
+		restart := r.svc.restart == "always" || (r.svc.restart == "on-failure" && res == failure)
+		if !restart {
+			if res == failure {
+				r.setState("failed", "failed")
+			} else {
+				r.setState("inactive", "dead")
+			}
+			return
+		}
+		r.setState("activating", "auto-restart")
+		logf(logFile, name, "scheduling restart in %s", r.svc.restartSec)
+		t := time.NewTimer(r.svc.restartSec)
+		select {
+		case <-t.C:
+		case <-r.stopReq:
+			t.Stop()
+			r.setState("inactive", "dead")
+			return
+		}
+	}
+}
+
+// attempt runs the unit once, from ExecStartPre to ExecStopPost.
+func (r *run) attempt(logFile *os.File) result {
+	name, svc := r.spec.Name, r.svc
+	env, err := r.environment()
+	if err != nil {
+		logf(logFile, name, "%v", err)
+		return failure
+	}
+	g, err := r.startGuard()
+	if err != nil {
+		logf(logFile, name, "%v", err)
+		return failure
+	}
+	defer g.kill()
+	x := &execCtx{r: r, env: env, log: logFile, pgid: g.pgid}
+
+	logf(logFile, name, "Starting %s", name)
+	res := success
+	started := false
+	var main *exec.Cmd
+	mainDone := make(chan error, 1)
+	r.setState("activating", "start-pre")
+	for _, c := range svc.pre {
+		if err := x.runCmd(c, svc.startTimeout); err != nil && !c.ignoreFailure {
+			res = failure
+			break
+		}
+	}
+	if res == success && !r.stopRequested() {
+		switch svc.typ {
+		case "oneshot":
+			r.setState("activating", "start")
+			for _, c := range svc.start {
+				if err := x.runCmd(c, svc.startTimeout); err != nil && !c.ignoreFailure {
+					res = failure
+					break
+				}
+			}
+		case "forking":
+			r.setState("activating", "start")
+			if err := x.runCmd(svc.start[0], svc.startTimeout); err != nil && !svc.start[0].ignoreFailure {
+				res = failure
+			}
+		default: // simple
+			cmd, err := x.startCmd(svc.start[0])
+			if err != nil {
+				logf(logFile, name, "%v", err)
+				res = failure
+			} else {
+				main = cmd
+				// Owned here: attempt waits for mainDone before returning.
+				go func() { mainDone <- cmd.Wait() }()
+			}
+		}
+	}
+	if res == success && !r.stopRequested() {
+		r.setState("activating", "start-post")
+		for _, c := range svc.post {
+			if err := x.runCmd(c, svc.startTimeout); err != nil && !c.ignoreFailure {
+				res = failure
+				break
+			}
+		}
+	}
+	if res == success && !r.stopRequested() {
+		started = true
+		switch {
+		case main != nil:
+			r.setState("active", "running")
+			logf(logFile, name, "Started %s", name)
+			select {
+			case err := <-mainDone:
+				main = nil
+				if err != nil {
+					logf(logFile, name, "main process exited: %v", exitStatus(err))
+					if !svc.start[0].ignoreFailure {
+						res = failure
+					}
+				} else {
+					logf(logFile, name, "main process exited, status=0/SUCCESS")
+				}
+			case <-r.stopReq:
+			}
+		case svc.typ == "forking":
+			r.setState("active", "running")
+			logf(logFile, name, "Started %s", name)
+			r.waitGroupEmpty(g)
+		case svc.remain:
+			r.setState("active", "exited")
+			logf(logFile, name, "Started %s", name)
+			<-r.stopReq
+		default:
+			logf(logFile, name, "Finished %s", name)
+		}
+	}
+
+	// Stop: ExecStop (only after a successful start), then the group, then
+	// ExecStopPost.
+	r.setState("deactivating", "stop")
+	if started {
+		if main != nil && main.Process != nil {
+			x.mainPID = main.Process.Pid
+		}
+		for _, c := range svc.stop {
+			x.runCmd(c, svc.stopTimeout)
+		}
+	}
+	r.setState("deactivating", "stop-sigterm")
+	g.terminate(svc.stopTimeout, func() { r.setState("deactivating", "stop-sigkill") })
+	if main != nil {
+		if err := <-mainDone; err != nil && started {
+			logf(logFile, name, "main process ended: %v", exitStatus(err))
+		}
+	}
+	r.setState("deactivating", "stop-post")
+	x.pgid = 0
+	for _, c := range svc.stopPost {
+		x.runCmd(c, svc.stopTimeout)
+	}
+	if res == failure {
+		logf(logFile, name, "%s failed", name)
+	} else {
+		logf(logFile, name, "Stopped %s", name)
+	}
+	return res
+}
+
+// waitGroupEmpty waits until no process but the guard is left in the group,
+// or a stop is requested.
+func (r *run) waitGroupEmpty(g *guard) {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.stopReq:
+			return
+		case <-t.C:
+			if len(g.members()) == 0 {
+				return
+			}
+		}
+	}
+}
+
+// environment builds the process environment: a minimal base, the machine
+// facts (file and map), Environment=, then EnvironmentFile= (which wins, as
+// in systemd).
+func (r *run) environment() ([]string, error) {
+	env := newEnv()
+	for _, k := range []string{"PATH", "LANG", "HOME", "TZ"} {
+		if v, ok := os.LookupEnv(k); ok {
+			env.set(k, v)
+		}
+	}
+	if _, ok := env.get("PATH"); !ok {
+		env.set("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+	}
+	for k, v := range r.spec.Env {
+		env.set(k, v)
+	}
+	if r.spec.EnvFile != "" {
+		vars, err := readEnvFile(r.spec.EnvFile)
+		if err != nil {
+			return nil, fmt.Errorf("unit %s: machine facts: %w", r.spec.Name, err)
+		}
+		env.merge(vars)
+	}
+	for _, kv := range r.svc.env {
+		env.merge([][2]string{kv})
+	}
+	for _, f := range r.svc.envFiles {
+		vars, err := readEnvFile(f.path)
+		if err != nil {
+			if f.optional && errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			return nil, fmt.Errorf("unit %s: EnvironmentFile: %w", r.spec.Name, err)
+		}
+		env.merge(vars)
+	}
+	return env.list(), nil
+}
+
+// execCtx runs a unit's commands.
+type execCtx struct {
+	r       *run
+	env     []string
+	log     *os.File
+	pgid    int // 0: each command in a new group of its own
+	mainPID int
+}
+
+func (x *execCtx) command(c command) (*exec.Cmd, error) {
+	env := x.env
+	if x.mainPID != 0 {
+		env = append(append([]string(nil), env...), "MAINPID="+strconv.Itoa(x.mainPID))
+	}
+	path, argv, err := x.r.svc.argv(c, env)
+	if err != nil {
+		return nil, fmt.Errorf("unit %s: %q: %w", x.r.spec.Name, c.raw, err)
+	}
+	if len(argv) == 0 || path == "" {
+		return nil, fmt.Errorf("unit %s: %q: empty command", x.r.spec.Name, c.raw)
+	}
+	lp, err := exec.LookPath(path)
+	if err != nil {
+		return nil, fmt.Errorf("unit %s: %q: %w", x.r.spec.Name, c.raw, err)
+	}
+	path = lp
+	cmd := &exec.Cmd{Path: path, Args: argv, Env: env, Dir: x.r.svc.workDir, Stdout: x.log, Stderr: x.log}
+	return cmd, nil
+}
+
+func (x *execCtx) startCmd(c command) (*exec.Cmd, error) {
+	cmd, err := x.command(c)
+	if err != nil {
+		return nil, err
+	}
+	if err := x.r.e.sp.start(cmd, x.pgid, syscall.SIGKILL); err != nil {
+		return nil, fmt.Errorf("unit %s: %w", x.r.spec.Name, err)
+	}
+	return cmd, nil
+}
+
+// runCmd runs one command to its end, killing it (and, when it has a group of
+// its own, its group) after timeout. A failure is logged and returned.
+func (x *execCtx) runCmd(c command, timeout time.Duration) error {
+	name := x.r.spec.Name
+	cmd, err := x.startCmd(c)
+	if err != nil {
+		logf(x.log, name, "%v", err)
+		return err
+	}
+	own := x.pgid == 0
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case err = <-done:
+	case <-t.C:
+		logf(x.log, name, "%q timed out after %s, killing it", c.raw, timeout)
+		cmd.Process.Kill()
+		err = <-done
+		if err == nil {
+			err = errors.New("timed out")
+		}
+	}
+	if own {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	}
+	if err != nil {
+		prefix := ""
+		if c.ignoreFailure {
+			prefix = " (ignored)"
+		}
+		logf(x.log, name, "%q failed%s: %v", c.raw, prefix, exitStatus(err))
+		return fmt.Errorf("unit %s: %q: %w", name, c.raw, err)
+	}
+	return nil
+}
+
+func exitStatus(err error) string {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return "signal " + ws.Signal().String()
+		}
+		return fmt.Sprintf("status=%d/FAILURE", ee.ExitCode())
+	}
+	return err.Error()
+}
