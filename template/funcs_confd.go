@@ -58,7 +58,7 @@ func storeFuncs(b *binding) texttemplate.FuncMap {
 			}
 			return v, nil
 		},
-		"gets":  func(pattern string) ([]KVPair, error) { return b.store.getAll(pattern) },
+		"gets":  func(pattern string) (KVPairs, error) { return b.store.getAll(pattern) },
 		"getvs": func(pattern string) ([]string, error) { return b.store.getAllValues(pattern) },
 		"ls":    func(dir string) []string { return b.store.list(dir) },
 		"lsdir": func(dir string) []string { return b.store.listDir(dir) },
@@ -172,7 +172,9 @@ func seq(first, last int) []int {
 }
 
 // reverse reverses a []string or []KVPair in place and returns it, as confd
-// does; any other value is returned unchanged.
+// does; any other value is returned unchanged. That includes KVPairs, the
+// type gets returns: in confd `reverse (gets …)` is a no-op (while
+// `reverse (sortKVByLength (gets …))` reverses), and so it is here.
 func reverse(v any) any {
 	switch s := v.(type) {
 	case []string:

@@ -15,6 +15,10 @@ type KVPair struct {
 	Value string
 }
 
+// KVPairs is what gets returns (confd's memkv.KVPairs). It is a distinct
+// type from []KVPair on purpose: confd's reverse ignores it.
+type KVPairs []KVPair
+
 // btreeDegree is the fan-out of the store's ordered index. 32 keeps the tree
 // shallow (four levels at 100k keys) and the per-node slices cache friendly.
 const btreeDegree = 32
@@ -120,8 +124,8 @@ func literalPrefix(pattern string) string {
 // getAll is memkv's GetAll: every pair whose key matches pattern
 // (path.Match syntax), sorted by key. A malformed pattern is an error
 // whenever the store holds at least one key, as in memkv.
-func (s *Store) getAll(pattern string) ([]KVPair, error) {
-	out := make([]KVPair, 0)
+func (s *Store) getAll(pattern string) (KVPairs, error) {
+	out := make(KVPairs, 0)
 	var err error
 	s.ascendPrefix(literalPrefix(pattern), func(kv KVPair) bool {
 		ok, merr := path.Match(pattern, kv.Key)
