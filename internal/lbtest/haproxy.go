@@ -53,6 +53,14 @@ func StartHaproxy(t testing.TB, cfg, listen string) *Haproxy {
 	if err := waitListening(listen, 10*time.Second, h.exited); err != nil {
 		t.Fatalf("lbtest: haproxy -f %s: %v\n%s", cfg, err, h.Output())
 	}
+	// The sockets are bound before the master is ready for signals: wait for
+	// its first verdict, or a reload sent right away would be lost.
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(h.Output(), loadingMark+"success"); {
+		if h.Exited() || time.Now().After(deadline) {
+			t.Fatalf("lbtest: haproxy -f %s: master not ready\n%s", cfg, h.Output())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	return h
 }
 
@@ -70,22 +78,26 @@ func (h *Haproxy) Reload() error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	before := strings.Count(h.Output(), loadingMark)
-	if err := h.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
-		return fmt.Errorf("reload haproxy %d: %w", h.Pid(), err)
-	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		out := h.Output()
-		if strings.Count(out, loadingMark) > before {
-			if strings.HasPrefix(out[strings.LastIndex(out, loadingMark)+len(loadingMark):], "failure") {
-				return fmt.Errorf("reload haproxy %d: loading %s failed (old workers keep serving)", h.Pid(), h.Config)
+		// A signal that reaches the master while it is (re-)executing is
+		// lost: without a verdict within a second, signal again.
+		if err := h.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+			return fmt.Errorf("reload haproxy %d: %w", h.Pid(), err)
+		}
+		for resend := time.Now().Add(time.Second); time.Now().Before(resend); {
+			out := h.Output()
+			if strings.Count(out, loadingMark) > before {
+				if strings.HasPrefix(out[strings.LastIndex(out, loadingMark)+len(loadingMark):], "failure") {
+					return fmt.Errorf("reload haproxy %d: loading %s failed (old workers keep serving)", h.Pid(), h.Config)
+				}
+				return nil
 			}
-			return nil
+			time.Sleep(5 * time.Millisecond)
 		}
 		if h.Exited() || time.Now().After(deadline) {
 			return fmt.Errorf("reload haproxy %d: no load result within 10s (exited: %v)", h.Pid(), h.Exited())
 		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -93,11 +105,14 @@ func (h *Haproxy) Reload() error {
 const loadingMark = "Loading "
 
 // ReloadCmd returns a shell command that reloads this haproxy as Reload does
-// (signal, then wait for the master's verdict; exit 1 when the config failed
-// to load), for use as a render resource's reload_cmd.
+// (signal, re-signal each second without a verdict, wait for the master's
+// verdict; exit 1 when the config failed to load), for use as a render
+// resource's reload_cmd.
 func (h *Haproxy) ReloadCmd() string {
-	return fmt.Sprintf(`n=$(grep -c %[3]q %[2]s); kill -USR2 %[1]d || exit 1; i=0; `+
-		`while [ "$(grep -c %[3]q %[2]s)" -le "$n" ]; do i=$((i+1)); [ $i -gt 1000 ] && exit 1; sleep 0.01; done; `+
+	return fmt.Sprintf(`n=$(grep -c %[3]q %[2]s); i=0; `+
+		`while [ "$(grep -c %[3]q %[2]s)" -le "$n" ]; do `+
+		`[ $((i %% 100)) -eq 0 ] && { kill -USR2 %[1]d || exit 1; }; `+
+		`i=$((i+1)); [ $i -gt 1000 ] && exit 1; sleep 0.01; done; `+
 		`! grep %[3]q %[2]s | tail -n 1 | grep -q failure`, h.Pid(), h.Log, loadingMark)
 }
 
