@@ -158,6 +158,8 @@ type UnitState struct {
 	Load    string `json:"load"`
 	Active  string `json:"active"`
 	Sub     string `json:"sub"`
+	// Message says why a unit could not be started, when it could not.
+	Message string `json:"message,omitempty"`
 }
 
 // Running reports whether the state means the unit has (or may have)
@@ -279,7 +281,8 @@ func (r *Registry) DecodeMachine(kv store.KV) (Machine, error) {
 	return m, nil
 }
 
-// DecodeAssignment decodes a schedule/ key.
+// DecodeAssignment decodes a schedule/ key. On a bad value it returns the
+// error with Unit and Machine still set from the key.
 func (r *Registry) DecodeAssignment(kv store.KV) (Assignment, error) {
 	rest := strings.TrimPrefix(kv.Key, r.sub("schedule"))
 	machine, unit, ok := strings.Cut(rest, "/")
@@ -288,7 +291,8 @@ func (r *Registry) DecodeAssignment(kv store.KV) (Assignment, error) {
 	}
 	a := Assignment{Unit: unit, Machine: machine}
 	if err := json.Unmarshal(kv.Value, &a); err != nil {
-		return Assignment{}, fmt.Errorf("decode %s: %w", kv.Key, err)
+		// Unit and Machine stay set: a delete event has no value.
+		return a, fmt.Errorf("decode %s: %w", kv.Key, err)
 	}
 	return a, nil
 }

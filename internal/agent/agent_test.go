@@ -1,0 +1,176 @@
+package agent_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/flotilla/flotilla/internal/agent"
+	"github.com/flotilla/flotilla/internal/etcdtest"
+	"github.com/flotilla/flotilla/internal/executor"
+	"github.com/flotilla/flotilla/internal/process"
+	"github.com/flotilla/flotilla/internal/registry"
+	"github.com/flotilla/flotilla/internal/unit"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
+		goleak.IgnoreAnyFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
+		goleak.IgnoreTopFunction("github.com/golang/glog.(*fileSink).flushDaemon"),
+	)
+}
+
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i > 0 && !strings.HasPrefix(s[i+2:], "Z")
+}
+
+// eventually polls cond until it holds or a generous deadline passes.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func readPID(path string) int {
+	b, _ := os.ReadFile(path)
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	p, _ := strconv.Atoi(f[len(f)-1])
+	return p
+}
+
+func TestAgentRunsTargetedUnitsAndSurvivesLeaseLoss(t *testing.T) {
+	srv := etcdtest.New(t)
+	if srv.Mode() == etcdtest.External {
+		t.Skip("needs an etcd the test can stop")
+	}
+	c := srv.Client()
+	reg := registry.New(c, "/t/")
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	ex, err := process.New(process.Options{Dir: filepath.Join(dir, "logs"), DefaultTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ex.Close()
+	// A unit left over from before, not targeted here: the agent must stop it.
+	leftover := []byte("[Service]\nExecStart=/bin/sleep 1000\n")
+	if err := ex.Start(ctx, executor.Spec{Name: "leftover.service", Body: leftover}); err != nil {
+		t.Fatal(err)
+	}
+
+	pidFile := filepath.Join(dir, "pid")
+	body := []byte(fmt.Sprintf("[Service]\nExecStart=/bin/sh -c 'echo \"$PUBLIC_IP $FLOTILLA_METADATA_ROLE $$$$\" >> %s; exec sleep 1000'\n", pidFile))
+	hash := unit.Hash(body)
+	if _, err := reg.Submit(ctx, "web.service", hash, body, registry.KeepExisting); err != nil {
+		t.Fatal(err)
+	}
+	c.Put(ctx, reg.ScheduleKey("m1", "web.service"), registry.Encode(registry.Assignment{Hash: hash, Desired: registry.Launched}), 0)
+
+	a, err := agent.New(agent.Options{
+		Registry: reg, Executor: ex, TTL: 2 * time.Second, PollInterval: 200 * time.Millisecond,
+		Machine: registry.Machine{ID: "m1", IP: "127.0.0.9", Metadata: map[string]string{"role": "web"}},
+		EnvFile: filepath.Join(dir, "machine.env"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	var g errgroup.Group
+	g.Go(func() error { return a.Run(runCtx) })
+	defer func() {
+		stop()
+		if err := g.Wait(); err != nil {
+			t.Error(err)
+		}
+	}()
+
+	eventually(t, "web.service to run", func() bool { return readPID(pidFile) != 0 })
+	first := readPID(pidFile)
+	if b, _ := os.ReadFile(pidFile); !strings.HasPrefix(string(b), "127.0.0.9 web ") {
+		t.Errorf("machine facts in the unit's environment: %q", b)
+	}
+	eventually(t, "leftover.service removed", func() bool {
+		st, _ := ex.States(ctx)
+		_, ok := st["leftover.service"]
+		return !ok
+	})
+	state := func() registry.UnitState {
+		s, err := reg.Snapshot(ctx)
+		if err != nil {
+			return registry.UnitState{}
+		}
+		return s.States["web.service"]["m1"]
+	}
+	eventually(t, "running state reported", func() bool { return state().Sub == "running" })
+	if s, _ := reg.Snapshot(ctx); s.Machines["m1"].IP != "127.0.0.9" {
+		t.Errorf("presence = %+v", s.Machines)
+	}
+
+	// etcd unreachable for longer than the TTL: the unit must stop.
+	srv.Stop()
+	eventually(t, "unit stopped after lease loss", func() bool { return !alive(first) })
+	srv.Start()
+	// Back: registered again, the unit runs again (a new process).
+	eventually(t, "unit restarted after re-registration", func() bool {
+		p := readPID(pidFile)
+		return p != first && alive(p)
+	})
+	eventually(t, "running state reported again", func() bool { return state().Sub == "running" })
+
+	// loaded: stops, state stays reported as inactive.
+	c.Put(ctx, reg.ScheduleKey("m1", "web.service"), registry.Encode(registry.Assignment{Hash: hash, Desired: registry.Loaded}), 0)
+	second := readPID(pidFile)
+	eventually(t, "unit stopped when loaded", func() bool { return !alive(second) && state().Active == "inactive" })
+
+	// A body the executor refuses is reported as failed with the reason.
+	bad := []byte("[Service]\nType=bogus\nExecStart=/bin/true\n")
+	c.Put(ctx, reg.BodyKey("bad"), string(bad), 0)
+	c.Put(ctx, reg.ScheduleKey("m1", "bad.service"), registry.Encode(registry.Assignment{Hash: "bad", Desired: registry.Launched}), 0)
+	eventually(t, "bad unit reported failed", func() bool {
+		s, _ := reg.Snapshot(ctx)
+		st := s.States["bad.service"]["m1"]
+		return st.Active == "failed" && strings.Contains(st.Message, "line 2")
+	})
+
+	// Untargeted: removed, state key gone.
+	c.Delete(ctx, reg.ScheduleKey("m1", "web.service"))
+	eventually(t, "state cleared", func() bool {
+		s, _ := reg.Snapshot(ctx)
+		_, ok := s.States["web.service"]
+		return !ok
+	})
+
+	// Shutdown: presence revoked.
+	stop()
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := reg.Snapshot(ctx); len(s.Machines) != 0 || len(s.States) != 0 {
+		t.Errorf("after shutdown: machines %v states %v", s.Machines, s.States)
+	}
+}

@@ -1,0 +1,251 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/flotilla/flotilla/internal/executor"
+	"github.com/flotilla/flotilla/internal/registry"
+	"github.com/flotilla/flotilla/internal/store"
+)
+
+// session is one registration: one lease, from grant to loss or ctx end.
+type session struct {
+	a     *Agent
+	lease *store.Lease
+	// desired is what the engine targets here, by unit.
+	desired map[string]registry.Assignment
+	// started is the hash each launched unit was last started with.
+	started map[string]string
+	// failed holds units the executor refused, with the error.
+	failed map[string]string
+	// reported is the last state written for each unit.
+	reported map[string]registry.UnitState
+	bodies   map[string][]byte
+}
+
+func (a *Agent) session(ctx context.Context) error {
+	c := a.reg.Client()
+	lease, err := c.GrantLease(ctx, a.opts.TTL)
+	if err != nil {
+		return fmt.Errorf("register machine %s: %w", a.opts.Machine.ID, err)
+	}
+	defer lease.Close()
+	// Units stop before the presence key goes, so that the engine never
+	// sees this machine gone while its units still run.
+	defer a.stopAll()
+	s := &session{
+		a: a, lease: lease,
+		started:  map[string]string{},
+		failed:   map[string]string{},
+		reported: map[string]registry.UnitState{},
+		bodies:   map[string][]byte{},
+	}
+	if _, err := lease.Put(ctx, a.reg.MachineKey(a.opts.Machine.ID), registry.Encode(a.opts.Machine)); err != nil {
+		return fmt.Errorf("register machine %s: %w", a.opts.Machine.ID, err)
+	}
+	a.log.Info("machine registered", "ip", a.opts.Machine.IP, "lease", fmt.Sprintf("%x", int64(lease.ID())), "ttl", lease.TTL())
+
+	poll := time.NewTicker(a.opts.PollInterval)
+	defer poll.Stop()
+	for {
+		rev, err := s.resync(ctx)
+		if err != nil {
+			return err
+		}
+		w := c.WatchPrefix(ctx, a.reg.SchedulePrefix(a.opts.Machine.ID), rev+1)
+		err = s.watch(ctx, w, poll.C)
+		w.Close()
+		if !errors.Is(err, store.ErrCompacted) {
+			return err
+		}
+		a.log.Warn("schedule watch compacted; reading afresh", "err", err)
+	}
+}
+
+// resync reads everything targeted here, stops what is not, starts what is.
+func (s *session) resync(ctx context.Context) (int64, error) {
+	a := s.a
+	kvs, rev, err := a.reg.Client().GetPrefix(ctx, a.reg.SchedulePrefix(a.opts.Machine.ID))
+	if err != nil {
+		return 0, err
+	}
+	s.desired = map[string]registry.Assignment{}
+	for _, kv := range kvs {
+		as, err := a.reg.DecodeAssignment(kv)
+		if err != nil {
+			a.log.Error("bad schedule key", "err", err)
+			continue
+		}
+		s.desired[as.Unit] = as
+	}
+	states, err := a.ex.States(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("list units: %w", err)
+	}
+	for name := range states {
+		if _, ok := s.desired[name]; !ok {
+			s.apply(ctx, name)
+		}
+	}
+	for name := range s.desired {
+		s.apply(ctx, name)
+	}
+	s.report(ctx)
+	return rev, nil
+}
+
+func (s *session) watch(ctx context.Context, w *store.Watch, poll <-chan time.Time) error {
+	a := s.a
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.lease.Done():
+			return errLeaseLost
+		case b, ok := <-w.C:
+			if !ok {
+				return ctx.Err()
+			}
+			if b.Err != nil {
+				return b.Err
+			}
+			changed := map[string]bool{}
+			for _, ev := range b.Events {
+				as, err := a.reg.DecodeAssignment(ev.KV)
+				if err != nil && ev.Type == store.EventPut {
+					a.log.Error("bad schedule key", "err", err)
+					continue
+				}
+				if ev.Type == store.EventDelete {
+					delete(s.desired, as.Unit)
+				} else {
+					s.desired[as.Unit] = as
+				}
+				changed[as.Unit] = true
+			}
+			for name := range changed {
+				s.apply(ctx, name)
+			}
+			s.report(ctx)
+		case <-a.ex.Changes():
+			s.report(ctx)
+		case <-poll:
+			s.report(ctx)
+		}
+	}
+}
+
+// apply brings one unit to what is desired for it here.
+func (s *session) apply(ctx context.Context, name string) {
+	a := s.a
+	as, want := s.desired[name]
+	log := a.log.With("unit", name)
+	switch {
+	case !want:
+		delete(s.started, name)
+		delete(s.failed, name)
+		if err := a.ex.Remove(ctx, name); err != nil {
+			log.Error("remove unit", "err", err)
+			return
+		}
+		log.Info("unit removed")
+	case as.Desired == registry.Launched:
+		if s.started[name] == as.Hash {
+			return
+		}
+		body, err := s.body(ctx, as.Hash)
+		if err == nil {
+			err = a.ex.Start(ctx, executor.Spec{Name: name, Body: body, Hash: as.Hash, EnvFile: a.opts.EnvFile, Env: a.env})
+		}
+		if err != nil {
+			s.failed[name] = err.Error()
+			s.started[name] = as.Hash // do not retry the same body in a loop
+			log.Error("start unit", "err", err)
+			return
+		}
+		delete(s.failed, name)
+		s.started[name] = as.Hash
+		log.Info("unit started", "hash", short(as.Hash))
+	default: // loaded: installed here, not running
+		delete(s.failed, name)
+		if _, ok := s.started[name]; ok {
+			delete(s.started, name)
+			if err := a.ex.Stop(ctx, name); err != nil {
+				log.Error("stop unit", "err", err)
+				return
+			}
+			log.Info("unit stopped")
+		}
+	}
+}
+
+func (s *session) body(ctx context.Context, hash string) ([]byte, error) {
+	if b, ok := s.bodies[hash]; ok {
+		return b, nil
+	}
+	b, err := s.a.reg.Body(ctx, hash)
+	if err != nil {
+		return nil, err
+	}
+	s.bodies[hash] = b
+	return b, nil
+}
+
+// report writes the state of every unit targeted here (and of units still
+// being stopped), bound to the presence lease, and deletes the keys of units
+// that are gone. Only changes are written.
+func (s *session) report(ctx context.Context) {
+	a := s.a
+	states, err := a.ex.States(ctx)
+	if err != nil {
+		a.log.Error("read unit states", "err", err)
+		return
+	}
+	now := map[string]registry.UnitState{}
+	for name, as := range s.desired {
+		st, ok := states[name]
+		us := registry.UnitState{Hash: as.Hash, Load: "loaded", Active: "inactive", Sub: "dead"}
+		if ok {
+			us.Load, us.Active, us.Sub = st.Load, st.Active, st.Sub
+		}
+		if msg, bad := s.failed[name]; bad {
+			us.Load, us.Active, us.Sub, us.Message = "error", "failed", "failed", msg
+		}
+		now[name] = us
+	}
+	for name, st := range states {
+		if _, ok := now[name]; !ok {
+			now[name] = registry.UnitState{Load: st.Load, Active: st.Active, Sub: st.Sub}
+		}
+	}
+	for name, us := range now {
+		if old, ok := s.reported[name]; ok && old == us {
+			continue
+		}
+		if _, err := s.lease.Put(ctx, a.reg.StateKey(name, a.opts.Machine.ID), registry.Encode(us)); err != nil {
+			a.log.Warn("report unit state", "unit", name, "err", err)
+			continue
+		}
+		s.reported[name] = us
+	}
+	for name := range s.reported {
+		if _, ok := now[name]; ok {
+			continue
+		}
+		if _, err := a.reg.Client().Delete(ctx, a.reg.StateKey(name, a.opts.Machine.ID)); err != nil {
+			a.log.Warn("clear unit state", "unit", name, "err", err)
+			continue
+		}
+		delete(s.reported, name)
+	}
+}
+
+func short(h string) string {
+	if len(h) > 7 {
+		return h[:7]
+	}
+	return h
+}
