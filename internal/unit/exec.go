@@ -299,33 +299,32 @@ func unescapeAt(s string, i int, b *strings.Builder) (int, error) {
 	return 0, fmt.Errorf("unknown escape \\%c", c)
 }
 
-// Command returns the argv to run for e on a machine: specifiers expanded
-// with sp (before words are split, as systemd does), then environment
-// variables with ExpandEnv and env (unless the ":" prefix). argv[0] is the
-// name the program sees; use Path (expanded the same way: argv[0] of the
-// result when Path == Argv[0]) to find the program.
+// Command returns the program and argv to run for e on a machine: each
+// word has its specifiers expanded with sp (after splitting, as current
+// systemd does, so a specifier never adds words), then environment
+// variables are expanded with ExpandEnv and env (unless the ":" prefix).
+// argv[0] is the name the program sees; path is the program to run.
 func (e Exec) Command(sp Specifiers, env []string) (path string, argv []string, err error) {
-	raw := ExpandSpecifiers(e.Raw, sp)
-	cmds, err := ParseExec(raw, e.Line)
-	if err != nil {
-		return "", nil, fmt.Errorf("line %d: %w", e.Line, err)
+	argv = make([]string, len(e.Argv))
+	for i, w := range e.Argv {
+		argv[i] = ExpandSpecifiers(w, sp)
 	}
-	if len(cmds) != 1 {
-		return "", nil, fmt.Errorf("line %d: command %q expands to %d commands", e.Line, clip(e.Raw), len(cmds))
-	}
-	c := cmds[0]
-	argv = c.Argv
-	if !c.NoEnvExpand {
+	path = ExpandSpecifiers(e.Path, sp)
+	sameArgv0 := e.Path == e.Argv[0]
+	if !e.NoEnvExpand {
 		argv = ExpandEnv(argv, env)
+		if !sameArgv0 {
+			path = expandBraced(path, lookup(env))
+		}
 	}
 	if len(argv) == 0 {
 		return "", nil, fmt.Errorf("line %d: command %q is empty after expanding variables", e.Line, clip(e.Raw))
 	}
-	path = c.Path
-	if c.Path == c.Argv[0] {
+	if sameArgv0 {
 		path = argv[0]
-	} else if !c.NoEnvExpand {
-		path = expandBraced(path, lookup(env))
+	}
+	if path == "" {
+		return "", nil, fmt.Errorf("line %d: command %q has an empty program after expansion", e.Line, clip(e.Raw))
 	}
 	return path, argv, nil
 }

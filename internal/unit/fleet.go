@@ -1,6 +1,7 @@
 package unit
 
 import (
+	"errors"
 	"fmt"
 	"path"
 	"slices"
@@ -114,8 +115,33 @@ var fleetKeys = map[string]string{
 	"Replaces":                   "Replaces",
 }
 
-// parseFleet reads the [X-Fleet] options of unit n.
+// parseFleet reads the [X-Fleet] options of unit n. A template is
+// validated as its instance "1" would be (so that %i-derived values are
+// checked at submit time); its own Fleet has %i expanded to "" as fleet
+// does, keeping only the items that are still valid.
 func parseFleet(n Name, opts []Option) (Fleet, error) {
+	if !n.IsTemplate() {
+		return parseFleetFor(n, opts, false)
+	}
+	f, err := parseFleetFor(n, opts, true)
+	if err != nil {
+		return Fleet{}, err
+	}
+	inst, err := n.Instantiate("1")
+	if err != nil {
+		return Fleet{}, err
+	}
+	if _, err := parseFleetFor(inst, opts, false); err != nil {
+		var ue *Error
+		if errors.As(err, &ue) {
+			return Fleet{}, &Error{Unit: n.Full, Line: ue.Line, Err: fmt.Errorf("as instance %s: %w", inst.Full, ue.Err)}
+		}
+		return Fleet{}, err
+	}
+	return f, nil
+}
+
+func parseFleetFor(n Name, opts []Option, lenient bool) (Fleet, error) {
 	var (
 		f          Fleet
 		idLine     int
@@ -137,7 +163,7 @@ func parseFleet(n Name, opts []Option) (Fleet, error) {
 		if !ok {
 			return fail(o.Line, "unknown [X-Fleet] key %q (known: MachineID, MachineOf, MachineMetadata, Conflicts, Global, Replaces)", o.Name)
 		}
-		if bad := CheckSpecifiers(o.Value); bad != "" {
+		if bad := checkFleetSpecifiers(o.Value); bad != "" {
 			return fail(o.Line, "%s=%s: unknown specifier %q (X-Fleet supports %%n %%N %%p %%i %%%%)", o.Name, o.Value, bad)
 		}
 		if key == "Global" {
@@ -155,6 +181,9 @@ func parseFleet(n Name, opts []Option) (Fleet, error) {
 		}
 		for i := range vals {
 			vals[i] = expandFleet(vals[i], sp)
+		}
+		if lenient {
+			vals = slices.DeleteFunc(vals, func(v string) bool { return !validFleetItem(key, v, n) })
 		}
 		switch key {
 		case "MachineID":
@@ -224,6 +253,43 @@ func parseFleet(n Name, opts []Option) (Fleet, error) {
 		}
 	}
 	return f, nil
+}
+
+// validFleetItem reports whether an expanded item of key is valid (used
+// to drop the items of a template that only make sense for an instance).
+func validFleetItem(key, v string, n Name) bool {
+	if v == "" {
+		return false
+	}
+	switch key {
+	case "MachineOf":
+		_, err := ParseName(v)
+		return err == nil && v != n.Full
+	case "MachineMetadata":
+		_, _, _, err := parseMetadataMatch(v)
+		return err == nil
+	}
+	return true
+}
+
+// checkFleetSpecifiers returns the first specifier in s that X-Fleet does
+// not expand, or "".
+func checkFleetSpecifiers(s string) string {
+	for i := 0; i < len(s); i++ {
+		if s[i] != '%' {
+			continue
+		}
+		if i+1 == len(s) {
+			return "%"
+		}
+		switch s[i+1] {
+		case 'n', 'N', 'p', 'i', '%':
+			i++
+			continue
+		}
+		return s[i : i+2]
+	}
+	return ""
 }
 
 // expandFleet expands the specifiers fleet supports in X-Fleet values.

@@ -131,7 +131,7 @@ func (f *File) Instantiate(instance string) (*File, error) {
 		return nil, err
 	}
 	g := &File{Name: n, Raw: f.Raw, Options: f.Options, Service: f.Service, Description: f.Description}
-	fl, err := parseFleet(n, f.Options)
+	fl, err := parseFleetFor(n, f.Options, false)
 	if err != nil {
 		return nil, err
 	}
