@@ -1,0 +1,791 @@
+// Package systemd is the executor that hands units to systemd over D-Bus, as
+// fleet did: it implements executor.Executor with go-systemd's dbus package.
+//
+// # Files
+//
+// A unit's body is written, exactly as submitted, to the runtime unit
+// directory (/run/systemd/system, or $XDG_RUNTIME_DIR/systemd/user for a user
+// manager), so it vanishes at reboot. An instance "nginx@1.service" is run
+// through systemd's own templates: the body goes to "nginx@.service" (or, when
+// another running instance still uses an older template body, to an
+// instance file "nginx@1.service", which systemd prefers over the template).
+// What the agent adds goes into a drop-in "<unit>.d/50-flotilla.conf":
+// EnvironmentFile=-<machine facts> and, with Options.AgentUnit, the binding
+// to the agent's own unit. The unit name's drop-in is the record that a unit
+// belongs to this executor; it also records the body's hash.
+//
+// Every file flotilla writes starts with the line "# flotilla: owned". A file
+// of the same name without it, or a unit systemd loads from anywhere else
+// (e.g. /etc/systemd/system/x.service, or a masked unit), is foreign: Start
+// refuses with ErrNotOwned, and nothing foreign is ever overwritten, deleted
+// or stopped.
+//
+// # The invariant: no unit runs on a machine whose agent lost its presence
+//
+// Three mechanisms, chosen to cover each way an agent can go away:
+//   - The agent itself stops its units when its presence lease is lost (the
+//     agent's job: it calls Stop/Remove).
+//   - When the agent runs under systemd, Options.AgentUnit makes every unit
+//     BindsTo= the agent's unit (PartOf= with Options.AgentDependency), so
+//     systemd stops the units the moment the agent stops, crashes or is
+//     killed — even with kill -9, when the agent can do nothing itself.
+//   - On start, the agent calls Adopt with the set of units still targeted at
+//     its machine: every owned unit not in it is stopped and uninstalled (it
+//     may have been rescheduled elsewhere while the agent was away). Units
+//     still targeted keep running untouched, so an agent restart does not
+//     restart them.
+//
+// Without AgentUnit (the agent not under systemd), a unit keeps running while
+// its agent is dead until the agent comes back and adopts; run the agent
+// under systemd in production.
+//
+// # Restarts
+//
+// Restart= is systemd's: a unit that fails and is restarted by systemd goes
+// through "activating/auto-restart" and back to "active/running"; the
+// executor reports those states and does nothing else, so the engine never
+// moves a unit because systemd restarted it.
+//
+// # Journal
+//
+// Journal runs `journalctl -u UNIT` (`--user-unit` for a user manager)
+// rather than go-systemd's sdjournal, which needs cgo and libsystemd at run
+// time while the scheduler binary is built static; both read the same
+// journal. When the journal has nothing for the unit (journald not running,
+// as in the user-mode test manager), Journal says so on its first line and
+// returns what systemd reports instead: states, result, and each Exec
+// command's last exit status.
+package systemd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+
+	sddbus "github.com/coreos/go-systemd/v22/dbus"
+	godbus "github.com/godbus/dbus/v5"
+
+	"github.com/flotilla/flotilla/internal/executor"
+)
+
+// ErrNotOwned is returned when a unit of that name exists on this machine but
+// was not installed by flotilla; it is left untouched.
+var ErrNotOwned = errors.New("systemd: unit not owned by flotilla")
+
+// Dependencies on the agent's unit (Options.AgentDependency).
+const (
+	// BindsTo stops units whenever the agent's unit stops or fails.
+	BindsTo = "BindsTo"
+	// PartOf stops (and restarts) units when the agent's unit is explicitly
+	// stopped (or restarted), but not when it crashes.
+	PartOf = "PartOf"
+)
+
+// Options configure New. The zero value talks to the system manager over the
+// system bus and installs units in /run/systemd/system.
+type Options struct {
+	// User selects the calling user's manager (session bus, units in
+	// $XDG_RUNTIME_DIR/systemd/user) instead of the system manager.
+	User bool
+	// BusAddress is an explicit D-Bus address, e.g.
+	// "unix:path=/run/user/0/bus"; a path ending in "systemd/private" is a
+	// direct connection to the manager. Empty: DBUS_SESSION_BUS_ADDRESS /
+	// $XDG_RUNTIME_DIR/bus for User, else DBUS_SYSTEM_BUS_ADDRESS /
+	// /run/dbus/system_bus_socket, else /run/systemd/private.
+	BusAddress string
+	// UnitDir is where unit files are written. Empty: /run/systemd/system,
+	// or $XDG_RUNTIME_DIR/systemd/user for User.
+	UnitDir string
+	// AgentUnit is the agent's own unit name when the agent runs under
+	// systemd; every unit then gets AgentDependency=AgentUnit in its drop-in.
+	AgentUnit string
+	// AgentDependency is BindsTo (default) or PartOf.
+	AgentDependency string
+	// Logger receives the executor's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// Executor runs units through systemd. It is safe for concurrent use; create
+// it with New and release it with Close.
+type Executor struct {
+	opts    Options
+	log     *slog.Logger
+	conn    *sddbus.Conn
+	unitDir string
+
+	mu    sync.Mutex // serialises file changes and daemon-reloads
+	names nameLocks  // serialises operations on one unit
+
+	ownedMu sync.RWMutex
+	owned   map[string]bool // units with our drop-in, for filtering signals
+
+	changes   chan struct{}
+	sig       *godbus.Conn // receives unit signals
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+var _ executor.Executor = (*Executor)(nil)
+
+// New connects to systemd and subscribes to its unit changes. ctx bounds the
+// connection only; the Executor lives until Close.
+func New(ctx context.Context, opts Options) (*Executor, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	switch opts.AgentDependency {
+	case "":
+		opts.AgentDependency = BindsTo
+	case BindsTo, PartOf:
+	default:
+		return nil, fmt.Errorf("systemd: agent dependency %q: want %s or %s", opts.AgentDependency, BindsTo, PartOf)
+	}
+	if opts.AgentUnit != "" {
+		if _, err := parseName(opts.AgentUnit); err != nil {
+			return nil, fmt.Errorf("systemd: agent unit: %w", err)
+		}
+	}
+	unitDir := opts.UnitDir
+	if unitDir == "" {
+		unitDir = "/run/systemd/system"
+		if opts.User {
+			rt := os.Getenv("XDG_RUNTIME_DIR")
+			if rt == "" {
+				return nil, errors.New("systemd: user manager: XDG_RUNTIME_DIR is not set and no unit directory was given")
+			}
+			unitDir = filepath.Join(rt, "systemd", "user")
+		}
+	}
+	if err := os.MkdirAll(unitDir, 0o755); err != nil {
+		return nil, fmt.Errorf("systemd: unit directory: %w", err)
+	}
+	addr := busAddress(opts)
+	// The connection lives until Close, not until ctx ends (godbus closes a
+	// connection when its context is done).
+	conn, err := dial(context.WithoutCancel(ctx), addr)
+	if err != nil {
+		return nil, fmt.Errorf("systemd: connect to %s: %w", addr, err)
+	}
+	if _, err := conn.SystemStateContext(ctx); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("systemd: no systemd manager on %s: %w", addr, err)
+	}
+	owned, err := ownedUnits(unitDir)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("systemd: read %s: %w", unitDir, err)
+	}
+	e := &Executor{
+		opts:    opts,
+		log:     opts.Logger.With("executor", "systemd"),
+		conn:    conn,
+		unitDir: unitDir,
+		owned:   make(map[string]bool),
+		changes: make(chan struct{}, 1),
+	}
+	for name := range owned {
+		e.owned[name] = true
+	}
+	if err := e.subscribe(context.WithoutCancel(ctx), addr); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("systemd: subscribe on %s: %w", addr, err)
+	}
+	e.log.Debug("connected", "bus", addr, "unit_dir", unitDir, "owned", len(owned))
+	return e, nil
+}
+
+// busAddress resolves the D-Bus address New connects to.
+func busAddress(opts Options) string {
+	if opts.BusAddress != "" {
+		return opts.BusAddress
+	}
+	if opts.User {
+		if a := os.Getenv("DBUS_SESSION_BUS_ADDRESS"); a != "" {
+			return a
+		}
+		rt := os.Getenv("XDG_RUNTIME_DIR")
+		if _, err := os.Stat(filepath.Join(rt, "bus")); err == nil || rt == "" {
+			return "unix:path=" + filepath.Join(rt, "bus")
+		}
+		return "unix:path=" + filepath.Join(rt, "systemd", "private")
+	}
+	if a := os.Getenv("DBUS_SYSTEM_BUS_ADDRESS"); a != "" {
+		return a
+	}
+	if _, err := os.Stat("/run/dbus/system_bus_socket"); err == nil {
+		return "unix:path=/run/dbus/system_bus_socket"
+	}
+	return "unix:path=/run/systemd/private"
+}
+
+// dial opens a go-systemd connection on addr. The connection is closed when
+// ctx ends.
+func dial(ctx context.Context, addr string) (*sddbus.Conn, error) {
+	return sddbus.NewConnection(func() (*godbus.Conn, error) { return dialRaw(ctx, addr) })
+}
+
+// dialRaw opens a D-Bus connection on addr: EXTERNAL authentication with the
+// numeric uid (no user lookup), and Hello unless addr is the manager's
+// private socket.
+func dialRaw(ctx context.Context, addr string) (*godbus.Conn, error) {
+	c, err := godbus.Dial(addr, godbus.WithContext(ctx))
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Auth([]godbus.Auth{godbus.AuthExternal(strconv.Itoa(os.Getuid()))}); err != nil {
+		c.Close()
+		return nil, err
+	}
+	if !isPrivate(addr) {
+		if err := c.Hello(); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// isPrivate tells a direct connection to the manager from a bus.
+func isPrivate(addr string) bool { return strings.HasSuffix(addr, "systemd/private") }
+
+// subscribe feeds Changes from systemd's PropertiesChanged signals for owned
+// units, on a D-Bus connection of its own (go-systemd's property subscriber
+// races with its dispatcher). The goroutine is owned by the Executor: it ends
+// when Close closes that connection, which closes the signal channel.
+func (e *Executor) subscribe(ctx context.Context, addr string) error {
+	sig, err := dialRaw(ctx, addr)
+	if err != nil {
+		return err
+	}
+	if !isPrivate(addr) { // a direct connection gets every signal anyway
+		if err := sig.AddMatchSignalContext(ctx,
+			godbus.WithMatchInterface("org.freedesktop.DBus.Properties"),
+			godbus.WithMatchMember("PropertiesChanged"),
+			godbus.WithMatchPathNamespace(godbus.ObjectPath(strings.TrimSuffix(unitPathPrefix, "/"))),
+		); err != nil {
+			sig.Close()
+			return err
+		}
+	}
+	mgr := sig.Object("org.freedesktop.systemd1", "/org/freedesktop/systemd1")
+	if err := mgr.CallWithContext(ctx, "org.freedesktop.systemd1.Manager.Subscribe", 0).Err; err != nil {
+		sig.Close()
+		return err
+	}
+	signals := make(chan *godbus.Signal, 256)
+	sig.Signal(signals)
+	e.sig = sig
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		for s := range signals {
+			if s.Name != "org.freedesktop.DBus.Properties.PropertiesChanged" || len(s.Body) == 0 {
+				continue
+			}
+			if iface, _ := s.Body[0].(string); iface != "org.freedesktop.systemd1.Unit" {
+				continue
+			}
+			name, ok := unitNameFromPath(string(s.Path))
+			if !ok {
+				continue
+			}
+			e.ownedMu.RLock()
+			mine := e.owned[name]
+			e.ownedMu.RUnlock()
+			if mine {
+				e.notify()
+			}
+		}
+	}()
+	return nil
+}
+
+// unitPathPrefix is the D-Bus object path prefix of units.
+const unitPathPrefix = "/org/freedesktop/systemd1/unit/"
+
+// unitNameFromPath undoes systemd's bus path escaping ("_2e" for ".").
+func unitNameFromPath(p string) (string, bool) {
+	esc, ok := strings.CutPrefix(p, unitPathPrefix)
+	if !ok {
+		return "", false
+	}
+	var b strings.Builder
+	for i := 0; i < len(esc); i++ {
+		if esc[i] == '_' && i+2 < len(esc) {
+			if v, err := strconv.ParseUint(esc[i+1:i+3], 16, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 2
+				continue
+			}
+		}
+		b.WriteByte(esc[i])
+	}
+	return b.String(), true
+}
+
+func (e *Executor) notify() {
+	select {
+	case e.changes <- struct{}{}:
+	default:
+	}
+}
+
+// Changes delivers a value (coalesced) whenever the state of a unit this
+// executor owns may have changed.
+func (e *Executor) Changes() <-chan struct{} { return e.changes }
+
+// Close ends the subscription and the D-Bus connection; units keep running.
+// It is idempotent.
+func (e *Executor) Close() error {
+	e.closeOnce.Do(func() {
+		e.sig.Close()
+		e.wg.Wait()
+		e.conn.Close()
+	})
+	return nil
+}
+
+// UnitDir is the directory the executor writes unit files to.
+func (e *Executor) UnitDir() string { return e.unitDir }
+
+func (e *Executor) dropInPath(name string) string {
+	return filepath.Join(e.unitDir, name+".d", dropInName)
+}
+
+func (e *Executor) setOwned(name string, on bool) {
+	e.ownedMu.Lock()
+	defer e.ownedMu.Unlock()
+	if on {
+		e.owned[name] = true
+	} else {
+		delete(e.owned, name)
+	}
+}
+
+// Start installs spec and starts it; see executor.Executor. A unit whose body
+// changed while it runs is restarted. Start returns when systemd's start job
+// has finished; a failed job is an error naming the unit's state.
+func (e *Executor) Start(ctx context.Context, spec executor.Spec) error {
+	n, err := parseName(spec.Name)
+	if err != nil {
+		return fmt.Errorf("systemd: start: %w", err)
+	}
+	if n.template {
+		return fmt.Errorf("systemd: start %s: a template cannot be started; start an instance such as %s@1%s", n.full, n.prefix, n.suffix)
+	}
+	defer e.names.lock(n.full)()
+	hash := spec.Hash
+	if hash == "" {
+		hash = bodyHash(spec.Body)
+	}
+	if err := e.checkNotForeign(ctx, n); err != nil {
+		return fmt.Errorf("systemd: start %s: %w", n.full, err)
+	}
+	prevHash, changed, err := e.install(ctx, n, hash, spec)
+	if err != nil {
+		return fmt.Errorf("systemd: start %s: %w", n.full, err)
+	}
+	e.notify()
+	props, err := e.conn.GetUnitPropertiesContext(ctx, n.full)
+	if err != nil {
+		return fmt.Errorf("systemd: start %s: read state: %w", n.full, err)
+	}
+	load, _ := props["LoadState"].(string)
+	active, _ := props["ActiveState"].(string)
+	if load != "loaded" {
+		return fmt.Errorf("systemd: start %s: unit not loaded (%s)%s", n.full, load, loadError(props))
+	}
+	verb, method := "start", e.conn.StartUnitContext
+	switch active {
+	case "active", "activating", "reloading":
+		if !changed && prevHash == hash {
+			return nil // already running this body
+		}
+		verb, method = "restart", e.conn.RestartUnitContext
+	case "failed":
+		// Clears the failure and the start rate limit before a new attempt.
+		_ = e.conn.ResetFailedUnitContext(ctx, n.full)
+	}
+	if err := e.runJob(ctx, verb, n.full, method); err != nil {
+		return err
+	}
+	e.log.Info("unit "+verb+"ed", "unit", n.full, "hash", hash)
+	return nil
+}
+
+// checkNotForeign refuses a unit that systemd loads from a file flotilla does
+// not own, or that is masked.
+func (e *Executor) checkNotForeign(ctx context.Context, n unitName) error {
+	props, err := e.conn.GetUnitPropertiesContext(ctx, n.full)
+	if err != nil {
+		return fmt.Errorf("read unit properties: %w", err)
+	}
+	if load, _ := props["LoadState"].(string); load == "masked" {
+		return fmt.Errorf("%w: the unit is masked on this machine", ErrNotOwned)
+	}
+	frag, _ := props["FragmentPath"].(string)
+	if frag == "" {
+		return nil
+	}
+	ours := []string{filepath.Join(e.unitDir, n.full)}
+	if n.instance != "" {
+		ours = append(ours, filepath.Join(e.unitDir, n.templateName()))
+	}
+	for _, p := range ours {
+		if frag == p {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: systemd loads it from %s", ErrNotOwned, frag)
+}
+
+// install writes the unit's body and drop-in and reloads systemd if a file
+// changed. It returns the hash the unit was installed with before.
+func (e *Executor) install(ctx context.Context, n unitName, hash string, spec executor.Spec) (prevHash string, changed bool, err error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+
+	dropPath := e.dropInPath(n.full)
+	prev, err := readOwned(dropPath)
+	if err != nil {
+		return "", false, err
+	}
+	if prev.exists && !prev.owned {
+		return "", false, fmt.Errorf("%w: %s exists", ErrNotOwned, dropPath)
+	}
+	body := ownedContent(hash, spec.Body)
+	ownPath := filepath.Join(e.unitDir, n.full)
+	own, err := readOwned(ownPath)
+	if err != nil {
+		return "", false, err
+	}
+	if own.exists && !own.owned {
+		return "", false, fmt.Errorf("%w: %s exists", ErrNotOwned, ownPath)
+	}
+	write := func(path string, content []byte) error {
+		c, err := writeAtomic(path, content)
+		changed = changed || c
+		return err
+	}
+	if n.instance == "" {
+		if err := write(ownPath, body); err != nil {
+			return "", false, err
+		}
+	} else {
+		tplPath := filepath.Join(e.unitDir, n.templateName())
+		tpl, err := readOwned(tplPath)
+		if err != nil {
+			return "", false, err
+		}
+		if tpl.exists && !tpl.owned {
+			return "", false, fmt.Errorf("%w: template %s exists", ErrNotOwned, tplPath)
+		}
+		shared, err := e.templateInUse(n)
+		if err != nil {
+			return "", false, err
+		}
+		if !tpl.exists || tpl.hash == hash || !shared {
+			// The template carries this body; an older instance file goes.
+			if err := write(tplPath, body); err != nil {
+				return "", false, err
+			}
+			if own.owned {
+				if err := os.Remove(ownPath); err != nil {
+					return "", false, err
+				}
+				changed = true
+			}
+		} else {
+			// Other instances still run the template's older body: this
+			// instance gets a file of its own, which systemd prefers.
+			if err := write(ownPath, body); err != nil {
+				return "", false, err
+			}
+		}
+	}
+	if err := write(dropPath, dropIn(n, hash, spec.EnvFile, spec.Env, e.opts.AgentUnit, e.opts.AgentDependency)); err != nil {
+		return "", false, err
+	}
+	e.setOwned(n.full, true)
+	if changed {
+		if err := e.conn.ReloadContext(ctx); err != nil {
+			return "", false, fmt.Errorf("daemon-reload: %w", err)
+		}
+	}
+	return prev.hash, changed, nil
+}
+
+// templateInUse reports whether another owned instance of n's template runs
+// the template file's body (has no instance file of its own).
+func (e *Executor) templateInUse(n unitName) (bool, error) {
+	owned, err := ownedUnits(e.unitDir)
+	if err != nil {
+		return false, err
+	}
+	for name := range owned {
+		o, err := parseName(name)
+		if err != nil || name == n.full || o.prefix != n.prefix || o.suffix != n.suffix || o.instance == "" {
+			continue
+		}
+		inst, err := readOwned(filepath.Join(e.unitDir, name))
+		if err != nil {
+			return false, err
+		}
+		if !inst.owned {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// runJob runs a start/stop/restart job and waits for its result. The result
+// channel is buffered: go-systemd sends on it from its signal dispatcher.
+func (e *Executor) runJob(ctx context.Context, verb, name string, method func(context.Context, string, string, chan<- string) (int, error)) error {
+	done := make(chan string, 1)
+	if _, err := method(ctx, name, "replace", done); err != nil {
+		return fmt.Errorf("systemd: %s %s: %w", verb, name, err)
+	}
+	select {
+	case res := <-done:
+		if res == "done" {
+			return nil
+		}
+		return fmt.Errorf("systemd: %s %s: job %s%s", verb, name, res, e.stateSuffix(ctx, name))
+	case <-ctx.Done():
+		return fmt.Errorf("systemd: %s %s: waiting for the job: %w", verb, name, ctx.Err())
+	}
+}
+
+// stateSuffix describes a unit's state for an error message.
+func (e *Executor) stateSuffix(ctx context.Context, name string) string {
+	st, err := e.conn.ListUnitsByNamesContext(ctx, []string{name})
+	if err != nil || len(st) != 1 {
+		return ""
+	}
+	s := fmt.Sprintf(" (%s/%s", st[0].ActiveState, st[0].SubState)
+	if p, err := e.conn.GetUnitTypePropertyContext(ctx, name, unitType(name), "Result"); err == nil {
+		s += ", result " + strings.Trim(p.Value.String(), `"`)
+	}
+	return s + "; see journal)"
+}
+
+// Stop stops an owned unit and waits for the stop job; the unit stays
+// installed. Stopping a unit that is not installed is a no-op; a unit of
+// that name that flotilla does not own is ErrNotOwned and is not stopped.
+func (e *Executor) Stop(ctx context.Context, name string) error {
+	n, err := parseName(name)
+	if err != nil {
+		return fmt.Errorf("systemd: stop: %w", err)
+	}
+	defer e.names.lock(n.full)()
+	o, err := readOwned(e.dropInPath(n.full))
+	if err != nil {
+		return fmt.Errorf("systemd: stop %s: %w", name, err)
+	}
+	if !o.owned {
+		st, err := e.conn.ListUnitsByNamesContext(ctx, []string{name})
+		if err == nil && len(st) == 1 && st[0].LoadState != "not-found" {
+			return fmt.Errorf("systemd: stop %s: %w", name, ErrNotOwned)
+		}
+		return nil
+	}
+	return e.stop(ctx, name)
+}
+
+func (e *Executor) stop(ctx context.Context, name string) error {
+	err := e.runJob(ctx, "stop", name, e.conn.StopUnitContext)
+	var derr godbus.Error
+	if errors.As(err, &derr) && derr.Name == "org.freedesktop.systemd1.NoSuchUnit" {
+		return nil
+	}
+	if err == nil {
+		e.log.Info("unit stopped", "unit", name)
+	}
+	return err
+}
+
+// Remove stops an owned unit, deletes its files (the template too, once no
+// owned instance uses it), reloads systemd and clears a failed state.
+// Removing a unit flotilla does not own is a no-op.
+func (e *Executor) Remove(ctx context.Context, name string) error {
+	n, err := parseName(name)
+	if err != nil {
+		return fmt.Errorf("systemd: remove: %w", err)
+	}
+	defer e.names.lock(n.full)()
+	o, err := readOwned(e.dropInPath(n.full))
+	if err != nil {
+		return fmt.Errorf("systemd: remove %s: %w", name, err)
+	}
+	if !o.owned {
+		return nil
+	}
+	if err := e.stop(ctx, name); err != nil {
+		return fmt.Errorf("systemd: remove %s: %w", name, err)
+	}
+	if err := e.uninstall(ctx, n); err != nil {
+		return fmt.Errorf("systemd: remove %s: %w", name, err)
+	}
+	_ = e.conn.ResetFailedUnitContext(ctx, name) // fails when not failed
+	e.log.Info("unit removed", "unit", name)
+	e.notify()
+	return nil
+}
+
+func (e *Executor) uninstall(ctx context.Context, n unitName) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	dropPath := e.dropInPath(n.full)
+	if _, err := removeOwned(dropPath); err != nil {
+		return err
+	}
+	if err := os.Remove(filepath.Dir(dropPath)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		e.log.Debug("drop-in directory kept", "dir", filepath.Dir(dropPath), "err", err)
+	}
+	e.setOwned(n.full, false)
+	if _, err := removeOwned(filepath.Join(e.unitDir, n.full)); err != nil {
+		return err
+	}
+	if n.instance != "" {
+		inUse, err := e.templateUsers(n)
+		if err != nil {
+			return err
+		}
+		if !inUse {
+			if _, err := removeOwned(filepath.Join(e.unitDir, n.templateName())); err != nil {
+				return err
+			}
+		}
+	}
+	if err := e.conn.ReloadContext(ctx); err != nil {
+		return fmt.Errorf("daemon-reload: %w", err)
+	}
+	return nil
+}
+
+// templateUsers reports whether any other owned instance of n's template is
+// still installed.
+func (e *Executor) templateUsers(n unitName) (bool, error) {
+	owned, err := ownedUnits(e.unitDir)
+	if err != nil {
+		return false, err
+	}
+	for name := range owned {
+		if o, err := parseName(name); err == nil && name != n.full && o.prefix == n.prefix && o.suffix == n.suffix && o.instance != "" {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// States returns the state of every unit this executor owns, as systemd
+// reports it (LoadState, ActiveState, SubState).
+func (e *Executor) States(ctx context.Context) (map[string]executor.State, error) {
+	owned, err := ownedUnits(e.unitDir)
+	if err != nil {
+		return nil, fmt.Errorf("systemd: states: read %s: %w", e.unitDir, err)
+	}
+	out := make(map[string]executor.State, len(owned))
+	if len(owned) == 0 {
+		return out, nil
+	}
+	names := make([]string, 0, len(owned))
+	for name := range owned {
+		names = append(names, name)
+	}
+	st, err := e.conn.ListUnitsByNamesContext(ctx, names)
+	if err != nil {
+		return nil, fmt.Errorf("systemd: states: %w", err)
+	}
+	for _, s := range st {
+		out[s.Name] = executor.State{Load: s.LoadState, Active: s.ActiveState, Sub: s.SubState}
+	}
+	return out, nil
+}
+
+// Adopt is called by the agent when it starts: every owned unit for which
+// keep returns false (no longer targeted at this machine) is stopped and
+// removed; the others are left as they are, running or not. It returns the
+// names removed and the errors met (all units are tried).
+func (e *Executor) Adopt(ctx context.Context, keep func(name string) bool) ([]string, error) {
+	owned, err := ownedUnits(e.unitDir)
+	if err != nil {
+		return nil, fmt.Errorf("systemd: adopt: read %s: %w", e.unitDir, err)
+	}
+	var removed []string
+	var errs []error
+	for name := range owned {
+		e.setOwned(name, true)
+		if keep(name) {
+			continue
+		}
+		if err := e.Remove(ctx, name); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		removed = append(removed, name)
+	}
+	return removed, errors.Join(errs...)
+}
+
+// unitType is the D-Bus interface suffix of a unit name: "Service" for
+// "x.service".
+func unitType(name string) string {
+	t := name[strings.LastIndexByte(name, '.')+1:]
+	return strings.ToUpper(t[:1]) + t[1:]
+}
+
+// loadError formats a unit's LoadError property, if any.
+func loadError(props map[string]any) string {
+	le, ok := props["LoadError"].([]any)
+	if !ok || len(le) != 2 {
+		return ""
+	}
+	if msg, _ := le[1].(string); msg != "" {
+		return ": " + msg
+	}
+	return ""
+}
+
+// nameLocks is a set of per-name mutexes, created on demand and dropped when
+// unused.
+type nameLocks struct {
+	mu    sync.Mutex
+	locks map[string]*nameLock
+}
+
+type nameLock struct {
+	sync.Mutex
+	refs int
+}
+
+// lock locks name and returns its unlock function.
+func (l *nameLocks) lock(name string) func() {
+	l.mu.Lock()
+	if l.locks == nil {
+		l.locks = make(map[string]*nameLock)
+	}
+	nl := l.locks[name]
+	if nl == nil {
+		nl = &nameLock{}
+		l.locks[name] = nl
+	}
+	nl.refs++
+	l.mu.Unlock()
+	nl.Lock()
+	return func() {
+		nl.Unlock()
+		l.mu.Lock()
+		if nl.refs--; nl.refs == 0 {
+			delete(l.locks, name)
+		}
+		l.mu.Unlock()
+	}
+}
