@@ -235,4 +235,3 @@ func quoteEnv(s string) string {
 	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`, "%", "%%")
 	return `"` + r.Replace(s) + `"`
 }
-
