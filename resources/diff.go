@@ -59,12 +59,12 @@ func UnifiedDiff(aName, bName string, a, b []byte) []byte {
 			case i < n && j < m && ma[i] == mb[j]:
 				ops, lines = append(ops, ' '), append(lines, ma[i])
 				i, j = i+1, j+1
-			case j < m && (i == n || lcs[i][j+1] >= lcs[i+1][j]):
-				ops, lines = append(ops, '+'), append(lines, mb[j])
-				j++
-			default:
+			case i < n && (j == m || lcs[i+1][j] >= lcs[i][j+1]):
 				ops, lines = append(ops, '-'), append(lines, ma[i])
 				i++
+			default:
+				ops, lines = append(ops, '+'), append(lines, mb[j])
+				j++
 			}
 		}
 	}

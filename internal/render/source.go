@@ -122,9 +122,9 @@ func (s *EtcdSource) Watch(ctx context.Context, prefix string, fromRev int64) Wa
 		close(ch)
 		return &chanWatcher{ch: ch}
 	}
+	ctx, cancel := context.WithCancel(ctx)
 	w := c.WatchPrefix(ctx, prefix, fromRev)
 	out := make(chan Batch)
-	ctx, cancel := context.WithCancel(ctx)
 	cw := &chanWatcher{ch: out, cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(cw.done)
