@@ -1,21 +1,391 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"flag"
+	"fmt"
 	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
 
+	"golang.org/x/sync/errgroup"
+
+	"github.com/flotilla/flotilla/internal/announce"
 	"github.com/flotilla/flotilla/internal/cmdline"
+	"github.com/flotilla/flotilla/internal/endpoint"
+	"github.com/flotilla/flotilla/internal/store"
 )
 
-const usage = `usage: announce [flags]
+const usage = `usage: announce [flags] KEY [VALUE]
+       announce --detach [flags] KEY [VALUE]
+       announce --delete [flags] KEY
 
-(skeleton: the command is being built)`
+Writes KEY=VALUE to etcd bound to a lease and keeps the lease alive until
+SIGTERM/SIGINT, which revokes it: the key disappears at once, and at most
+--ttl after a crash or kill -9. When etcd is unreachable or the lease is lost,
+it grants a new lease and writes the key again; it never gives up.
+
+VALUE defaults to "<host> <addr>" (--format plain, the seed's format, read by
+confd/render templates as "server <host> <ip>:<port>") or, with --format json,
+{"host":…,"addr":"ip:port","unit":…,"machine":…}.
+
+  ExecStartPost=/usr/bin/announce --detach --addr ${PUBLIC_IP}:8080 /clusterstate/ns/%n
+  ExecStart=/usr/bin/announce --check http://127.0.0.1:8080/ --addr :8080 /clusterstate/ns/%i
+
+--detach returns once the key is written, leaving a keeper process in the
+same process group (and cgroup): stopping the unit stops the keeper, which
+revokes the lease. --delete removes KEY and revokes its lease.
+
+Environment: ANNOUNCE_ENDPOINTS, then ETCDCTL_ENDPOINTS (and etcdctl's
+ETCDCTL_* TLS/auth variables); NOTIFY_SOCKET and WATCHDOG_USEC from systemd
+(READY=1 after the first write; WATCHDOG=1; STOPPING=1); FLOTILLA_MACHINE_ID.
+Exit status: 0 after a signal, 2 for a bad command line, 1 otherwise.`
+
+// keeperEnv names the environment variable that tells a re-executed announce
+// it is the keeper of --detach, and which file descriptor reports the write.
+const keeperEnv = "FLOTILLA_ANNOUNCE_KEEPER_FD"
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("announce", flag.ContinueOnError)
-	if err := cmdline.Parse(fs, args, stdout, usage); err != nil {
+	return runEnv(ctx, args, stdout, stderr, os.Getenv)
+}
+
+// options is the parsed command line.
+type options struct {
+	store     store.Config
+	cfg       announce.Config
+	detach    bool
+	delete    bool
+	logLevel  slog.Level
+	checkURL  string
+	checkOpts announce.CheckOptions
+}
+
+func runEnv(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	o, err := parse(args, stdout, getenv)
+	if err != nil {
 		return err
 	}
-	return cmdline.Usagef("not implemented yet")
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
+	o.cfg.Logger = log
+	switch {
+	case o.delete:
+		return deleteKey(ctx, o, log)
+	case o.detach && getenv(keeperEnv) == "":
+		return detach(ctx, args, stderr)
+	}
+	var report *os.File
+	if fd := getenv(keeperEnv); fd != "" {
+		n, err := strconv.Atoi(fd)
+		if err != nil || n < 3 {
+			return fmt.Errorf("%s=%q: not a file descriptor", keeperEnv, fd)
+		}
+		report = os.NewFile(uintptr(n), "keeper-report")
+	}
+	return keep(ctx, o, log, report)
+}
+
+func parse(args []string, stdout io.Writer, getenv func(string) string) (*options, error) {
+	o := &options{store: store.Default()}
+	fs := flag.NewFlagSet("announce", flag.ContinueOnError)
+	o.store.RegisterFlags(fs)
+	fs.DurationVar(&o.cfg.TTL, "ttl", 30*time.Second, "lease time to live: how long the key outlives a crash (whole seconds, ≥ 1s)")
+	addr := fs.String("addr", "", "ip:port to announce; with \":port\" (or --ip) the IP is found by --ip")
+	ipSpec := fs.String("ip", "", "how to find the IP for --addr: route (source address of the default route) or iface:NAME")
+	host := fs.String("host", "", "host name in the value (default: this machine's host name, systemd's %H)")
+	unit := fs.String("unit", "", "unit name for --format json (default: the systemd unit this runs in)")
+	machine := fs.String("machine", "", "machine id for --format json (default: $FLOTILLA_MACHINE_ID, else /etc/machine-id)")
+	format := fs.String("format", "plain", "value format: plain (\"<host> <ip>:<port>\") or json")
+	fs.StringVar(&o.checkURL, "check", "", "health check gating the key: tcp://host:port or http(s)://host:port/path (2xx/3xx healthy)")
+	fs.DurationVar(&o.cfg.CheckInterval, "check-interval", 5*time.Second, "time between health checks (also each check's timeout)")
+	fs.IntVar(&o.cfg.CheckThreshold, "check-threshold", 3, "failed checks in a row that withdraw the key")
+	fs.BoolVar(&o.checkOpts.InsecureSkipVerify, "check-insecure", false, "accept any certificate from an https check")
+	fs.BoolVar(&o.detach, "detach", false, "return once the key is written, leaving a keeper process (for ExecStartPost=)")
+	fs.BoolVar(&o.delete, "delete", false, "delete KEY and revoke its lease (for ExecStopPost=)")
+	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	if err := cmdline.Parse(fs, args, stdout, usage); err != nil {
+		return nil, err
+	}
+	if err := o.logLevel.UnmarshalText([]byte(*level)); err != nil {
+		return nil, cmdline.Usagef("--log-level %q: want debug, info, warn or error", *level)
+	}
+	if err := o.store.FromEnv(getenv, "ANNOUNCE_ENDPOINTS"); err != nil {
+		return nil, cmdline.Usagef("%v", err)
+	}
+	if err := o.store.Validate(); err != nil {
+		return nil, cmdline.Usagef("%v", err)
+	}
+	rest := fs.Args()
+	if o.delete {
+		if len(rest) != 1 {
+			return nil, cmdline.Usagef("--delete takes exactly one KEY (see --help)")
+		}
+		if o.detach {
+			return nil, cmdline.Usagef("--delete and --detach exclude each other")
+		}
+		o.cfg.Key = rest[0]
+		if err := announce.ValidateKey(o.cfg.Key); err != nil {
+			return nil, cmdline.Usagef("%v", err)
+		}
+		return o, nil
+	}
+	switch len(rest) {
+	case 0:
+		return nil, cmdline.Usagef("missing KEY (see --help)")
+	case 1, 2:
+	default:
+		return nil, cmdline.Usagef("too many arguments: %q (quote a VALUE with spaces)", rest[2:])
+	}
+	o.cfg.Key = rest[0]
+	if err := announce.ValidateKey(o.cfg.Key); err != nil {
+		return nil, cmdline.Usagef("%v", err)
+	}
+	f, err := endpoint.ParseFormat(*format)
+	if err != nil {
+		return nil, cmdline.Usagef("--%v", err)
+	}
+	if *ipSpec != "" {
+		if err := announce.ValidateIPSpec(*ipSpec); err != nil {
+			return nil, cmdline.Usagef("%v", err)
+		}
+	}
+	if len(rest) == 2 {
+		if *addr != "" || *ipSpec != "" {
+			return nil, cmdline.Usagef("give VALUE or --addr/--ip, not both")
+		}
+		if strings.TrimSpace(rest[1]) == "" {
+			return nil, cmdline.Usagef("key %s: empty value", o.cfg.Key)
+		}
+		o.cfg.Value = rest[1]
+	} else {
+		v, err := buildValue(*addr, *ipSpec, *host, *unit, *machine, f, getenv)
+		if err != nil {
+			return nil, cmdline.Usagef("%v", err)
+		}
+		o.cfg.Value = v
+	}
+	if o.checkURL != "" {
+		if o.cfg.CheckInterval <= 0 {
+			return nil, cmdline.Usagef("--check-interval %s: must be positive", o.cfg.CheckInterval)
+		}
+		if o.cfg.CheckThreshold < 1 {
+			return nil, cmdline.Usagef("--check-threshold %d: must be at least 1", o.cfg.CheckThreshold)
+		}
+		o.checkOpts.Timeout = o.cfg.CheckInterval
+		c, err := announce.ParseCheck(o.checkURL, o.checkOpts)
+		if err != nil {
+			return nil, cmdline.Usagef("--%v", err)
+		}
+		o.cfg.Check = c
+	}
+	if err := o.cfg.Validate(); err != nil {
+		return nil, cmdline.Usagef("%v", err)
+	}
+	if o.cfg.TTL%time.Second != 0 {
+		return nil, cmdline.Usagef("ttl %s: etcd leases are whole seconds", o.cfg.TTL)
+	}
+	return o, nil
+}
+
+// buildValue makes the default value from --addr/--ip and the machine's facts.
+func buildValue(addr, ipSpec, host, unit, machine string, f endpoint.Format, getenv func(string) string) (string, error) {
+	if addr == "" {
+		return "", errors.New("missing VALUE or --addr ip:port (see --help)")
+	}
+	if port, ok := strings.CutPrefix(addr, ":"); ok {
+		if ipSpec == "" {
+			ipSpec = "route"
+		}
+		n, err := strconv.ParseUint(port, 10, 16)
+		if err != nil || n == 0 {
+			return "", fmt.Errorf("--addr %q: want ip:port or :port (port 1-65535)", addr)
+		}
+		ip, err := announce.ResolveIP(ipSpec)
+		if err != nil {
+			return "", err
+		}
+		addr = netip.AddrPortFrom(ip, uint16(n)).String()
+	} else if ipSpec != "" {
+		return "", fmt.Errorf("--ip %s needs the port alone: --addr :PORT", ipSpec)
+	}
+	if _, err := endpoint.ParseAddr(addr); err != nil {
+		return "", fmt.Errorf("--addr: %w", err)
+	}
+	if host == "" {
+		var err error
+		if host, err = os.Hostname(); err != nil {
+			return "", fmt.Errorf("host name: %w (give --host)", err)
+		}
+	}
+	e := endpoint.Endpoint{Host: host, Addr: addr}
+	if f == endpoint.JSON {
+		e.Unit, e.Machine = unit, machine
+		if e.Unit == "" {
+			e.Unit = announce.SelfUnit()
+		}
+		if e.Machine == "" {
+			e.Machine = announce.MachineID(getenv)
+		}
+	}
+	v, err := e.Encode(f)
+	if err != nil {
+		return "", fmt.Errorf("value: %w", err)
+	}
+	return v, nil
+}
+
+// connect opens the etcd client, retrying while etcd is unreachable: only an
+// authentication failure (which retrying cannot fix) or ctx ends it.
+func connect(ctx context.Context, cfg store.Config, log *slog.Logger) (*store.Client, error) {
+	backoff := 200 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		c, err := store.OpenWith(ctx, cfg, store.OpenOptions{MaxReconnectDelay: 500 * time.Millisecond})
+		if err == nil {
+			if attempt > 1 {
+				log.Info("connected to etcd", "endpoints", strings.Join(cfg.Endpoints, ","), "attempts", attempt)
+			}
+			return c, nil
+		}
+		if store.IsAuthError(err) || ctx.Err() != nil {
+			return nil, err
+		}
+		if attempt == 1 || attempt%10 == 0 {
+			log.Warn("etcd unreachable; retrying", "attempt", attempt, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+// keep runs the registration in the foreground until ctx ends. report, when
+// not nil (the keeper of --detach), gets one line after the first write and
+// is closed.
+func keep(ctx context.Context, o *options, log *slog.Logger, report *os.File) error {
+	sd := &announce.Systemd{Logger: log}
+	if report != nil {
+		sd = nil // the keeper is not the unit's main process: systemd's readiness is the parent's exit
+	}
+	c, err := connect(ctx, o.store, log)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil // a signal before etcd was ever reached: nothing to withdraw
+		}
+		return err
+	}
+	defer c.Close()
+	first := true
+	o.cfg.OnPut = func(id store.LeaseID) {
+		if sd != nil {
+			if first {
+				sd.Ready("announced " + o.cfg.Key)
+			} else {
+				sd.Status("announced " + o.cfg.Key + " again")
+			}
+		}
+		if first && report != nil {
+			fmt.Fprintf(report, "written %x\n", int64(id))
+			report.Close()
+		}
+		first = false
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	if sd != nil {
+		g.Go(func() error { sd.Watchdog(gctx); return nil })
+	}
+	g.Go(func() error {
+		err := announce.Run(gctx, c, o.cfg)
+		if sd != nil {
+			sd.Stopping()
+		}
+		return err
+	})
+	return g.Wait()
+}
+
+// detach re-executes this program as the keeper, in the same process group,
+// and returns once the keeper reports the key written (or fails).
+func detach(ctx context.Context, args []string, stderr io.Writer) error {
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("detach: find own executable: %w", err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("detach: pipe: %w", err)
+	}
+	defer r.Close()
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		w.Close()
+		return fmt.Errorf("detach: %w", err)
+	}
+	defer devnull.Close()
+	cmd := exec.Command(self, args...)
+	cmd.Env = append(os.Environ(), keeperEnv+"=3")
+	cmd.Stdin, cmd.Stdout = devnull, devnull
+	cmd.Stderr = stderr // the unit's journal
+	cmd.ExtraFiles = []*os.File{w}
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		return fmt.Errorf("detach: start keeper: %w", err)
+	}
+	w.Close()
+	line := make(chan string, 1)
+	go func() { // ends when the keeper writes or closes its end (exits)
+		s, _ := bufio.NewReader(r).ReadString('\n')
+		line <- s
+	}()
+	select {
+	case s := <-line:
+		if strings.HasPrefix(s, "written ") {
+			// The keeper lives on; the process is released, never waited for.
+			return cmd.Process.Release()
+		}
+		err := cmd.Wait()
+		return fmt.Errorf("detach: keeper exited before the key was written: %v", err)
+	case <-ctx.Done():
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+		r.Close()
+		<-line
+		return nil
+	}
+}
+
+// deleteKey removes the key and revokes the lease it was bound to.
+func deleteKey(ctx context.Context, o *options, log *slog.Logger) error {
+	octx, cancel := context.WithTimeout(ctx, o.store.DialTimeout+10*time.Second)
+	defer cancel()
+	c, err := store.Open(octx, o.store)
+	if err != nil {
+		return fmt.Errorf("delete %s: %w", o.cfg.Key, err)
+	}
+	defer c.Close()
+	kv, found, _, err := c.Get(octx, o.cfg.Key)
+	if err != nil {
+		return fmt.Errorf("delete %s: %w", o.cfg.Key, err)
+	}
+	if !found {
+		log.Info("nothing to delete", "key", o.cfg.Key)
+		return nil
+	}
+	if err := c.RevokeLease(octx, kv.Lease); err != nil {
+		return fmt.Errorf("delete %s: %w", o.cfg.Key, err)
+	}
+	if _, err := c.Delete(octx, o.cfg.Key); err != nil {
+		return fmt.Errorf("delete %s: %w", o.cfg.Key, err)
+	}
+	log.Info("deleted", "key", o.cfg.Key, "lease", fmt.Sprintf("%x", int64(kv.Lease)))
+	return nil
 }

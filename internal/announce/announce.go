@@ -1,0 +1,231 @@
+// Package announce keeps one key in etcd for as long as a service runs: the
+// key is always bound to a lease, the lease is kept alive, and when it is lost
+// (expired during an etcd outage, revoked, keepalive ended) a new lease is
+// granted and the key written again, with backoff. With a health check the
+// key exists only while the check passes. Ending the context revokes the
+// lease, so the key disappears at once.
+package announce
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/flotilla/flotilla/internal/store"
+)
+
+// MaxTTL is the longest lease etcd grants.
+const MaxTTL = 9_000_000_000 * time.Second
+
+// Config says what to announce and how. Fill it, then Validate (Run does).
+type Config struct {
+	// Key is the etcd key; it starts with '/' and does not end with one.
+	Key string
+	// Value is written verbatim; it must not be empty.
+	Value string
+	// TTL is the lease's time to live (whole seconds, at least store.MinTTL);
+	// the key outlives a crash of the process by at most this long.
+	TTL time.Duration
+	// Check, if not nil, gates the key: it is written only once a check
+	// passed, and withdrawn after CheckThreshold failures in a row.
+	Check Checker
+	// CheckInterval is the time between checks; default 5s.
+	CheckInterval time.Duration
+	// CheckThreshold is how many failures in a row withdraw the key; default 3.
+	CheckThreshold int
+	// MinBackoff and MaxBackoff bound the wait between failed attempts to
+	// (re-)register; defaults 100ms and 2s.
+	MinBackoff, MaxBackoff time.Duration
+	// Logger receives what happens; nil discards.
+	Logger *slog.Logger
+	// OnPut, if set, is called after every successful write of the key, from
+	// Run's goroutine: a slow OnPut delays the registration loop.
+	OnPut func(store.LeaseID)
+}
+
+// Validate fills defaults and checks the configuration. Its messages are one
+// line, fit for a command line error.
+func (c *Config) Validate() error {
+	if err := ValidateKey(c.Key); err != nil {
+		return err
+	}
+	if c.Value == "" {
+		return fmt.Errorf("key %s: empty value", c.Key)
+	}
+	if c.TTL < store.MinTTL {
+		return fmt.Errorf("ttl %s: etcd's shortest lease is %s", c.TTL, store.MinTTL)
+	}
+	if c.TTL > MaxTTL {
+		return fmt.Errorf("ttl %s: etcd's longest lease is %s", c.TTL, MaxTTL)
+	}
+	if c.CheckInterval == 0 {
+		c.CheckInterval = 5 * time.Second
+	}
+	if c.CheckInterval < 0 {
+		return fmt.Errorf("check interval %s: must be positive", c.CheckInterval)
+	}
+	if c.CheckThreshold == 0 {
+		c.CheckThreshold = 3
+	}
+	if c.CheckThreshold < 0 {
+		return fmt.Errorf("check threshold %d: must be at least 1", c.CheckThreshold)
+	}
+	if c.MinBackoff <= 0 {
+		c.MinBackoff = 100 * time.Millisecond
+	}
+	if c.MaxBackoff < c.MinBackoff {
+		c.MaxBackoff = max(2*time.Second, c.MinBackoff)
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// ValidateKey checks an announce key: it starts with '/', names something
+// below the root, does not end with '/' and holds no control characters.
+func ValidateKey(key string) error {
+	switch {
+	case key == "":
+		return errors.New("empty key")
+	case !strings.HasPrefix(key, "/"):
+		return fmt.Errorf("key %q: must start with '/'", key)
+	case strings.HasSuffix(key, "/"):
+		return fmt.Errorf("key %q: must not end with '/' (a key, not a directory)", key)
+	case strings.ContainsFunc(key, func(r rune) bool { return r < 0x20 || r == 0x7f }):
+		return fmt.Errorf("key %q: contains a control character", key)
+	}
+	return nil
+}
+
+// Run keeps cfg.Key announced until ctx ends, then revokes the lease (the key
+// disappears) and returns nil. It never returns because etcd is unreachable:
+// it retries, with backoff, logging what failed. It returns an error only for
+// an invalid cfg, before touching etcd.
+func Run(ctx context.Context, c *store.Client, cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if cfg.Check == nil {
+		return register(ctx, c, &cfg, nil)
+	}
+	health := make(chan bool, 1)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { watchHealth(gctx, &cfg, health); return nil })
+	g.Go(func() error { return register(gctx, c, &cfg, health) })
+	return g.Wait()
+}
+
+// register is the registration loop. health carries changes of the check's
+// verdict (nil: no check, always healthy).
+func register(ctx context.Context, c *store.Client, cfg *Config, health <-chan bool) error {
+	log := cfg.Logger.With("key", cfg.Key)
+	healthy := health == nil
+	backoff := cfg.MinBackoff
+	failures := 0
+	for {
+		for !healthy {
+			select {
+			case <-ctx.Done():
+				return nil
+			case healthy = <-health:
+			}
+		}
+		lease, err := put(ctx, c, cfg)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			failures++
+			if failures == 1 || failures%10 == 0 {
+				log.Warn("announce failed; retrying", "attempt", failures, "err", err)
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case healthy = <-health:
+			case <-time.After(jitter(backoff)):
+			}
+			backoff = min(2*backoff, cfg.MaxBackoff)
+			continue
+		}
+		if failures > 0 {
+			log.Info("announced again", "lease", fmt.Sprintf("%x", int64(lease.ID())), "after_attempts", failures)
+		} else {
+			log.Info("announced", "lease", fmt.Sprintf("%x", int64(lease.ID())), "ttl", lease.TTL())
+		}
+		failures, backoff = 0, cfg.MinBackoff
+		if cfg.OnPut != nil {
+			cfg.OnPut(lease.ID())
+		}
+		if healthy = hold(ctx, c, cfg, lease, health, log); ctx.Err() != nil {
+			return nil
+		}
+	}
+}
+
+// hold keeps lease until ctx ends (it then withdraws the key), the lease is
+// lost, or the health check fails (it then withdraws the key). It reports
+// whether the service is still healthy.
+func hold(ctx context.Context, c *store.Client, cfg *Config, lease *store.Lease, health <-chan bool, log *slog.Logger) (healthy bool) {
+	for {
+		select {
+		case <-ctx.Done():
+			withdraw(c, lease, cfg.TTL, log)
+			return true
+		case <-lease.Done():
+			log.Warn("lease lost; granting a new one", "lease", fmt.Sprintf("%x", int64(lease.ID())))
+			lease.Abandon()
+			return true
+		case h := <-health:
+			if h {
+				continue
+			}
+			log.Warn("health check failing; withdrawing the key")
+			withdraw(c, lease, cfg.TTL, log)
+			return false
+		}
+	}
+}
+
+// put grants a lease and writes the key with it. Each step is bounded by the
+// TTL: past that, a lease granted before a hang may be gone anyway.
+func put(ctx context.Context, c *store.Client, cfg *Config) (*store.Lease, error) {
+	actx, cancel := context.WithTimeout(ctx, max(cfg.TTL, 2*time.Second))
+	defer cancel()
+	lease, err := c.GrantLease(actx, cfg.TTL)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := lease.Put(actx, cfg.Key, cfg.Value); err != nil {
+		lease.Abandon()
+		// Best effort: the lease would expire by itself anyway.
+		c.RevokeLease(context.WithoutCancel(actx), lease.ID())
+		return nil, err
+	}
+	return lease, nil
+}
+
+// withdraw stops the keepalive and revokes the lease, waiting for etcd at
+// most min(TTL, 5s): past that the lease expires by itself.
+func withdraw(c *store.Client, lease *store.Lease, ttl time.Duration, log *slog.Logger) {
+	lease.Abandon()
+	ctx, cancel := context.WithTimeout(context.Background(), min(ttl, 5*time.Second))
+	defer cancel()
+	if err := c.RevokeLease(ctx, lease.ID()); err != nil {
+		log.Warn("withdraw: the key stays until its lease expires", "ttl", ttl, "err", err)
+		return
+	}
+	log.Info("withdrawn", "lease", fmt.Sprintf("%x", int64(lease.ID())))
+}
+
+// jitter returns d ± 20 %.
+func jitter(d time.Duration) time.Duration {
+	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
+}
