@@ -148,6 +148,8 @@ type Machine struct {
 	IP       string            `json:"ip"`
 	Metadata map[string]string `json:"metadata,omitempty"`
 	Version  string            `json:"version,omitempty"`
+	// Capacity is the most non-global units the machine takes; 0: no limit.
+	Capacity int `json:"capacity,omitempty"`
 }
 
 // UnitState is a unit's state on one machine, as its agent reports it.
