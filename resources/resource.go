@@ -190,6 +190,9 @@ func Parse(filename string, b []byte, opts LoadOptions) (*Resource, error) {
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
+			if pe.LastKey != "" {
+				return nil, fmt.Errorf("resource %s:%d: key %s: %s", filename, pe.Position.Line, pe.LastKey, pe.Message)
+			}
 			return nil, fmt.Errorf("resource %s:%d: %s", filename, pe.Position.Line, pe.Message)
 		}
 		return nil, fmt.Errorf("resource %s: %w", filename, err)
