@@ -218,7 +218,7 @@ func dropIn(n unitName, hash string, envFile string, env map[string]string, agen
 	if section != "" && (envFile != "" || len(env) > 0) {
 		fmt.Fprintf(&b, "[%s]\n", section)
 		if envFile != "" {
-			fmt.Fprintf(&b, "EnvironmentFile=-%s\n", envFile)
+			fmt.Fprintf(&b, "EnvironmentFile=-%s\n", strings.ReplaceAll(envFile, "%", "%%"))
 		} else {
 			for _, k := range slices.Sorted(maps.Keys(env)) {
 				fmt.Fprintf(&b, "Environment=%s\n", quoteEnv(k+"="+env[k]))

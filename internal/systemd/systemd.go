@@ -380,6 +380,14 @@ func (e *Executor) Start(ctx context.Context, spec executor.Spec) error {
 	if n.template {
 		return fmt.Errorf("systemd: start %s: a template cannot be started; start an instance such as %s@1%s", n.full, n.prefix, n.suffix)
 	}
+	if spec.EnvFile != "" && (!filepath.IsAbs(spec.EnvFile) || strings.ContainsAny(spec.EnvFile, "\n\r")) {
+		return fmt.Errorf("systemd: start %s: environment file %q: want an absolute path on one line", n.full, spec.EnvFile)
+	}
+	for k, v := range spec.Env {
+		if k == "" || strings.ContainsAny(k, "= \t\n\r\"\\%") || strings.ContainsAny(v, "\r") {
+			return fmt.Errorf("systemd: start %s: environment variable %q: invalid name or value", n.full, k)
+		}
+	}
 	defer e.names.lock(n.full)()
 	hash := spec.Hash
 	if hash == "" {
