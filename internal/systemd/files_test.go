@@ -170,13 +170,13 @@ func TestReadOwned(t *testing.T) {
 
 func TestUnitNameFromPath(t *testing.T) {
 	tests := map[string]string{
-		"/org/freedesktop/systemd1/unit/web_2eservice":            "web.service",
-		"/org/freedesktop/systemd1/unit/nginx_401_2eservice":      "nginx@1.service",
-		"/org/freedesktop/systemd1/unit/a_5fb_2eservice":          "a_b.service",
-		"/org/freedesktop/systemd1/unit/a_5cx2db_2eservice":       `a\x2db.service`,
-		"/org/freedesktop/systemd1/unit/trailing_":                "trailing_",
-		"/org/freedesktop/systemd1/unit/x_zz_2eservice":           "x_zz.service",
-		"/org/freedesktop/systemd1/unit/_2d_2eslice":              "-.slice",
+		"/org/freedesktop/systemd1/unit/web_2eservice":           "web.service",
+		"/org/freedesktop/systemd1/unit/nginx_401_2eservice":     "nginx@1.service",
+		"/org/freedesktop/systemd1/unit/a_5fb_2eservice":         "a_b.service",
+		"/org/freedesktop/systemd1/unit/a_5cx2db_2eservice":      `a\x2db.service`,
+		"/org/freedesktop/systemd1/unit/trailing_":               "trailing_",
+		"/org/freedesktop/systemd1/unit/x_zz_2eservice":          "x_zz.service",
+		"/org/freedesktop/systemd1/unit/_2d_2eslice":             "-.slice",
 		"/org/freedesktop/systemd1/unit/deep_2dname_40i_2etimer": "deep-name@i.timer",
 	}
 	for path, want := range tests {
