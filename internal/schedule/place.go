@@ -316,7 +316,7 @@ func (p *placer) keep() {
 		if !ok {
 			continue
 		}
-		if why, _ := p.peerMachine(u); why != "" {
+		if why, pm := p.peerMachine(u); why != "" || len(u.peers) > 0 && pm != m {
 			continue
 		}
 		if p.check(u, m) == "" {
