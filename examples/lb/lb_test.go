@@ -1,0 +1,105 @@
+// Package lb_test renders the example load-balancer configuration
+// (conf.d + templates) against goldens, and checks the seed's fragment.
+package lb_test
+
+import (
+	"context"
+	"flag"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/flotilla/flotilla/internal/render"
+	"github.com/flotilla/flotilla/resources"
+	"github.com/flotilla/flotilla/template"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/*.golden")
+
+func keys(t *testing.T) map[string]string {
+	t.Helper()
+	src := &render.FileSource{Files: []string{filepath.Join("testdata", "keys.yaml")}}
+	kvs, _, err := src.List(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kvs
+}
+
+func renderResource(t *testing.T, r *resources.Resource, kvs map[string]string) []byte {
+	t.Helper()
+	m := map[string]string{}
+	for k, v := range kvs {
+		if r.Match(k) {
+			m[r.Relative(k)] = v
+		}
+	}
+	text, err := os.ReadFile(r.Src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tm, err := template.Parse(filepath.Base(r.Src), text, template.Options{
+		Delims: r.Delims, Dir: "templates", Getenv: func(string) string { return "" },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := tm.Render(template.NewStore(m))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func TestExamplesRenderGoldens(t *testing.T) {
+	res, errs := resources.LoadDir("conf.d", resources.LoadOptions{Strict: true, TemplatesDir: "templates"})
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	if len(res) != 2 {
+		t.Fatalf("want haproxy.toml and nginx.toml, got %d resources", len(res))
+	}
+	kvs := keys(t)
+	for _, r := range res {
+		t.Run(r.Name, func(t *testing.T) {
+			got := renderResource(t, r, kvs)
+			golden := filepath.Join("testdata", filepath.Base(r.Dest)+".golden")
+			if *update {
+				if err := os.WriteFile(golden, got, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(got) != string(want) {
+				t.Errorf("%s renders differently from %s:\n%s", r.Name, golden, resources.UnifiedDiff(golden, "rendered", want, got))
+			}
+		})
+	}
+}
+
+// TestSeedFragment renders the seed's fragment as confd does: getvs takes a
+// path.Match pattern and returns the values sorted by value; the blank lines
+// and indentation are text/template's, unchanged.
+func TestSeedFragment(t *testing.T) {
+	const fragment = "listen appname\n    {{range getvs \"/clusterstate/cruwe_de/*\"}}\n    server {{.}} check\n    {{end}}\n"
+	tm, err := template.Parse("seed", []byte(fragment), template.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := template.NewStore(map[string]string{
+		"/clusterstate/cruwe_de/nginx@2.service": "host2 10.0.0.2:8080",
+		"/clusterstate/cruwe_de/nginx@1.service": "host1 10.0.0.1:8080",
+		"/clusterstate/cruwe_de/sub/deeper":      "not matched by *",
+	})
+	got, err := tm.Render(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "listen appname\n    \n    server host1 10.0.0.1:8080 check\n    \n    server host2 10.0.0.2:8080 check\n    \n"
+	if string(got) != want {
+		t.Errorf("seed fragment:\n%q\nwant\n%q", got, want)
+	}
+}
