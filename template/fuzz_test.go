@@ -2,8 +2,8 @@ package template
 
 import (
 	"encoding/base64"
-	"path"
 	"os"
+	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
