@@ -240,6 +240,31 @@ func splitWords(s string) ([]word, error) {
 	}
 }
 
+// simpleEscape decodes the one-letter C escape \c.
+func simpleEscape(c byte) (byte, bool) {
+	switch c {
+	case 'a':
+		return '\a', true
+	case 'b':
+		return '\b', true
+	case 'f':
+		return '\f', true
+	case 'n':
+		return '\n', true
+	case 'r':
+		return '\r', true
+	case 't':
+		return '\t', true
+	case 'v':
+		return '\v', true
+	case 's', ' ':
+		return ' ', true
+	case '\\', '"', '\'', ';':
+		return c, true
+	}
+	return 0, false
+}
+
 func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
 
 // unescapeAt decodes the C escape at s[i] (a backslash) into b and returns
@@ -249,9 +274,7 @@ func unescapeAt(s string, i int, b *strings.Builder) (int, error) {
 		return 0, fmt.Errorf("backslash at the end of the line")
 	}
 	c := s[i+1]
-	simple := map[byte]byte{'a': '\a', 'b': '\b', 'f': '\f', 'n': '\n', 'r': '\r', 't': '\t', 'v': '\v',
-		'\\': '\\', '"': '"', '\'': '\'', 's': ' ', ';': ';', ' ': ' '}
-	if r, ok := simple[c]; ok {
+	if r, ok := simpleEscape(c); ok {
 		b.WriteByte(r)
 		return 2, nil
 	}

@@ -156,16 +156,23 @@ func TestSpecifiers(t *testing.T) {
 		in, want string
 		sp       Specifiers
 	}{
-		"name":      {"%n|%N|%p|%P|%i|%I|%f", `mnt@var-lib-x\x2dy.mount|mnt@var-lib-x\x2dy|mnt|mnt|var-lib-x\x2dy|var/lib/x-y|/var/lib/x-y`, sp},
-		"machine":   {"%H %m %b", "h m b", sp},
-		"percent":   {"100%% %%n", "100% %n", sp},
-		"unknown":   {"%z %", "%z %", sp},
-		"plain %f":  {"%f %P %i", "/a/b a/b ", Specifiers{Name: plain}},
-		"nothing":   {"no specifiers", "no specifiers", sp},
-		"zero":      {"[%n][%H]", "[][]", Specifiers{}},
-		"adjacent":  {"%p%i", `mntvar-lib-x\x2dy`, sp},
-		"trailing":  {"x%", "x%", sp},
-		"bad unesc": {"%I", `bad\xZZ`, Specifiers{Name: Name{Instance: `bad\xZZ`, at: true}}},
+		"name":         {"%n|%N|%p|%P|%i|%I|%f", `mnt@var-lib-x\x2dy.mount|mnt@var-lib-x\x2dy|mnt|mnt|var-lib-x\x2dy|var/lib/x-y|/var/lib/x-y`, sp},
+		"machine":      {"%H %m %b", "h m b", sp},
+		"percent":      {"100%% %%n", "100% %n", sp},
+		"unknown":      {"%z %", "%z %", sp},
+		"plain %f":     {"%f %P %i", "/a/b a/b ", Specifiers{Name: plain}},
+		"nothing":      {"no specifiers", "no specifiers", sp},
+		"zero":         {"[%n][%H]", "[][]", Specifiers{}},
+		"adjacent":     {"%p%i", `mntvar-lib-x\x2dy`, sp},
+		"trailing":     {"x%", "x%", sp},
+		"bad unesc":    {"%I", `bad\xZZ`, Specifiers{Name: Name{Instance: `bad\xZZ`, at: true}}},
+		"j J":          {"%j|%J", `x\x2dy|x-y`, Specifiers{Name: Name{Prefix: `var-lib-x\x2dy`}}},
+		"j no dash":    {"%j", "mnt", sp},
+		"short host":   {"%l|%H", "web1|web1.example.com", Specifiers{Hostname: "web1.example.com"}},
+		"user":         {"%u %U %g %G %h %s", "www 33 www 33 /var/www /bin/sh", Specifiers{User: "www", UID: "33", Group: "www", GID: "33", Home: "/var/www", Shell: "/bin/sh"}},
+		"dirs default": {"%t %S %C %L %E %T %V", "/run /var/lib /var/cache /var/log /etc /tmp /var/tmp", Specifiers{}},
+		"dirs user":    {"%t/x %S", "/run/user/1000/x /home/u/.local/state", Specifiers{RuntimeDir: "/run/user/1000", StateDir: "/home/u/.local/state"}},
+		"extra":        {"%a|%v|%o", "x86-64|6.1.0|", Specifiers{Extra: map[byte]string{'a': "x86-64", 'v': "6.1.0"}}},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -174,7 +181,7 @@ func TestSpecifiers(t *testing.T) {
 			}
 		})
 	}
-	if got := CheckSpecifiers("ok %n %% %z"); got != "%z" {
+	if got := CheckSpecifiers("ok %n %% %t %h %z"); got != "%z" {
 		t.Errorf("CheckSpecifiers = %q", got)
 	}
 }

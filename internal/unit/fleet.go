@@ -99,20 +99,22 @@ func matchAny(globs []string, name string) bool {
 	return false
 }
 
-// fleetKeys maps every accepted [X-Fleet] key, current and the deprecated
+// fleetKey maps every accepted [X-Fleet] key, current and the deprecated
 // names fleet still read, to its current name.
-var fleetKeys = map[string]string{
-	"MachineID":                  "MachineID",
-	"X-ConditionMachineID":       "MachineID",
-	"X-ConditionMachineBootID":   "MachineID",
-	"MachineOf":                  "MachineOf",
-	"X-ConditionMachineOf":       "MachineOf",
-	"MachineMetadata":            "MachineMetadata",
-	"X-ConditionMachineMetadata": "MachineMetadata",
-	"Conflicts":                  "Conflicts",
-	"X-Conflicts":                "Conflicts",
-	"Global":                     "Global",
-	"Replaces":                   "Replaces",
+func fleetKey(k string) (string, bool) {
+	switch k {
+	case "MachineID", "X-ConditionMachineID", "X-ConditionMachineBootID":
+		return "MachineID", true
+	case "MachineOf", "X-ConditionMachineOf":
+		return "MachineOf", true
+	case "MachineMetadata", "X-ConditionMachineMetadata":
+		return "MachineMetadata", true
+	case "Conflicts", "X-Conflicts":
+		return "Conflicts", true
+	case "Global", "Replaces":
+		return k, true
+	}
+	return "", false
 }
 
 // parseFleet reads the [X-Fleet] options of unit n. A template is
@@ -159,7 +161,7 @@ func parseFleetFor(n Name, opts []Option, lenient bool) (Fleet, error) {
 		if o.Section != "X-Fleet" {
 			continue
 		}
-		key, ok := fleetKeys[o.Name]
+		key, ok := fleetKey(o.Name)
 		if !ok {
 			return fail(o.Line, "unknown [X-Fleet] key %q (known: MachineID, MachineOf, MachineMetadata, Conflicts, Global, Replaces)", o.Name)
 		}

@@ -9,11 +9,14 @@ import (
 // (256 including the terminating NUL).
 const MaxNameLen = 255
 
-// types are the unit types systemd knows; a name must end in one of them.
-var types = map[string]bool{
-	"service": true, "socket": true, "device": true, "mount": true,
-	"automount": true, "swap": true, "target": true, "path": true,
-	"timer": true, "slice": true, "scope": true,
+// knownType reports whether t is a unit type systemd knows.
+func knownType(t string) bool {
+	switch t {
+	case "service", "socket", "device", "mount", "automount", "swap", "target",
+		"path", "timer", "slice", "scope":
+		return true
+	}
+	return false
 }
 
 // Name is a parsed unit name. For "nginx@1.service" Full is the whole name,
@@ -62,7 +65,7 @@ func ParseName(s string) (Name, error) {
 		return bad("has no type suffix (such as .service)")
 	}
 	typ := s[dot+1:]
-	if !types[typ] {
+	if !knownType(typ) {
 		return bad("unknown unit type %q (want service, socket, timer, path, mount, target, …)", typ)
 	}
 	base := s[:dot]

@@ -44,12 +44,21 @@ type EnvFile struct {
 	Line     int
 }
 
-var (
-	serviceTypes = map[string]bool{"simple": true, "exec": true, "forking": true, "oneshot": true,
-		"dbus": true, "notify": true, "notify-reload": true, "idle": true}
-	restartValues = map[string]bool{"no": true, "on-success": true, "on-failure": true,
-		"on-abnormal": true, "on-watchdog": true, "on-abort": true, "always": true}
-)
+func validServiceType(t string) bool {
+	switch t {
+	case "simple", "exec", "forking", "oneshot", "dbus", "notify", "notify-reload", "idle":
+		return true
+	}
+	return false
+}
+
+func validRestart(r string) bool {
+	switch r {
+	case "no", "on-success", "on-failure", "on-abnormal", "on-watchdog", "on-abort", "always":
+		return true
+	}
+	return false
+}
 
 // parseService reads and validates the [Service] section of unit n.
 func parseService(n Name, opts []Option) (Service, error) {
@@ -65,13 +74,12 @@ func parseService(n Name, opts []Option) (Service, error) {
 		v := o.Value
 		switch o.Name {
 		case "Type":
-			if !serviceTypes[v] {
+			if !validServiceType(v) {
 				return fail(o.Line, "Type=%s: unknown service type (want simple, exec, forking, oneshot, notify, dbus, idle)", v)
 			}
 			s.Type, typeLine = v, o.Line
 		case "ExecStartPre", "ExecStart", "ExecStartPost", "ExecStop", "ExecStopPost":
-			dst := map[string]*[]Exec{"ExecStartPre": &s.ExecStartPre, "ExecStart": &s.ExecStart,
-				"ExecStartPost": &s.ExecStartPost, "ExecStop": &s.ExecStop, "ExecStopPost": &s.ExecStopPost}[o.Name]
+			dst := s.execList(o.Name)
 			if v == "" {
 				*dst = nil
 				continue
@@ -93,7 +101,7 @@ func parseService(n Name, opts []Option) (Service, error) {
 				startLine = o.Line
 			}
 		case "Restart":
-			if !restartValues[v] {
+			if !validRestart(v) {
 				return fail(o.Line, "Restart=%s: unknown value (want no, on-success, on-failure, on-abnormal, on-watchdog, on-abort, always)", v)
 			}
 			s.Restart = v
@@ -168,17 +176,45 @@ func parseService(n Name, opts []Option) (Service, error) {
 	return s, nil
 }
 
-// timeUnits are systemd's time span units.
-var timeUnits = map[string]time.Duration{
-	"us": time.Microsecond, "usec": time.Microsecond, "µs": time.Microsecond,
-	"ms": time.Millisecond, "msec": time.Millisecond,
-	"s": time.Second, "sec": time.Second, "second": time.Second, "seconds": time.Second,
-	"m": time.Minute, "min": time.Minute, "minute": time.Minute, "minutes": time.Minute,
-	"h": time.Hour, "hr": time.Hour, "hour": time.Hour, "hours": time.Hour,
-	"d": 24 * time.Hour, "day": 24 * time.Hour, "days": 24 * time.Hour,
-	"w": 7 * 24 * time.Hour, "week": 7 * 24 * time.Hour, "weeks": 7 * 24 * time.Hour,
-	"M": 2629800 * time.Second, "month": 2629800 * time.Second, "months": 2629800 * time.Second,
-	"y": 31557600 * time.Second, "year": 31557600 * time.Second, "years": 31557600 * time.Second,
+// execList returns the list an Exec*= key fills.
+func (s *Service) execList(key string) *[]Exec {
+	switch key {
+	case "ExecStartPre":
+		return &s.ExecStartPre
+	case "ExecStart":
+		return &s.ExecStart
+	case "ExecStartPost":
+		return &s.ExecStartPost
+	case "ExecStop":
+		return &s.ExecStop
+	default:
+		return &s.ExecStopPost
+	}
+}
+
+// timeUnit returns the length of one of systemd's time span units.
+func timeUnit(u string) (time.Duration, bool) {
+	switch u {
+	case "us", "usec", "µs":
+		return time.Microsecond, true
+	case "ms", "msec":
+		return time.Millisecond, true
+	case "s", "sec", "second", "seconds":
+		return time.Second, true
+	case "m", "min", "minute", "minutes":
+		return time.Minute, true
+	case "h", "hr", "hour", "hours":
+		return time.Hour, true
+	case "d", "day", "days":
+		return 24 * time.Hour, true
+	case "w", "week", "weeks":
+		return 7 * 24 * time.Hour, true
+	case "M", "month", "months":
+		return 2629800 * time.Second, true
+	case "y", "year", "years":
+		return 31557600 * time.Second, true
+	}
+	return 0, false
 }
 
 // ParseTimespan parses a systemd time span: "90", "5s", "1min 30s",
@@ -217,7 +253,7 @@ func ParseTimespan(s string) (time.Duration, error) {
 		}
 		unit := time.Second
 		if j > 0 {
-			u, ok := timeUnits[rest[:j]]
+			u, ok := timeUnit(rest[:j])
 			if !ok {
 				return 0, fmt.Errorf("time span %q: unknown unit %q (use us, ms, s, min, h, d, w)", s, rest[:j])
 			}

@@ -6,14 +6,26 @@ import (
 )
 
 // Specifiers are the values systemd's %-specifiers expand to for one unit on
-// one machine. The zero value expands every specifier to "" (and %% to %).
+// one machine. The zero value expands the machine-dependent specifiers to ""
+// (the directory ones to systemd's system-manager defaults) and %% to %.
 type Specifiers struct {
 	// Name is the unit's name: %n (full), %N (without type), %p (prefix),
 	// %P (prefix, unescaped), %i (instance, as written), %I (instance,
-	// unescaped), %f (unescaped instance or prefix, with a leading "/").
+	// unescaped), %f (unescaped instance or prefix, with a leading "/"),
+	// %j and %J (the last "-"-separated part of the prefix, as written and
+	// unescaped).
 	Name Name
-	// Hostname is %H, MachineID %m, BootID %b.
+	// Hostname is %H (and %l, up to the first dot), MachineID %m, BootID %b.
 	Hostname, MachineID, BootID string
+	// User is %u, UID %U, Group %g, GID %G, Home %h, Shell %s.
+	User, UID, Group, GID, Home, Shell string
+	// RuntimeDir is %t (default /run), StateDir %S (/var/lib), CacheDir %C
+	// (/var/cache), LogsDir %L (/var/log), ConfigDir %E (/etc); %T is /tmp
+	// and %V /var/tmp.
+	RuntimeDir, StateDir, CacheDir, LogsDir, ConfigDir string
+	// Extra gives the value of any other specifier letter systemd knows
+	// (%a %A %B %d %D %M %o %q %v %w %W %y %Y); missing ones expand to "".
+	Extra map[byte]string
 }
 
 // FleetSpecifiers returns the specifiers fleet expands in [X-Fleet] values:
@@ -21,9 +33,9 @@ type Specifiers struct {
 // machine.
 func FleetSpecifiers(n Name) Specifiers { return Specifiers{Name: n} }
 
-// ExpandSpecifiers replaces systemd specifiers in s: %n %N %p %P %i %I %f
-// %H %m %b and %% (a literal %). An unknown specifier, or a % at the end, is
-// left as written (use CheckSpecifiers to reject it).
+// ExpandSpecifiers replaces systemd specifiers in s (see Specifiers for
+// each letter; %% is a literal %). A letter systemd does not know, or a %
+// at the end, is left as written (CheckSpecifiers reports it).
 func ExpandSpecifiers(s string, sp Specifiers) string {
 	if strings.IndexByte(s, '%') < 0 {
 		return s
@@ -47,8 +59,8 @@ func ExpandSpecifiers(s string, sp Specifiers) string {
 	return b.String()
 }
 
-// CheckSpecifiers returns the first unknown specifier in s ("%z"), or "" if
-// every % in s starts a known specifier.
+// CheckSpecifiers returns the first specifier in s that systemd does not
+// know ("%z", or "%" at the end), or "" if there is none.
 func CheckSpecifiers(s string) string {
 	for i := 0; i < len(s); i++ {
 		if s[i] != '%' {
@@ -65,6 +77,13 @@ func CheckSpecifiers(s string) string {
 	return ""
 }
 
+func orDefault(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
+
 func specifier(c byte, sp Specifiers) (string, bool) {
 	switch c {
 	case 'n':
@@ -79,6 +98,12 @@ func specifier(c byte, sp Specifiers) (string, bool) {
 		return sp.Name.Instance, true
 	case 'I':
 		return Unescape(sp.Name.Instance), true
+	case 'j':
+		p := sp.Name.Prefix
+		return p[strings.LastIndexByte(p, '-')+1:], true
+	case 'J':
+		p := sp.Name.Prefix
+		return Unescape(p[strings.LastIndexByte(p, '-')+1:]), true
 	case 'f':
 		s := sp.Name.Instance
 		if !sp.Name.IsInstance() {
@@ -91,10 +116,41 @@ func specifier(c byte, sp Specifiers) (string, bool) {
 		return s, true
 	case 'H':
 		return sp.Hostname, true
+	case 'l':
+		h, _, _ := strings.Cut(sp.Hostname, ".")
+		return h, true
 	case 'm':
 		return sp.MachineID, true
 	case 'b':
 		return sp.BootID, true
+	case 'u':
+		return sp.User, true
+	case 'U':
+		return sp.UID, true
+	case 'g':
+		return sp.Group, true
+	case 'G':
+		return sp.GID, true
+	case 'h':
+		return sp.Home, true
+	case 's':
+		return sp.Shell, true
+	case 't':
+		return orDefault(sp.RuntimeDir, "/run"), true
+	case 'S':
+		return orDefault(sp.StateDir, "/var/lib"), true
+	case 'C':
+		return orDefault(sp.CacheDir, "/var/cache"), true
+	case 'L':
+		return orDefault(sp.LogsDir, "/var/log"), true
+	case 'E':
+		return orDefault(sp.ConfigDir, "/etc"), true
+	case 'T':
+		return "/tmp", true
+	case 'V':
+		return "/var/tmp", true
+	case 'a', 'A', 'B', 'd', 'D', 'M', 'o', 'q', 'v', 'w', 'W', 'y', 'Y':
+		return sp.Extra[c], true
 	case '%':
 		return "%", true
 	}
