@@ -32,6 +32,7 @@ type uinfo struct {
 	Unit
 	global    bool
 	holds     []int32 // ids of the patterns in its Conflicts and Replaces
+	replaces  []int32 // ids of the patterns in its Replaces
 	matchedBy []int32 // ids of the patterns that match its name
 	elig      bitset  // machines satisfying its metadata
 	sig       string  // metadata signature (key of elig)
@@ -58,6 +59,8 @@ type placer struct {
 	room      bitset // machines below Capacity
 	counts    map[uint64]int32
 	patterns  []string
+	matches   [][]int // pattern id → indexes of the units it matches
+	followers [][]int // unit index → units with MachineOf it
 	metaSets  map[string]bitset
 }
 
@@ -75,6 +78,7 @@ func countKey(m int, p int32, kind uint64) uint64 {
 func Place(units []Unit, machines []Machine) Result {
 	p := newPlacer(units, machines)
 	p.keep()
+	p.replace()
 	p.placeRest()
 	p.placeGlobal()
 	return p.result()
@@ -119,8 +123,12 @@ func newPlacer(units []Unit, machines []Machine) *placer {
 		p.us = append(p.us, &uinfo{Unit: u, global: u.Fleet.Global, pinned: -1, target: -1})
 	}
 	p.indexPatterns()
-	for _, u := range p.us {
+	p.followers = make([][]int, len(p.us))
+	for i, u := range p.us {
 		p.prepare(u)
+		for _, j := range u.peers {
+			p.followers[j] = append(p.followers[j], i)
+		}
 	}
 	p.computeDepths()
 	return p
@@ -130,18 +138,28 @@ func newPlacer(units []Unit, machines []Machine) *placer {
 // finds, for each, the units whose names match it.
 func (p *placer) indexPatterns() {
 	ids := map[string]int32{}
+	intern := func(g string) int32 {
+		id, ok := ids[g]
+		if !ok {
+			id = int32(len(p.patterns))
+			ids[g] = id
+			p.patterns = append(p.patterns, g)
+		}
+		return id
+	}
 	for _, u := range p.us {
-		for _, list := range [][]string{u.Fleet.Conflicts, u.Fleet.Replaces} {
-			for _, g := range list {
-				id, ok := ids[g]
-				if !ok {
-					id = int32(len(p.patterns))
-					ids[g] = id
-					p.patterns = append(p.patterns, g)
-				}
-				if !slices.Contains(u.holds, id) {
-					u.holds = append(u.holds, id)
-				}
+		for _, g := range u.Fleet.Conflicts {
+			if id := intern(g); !slices.Contains(u.holds, id) {
+				u.holds = append(u.holds, id)
+			}
+		}
+		for _, g := range u.Fleet.Replaces {
+			id := intern(g)
+			if !slices.Contains(u.holds, id) {
+				u.holds = append(u.holds, id)
+			}
+			if !slices.Contains(u.replaces, id) {
+				u.replaces = append(u.replaces, id)
 			}
 		}
 	}
@@ -149,11 +167,13 @@ func (p *placer) indexPatterns() {
 	for i, u := range p.us {
 		names[i] = u.Name
 	}
+	p.matches = make([][]int, len(p.patterns))
 	for id, g := range p.patterns {
 		meta := strings.IndexAny(g, `*?[\`)
 		if meta < 0 {
 			if i, ok := p.uIndex[g]; ok {
 				p.us[i].matchedBy = append(p.us[i].matchedBy, int32(id))
+				p.matches[id] = append(p.matches[id], i)
 			}
 			continue
 		}
@@ -162,6 +182,7 @@ func (p *placer) indexPatterns() {
 		for i := start; i < len(names) && strings.HasPrefix(names[i], prefix); i++ {
 			if ok, _ := path.Match(g, names[i]); ok {
 				p.us[i].matchedBy = append(p.us[i].matchedBy, int32(id))
+				p.matches[id] = append(p.matches[id], i)
 			}
 		}
 	}
@@ -322,6 +343,77 @@ func (p *placer) keep() {
 		if p.check(u, m) == "" {
 			p.assign(u, m)
 		}
+	}
+}
+
+// replace gives a unit that is not placed yet the machine of a unit it
+// Replaces (in name order), if it can run there once that unit and its
+// MachineOf followers are gone; those then move like any unplaced unit.
+func (p *placer) replace() {
+	for _, u := range p.order() {
+		if u.target >= 0 || u.reason != "" || len(u.replaces) == 0 || len(u.peers) > 0 {
+			continue
+		}
+	patterns:
+		for _, id := range u.replaces {
+			for _, j := range p.matches[id] {
+				b := p.us[j]
+				if b == u || b.global || b.target < 0 {
+					continue
+				}
+				m := b.target
+				evicted := p.evict(j, nil)
+				if p.check(u, m) == "" {
+					p.assign(u, m)
+					break patterns
+				}
+				for _, k := range evicted {
+					p.assign(p.us[k], m)
+				}
+			}
+		}
+	}
+}
+
+// evict unassigns unit j and, after it, its MachineOf followers on the same
+// machine, appending their indexes to out in the order they were assigned.
+func (p *placer) evict(j int, out []int) []int {
+	u := p.us[j]
+	m := u.target
+	p.unassign(u)
+	out = append(out, j)
+	for _, k := range p.followers[j] {
+		if p.us[k].target == m {
+			out = p.evict(k, out)
+		}
+	}
+	return out
+}
+
+// unassign undoes assign.
+func (p *placer) unassign(u *uinfo) {
+	m := u.target
+	u.target = -1
+	i := p.uIndex[u.Name]
+	on := p.onMachine[m]
+	if k := slices.Index(on, i); k >= 0 {
+		p.onMachine[m] = slices.Delete(on, k, k+1)
+	}
+	for _, id := range u.holds {
+		p.counts[countKey(m, id, kindHold)]--
+	}
+	for _, id := range u.matchedBy {
+		p.counts[countKey(m, id, kindMatch)]--
+	}
+	l := p.load[m]
+	p.levels[l].clear(m)
+	p.levelN[l]--
+	l--
+	p.load[m] = l
+	p.levels[l].set(m)
+	p.levelN[l]++
+	if c := p.ms[m].Capacity; c == 0 || l < c {
+		p.room.set(m)
 	}
 }
 

@@ -156,10 +156,40 @@ func TestPlace(t *testing.T) {
 			machines: three[:2],
 			targets:  map[string]string{"a.service": "m1", "b.service": "m2"},
 		},
-		"replaces keeps units apart": {
-			units:    []uspec{{name: "new.service", xfleet: "Replaces=old.service"}, {name: "old.service", current: "m1"}},
+		"replaces takes the machine of the replaced unit, which moves": {
+			units: []uspec{
+				{name: "new.service", xfleet: "Replaces=old.service"},
+				{name: "old.service", current: "m1"},
+				{name: "oldside.service", xfleet: "MachineOf=old.service", current: "m1"},
+				{name: "z.service", current: "m2"},
+			},
 			machines: three[:2],
-			targets:  map[string]string{"old.service": "m1", "new.service": "m2"},
+			targets:  map[string]string{"new.service": "m1", "old.service": "m2", "oldside.service": "m2", "z.service": "m2"},
+		},
+		"replaces, once done, is stable": {
+			units: []uspec{
+				{name: "new.service", xfleet: "Replaces=old.service", current: "m1"},
+				{name: "old.service", current: "m2"},
+			},
+			machines: three[:2],
+			targets:  map[string]string{"new.service": "m1", "old.service": "m2"},
+		},
+		"replaces where the replacement cannot run: nothing moves": {
+			units: []uspec{
+				{name: "new.service", xfleet: "Replaces=old*\nMachineMetadata=role=worker"},
+				{name: "old.service", current: "lb"},
+			},
+			machines: seed,
+			targets:  map[string]string{"new.service": "w1", "old.service": "lb"},
+		},
+		"replaced unit with nowhere else to go": {
+			units: []uspec{
+				{name: "new.service", xfleet: "Replaces=old.service"},
+				{name: "old.service", current: "m1"},
+			},
+			machines: three[:1],
+			targets:  map[string]string{"new.service": "m1"},
+			unplaced: map[string]string{"old.service": "conflicts with new.service on every machine"},
 		},
 		"MachineOf follows its unit": {
 			units: []uspec{
@@ -471,6 +501,9 @@ func randomCluster(rng *rand.Rand, nUnits, nMachines int) ([]Unit, []Machine) {
 			u.Fleet.Metadata = []unit.MetadataMatch{{Key: "zone", Op: "=", Values: []string{zones[rng.IntN(len(zones))]}}}
 		case k == 10:
 			u.Fleet.MachineID = machines[rng.IntN(len(machines))].ID[:6]
+		case k == 11 && i > 0:
+			u.Name = fmt.Sprintf("replacer%d.service", i)
+			u.Fleet.Replaces = []string{units[rng.IntN(len(units))].Name}
 		}
 		if rng.IntN(3) == 0 {
 			u.Current = machines[rng.IntN(len(machines))].ID
@@ -515,8 +548,14 @@ func TestPlaceDeterministicAndStable(t *testing.T) {
 		rest := machines[1:]
 		third := Place(fed, rest)
 		checkInvariants(t, fed, rest, third)
+		replaced := map[string]bool{}
+		for _, u := range fed {
+			for _, r := range u.Fleet.Replaces {
+				replaced[r] = true
+			}
+		}
 		for name, mid := range first.Targets {
-			if mid != lost && third.Targets[name] != mid && len(byNameUnit(fed, name).Fleet.MachineOf) == 0 {
+			if mid != lost && third.Targets[name] != mid && len(byNameUnit(fed, name).Fleet.MachineOf) == 0 && !replaced[name] {
 				t.Errorf("seed %d: %s moved from %s to %q though only %s left", seed, name, mid, third.Targets[name], lost)
 			}
 		}

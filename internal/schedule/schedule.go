@@ -24,9 +24,12 @@
 //     one machine); a missing, global or unplaced peer, or a MachineOf
 //     cycle, leaves it unplaced with that reason. The follower's own
 //     constraints must hold on that machine too.
-//   - Conflicts (and Replaces, treated alike): two units may not share a
-//     machine if either one's globs match the other's name; a unit never
-//     conflicts with itself.
+//   - Conflicts: two units may not share a machine if either one's globs
+//     match the other's name; a unit never conflicts with itself.
+//   - Replaces: like Conflicts, and a unit that has no machine yet takes the
+//     machine of a unit it replaces (the first by name where it can run once
+//     that unit and its MachineOf followers left), which then moves like any
+//     other unit — or stays unplaced if it fits nowhere else.
 //   - Capacity: a machine with Capacity > 0 takes at most that many
 //     non-global units.
 //   - Global units run on every machine that matches their metadata and
