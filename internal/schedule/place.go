@@ -61,6 +61,7 @@ type placer struct {
 	patterns  []string
 	matches   [][]int // pattern id → indexes of the units it matches
 	followers [][]int // unit index → units with MachineOf it
+	ordered   []*uinfo
 	metaSets  map[string]bitset
 }
 
@@ -112,15 +113,31 @@ func newPlacer(units []Unit, machines []Machine) *placer {
 		}
 	}
 
-	us := slices.Clone(units)
-	slices.SortStableFunc(us, func(a, b Unit) int { return strings.Compare(a.Name, b.Name) })
-	p.uIndex = make(map[string]int, len(us))
-	for _, u := range us {
+	// Sort indexes, not the (large) structs; ties by input position so that
+	// the first of duplicate names wins.
+	idx := make([]int32, len(units))
+	for i := range idx {
+		idx[i] = int32(i)
+	}
+	slices.SortFunc(idx, func(a, b int32) int {
+		if c := strings.Compare(units[a].Name, units[b].Name); c != 0 {
+			return c
+		}
+		return cmp.Compare(a, b)
+	})
+	p.uIndex = make(map[string]int, len(units))
+	infos := make([]uinfo, 0, len(units))
+	for _, i := range idx {
+		u := &units[i]
 		if _, dup := p.uIndex[u.Name]; dup {
 			continue
 		}
-		p.uIndex[u.Name] = len(p.us)
-		p.us = append(p.us, &uinfo{Unit: u, global: u.Fleet.Global, pinned: -1, target: -1})
+		p.uIndex[u.Name] = len(infos)
+		infos = append(infos, uinfo{Unit: *u, global: u.Fleet.Global, pinned: -1, target: -1})
+	}
+	p.us = make([]*uinfo, len(infos))
+	for i := range infos {
+		p.us[i] = &infos[i]
 	}
 	p.indexPatterns()
 	p.followers = make([][]int, len(p.us))
@@ -312,7 +329,10 @@ func (p *placer) computeDepths() {
 
 // order returns the non-global units in placement order.
 func (p *placer) order() []*uinfo {
-	var out []*uinfo
+	if p.ordered != nil {
+		return p.ordered
+	}
+	out := make([]*uinfo, 0, len(p.us))
 	for _, u := range p.us {
 		if !u.global {
 			out = append(out, u)
@@ -324,6 +344,7 @@ func (p *placer) order() []*uinfo {
 		}
 		return cmp.Compare(a.class, b.class)
 	})
+	p.ordered = out
 	return out
 }
 
