@@ -211,6 +211,11 @@ func (s *session) report(ctx context.Context) {
 		if ok {
 			us.Load, us.Active, us.Sub = st.Load, st.Active, st.Sub
 		}
+		if h, launched := s.started[name]; launched && h == as.Hash && as.Desired == registry.Launched {
+			us.State = string(registry.Launched)
+		} else if as.Desired == registry.Loaded {
+			us.State = string(registry.Loaded)
+		}
 		if msg, bad := s.failed[name]; bad {
 			us.Load, us.Active, us.Sub, us.Message = "error", "failed", "failed", msg
 		}

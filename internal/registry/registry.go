@@ -148,6 +148,9 @@ type Machine struct {
 	IP       string            `json:"ip"`
 	Metadata map[string]string `json:"metadata,omitempty"`
 	Version  string            `json:"version,omitempty"`
+	// LogDir is where the process executor keeps unit logs on that machine
+	// (journal reads it when the machine is this host).
+	LogDir string `json:"log_dir,omitempty"`
 	// Capacity is the most non-global units the machine takes; 0: no limit.
 	Capacity int `json:"capacity,omitempty"`
 }
@@ -157,9 +160,12 @@ type UnitState struct {
 	Unit    string `json:"-"`
 	Machine string `json:"-"`
 	Hash    string `json:"hash"`
-	Load    string `json:"load"`
-	Active  string `json:"active"`
-	Sub     string `json:"sub"`
+	// State is the agent's side of fleet's job state: "launched" once it
+	// has started the unit with Hash, "loaded" when it holds it stopped.
+	State  string `json:"state,omitempty"`
+	Load   string `json:"load"`
+	Active string `json:"active"`
+	Sub    string `json:"sub"`
 	// Message says why a unit could not be started, when it could not.
 	Message string `json:"message,omitempty"`
 }

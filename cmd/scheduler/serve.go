@@ -1,0 +1,267 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/flotilla/flotilla/internal/agent"
+	"github.com/flotilla/flotilla/internal/cmdline"
+	"github.com/flotilla/flotilla/internal/embedetcd"
+	"github.com/flotilla/flotilla/internal/engine"
+	"github.com/flotilla/flotilla/internal/executor"
+	"github.com/flotilla/flotilla/internal/process"
+	"github.com/flotilla/flotilla/internal/registry"
+	"github.com/flotilla/flotilla/internal/store"
+	"github.com/flotilla/flotilla/internal/systemd"
+)
+
+const serveUsage = `usage: scheduler serve [flags]
+
+Runs this machine: registers it (presence under a lease of --ttl), runs the
+units the engine targets at it through the executor, and stands as an engine
+candidate. Without --endpoints (or FLOTILLA_ENDPOINTS / ETCDCTL_ENDPOINTS) it
+starts an embedded single-node etcd listening on --etcd-listen, with its data
+under --data-dir: one command brings up a cluster of one, and other machines
+join it with --endpoints http://<that address>.`
+
+// defaultDataDir is where serve keeps its state unless told otherwise.
+const defaultDataDir = "/var/lib/flotilla"
+
+type serveOptions struct {
+	store        store.Config
+	prefix       string
+	dataDir      string
+	etcdListen   string
+	etcdPeer     string
+	machineID    string
+	metadata     string
+	publicIP     string
+	executor     string
+	systemdUser  bool
+	agentUnit    string
+	ttl          time.Duration
+	enginePeriod time.Duration
+	capacity     int
+	logLevel     string
+}
+
+func serve(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	o := serveOptions{store: store.Default()}
+	fs := flag.NewFlagSet("scheduler serve", flag.ContinueOnError)
+	o.store.RegisterFlags(fs)
+	fs.StringVar(&o.prefix, "prefix", registry.DefaultPrefix, "etcd key prefix of the scheduler's state")
+	fs.StringVar(&o.dataDir, "data-dir", defaultDataDir, "state of this machine: embedded etcd data, machine id, unit logs")
+	fs.StringVar(&o.etcdListen, "etcd-listen", "127.0.0.1:2379", "embedded etcd: client address (host:port)")
+	fs.StringVar(&o.etcdPeer, "etcd-peer-listen", "", "embedded etcd: peer address (default: a free loopback port)")
+	fs.StringVar(&o.machineID, "machine-id", "", "this machine's id (default: persisted in --data-dir; /etc/machine-id for the default data dir)")
+	fs.StringVar(&o.metadata, "metadata", "", "machine metadata, k=v,k2=v2")
+	fs.StringVar(&o.publicIP, "public-ip", "", "this machine's public IP (default: the first non-loopback IPv4 address)")
+	fs.StringVar(&o.executor, "executor", "auto", "how units run: auto, systemd or process")
+	fs.BoolVar(&o.systemdUser, "systemd-user", false, "systemd executor: use the user manager instead of the system one")
+	fs.StringVar(&o.agentUnit, "agent-unit", "", "systemd executor: the unit this agent runs as (units get BindsTo= it)")
+	fs.DurationVar(&o.ttl, "ttl", 10*time.Second, "machine presence TTL: a machine silent this long is gone and its units move")
+	fs.DurationVar(&o.enginePeriod, "engine-period", 30*time.Second, "engine: longest time between two reconcile passes")
+	fs.IntVar(&o.capacity, "capacity", 0, "most non-global units this machine takes (0: no limit)")
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	if err := cmdline.Parse(fs, args, stdout, serveUsage); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return cmdline.Usagef("serve takes no arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return cmdline.Usagef("--log-level %q: %v", o.logLevel, err)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	md, err := parseMetadata(o.metadata)
+	if err != nil {
+		return cmdline.Usagef("--metadata: %v", err)
+	}
+	switch o.executor {
+	case "auto", "systemd", "process":
+	default:
+		return cmdline.Usagef("--executor %q: want auto, systemd or process", o.executor)
+	}
+	if o.ttl < store.MinTTL {
+		return cmdline.Usagef("--ttl %s: at least %s", o.ttl, store.MinTTL)
+	}
+	if err := os.MkdirAll(o.dataDir, 0o755); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	id, err := machineID(o.machineID, o.dataDir)
+	if err != nil {
+		return err
+	}
+	ip := o.publicIP
+	if ip == "" {
+		ip = defaultIP()
+	} else if net.ParseIP(ip) == nil {
+		return cmdline.Usagef("--public-ip %q: not an IP address", ip)
+	}
+	log = log.With("machine", id)
+
+	// etcd: given, or embedded.
+	if len(o.store.Endpoints) == 0 {
+		for _, k := range []string{"FLOTILLA_ENDPOINTS", "ETCDCTL_ENDPOINTS"} {
+			if v := getenv(k); v != "" {
+				o.store.Endpoints = strings.Split(v, ",")
+				break
+			}
+		}
+	}
+	if len(o.store.Endpoints) == 0 {
+		srv, err := embedetcd.Start(ctx, embedetcd.Options{
+			Name: "flotilla", DataDir: filepath.Join(o.dataDir, "etcd"),
+			ClientAddr: o.etcdListen, PeerAddr: o.etcdPeer, LogOutput: stderr,
+		})
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+		o.store.Endpoints = []string{srv.Endpoint()}
+		log.Info("embedded etcd serving", "endpoint", srv.Endpoint(), "data", srv.DataDir())
+	}
+	if err := o.store.FromEnv(getenv, "FLOTILLA_ENDPOINTS"); err != nil {
+		return cmdline.Usagef("%v", err)
+	}
+	c, err := store.Open(ctx, o.store)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	reg := registry.New(c, o.prefix)
+
+	machine := registry.Machine{ID: id, IP: ip, Metadata: md, Version: cmdline.Version(), Capacity: o.capacity}
+	ex, err := newExecutor(ctx, o, log, &machine)
+	if err != nil {
+		return err
+	}
+	defer ex.Close()
+
+	ag, err := agent.New(agent.Options{
+		Registry: reg, Executor: ex, Machine: machine, TTL: o.ttl,
+		EnvFile: filepath.Join(o.dataDir, "machine.env"), Logger: log.With("component", "agent"),
+	})
+	if err != nil {
+		return err
+	}
+	en, err := engine.New(engine.Options{
+		Registry: reg, ID: id, TTL: o.ttl, Period: o.enginePeriod, Logger: log.With("component", "engine"),
+	})
+	if err != nil {
+		return err
+	}
+	log.Info("machine serving", "ip", ip, "metadata", o.metadata, "endpoints", strings.Join(o.store.Endpoints, ","))
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return ag.Run(gctx) })
+	g.Go(func() error { return en.Run(gctx) })
+	return g.Wait()
+}
+
+func newExecutor(ctx context.Context, o serveOptions, log *slog.Logger, m *registry.Machine) (executor.Executor, error) {
+	kind := o.executor
+	if kind == "auto" {
+		kind = "process"
+		if o.systemdUser || systemd.Available() {
+			kind = "systemd"
+		}
+	}
+	if kind == "systemd" {
+		ex, err := systemd.New(ctx, systemd.Options{User: o.systemdUser, AgentUnit: o.agentUnit, Logger: log.With("component", "systemd")})
+		if err != nil {
+			return nil, err
+		}
+		log.Info("executor: systemd", "unit-dir", ex.UnitDir())
+		return ex, nil
+	}
+	logs, err := filepath.Abs(filepath.Join(o.dataDir, "logs"))
+	if err != nil {
+		return nil, err
+	}
+	ex, err := process.New(process.Options{Dir: logs, MachineID: m.ID, Logger: log.With("component", "process")})
+	if err != nil {
+		return nil, err
+	}
+	m.LogDir = logs
+	log.Info("executor: process", "logs", logs)
+	return ex, nil
+}
+
+// parseMetadata parses "k=v,k2=v2".
+func parseMetadata(s string) (map[string]string, error) {
+	md := map[string]string{}
+	for _, kv := range strings.Split(s, ",") {
+		kv = strings.TrimSpace(kv)
+		if kv == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(kv, "=")
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		if !ok || k == "" {
+			return nil, fmt.Errorf("%q is not key=value", kv)
+		}
+		md[k] = v
+	}
+	return md, nil
+}
+
+// machineID returns the flag's id, else the one persisted in dataDir, else
+// /etc/machine-id when dataDir is the default one, else a new random id,
+// which it persists.
+func machineID(flagID, dataDir string) (string, error) {
+	if flagID != "" {
+		if strings.ContainsAny(flagID, "/ \t\n") {
+			return "", cmdline.Usagef("--machine-id %q: no slashes or spaces", flagID)
+		}
+		return flagID, nil
+	}
+	path := filepath.Join(dataDir, "machine-id")
+	if b, err := os.ReadFile(path); err == nil {
+		if id := strings.TrimSpace(string(b)); id != "" {
+			return id, nil
+		}
+	}
+	var id string
+	if filepath.Clean(dataDir) == defaultDataDir {
+		if b, err := os.ReadFile("/etc/machine-id"); err == nil {
+			id = strings.TrimSpace(string(b))
+		}
+	}
+	if id == "" {
+		b := make([]byte, 16)
+		if _, err := rand.Read(b); err != nil {
+			return "", err
+		}
+		id = hex.EncodeToString(b)
+	}
+	if err := os.WriteFile(path, []byte(id+"\n"), 0o644); err != nil {
+		return "", fmt.Errorf("persist machine id: %w", err)
+	}
+	return id, nil
+}
+
+// defaultIP is the first non-loopback IPv4 address of the host.
+func defaultIP() string {
+	addrs, err := net.InterfaceAddrs()
+	if err == nil {
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok && !n.IP.IsLoopback() && n.IP.To4() != nil {
+				return n.IP.String()
+			}
+		}
+	}
+	return "127.0.0.1"
+}
