@@ -127,7 +127,17 @@ func literalPrefix(pattern string) string {
 func (s *Store) getAll(pattern string) (KVPairs, error) {
 	out := make(KVPairs, 0)
 	var err error
-	s.ascendPrefix(literalPrefix(pattern), func(kv KVPair) bool {
+	lit := literalPrefix(pattern)
+	// "lit*" (the seed's "/clusterstate/ns/*") matches exactly the keys
+	// that continue lit without a "/": no need for path.Match per key.
+	trailingStar := len(pattern) == len(lit)+1 && pattern[len(lit)] == '*'
+	s.ascendPrefix(lit, func(kv KVPair) bool {
+		if trailingStar {
+			if strings.IndexByte(kv.Key[len(lit):], '/') < 0 {
+				out = append(out, kv)
+			}
+			return true
+		}
 		ok, merr := path.Match(pattern, kv.Key)
 		if merr != nil {
 			err = merr
