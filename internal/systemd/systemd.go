@@ -393,10 +393,11 @@ func (e *Executor) Start(ctx context.Context, spec executor.Spec) error {
 	if hash == "" {
 		hash = bodyHash(spec.Body)
 	}
-	if err := e.checkNotForeign(ctx, n); err != nil {
+	loadBefore, err := e.checkNotForeign(ctx, n)
+	if err != nil {
 		return fmt.Errorf("systemd: start %s: %w", n.full, err)
 	}
-	prevHash, changed, err := e.install(ctx, n, hash, spec)
+	prevHash, changed, err := e.install(ctx, n, hash, spec, loadBefore == "not-found")
 	if err != nil {
 		return fmt.Errorf("systemd: start %s: %w", n.full, err)
 	}
@@ -406,6 +407,16 @@ func (e *Executor) Start(ctx context.Context, spec executor.Spec) error {
 		return fmt.Errorf("systemd: start %s: read state: %w", n.full, err)
 	}
 	load, _ := props["LoadState"].(string)
+	if load == "not-found" && changed {
+		// Installed without a reload and systemd did not pick it up.
+		if err := e.conn.ReloadContext(ctx); err != nil {
+			return fmt.Errorf("systemd: start %s: daemon-reload: %w", n.full, err)
+		}
+		if props, err = e.conn.GetUnitPropertiesContext(ctx, n.full); err != nil {
+			return fmt.Errorf("systemd: start %s: read state: %w", n.full, err)
+		}
+		load, _ = props["LoadState"].(string)
+	}
 	active, _ := props["ActiveState"].(string)
 	if load != "loaded" {
 		return fmt.Errorf("systemd: start %s: unit not loaded (%s)%s", n.full, load, loadError(props))
@@ -429,18 +440,19 @@ func (e *Executor) Start(ctx context.Context, spec executor.Spec) error {
 }
 
 // checkNotForeign refuses a unit that systemd loads from a file flotilla does
-// not own, or that is masked.
-func (e *Executor) checkNotForeign(ctx context.Context, n unitName) error {
+// not own, or that is masked. It returns the unit's load state.
+func (e *Executor) checkNotForeign(ctx context.Context, n unitName) (string, error) {
 	props, err := e.conn.GetUnitPropertiesContext(ctx, n.full)
 	if err != nil {
-		return fmt.Errorf("read unit properties: %w", err)
+		return "", fmt.Errorf("read unit properties: %w", err)
 	}
-	if load, _ := props["LoadState"].(string); load == "masked" {
-		return fmt.Errorf("%w: the unit is masked on this machine", ErrNotOwned)
+	load, _ := props["LoadState"].(string)
+	if load == "masked" {
+		return load, fmt.Errorf("%w: the unit is masked on this machine", ErrNotOwned)
 	}
 	frag, _ := props["FragmentPath"].(string)
 	if frag == "" {
-		return nil
+		return load, nil
 	}
 	ours := []string{filepath.Join(e.unitDir, n.full)}
 	if n.instance != "" {
@@ -448,15 +460,19 @@ func (e *Executor) checkNotForeign(ctx context.Context, n unitName) error {
 	}
 	for _, p := range ours {
 		if frag == p {
-			return nil
+			return load, nil
 		}
 	}
-	return fmt.Errorf("%w: systemd loads it from %s", ErrNotOwned, frag)
+	return load, fmt.Errorf("%w: systemd loads it from %s", ErrNotOwned, frag)
 }
 
 // install writes the unit's body and drop-in and reloads systemd if a file
-// changed. It returns the hash the unit was installed with before.
-func (e *Executor) install(ctx context.Context, n unitName, hash string, spec executor.Spec) (prevHash string, changed bool, err error) {
+// changed. It returns the hash the unit was installed with before. When the
+// unit is new to systemd (notFound) and only new files were created, the
+// reload (tens of milliseconds) is skipped: systemd retries loading a
+// not-found unit when its unit directories changed; Start reloads if it did
+// not.
+func (e *Executor) install(ctx context.Context, n unitName, hash string, spec executor.Spec, notFound bool) (prevHash string, changed bool, err error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 
@@ -477,9 +493,12 @@ func (e *Executor) install(ctx context.Context, n unitName, hash string, spec ex
 	if own.exists && !own.owned {
 		return "", false, fmt.Errorf("%w: %s exists", ErrNotOwned, ownPath)
 	}
+	modified := false // an existing file changed or went
 	write := func(path string, content []byte) error {
+		_, serr := os.Stat(path)
 		c, err := writeAtomic(path, content)
 		changed = changed || c
+		modified = modified || (c && serr == nil)
 		return err
 	}
 	if n.instance == "" {
@@ -508,7 +527,7 @@ func (e *Executor) install(ctx context.Context, n unitName, hash string, spec ex
 				if err := os.Remove(ownPath); err != nil {
 					return "", false, err
 				}
-				changed = true
+				changed, modified = true, true
 			}
 		} else {
 			// Other instances still run the template's older body: this
@@ -522,7 +541,7 @@ func (e *Executor) install(ctx context.Context, n unitName, hash string, spec ex
 		return "", false, err
 	}
 	e.setOwned(n.full, true)
-	if changed {
+	if modified || (changed && !notFound) {
 		if err := e.conn.ReloadContext(ctx); err != nil {
 			return "", false, fmt.Errorf("daemon-reload: %w", err)
 		}
