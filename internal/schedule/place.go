@@ -233,6 +233,11 @@ func (p *placer) prepare(u *uinfo) {
 	u.elig = set
 	if f.MachineID != "" {
 		i, reason := p.resolveMachineID(f.MachineID)
+		if cur, ok := p.mIndex[u.Current]; reason != "" && ok && strings.HasPrefix(u.Current, f.MachineID) {
+			// A prefix that became ambiguous when a machine joined still
+			// holds for the machine the unit is on: no churn.
+			i, reason = cur, ""
+		}
 		if reason != "" {
 			u.reason = reason
 		}

@@ -87,6 +87,15 @@ func TestPlace(t *testing.T) {
 				"unknown.service":   "MachineID zz: no machine has that id (or an id starting with it)",
 			},
 		},
+		"MachineID prefix that became ambiguous keeps a placed unit": {
+			units: []uspec{
+				{name: "placed.service", xfleet: "MachineID=abc", current: "abc1"},
+				{name: "new.service", xfleet: "MachineID=abc"},
+			},
+			machines: []Machine{mach("abc1", "", 0), mach("abc2", "", 0)},
+			targets:  map[string]string{"placed.service": "abc1"},
+			unplaced: map[string]string{"new.service": "MachineID abc: the prefix matches 2 machines (abc1, abc2)"},
+		},
 		"MachineID moves a unit from elsewhere": {
 			units:    []uspec{{name: "a.service", xfleet: "MachineID=m3", current: "m1"}},
 			machines: three,
@@ -429,6 +438,48 @@ func checkInvariants(t testing.TB, units []Unit, machines []Machine, r Result) {
 	}
 	if seen != len(byName) {
 		t.Errorf("result covers %d units, want %d", seen, len(byName))
+	}
+	// An unplaced unit without MachineID/MachineOf fits on no machine of
+	// the final placement: each fails its metadata, is full, or holds a
+	// conflicting unit.
+	for name := range r.Unplaced {
+		u := byName[name]
+		if u.Fleet.MachineID != "" || len(u.Fleet.MachineOf) > 0 {
+			continue
+		}
+		for mid, m := range byID {
+			if !u.Fleet.MatchesMetadata(m.Metadata) {
+				continue
+			}
+			if !u.Fleet.Global && m.Capacity != 0 && load[mid] >= m.Capacity {
+				continue
+			}
+			if m.Capacity < 0 && !u.Fleet.Global {
+				continue
+			}
+			ok := false
+			for _, other := range on[mid] {
+				if conflictsRef(u, byName[other]) {
+					ok = true
+					break
+				}
+			}
+			if !ok {
+				t.Errorf("%s is unplaced (%s) but fits on %s", name, r.Unplaced[name], mid)
+			}
+		}
+	}
+	// A global unit is on every machine it fits on.
+	for name, ms := range r.Global {
+		u := byName[name]
+		for mid, m := range byID {
+			if slices.Contains(ms, mid) || !u.Fleet.MatchesMetadata(m.Metadata) {
+				continue
+			}
+			if !slices.ContainsFunc(on[mid], func(o string) bool { return conflictsRef(u, byName[o]) }) {
+				t.Errorf("global %s is not on %s, where it fits", name, mid)
+			}
+		}
 	}
 	for mid, names := range on {
 		if c := byID[mid].Capacity; c > 0 && load[mid] > c {

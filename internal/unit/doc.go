@@ -22,7 +22,8 @@
 // X-ConditionMachineBootID, X-ConditionMachineOf,
 // X-ConditionMachineMetadata and X-Conflicts. Values may list several
 // items separated by whitespace, each optionally double-quoted (fleet's
-// `MachineMetadata="a=b" "c=d"`). Unknown keys are rejected with their
+// `MachineMetadata="a=b" "c=d"`); an empty assignment resets the key, as
+// in systemd. Unknown keys are rejected with their
 // line; Global=true with MachineID, MachineOf or Replaces is rejected. The
 // specifiers %n %N %p %i %% are expanded in values for the unit's name.
 //

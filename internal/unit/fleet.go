@@ -177,6 +177,22 @@ func parseFleetFor(n Name, opts []Option, lenient bool) (Fleet, error) {
 			globalLine = o.Line
 			continue
 		}
+		if o.Value == "" {
+			// As in systemd, an empty assignment resets the key.
+			switch key {
+			case "MachineID":
+				f.MachineID, idLine = "", 0
+			case "MachineOf":
+				f.MachineOf, ofLine = nil, 0
+			case "Conflicts":
+				f.Conflicts = nil
+			case "Replaces":
+				f.Replaces, repLine = nil, 0
+			case "MachineMetadata":
+				clear(meta)
+			}
+			continue
+		}
 		vals, err := fleetValues(o.Value)
 		if err != nil {
 			return fail(o.Line, "%s=%s: %v", o.Name, o.Value, err)

@@ -89,7 +89,8 @@ func Parse(name string, body []byte) (*File, error) {
 	if i := bytes.IndexByte(body, 0); i >= 0 {
 		return fail(1+bytes.Count(body[:i], []byte("\n")), "contains a NUL byte")
 	}
-	opts, err := parseOptions(name, string(body))
+	// systemd skips a UTF-8 byte order mark.
+	opts, err := parseOptions(name, strings.TrimPrefix(string(body), "\ufeff"))
 	if err != nil {
 		return nil, err
 	}

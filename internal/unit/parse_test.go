@@ -123,7 +123,7 @@ func TestParseErrors(t *testing.T) {
 		"metadata empty key":  {"a.service", svc + "[X-Fleet]\nMachineMetadata==x\n", `unit a.service line 4: MachineMetadata==x: empty metadata key`},
 		"metadata empty val":  {"a.service", svc + "[X-Fleet]\nMachineMetadata=role=web|\n", `unit a.service line 4: MachineMetadata=role=web|: empty metadata value for key "role"`},
 		"metadata quote":      {"a.service", svc + "[X-Fleet]\nMachineMetadata=\"role=web\n", `unit a.service line 4: MachineMetadata="role=web: unbalanced double quote`},
-		"empty conflicts":     {"a.service", svc + "[X-Fleet]\nConflicts=\n", `unit a.service line 4: Conflicts=: empty value`},
+		"empty quoted":        {"a.service", svc + "[X-Fleet]\nConflicts=\"\"\n", `unit a.service line 4: Conflicts="": empty value`},
 		"bad glob":            {"a.service", svc + "[X-Fleet]\nConflicts=a[\n", `unit a.service line 4: Conflicts=a[: bad glob: syntax error in pattern`},
 		"machineof bad":       {"a.service", svc + "[X-Fleet]\nMachineOf=b\n", `unit a.service line 4: MachineOf=b: unit name "b": has no type suffix (such as .service)`},
 		"machineof self":      {"a@.service", svc + "[X-Fleet]\nMachineOf=%n\n", `unit a@.service line 4: as instance a@1.service: MachineOf=a@1.service: a unit cannot be MachineOf itself`},
@@ -141,6 +141,16 @@ func TestParseErrors(t *testing.T) {
 				t.Errorf("error\n got: %s\nwant: %s", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestParseBOMAndCRLF(t *testing.T) {
+	f, err := Parse("a.service", []byte("\ufeff[Service]\r\nExecStart=/bin/echo a \\\r\n b\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := f.Service.ExecStart[0].Argv; strings.Join(got, ",") != "/bin/echo,a,b" {
+		t.Errorf("argv = %q", got)
 	}
 }
 
@@ -216,6 +226,29 @@ func TestInstantiate(t *testing.T) {
 	}
 	if _, err := tmpl.Instantiate("a b"); err == nil {
 		t.Error("Instantiate with a space succeeded")
+	}
+}
+
+func TestFleetReset(t *testing.T) {
+	f, err := Parse("a.service", []byte("[Service]\nExecStart=/bin/true\n[X-Fleet]\nConflicts=x*\nConflicts=\nConflicts=y*\n"+
+		"MachineMetadata=a=b\nMachineMetadata=\nMachineMetadata=c=d\nMachineID=abc\nMachineID=\nMachineOf=b.service\nMachineOf=\nGlobal=true\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl := f.Fleet
+	if strings.Join(fl.Conflicts, ",") != "y*" || len(fl.Metadata) != 1 || fl.Metadata[0].String() != "c=d" ||
+		fl.MachineID != "" || fl.MachineOf != nil || !fl.Global {
+		t.Errorf("Fleet = %+v", fl)
+	}
+}
+
+func TestTimeoutZeroIsInfinity(t *testing.T) {
+	f, err := Parse("a.service", []byte("[Service]\nExecStart=/bin/true\nTimeoutStartSec=0\nRestartSec=0\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Service.TimeoutStartSec != Infinity || f.Service.RestartSec != 0 || f.Service.TimeoutStopSec != 0 {
+		t.Errorf("Service = %+v", f.Service)
 	}
 }
 

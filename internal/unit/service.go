@@ -13,7 +13,8 @@ const Infinity = time.Duration(math.MaxInt64)
 
 // Service is the [Service] section of a .service unit, validated. Zero
 // durations mean "not set" (the executor applies systemd's defaults: 90s
-// timeouts, 100ms RestartSec); Infinity means no limit.
+// timeouts, 100ms RestartSec); Infinity means no limit (a timeout written
+// as "infinity" or "0").
 type Service struct {
 	// Type is simple (the default), exec, forking, oneshot, dbus, notify,
 	// notify-reload or idle.
@@ -109,6 +110,9 @@ func parseService(n Name, opts []Option) (Service, error) {
 			d, err := ParseTimespan(v)
 			if err != nil {
 				return fail(o.Line, "%s=%s: %v", o.Name, v, err)
+			}
+			if d == 0 && o.Name != "RestartSec" {
+				d = Infinity // systemd: a zero timeout disables it
 			}
 			switch o.Name {
 			case "RestartSec":
