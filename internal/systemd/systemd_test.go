@@ -489,32 +489,50 @@ func TestRestartBySystemd(t *testing.T) {
 	}
 }
 
-// TestBoundToAgent: with AgentUnit, units stop when the agent's unit dies —
-// the invariant when the agent can do nothing itself (kill -9).
+// TestBoundToAgent: with AgentUnit, units stop when the agent's unit goes
+// away — with BindsTo (the default) even when it is killed with SIGKILL, the
+// invariant when the agent can do nothing itself; with PartOf when it is
+// stopped.
 func TestBoundToAgent(t *testing.T) {
-	m := systemdtest.New(t)
-	en := &env{t: t, m: m, ctx: ctxT(t)}
-	if err := os.WriteFile(filepath.Join(m.UnitDir, "agent.service"), []byte("[Service]\nExecStart=/bin/sleep 1000\n"), 0o644); err != nil {
-		t.Fatal(err)
+	tests := map[string]struct {
+		dep  string
+		want string
+		kill func(en *env) error
+	}{
+		"BindsTo, agent killed": {dep: "", want: "BindsTo=agent.service", kill: func(en *env) error {
+			return en.conn().KillUnitWithTarget(en.ctx, "agent.service", sddbus.All, int32(syscall.SIGKILL))
+		}},
+		"PartOf, agent stopped": {dep: systemd.PartOf, want: "PartOf=agent.service", kill: func(en *env) error {
+			_, err := en.m.Systemctl(en.ctx, "stop", "agent.service")
+			return err
+		}},
 	}
-	if _, err := m.Systemctl(en.ctx, "daemon-reload"); err != nil {
-		t.Fatal(err)
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			m := systemdtest.New(t)
+			en := &env{t: t, m: m, ctx: ctxT(t)}
+			if err := os.WriteFile(filepath.Join(m.UnitDir, "agent.service"), []byte("[Service]\nExecStart=/bin/sleep 1000\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := m.Systemctl(en.ctx, "daemon-reload"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := m.Systemctl(en.ctx, "start", "agent.service"); err != nil {
+				t.Fatal(err)
+			}
+			en.e = en.executor(systemd.Options{AgentUnit: "agent.service", AgentDependency: tc.dep})
+			en.start(en.e, "u.service", "[Service]\nExecStart=/bin/sleep 1000\n")
+			en.waitState(en.e, "u.service", is("active", "running"))
+			b, _ := os.ReadFile(filepath.Join(m.UnitDir, "u.service.d", "50-flotilla.conf"))
+			if !strings.Contains(string(b), tc.want) {
+				t.Errorf("drop-in lacks %s:\n%s", tc.want, b)
+			}
+			if err := tc.kill(en); err != nil {
+				t.Fatal(err)
+			}
+			en.waitState(en.e, "u.service", is("inactive", "dead"))
+		})
 	}
-	if _, err := m.Systemctl(en.ctx, "start", "agent.service"); err != nil {
-		t.Fatal(err)
-	}
-	en.e = en.executor(systemd.Options{AgentUnit: "agent.service"})
-	en.start(en.e, "u.service", "[Service]\nExecStart=/bin/sleep 1000\n")
-	en.waitState(en.e, "u.service", is("active", "running"))
-	b, _ := os.ReadFile(filepath.Join(m.UnitDir, "u.service.d", "50-flotilla.conf"))
-	if !strings.Contains(string(b), "BindsTo=agent.service") {
-		t.Errorf("drop-in lacks BindsTo:\n%s", b)
-	}
-
-	if err := en.conn().KillUnitWithTarget(en.ctx, "agent.service", sddbus.All, int32(syscall.SIGKILL)); err != nil {
-		t.Fatal(err)
-	}
-	en.waitState(en.e, "u.service", is("inactive", "dead"))
 }
 
 func TestProbe(t *testing.T) {
