@@ -279,3 +279,17 @@ func TestFuncNamesAndSprigPrefix(t *testing.T) {
 		}
 	}
 }
+
+// TestDocsListEveryFunction fails when a function templates can call is not
+// named (in backticks) in docs/template-functions.md.
+func TestDocsListEveryFunction(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "docs", "template-functions.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range FuncNames() {
+		if !strings.Contains(string(doc), "`"+name+"`") && !strings.Contains(string(doc), "`"+name+" ") {
+			t.Errorf("docs/template-functions.md does not list %s", name)
+		}
+	}
+}
