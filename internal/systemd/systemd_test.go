@@ -3,6 +3,7 @@ package systemd_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 
 	sddbus "github.com/coreos/go-systemd/v22/dbus"
 	"go.uber.org/goleak"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/flotilla/flotilla/internal/executor"
 	"github.com/flotilla/flotilla/internal/systemd"
@@ -548,5 +550,41 @@ func TestProbe(t *testing.T) {
 	_, err = systemd.New(en.ctx, systemd.Options{BusAddress: bad, UnitDir: en.path("units")})
 	if err == nil || !strings.Contains(err.Error(), bad) {
 		t.Errorf("New on %s: %v, want an error naming it", bad, err)
+	}
+}
+
+// TestConcurrentInstances: the agent may start and remove many instances of
+// one template at once; the shared template file must come out right.
+func TestConcurrentInstances(t *testing.T) {
+	en := newEnv(t, systemd.Options{})
+	const n = 8
+	body := "[Service]\nExecStart=/bin/sleep 1000\n"
+	var g errgroup.Group
+	for i := range n {
+		g.Go(func() error {
+			return en.e.Start(en.ctx, executor.Spec{Name: fmt.Sprintf("c@%d.service", i), Body: []byte(body)})
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := en.e.States(en.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		if s := st[fmt.Sprintf("c@%d.service", i)]; s.Active != "active" {
+			t.Errorf("c@%d.service: %+v", i, s)
+		}
+	}
+	for i := range n {
+		g.Go(func() error { return en.e.Remove(en.ctx, fmt.Sprintf("c@%d.service", i)) })
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	ents, _ := os.ReadDir(en.m.UnitDir)
+	for _, e := range ents {
+		t.Errorf("left after removing every instance: %s", e.Name())
 	}
 }
