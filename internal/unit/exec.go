@@ -2,6 +2,7 @@ package unit
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -122,20 +123,33 @@ prefixes:
 
 // quoteArgv renders a parsed command back in systemd syntax.
 func quoteArgv(e Exec) string {
-	var b strings.Builder
+	prefix := ""
 	if e.IgnoreFailure {
-		b.WriteByte('-')
+		prefix += "-"
 	}
 	words := e.Argv
 	if e.Path != e.Argv[0] {
-		b.WriteByte('@')
+		prefix += "@"
 		words = append([]string{e.Path}, e.Argv...)
+	} else {
+		words = slices.Clone(words)
 	}
+	if e.Privileged {
+		prefix += "+"
+	}
+	if e.AmbientCaps {
+		prefix += "!"
+	}
+	if e.NoEnvExpand {
+		prefix += ":"
+	}
+	words[0] = prefix + words[0]
+	var b strings.Builder
 	for i, w := range words {
 		if i > 0 {
 			b.WriteByte(' ')
 		}
-		if w != "" && !strings.ContainsAny(w, " \t\"'\\;") {
+		if w != "" && !strings.ContainsAny(w, " \t\n\r\"'\\;") {
 			b.WriteString(w)
 			continue
 		}

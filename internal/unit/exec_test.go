@@ -259,7 +259,8 @@ func FuzzExecLine(f *testing.F) {
 				t.Fatalf("ParseExec(%q) gave an empty command %+v", line, c)
 			}
 			again, err := ParseExec(c.Raw, 1)
-			if err != nil || len(again) != 1 || !slices.Equal(again[0].Argv, c.Argv) {
+			if err != nil || len(again) != 1 || !slices.Equal(again[0].Argv, c.Argv) || again[0].Path != c.Path ||
+				again[0].IgnoreFailure != c.IgnoreFailure || again[0].NoEnvExpand != c.NoEnvExpand {
 				t.Fatalf("ParseExec(%q): Raw %q re-parses as %+v, %v (was %q)", line, c.Raw, again, err, c.Argv)
 			}
 			_ = ExpandEnv(c.Argv, []string{"A=1 2", "B="})
