@@ -152,3 +152,16 @@ func BenchmarkParse(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkNewStore is a full resync: building the store from a map.
+func BenchmarkNewStore(b *testing.B) {
+	for _, n := range []int{10_000, 100_000} {
+		b.Run(fmt.Sprintf("keys=%d", n), func(b *testing.B) {
+			kvs := benchKeys(n)
+			b.ReportAllocs()
+			for b.Loop() {
+				NewStore(kvs)
+			}
+		})
+	}
+}

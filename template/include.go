@@ -48,18 +48,50 @@ func (b *binding) includeFile(name string, data ...any) (string, error) {
 	if b.depth >= t.opts.includeDepth() {
 		return "", fmt.Errorf("includes nested deeper than %d", t.opts.includeDepth())
 	}
+	inc, ok := b.includes[clean]
+	if !ok {
+		var err error
+		if inc, err = b.parseInclude(name, clean); err != nil {
+			return "", err
+		}
+		if b.includes == nil {
+			b.includes = make(map[string]*texttemplate.Template)
+		}
+		b.includes[clean] = inc
+	}
+	var dot any
+	if len(data) > 0 {
+		dot = data[0]
+	}
+	b.depth++
+	b.stack = append(b.stack, clean)
+	var buf bytes.Buffer
+	err := inc.Execute(&buf, dot)
+	b.depth--
+	b.stack = b.stack[:len(b.stack)-1]
+	if err != nil {
+		return "", execError(name, err)
+	}
+	return buf.String(), nil
+}
+
+// parseInclude reads and parses an included file. Within one render each
+// file is read once (b.includes); the next render reads it again, so edits
+// are picked up.
+func (b *binding) parseInclude(name, clean string) (*texttemplate.Template, error) {
+	t := b.t
 	// os.Root refuses symlinks and ".." that would leave the directory.
 	root, err := os.OpenRoot(t.opts.Dir)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	text, err := root.ReadFile(clean)
 	root.Close()
 	if err != nil {
 		if strings.Contains(err.Error(), "escapes from parent") {
-			return "", fmt.Errorf("%w: %w", ErrIncludeEscape, err)
+			return nil, fmt.Errorf("%w: %w", ErrIncludeEscape, err)
 		}
-		return "", err
+		return nil, err
 	}
 	if b.full == nil {
 		b.full = make(texttemplate.FuncMap, len(t.funcs))
@@ -72,20 +104,7 @@ func (b *binding) includeFile(name string, data ...any) (string, error) {
 	}
 	inc, err := newText(name, &t.opts, b.full).Parse(string(text))
 	if err != nil {
-		return "", parseError(name, err)
+		return nil, parseError(name, err)
 	}
-	var dot any
-	if len(data) > 0 {
-		dot = data[0]
-	}
-	b.depth++
-	b.stack = append(b.stack, clean)
-	var buf bytes.Buffer
-	err = inc.Execute(&buf, dot)
-	b.depth--
-	b.stack = b.stack[:len(b.stack)-1]
-	if err != nil {
-		return "", execError(name, err)
-	}
-	return buf.String(), nil
+	return inc, nil
 }

@@ -129,6 +129,8 @@ type binding struct {
 	depth int      // includes currently nested
 	stack []string // names being rendered, for cycle detection
 	full  texttemplate.FuncMap
+	// includes caches the files included during the current render.
+	includes map[string]*texttemplate.Template
 }
 
 // FuncNames returns the name of every function a template can call, sorted.
@@ -226,6 +228,7 @@ func (t *Template) Execute(w io.Writer, s *Store) error {
 	st.b.store, st.b.depth, st.b.stack = s, 0, append(st.b.stack[:0], cleanName(t.name))
 	err = st.t.Execute(w, nil)
 	st.b.store = nil
+	clear(st.b.includes)
 	t.pool.Put(st)
 	if err != nil {
 		return execError(t.name, err)

@@ -293,3 +293,26 @@ func TestDocsListEveryFunction(t *testing.T) {
 		}
 	}
 }
+
+// TestIncludeSeesEdits: an included file edited between two renders of the
+// same parsed template is read again.
+func TestIncludeSeesEdits(t *testing.T) {
+	dir := t.TempDir()
+	inc := filepath.Join(dir, "inc.tmpl")
+	if err := os.WriteFile(inc, []byte("one"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tp, err := Parse("main.tmpl", []byte(`{{include "inc.tmpl"}}{{include "inc.tmpl"}}`), Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"one", "two"} {
+		if err := os.WriteFile(inc, []byte(want), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out, err := tp.Render(nil)
+		if err != nil || string(out) != want+want {
+			t.Fatalf("got %q, %v; want %q", out, err, want+want)
+		}
+	}
+}
