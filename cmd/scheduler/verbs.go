@@ -124,6 +124,11 @@ func (cl *client) submitCmd(ctx context.Context, args []string) error {
 func (cl *client) setCmd(ctx context.Context, args []string, d registry.Desired, sub submitFirst) error {
 	var names []string
 	for _, a := range args {
+		if d != registry.Inactive {
+			if n, err := unit.ParseName(filepath.Base(a)); err == nil && n.IsTemplate() {
+				return fmt.Errorf("unit %s: %w", n.Full, unit.ErrTemplate)
+			}
+		}
 		var src source
 		var err error
 		if sub {
@@ -135,11 +140,6 @@ func (cl *client) setCmd(ctx context.Context, args []string, d registry.Desired,
 			}
 		} else {
 			src.name = filepath.Base(a)
-		}
-		if d != registry.Inactive {
-			if n, err := unit.ParseName(src.name); err == nil && n.IsTemplate() {
-				return fmt.Errorf("unit %s: %w", src.name, unit.ErrTemplate)
-			}
 		}
 		if err := cl.reg.SetDesired(ctx, src.name, d); err != nil {
 			return err
