@@ -30,8 +30,15 @@ elapsed() { awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN{printf "%5.1fs", b-a}'; 
 step() { printf '\n%s==> [%s] %s%s\n' "$B" "$(elapsed)" "$*" "$N"; }
 say() { printf '    %s\n' "$*"; }
 # show CMD…: print the command as the user would type it, run it, indent its output.
+quote() {
+	local a out=
+	for a in "$@"; do
+		if [[ $a =~ ^[A-Za-z0-9_./:=@,+%-]+$ ]]; then out+="$a "; else out+="'$a' "; fi
+	done
+	printf '%s' "${out% }" | sed "s#$BIN/#bin/#g; s#$ROOT/##g"
+}
 show() {
-	printf '%s$ %s%s\n' "$Y" "$(printf '%s ' "$@" | sed "s#$BIN/#bin/#g; s#$ROOT/##g")" "$N"
+	printf '%s$ %s%s\n' "$Y" "$(quote "$@")" "$N"
 	"$@" 2>&1 | sed 's/^/    /'
 	return "${PIPESTATUS[0]}"
 }
@@ -69,6 +76,7 @@ bg() {
 	shift
 	setsid "$@" >"$D/$name.log" 2>&1 &
 	local pid=$!
+	disown "$pid" # no "Killed" line from bash when the demo kills a machine
 	PIDS+=("$pid")
 	echo "$pid $name" >>"$D/pids"
 	eval "PID_${name//[^a-zA-Z0-9]/_}=$pid"
@@ -156,12 +164,13 @@ machine() { # NAME IP METADATA [extra flags…]
 	echo "$id" >"$D/$name.id"
 	mkdir -p "$D/$name"
 	say "\$ bin/scheduler serve --machine-id ${id:0:8}… --public-ip $ip --metadata $md $* (host name $name)"
-	bg "$name" unshare --uts sh -c 'hostname "$0" && exec "$@"' "$name" \
+	bg "$name" env -u FLOTILLA_ENDPOINTS -u ETCDCTL_ENDPOINTS unshare --uts sh -c 'hostname "$0" && exec "$@"' "$name" \
 		"$S" serve --machine-id "$id" --public-ip "$ip" --metadata "$md" \
 		--executor process --data-dir "$D/$name" --ttl 3s "$@"
 }
 machine worker-1 127.0.0.2 role=worker --etcd-listen "127.0.0.2:$ETCD_PORT"
-wait_for 15 "embedded etcd on worker-1 ($ENDPOINT)" "$S" list-machines --no-legend ||
+etcd_up() { ! free_port 127.0.0.2 "$ETCD_PORT" && "$S" list-machines --no-legend --dial-timeout 1s; }
+wait_for 15 "embedded etcd on worker-1 ($ENDPOINT)" etcd_up ||
 	die "worker-1 did not start; its log (.demo/worker-1.log):$(tail -n 20 "$D/worker-1.log" | sed 's/^/\n    /')"
 machine worker-2 127.0.0.3 role=worker --endpoints "$ENDPOINT"
 machine worker-3 127.0.0.4 role=worker --endpoints "$ENDPOINT"
@@ -233,9 +242,15 @@ sed "s#/clusterstate/cruwe_de#$NS#g" examples/lb/templates/haproxy.cfg.tmpl >"$D
 cat >"$D/lb/reload-haproxy" <<EOF
 #!/bin/sh
 # Reload the demo's master-worker haproxy: SIGUSR2, then wait for the master's
-# verdict (a signal that lands while the master re-executes is lost: resend).
+# verdict. A SIGUSR2 that lands before the master is ready kills it, and one
+# that lands while it re-executes is lost: wait for readiness, resend.
 log=$D/lb/haproxy.log
-pid=\$(cat $D/lb/haproxy.pid 2>/dev/null) || { echo "haproxy not started yet"; exit 0; }
+pid=\$(cat $D/lb/haproxy.pid 2>/dev/null) || { echo "haproxy not started yet: it will read the new file"; exit 0; }
+i=0
+until grep -q 'Loading ' "\$log"; do
+	i=\$((i + 1)); [ \$i -gt 1000 ] && { echo "haproxy never became ready"; exit 1; }
+	sleep 0.01
+done
 n=\$(grep -c 'Loading ' "\$log")
 i=0
 while [ "\$(grep -c 'Loading ' "\$log")" -le "\$n" ]; do
@@ -368,7 +383,7 @@ fi
 TOTAL=$(grep -c . "$D/hammer.log")
 HERR=$(grep -c '^error' "$D/hammer.log")
 secs() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.1f", b-a}'; }
-say "During the reschedule: $HERR errors / $TOTAL requests through haproxy."
+say "Requests through haproxy during the reschedule: errors/total = $HERR/$TOTAL"
 say "kill -9 → instance active elsewhere: $(secs "$T_KILL" "$T_MOVED")s; → new haproxy.cfg: $(secs "$T_KILL" "$T_CFG")s; → both instances answering: $(secs "$T_KILL" "$T_BACK")s"
 if grep -q 'Loading failure' "$D/haproxy.log"; then
 	fail "haproxy was asked to load a config that failed"
