@@ -163,9 +163,8 @@ func New(ctx context.Context, opts Options) (*Executor, error) {
 			unitDir = filepath.Join(rt, "systemd", "user")
 		}
 	}
-	if err := os.MkdirAll(unitDir, 0o755); err != nil {
-		return nil, fmt.Errorf("systemd: unit directory: %w", err)
-	}
+	// unitDir is created on the first Start, never here: an empty
+	// /run/systemd/system would make the host look booted with systemd.
 	addr := busAddress(opts)
 	// The connection lives until Close, not until ctx ends (godbus closes a
 	// connection when its context is done).

@@ -551,6 +551,9 @@ func TestProbe(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), bad) {
 		t.Errorf("New on %s: %v, want an error naming it", bad, err)
 	}
+	if exists(en.path("units")) {
+		t.Error("New without a manager created the unit directory")
+	}
 }
 
 // TestConcurrentInstances: the agent may start and remove many instances of

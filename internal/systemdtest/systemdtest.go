@@ -83,7 +83,9 @@ func New(t testing.TB) *Manager {
 	if err != nil {
 		t.Fatalf("systemdtest: unshare not found (Debian package util-linux): %v", err)
 	}
-	if out, err := exec.Command(unshare, "--mount", "--pid", "--fork", "true").CombinedOutput(); err != nil {
+	// The same namespaces and mount as below, with nothing started.
+	probe := exec.Command(unshare, "--mount", "--propagation", "private", "--pid", "--fork", "--mount-proc", "mount", "-n", "-t", "tmpfs", "tmpfs", "/run")
+	if out, err := probe.CombinedOutput(); err != nil {
 		t.Skipf("systemdtest: private mount/PID namespaces are not permitted here (%v: %s); a real systemd cannot be started safely, skipping", err, bytes.TrimSpace(out))
 	}
 
