@@ -316,3 +316,22 @@ func TestIncludeSeesEdits(t *testing.T) {
 		}
 	}
 }
+
+func TestKeyRefs(t *testing.T) {
+	src := `{{range getvs "/clusterstate/ns/*"}}x{{end}}
+{{if exists "/app/on"}}{{getv "/app/port" "80"}}{{else}}{{ls "/app"}}{{end}}
+{{define "sub"}}{{(get "/sub/key").Value}}{{end}}{{template "sub"}}
+{{with $d := lsdir "/up"}}{{range gets (printf "/up/%s" .)}}{{end}}{{end}}{{join (getvs "/j/*") ","}}`
+	tp, err := Parse("refs.tmpl", []byte(src), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := tp.KeyRefs()
+	want := []KeyRef{
+		{"getvs", "/clusterstate/ns/*", 1}, {"exists", "/app/on", 2}, {"getv", "/app/port", 2}, {"ls", "/app", 2},
+		{"lsdir", "/up", 4}, {"getvs", "/j/*", 4}, {"get", "/sub/key", 3},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("KeyRefs =\n%v\nwant\n%v", got, want)
+	}
+}
