@@ -27,6 +27,8 @@
 //     sprig name is taken by one of the functions above, the confd/fork
 //     meaning wins and sprig's function stays reachable with the prefix
 //     "sprig_": sprig_join, sprig_contains, sprig_trimPrefix, sprig_seq, ….
+//     text/template's builtins (and, index, len, slice, …) are never shadowed:
+//     sprig's slice is sprig_slice.
 //
 // docs/template-functions.md lists every function with its origin and meaning.
 //
@@ -164,10 +166,21 @@ func boundFuncs(b *binding) texttemplate.FuncMap {
 	return m
 }
 
+// builtins are text/template's own functions. confd templates rely on them,
+// so a sprig function of the same name (sprig's slice) must not shadow them.
+var builtins = []string{"and", "call", "html", "index", "slice", "js", "len", "not", "or",
+	"print", "printf", "println", "urlquery", "eq", "ge", "gt", "le", "lt", "ne"}
+
 // buildFuncs merges hermetic sprig under our functions; a sprig function
-// whose name we take is kept as "sprig_<name>".
+// whose name we or text/template take is kept as "sprig_<name>".
 func buildFuncs(o *Options, b *binding) texttemplate.FuncMap {
 	m := sprig.HermeticTxtFuncMap()
+	for _, n := range builtins {
+		if sf, ok := m[n]; ok {
+			m["sprig_"+n] = sf
+			delete(m, n)
+		}
+	}
 	for n, f := range ownFuncs(o, b) {
 		if sf, ok := m[n]; ok {
 			m["sprig_"+n] = sf
