@@ -116,7 +116,7 @@ func read(p string) string {
 }
 
 // runRender runs render.Run (watch mode) until the test ends.
-func runRender(t *testing.T, confdir string, srv *etcdtest.Server, logs io.Writer) {
+func runRender(t *testing.T, confdir string, srv *etcdtest.Server, logs *syncBuf) {
 	t.Helper()
 	src := render.NewEtcdSource(srv.Config())
 	ctx, cancel := context.WithCancel(context.Background())
@@ -133,12 +133,15 @@ func runRender(t *testing.T, confdir string, srv *etcdtest.Server, logs io.Write
 			t.Errorf("render: %v", err)
 		}
 		src.Close()
+		if t.Failed() {
+			t.Logf("render log:\n%s", logs)
+		}
 	})
 }
 
 // proc starts a long-running command in its own process group, killed with
 // the test.
-func proc(t *testing.T, name string, args ...string) *exec.Cmd {
+func proc(t *testing.T, name string, args ...string) *syncBuf {
 	t.Helper()
 	cmd := exec.Command(name, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -161,7 +164,7 @@ func proc(t *testing.T, name string, args ...string) *exec.Cmd {
 			t.Logf("%s output:\n%s", name, out.String())
 		}
 	})
-	return cmd
+	return out
 }
 
 func pidOf(t *testing.T, pidfile string) int {
@@ -214,7 +217,8 @@ func TestHaproxy(t *testing.T) {
 	dir := confdir(t, "haproxy.toml", "haproxy.cfg.tmpl",
 		`dest = "/etc/haproxy/haproxy.cfg"`, fmt.Sprintf("dest = %q", cfg),
 		`reload_cmd = "echo reloading && systemctl reload haproxy.service"`,
-		fmt.Sprintf(`reload_cmd = "echo reloading && kill -USR2 $(cat %s)"`, pidfile))
+		// Nothing to reload before the test starts haproxy; then USR2 to its master.
+		fmt.Sprintf(`reload_cmd = "test -s %[1]s || exit 0; echo reloading && kill -USR2 $(cat %[1]s)"`, pidfile))
 	put(t, c, "/clusterstate/cruwe_de/nginx@1.service", "host1 "+b1)
 	put(t, c, "/clusterstate/cruwe_de/nginx@2.service", "host2 "+b2)
 	logs := &syncBuf{}
@@ -227,9 +231,6 @@ func TestHaproxy(t *testing.T) {
 		return n["one"] > 0 && n["two"] > 0
 	})
 	master := pidOf(t, pidfile)
-	// The first render's reload ran before haproxy existed and failed; it is
-	// retried with backoff until it succeeds.
-	eventually(t, "the retried first reload", func() bool { return strings.Contains(logs.String(), "msg=reloaded") })
 	mark := len(logs.String())
 
 	// A bad announcement: haproxy -c rejects the staged file; the live file
