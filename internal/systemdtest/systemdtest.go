@@ -208,7 +208,10 @@ func (m *Manager) Systemctl(ctx context.Context, args ...string) (string, error)
 	return string(out), nil
 }
 
-// initPID is the host PID of the namespace's init (unshare's only child).
+// PID is the host PID of the namespace's init (unshare's only child): every
+// process of the manager descends from it.
+func (m *Manager) PID() (int, error) { return m.initPID() }
+
 func (m *Manager) initPID() (int, error) {
 	p := m.cmd.Process.Pid
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", p, p))
@@ -285,7 +288,14 @@ func (m *Manager) stop() {
 	if t.Failed() {
 		t.Logf("systemdtest: manager log:\n%s", m.Log())
 	}
-	_ = syscall.Kill(-m.cmd.Process.Pid, syscall.SIGKILL)
+	// Killing the namespace's init makes the kernel kill every process in
+	// the namespace; unshare then reaps it and exits. (Killing unshare
+	// first would leave init a zombie for the host's init to reap.)
+	if pid, err := m.initPID(); err == nil {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	} else {
+		_ = syscall.Kill(-m.cmd.Process.Pid, syscall.SIGKILL)
+	}
 	select {
 	case <-m.done:
 	case <-time.After(30 * time.Second):

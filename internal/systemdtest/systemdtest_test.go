@@ -2,9 +2,13 @@ package systemdtest_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -64,4 +68,55 @@ func TestHostUntouched(t *testing.T) {
 	if _, after := os.Stat("/run/systemd/system"); (before == nil) != (after == nil) {
 		t.Errorf("/run/systemd/system changed on the host: before %v, after %v", before, after)
 	}
+}
+
+// TestNothingLeftBehind: once a test's cleanup ran, no process of its
+// manager (init, systemd, dbus-daemon, units) is alive.
+func TestNothingLeftBehind(t *testing.T) {
+	var pids []int
+	t.Run("manager", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		m := systemdtest.New(t)
+		if err := os.WriteFile(filepath.Join(m.UnitDir, "sleeper.service"), []byte("[Service]\nExecStart=/bin/sleep 1000\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := m.Systemctl(ctx, "daemon-reload"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := m.Systemctl(ctx, "start", "sleeper.service"); err != nil {
+			t.Fatal(err)
+		}
+		pid, err := m.PID()
+		if err != nil {
+			t.Fatal(err)
+		}
+		pids = descendants(pid)
+		if len(pids) < 4 { // sh, systemd, dbus-daemon, sleep
+			t.Fatalf("namespace processes: %v, want init, systemd, dbus-daemon and the unit", pids)
+		}
+	})
+	for _, p := range pids {
+		if err := syscall.Kill(p, 0); !errors.Is(err, syscall.ESRCH) {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p))
+			t.Errorf("process %d (%q) still alive after cleanup", p, b)
+		}
+	}
+}
+
+// descendants lists pid and every process below it.
+func descendants(pid int) []int {
+	out := []int{pid}
+	for i := 0; i < len(out); i++ {
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", out[i]))
+		for _, task := range tasks {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", out[i], task.Name()))
+			for _, f := range strings.Fields(string(b)) {
+				if c, err := strconv.Atoi(f); err == nil {
+					out = append(out, c)
+				}
+			}
+		}
+	}
+	return out
 }
