@@ -406,17 +406,23 @@ func (e *Engine) plan(snap *registry.Snapshot) plan {
 	for _, name := range sorted {
 		var ops []store.Op
 		job := snap.Jobs[name]
-		val := registry.Encode(registry.Assignment{Hash: job.Hash, Desired: job.Desired})
+		var enc string
+		val := func() string {
+			if enc == "" {
+				enc = registry.Encode(registry.Assignment{Hash: job.Hash, Desired: job.Desired})
+			}
+			return enc
+		}
 		for m, a := range snap.Schedule[name] {
 			if !want[name][m] {
 				ops = append(ops, store.OpDelete(e.reg.ScheduleKey(m, name)))
 			} else if a.Hash != job.Hash || a.Desired != job.Desired {
-				ops = append(ops, store.OpPut(e.reg.ScheduleKey(m, name), val, 0))
+				ops = append(ops, store.OpPut(e.reg.ScheduleKey(m, name), val(), 0))
 			}
 		}
 		for m := range want[name] {
 			if _, ok := snap.Schedule[name][m]; !ok {
-				ops = append(ops, store.OpPut(e.reg.ScheduleKey(m, name), val, 0))
+				ops = append(ops, store.OpPut(e.reg.ScheduleKey(m, name), val(), 0))
 			}
 		}
 		why, unplaced := p.unplaced[name]
@@ -435,7 +441,8 @@ func (e *Engine) plan(snap *registry.Snapshot) plan {
 }
 
 // write applies the batches in guarded transactions of at most
-// registry.MaxTxnOps operations, never splitting one unit's batch.
+// registry.MaxTxnOps operations, never splitting one unit's batch unless it
+// alone is larger than that.
 func (e *Engine) write(ctx context.Context, guard store.Cmp, batches [][]store.Op) (txns, ops int, err error) {
 	c := e.reg.Client()
 	var cur []store.Op
@@ -460,6 +467,15 @@ func (e *Engine) write(ctx context.Context, guard store.Cmp, batches [][]store.O
 			if err := flush(); err != nil {
 				return txns, ops, err
 			}
+		}
+		// A global unit on many machines may need several transactions;
+		// each of its keys stands alone.
+		for len(b) > registry.MaxTxnOps {
+			cur = append(cur, b[:registry.MaxTxnOps]...)
+			if err := flush(); err != nil {
+				return txns, ops, err
+			}
+			b = b[registry.MaxTxnOps:]
 		}
 		cur = append(cur, b...)
 	}
