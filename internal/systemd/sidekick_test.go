@@ -85,6 +85,59 @@ func TestAnnounceSidekick(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	en.waitState(en.e, "nginx@1.service", is("inactive", "dead"))
+
+	// Without ExecStopPost: stopping the unit ends the keeper (it is in
+	// the unit's cgroup), which revokes the lease, so the key goes too.
+	en.start(en.e, "nginx@2.service", "[Service]\nExecStart=/bin/sleep 1000\n"+
+		"ExecStartPost="+ann+" --detach /clusterstate/test/%n \"%H ${PUBLIC_IP}:8080\"\n")
+	key2 := "/clusterstate/test/nginx@2.service"
+	if _, found, _, err := c.Get(en.ctx, key2); err != nil || !found {
+		t.Fatalf("after Start, %s missing: %v", key2, err)
+	}
+	if n := en.countProcs(bin + " --endpoints"); n != 1 {
+		t.Errorf("%d announce keepers running, want 1", n)
+	}
+	if err := en.e.Stop(en.ctx, "nginx@2.service"); err != nil {
+		t.Fatal(err)
+	}
+	if n := en.countProcs(bin + " --endpoints"); n != 0 {
+		t.Errorf("%d announce keepers still running after Stop", n)
+	}
+	deadline = time.Now().Add(hang)
+	for {
+		kv, found, _, err := c.Get(en.ctx, key2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !found {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still present after Stop: %q", key2, kv.Value)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// countProcs counts the processes inside the manager's namespace whose
+// command line contains s.
+func (en *env) countProcs(s string) int {
+	en.t.Helper()
+	cmd, err := en.m.Command(en.ctx, "ps", "-eo", "args=")
+	if err != nil {
+		en.t.Fatal(err)
+	}
+	out, err := cmd.Output()
+	if err != nil {
+		en.t.Fatalf("ps in the namespace: %v", err)
+	}
+	n := 0
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.Contains(l, s) {
+			n++
+		}
+	}
+	return n
 }
 
 func journal(t *testing.T, en *env, name string) []string {
