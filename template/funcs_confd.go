@@ -162,13 +162,20 @@ func filterIPs(ips []string, sep string) []string {
 	return out
 }
 
+// maxSeq bounds seq so a key's value cannot make a render allocate
+// gigabytes (confd would run out of memory instead).
+const maxSeq = 1 << 24
+
 // seq is confd's seq: first, first+1, …, last; nothing when first > last.
-func seq(first, last int) []int {
+func seq(first, last int) ([]int, error) {
+	if first <= last && uint(last-first) >= maxSeq {
+		return nil, fmt.Errorf("%d..%d is more than %d numbers", first, last, maxSeq)
+	}
 	var out []int
 	for i := first; i <= last; i++ {
 		out = append(out, i)
 	}
-	return out
+	return out, nil
 }
 
 // reverse reverses a []string or []KVPair in place and returns it, as confd

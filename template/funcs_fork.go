@@ -41,7 +41,10 @@ func forkFuncs(o *Options) texttemplate.FuncMap {
 		"toPrettyJson": toPrettyJSON,
 
 		"indent":  indent,
-		"nindent": func(n int, s string) string { return "\n" + indent(n, s) },
+		"nindent": func(n int, s string) (string, error) {
+			out, err := indent(n, s)
+			return "\n" + out, err
+		},
 		"quote":   func(v any) string { return strconv.Quote(asString(v)) },
 		"squote":  func(v any) string { return "'" + strings.ReplaceAll(asString(v), "'", "''") + "'" },
 
@@ -188,13 +191,19 @@ func fromJSON(s string) (any, error) {
 	return v, err
 }
 
+// maxIndent bounds indent's padding (a line can be indented 64 KiB deep).
+const maxIndent = 1 << 16
+
 // indent pads every line of s with n spaces; an empty s stays empty.
-func indent(n int, s string) string {
+func indent(n int, s string) (string, error) {
 	if s == "" {
-		return ""
+		return "", nil
+	}
+	if n > maxIndent {
+		return "", fmt.Errorf("%d spaces is more than %d", n, maxIndent)
 	}
 	pad := strings.Repeat(" ", max(n, 0))
-	return pad + strings.ReplaceAll(s, "\n", "\n"+pad)
+	return pad + strings.ReplaceAll(s, "\n", "\n"+pad), nil
 }
 
 // maxRepeat bounds repeat's output so a template (or a key's value) cannot

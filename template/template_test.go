@@ -41,6 +41,8 @@ func TestErrors(t *testing.T) {
 		{"parse", "ok\n{{nosuchfunc}}", `parse template test.tmpl:2: function "nosuchfunc" not defined`, ""},
 		{"parse unclosed", "{{if true}}", `parse template test.tmpl:1: unexpected EOF`, ""},
 		{"repeat huge", `{{repeat 1000000000 "abc"}}`, `render template test.tmpl:1: repeat: result would exceed 67108864 bytes`, ""},
+		{"seq huge", `{{range seq 1 (atoi "2000000000")}}{{end}}`, `render template test.tmpl:1: seq: 1..2000000000 is more than 16777216 numbers`, ""},
+		{"indent huge", `{{indent 1000000000 "x"}}`, `render template test.tmpl:1: indent: 1000000000 spaces is more than 65536`, ""},
 		{"regex", `{{regexMatch "(" "x"}}`, "render template test.tmpl:1: regexMatch: error parsing regexp: missing closing ): `(`", ""},
 	}
 	for _, tc := range tests {
