@@ -40,13 +40,13 @@ func forkFuncs(o *Options) texttemplate.FuncMap {
 		"fromJson":     fromJSON,
 		"toPrettyJson": toPrettyJSON,
 
-		"indent":  indent,
+		"indent": indent,
 		"nindent": func(n int, s string) (string, error) {
 			out, err := indent(n, s)
 			return "\n" + out, err
 		},
-		"quote":   func(v any) string { return strconv.Quote(asString(v)) },
-		"squote":  func(v any) string { return "'" + strings.ReplaceAll(asString(v), "'", "''") + "'" },
+		"quote":  func(v any) string { return strconv.Quote(asString(v)) },
+		"squote": func(v any) string { return "'" + strings.ReplaceAll(asString(v), "'", "''") + "'" },
 
 		"regexMatch": regexp.MatchString,
 		"regexFind": func(pattern, s string) (string, error) {
