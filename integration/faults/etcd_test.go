@@ -93,12 +93,13 @@ func TestLeaderKilledUnderLoad(t *testing.T) {
 	for i, ip := range ips {
 		ms = append(ms, newMachine(t, eps, fmt.Sprintf("m%d", i+1), ip, 3*time.Second))
 	}
+	waitMachines(ctx, t, reg, len(ms))
 	port := freePorts(t, 3, ips...)
 	var units []string
 	for i := 0; i < 3; i++ {
 		name := fmt.Sprintf("web-%d.service", i+1)
 		units = append(units, name)
-		submitLaunched(ctx, t, reg, name, webUnit(t, tok, name, port+i, eps, ttl))
+		submitLaunched(ctx, t, reg, name, webUnit(t, tok, name, port+i, eps, ttl, spread))
 	}
 	eventually(t, 60*time.Second, "units placed, running and announced", func() error {
 		return checkInvariants(ctx, c, tok, units)
@@ -278,10 +279,11 @@ func TestCompactionAndDefragDuringWatches(t *testing.T) {
 	for i, ip := range ips {
 		newMachine(t, eps, fmt.Sprintf("m%d", i+1), ip, 2*time.Second)
 	}
+	waitMachines(ctx, t, reg, len(ips))
 	port := freePorts(t, 2, ips...)
 	units := []string{"web-1.service", "web-2.service"}
 	for i, u := range units {
-		submitLaunched(ctx, t, reg, u, webUnit(t, tok, u, port+i, eps, ttl))
+		submitLaunched(ctx, t, reg, u, webUnit(t, tok, u, port+i, eps, ttl, spread))
 	}
 	eventually(t, 60*time.Second, "units running and announced", func() error { return checkInvariants(ctx, c, tok, units) })
 

@@ -333,7 +333,8 @@ func (m *machine) start(t testing.TB) {
 
 // webUnit is the body of the suite's unit NAME: a backend on ip:port from
 // the machine facts, announced by `announce --detach` under a TTL of ttl.
-func webUnit(t testing.TB, token, name string, port int, endpoints []string, ttl time.Duration) []byte {
+// xfleet, if not empty, is the unit's [X-Fleet] section.
+func webUnit(t testing.TB, token, name string, port int, endpoints []string, ttl time.Duration, xfleet string) []byte {
 	host := strings.TrimSuffix(name, ".service")
 	return []byte(fmt.Sprintf(`[Unit]
 Description=fault-suite backend %[2]s
@@ -342,7 +343,27 @@ Description=fault-suite backend %[2]s
 Environment=%[7]s=backend
 ExecStart=%[1]s %[3]s %[2]s ${PUBLIC_IP}:%[4]d
 ExecStartPost=%[5]s --detach --ttl %[8]s --endpoints %[6]s --host %[9]s --addr ${PUBLIC_IP}:%[4]d %[10]s%[2]s
-`, self(t), name, token, port, bin("announce"), strings.Join(endpoints, ","), envRole, ttl, host, announcePrefix))
+%[11]s`, self(t), name, token, port, bin("announce"), strings.Join(endpoints, ","), envRole, ttl, host, announcePrefix, xfleet))
+}
+
+// spread keeps the suite's instances on different machines, as the seed's
+// Conflicts=nginx@*.service does.
+const spread = "\n[X-Fleet]\nConflicts=web-*.service\n"
+
+// waitMachines waits until n machines are present, so that units submitted
+// next are spread over all of them.
+func waitMachines(ctx context.Context, t testing.TB, reg *registry.Registry, n int) {
+	t.Helper()
+	eventually(t, 30*time.Second, "machines registered", func() error {
+		ms, err := reg.Machines(ctx)
+		if err != nil {
+			return err
+		}
+		if len(ms) != n {
+			return fmt.Errorf("%d machines present, want %d", len(ms), n)
+		}
+		return nil
+	})
 }
 
 // submitLaunched submits body as name and sets it launched.
