@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # bench/placement.sh — headline figures of pure placement (internal/schedule):
 # one schedule.Place call over 10k units on 1k machines (plain, Conflicts,
-# MachineMetadata, MachineOf, MachineID, Global), fresh, steady state, and
-# after a machine loss. Goal: < 1000 ms a call (fleet documents 1000 units on
+# MachineMetadata, MachineOf, MachineID, Global), fresh, steady state, after
+# a machine loss, and overloaded (10k mutually conflicting instances: 9k
+# cannot be placed). Goal: < 1000 ms a call (fleet documents 1000 units on
 # 100 machines as its limit). Prints JSON lines {"name","unit","value"}:
 # medians over COUNT runs (default 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-go test -run '^$' -bench '^BenchmarkPlace(MachineLoss)?$' -benchmem -count "${COUNT:-5}" ./internal/schedule |
+go test -run '^$' -bench '^BenchmarkPlace(MachineLoss|Overloaded)?$' -benchmem -count "${COUNT:-5}" ./internal/schedule |
 	awk '
 	/^BenchmarkPlace/ {
 		name = $1; sub(/-[0-9]+$/, "", name); sub(/^BenchmarkPlace/, "", name)
 		if (name == "MachineLoss") name = "units=10000/machines=1000/machine-loss"
+		if (name == "Overloaded") name = "units=10000/machines=1000/overloaded-9000-unplaced"
 		else sub(/^\//, "", name)
 		if (name !~ /units=10000/) next
 		for (i = 3; i < NF; i += 2) {

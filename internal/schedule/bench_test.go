@@ -54,3 +54,25 @@ func BenchmarkPlaceMachineLoss(b *testing.B) {
 		Place(units, rest)
 	}
 }
+
+// BenchmarkPlaceOverloaded is the worst case for the search: 10k instances
+// of one template that all conflict with each other on 1k machines, so 9k
+// stay unplaced, each after trying every machine.
+func BenchmarkPlaceOverloaded(b *testing.B) {
+	var machines []Machine
+	for i := range 1000 {
+		machines = append(machines, Machine{ID: fmt.Sprintf("m%04d", i)})
+	}
+	var units []Unit
+	for i := range 10000 {
+		u := Unit{Name: fmt.Sprintf("app@%d.service", i)}
+		u.Fleet.Conflicts = []string{"app@*.service"}
+		units = append(units, u)
+	}
+	b.ReportAllocs()
+	var r Result
+	for b.Loop() {
+		r = Place(units, machines)
+	}
+	b.ReportMetric(float64(len(r.Unplaced)), "unplaced")
+}

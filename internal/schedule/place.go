@@ -7,6 +7,7 @@ import (
 	"path"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -445,6 +446,7 @@ func (p *placer) unassign(u *uinfo) {
 
 // placeRest places every unit keep left.
 func (p *placer) placeRest() {
+	failed := map[string]string{}
 	for _, u := range p.order() {
 		if u.target >= 0 || u.reason != "" {
 			continue
@@ -473,12 +475,35 @@ func (p *placer) placeRest() {
 			p.assign(u, u.pinned)
 			continue
 		}
+		// Placement only adds units from here on, so a unit with the same
+		// constraints as one that found no machine finds none either.
+		key := profile(u)
+		if why, ok := failed[key]; ok {
+			u.reason = why
+			continue
+		}
 		if m := p.leastLoaded(u); m >= 0 {
 			p.assign(u, m)
 			continue
 		}
 		u.reason = p.explain(u)
+		failed[key] = u.reason
 	}
+}
+
+// profile identifies the constraints of a unit without MachineID or
+// MachineOf: its metadata and the conflict patterns it holds and matches.
+func profile(u *uinfo) string {
+	var b strings.Builder
+	b.WriteString(u.sig)
+	for _, ids := range [][]int32{u.holds, u.matchedBy} {
+		b.WriteByte(2)
+		for _, id := range ids {
+			b.WriteString(strconv.Itoa(int(id)))
+			b.WriteByte(',')
+		}
+	}
+	return b.String()
 }
 
 // peerMachine returns the machine every MachineOf peer of u is on, or why
@@ -637,7 +662,7 @@ func (p *placer) explain(u *uinfo) string {
 		return p.explainMetadata(u)
 	}
 	var full, conflict int
-	var names []string
+	var names []string // up to 4, to say "and others" past 3
 	for m := range p.ms {
 		if !u.elig.has(m) {
 			continue
@@ -646,9 +671,12 @@ func (p *placer) explain(u *uinfo) string {
 			full++
 			continue
 		}
-		if c := p.conflicting(u, m); len(c) > 0 {
+		if p.conflicts(u, m) {
 			conflict++
-			for _, n := range c {
+			if len(names) > 3 {
+				continue
+			}
+			for _, n := range p.conflicting(u, m) {
 				if !slices.Contains(names, n) {
 					names = append(names, n)
 				}
@@ -694,12 +722,12 @@ func metaString(u *uinfo) string {
 	return strings.Join(parts, ", ")
 }
 
-// listNames joins up to n names, saying how many more there are.
+// listNames joins up to n names, and says "and others" if there are more.
 func listNames(names []string, n int) string {
 	if len(names) <= n {
 		return strings.Join(names, ", ")
 	}
-	return fmt.Sprintf("%s and %d more", strings.Join(names[:n], ", "), len(names)-n)
+	return strings.Join(names[:n], ", ") + " and others"
 }
 
 func (p *placer) result() Result {
