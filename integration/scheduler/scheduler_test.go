@@ -62,7 +62,7 @@ const ttl = 2 * time.Second
 
 // cluster is a set of `scheduler serve` processes sharing one etcd.
 type cluster struct {
-	t        *testing.T
+	t        testing.TB
 	ctx      context.Context
 	dir      string
 	endpoint string
@@ -72,7 +72,7 @@ type cluster struct {
 	procs    map[string]*exec.Cmd
 }
 
-func newCluster(t *testing.T) *cluster {
+func newCluster(t testing.TB) *cluster {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	t.Cleanup(cancel)
 	srv := etcdtest.New(t)
@@ -286,7 +286,7 @@ func unitPIDs(t *testing.T, dir, machine string) []int {
 	return out
 }
 
-func writeUnits(t *testing.T, dir, pidDir string) {
+func writeUnits(t testing.TB, dir, pidDir string) {
 	t.Helper()
 	// Every process writes its pid to <pidDir>/<unit>.<machine>.pid; the
 	// sidekick also leaves a detached child behind, as `announce --detach`
@@ -433,4 +433,40 @@ func TestSchedulerCluster(t *testing.T) {
 	if d := mon.stop(); len(d) > 0 {
 		t.Errorf("units reported running on two machines at once:\n%s", strings.Join(d, "\n"))
 	}
+}
+
+// BenchmarkMachineLossToRunning measures the time from kill -9 of the machine
+// running a unit to that unit reported running on another machine, with the
+// presence TTL of this suite (2s): the figure is TTL + detection + one
+// reconcile + start.
+func BenchmarkMachineLossToRunning(b *testing.B) {
+	var total time.Duration
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		cl := newCluster(b)
+		units := filepath.Join(cl.dir, "units")
+		pids := filepath.Join(cl.dir, "pids")
+		os.MkdirAll(units, 0o755)
+		os.MkdirAll(pids, 0o755)
+		writeUnits(b, units, pids)
+		cl.machine("m1", 2, "role=worker")
+		cl.machine("m2", 3, "role=worker")
+		if _, err := cl.cli("start", "--block-attempts", "120", filepath.Join(units, "solo.service")); err != nil {
+			b.Fatal(err)
+		}
+		s := cl.until("solo running", func(s *registry.Snapshot) bool { return len(running(s, "solo.service")) == 1 })
+		from := running(s, "solo.service")[0]
+		b.StartTimer()
+		start := time.Now()
+		cl.kill(from)
+		cl.until("solo moved", func(s *registry.Snapshot) bool {
+			r := running(s, "solo.service")
+			return len(r) == 1 && r[0] != from
+		})
+		total += time.Since(start)
+		b.StopTimer()
+		cl.stopAll()
+	}
+	b.ReportMetric(total.Seconds()/float64(b.N), "loss-to-running-s")
+	b.ReportMetric(ttl.Seconds(), "presence-ttl-s")
 }
