@@ -140,3 +140,22 @@ func TestMalformedValues(t *testing.T) {
 		t.Fatalf("got %q, want %q", out, want)
 	}
 }
+
+// FuzzParse: any template text (and delimiters) parses or fails with an
+// error naming the template; it never panics.
+func FuzzParse(f *testing.F) {
+	f.Add(`{{range getvs "/clusterstate/cruwe_de/*"}} server {{.}} check {{end}}`, "", "")
+	f.Add("{{if}}", "", "")
+	f.Add("[[getv \"/a\"]]", "[[", "]]")
+	f.Add("{{define \"x\"}}{{template \"x\"}}{{end}}\xff", "", "")
+	f.Fuzz(func(t *testing.T, text, left, right string) {
+		tp, err := Parse("p.tmpl", []byte(text), Options{Delims: [2]string{left, right}})
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "parse template p.tmpl") {
+				t.Fatalf("error does not name the template: %v", err)
+			}
+			return
+		}
+		tp.KeyRefs()
+	})
+}
