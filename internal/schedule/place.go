@@ -543,7 +543,7 @@ func (p *placer) check(u *uinfo, m int) string {
 		return fmt.Sprintf("machine %s does not match MachineMetadata %s", mid, metaString(u))
 	}
 	if !u.global && !p.room.has(m) {
-		return fmt.Sprintf("machine %s is at capacity (%d units)", mid, p.ms[m].Capacity)
+		return fmt.Sprintf("machine %s is full (capacity %d)", mid, p.ms[m].Capacity)
 	}
 	if p.conflicts(u, m) {
 		return fmt.Sprintf("conflicts with %s on machine %s", listNames(p.conflicting(u, m), 3), mid)

@@ -320,6 +320,50 @@ func TestPlace(t *testing.T) {
 			targets:  map[string]string{"a.service": "m1", "x@1.service": "m2"},
 			unplaced: map[string]string{"x@2.service": "no room on every machine: 1 at capacity, 1 with conflicting units (x@1.service)"},
 		},
+		"capacity with MachineID, MachineOf and metadata": {
+			units: []uspec{
+				{name: "a.service", current: "m1"},
+				{name: "pinned.service", xfleet: "MachineID=m1"},
+				{name: "side.service", xfleet: "MachineOf=a.service"},
+				{name: "meta.service", xfleet: "MachineMetadata=disk=ssd"},
+				{name: "meta2.service", xfleet: "MachineMetadata=disk=ssd"},
+			},
+			machines: []Machine{mach("m1", "disk=ssd", 1), mach("m2", "disk=hdd", 0), mach("m3", "disk=ssd", 1)},
+			targets:  map[string]string{"a.service": "m1", "meta.service": "m3"},
+			unplaced: map[string]string{
+				"pinned.service": "machine m1 is full (capacity 1)",
+				"side.service":   "machine m1 is full (capacity 1)",
+				"meta2.service":  "every machine matching disk=ssd is at capacity",
+			},
+		},
+		"conflicts and metadata together narrow the machines": {
+			units: []uspec{
+				{name: "db@1.service", xfleet: "Conflicts=db@*\nMachineMetadata=disk=ssd", current: "m3"},
+				{name: "db@2.service", xfleet: "Conflicts=db@*\nMachineMetadata=disk=ssd"},
+				{name: "db@3.service", xfleet: "Conflicts=db@*\nMachineMetadata=disk=ssd"},
+			},
+			machines: []Machine{mach("m1", "disk=ssd", 0), mach("m2", "disk=hdd", 0), mach("m3", "disk=ssd", 0)},
+			targets:  map[string]string{"db@1.service": "m3", "db@2.service": "m1"},
+			unplaced: map[string]string{"db@3.service": "conflicts with db@1.service, db@2.service on every machine matching disk=ssd"},
+		},
+		"global with metadata and conflicts": {
+			units: []uspec{
+				{name: "web@1.service", current: "w2"},
+				{name: "agent.service", xfleet: "Global=true\nMachineMetadata=role=worker\nConflicts=web@*"},
+			},
+			machines: seed,
+			targets:  map[string]string{"web@1.service": "w2"},
+			global:   map[string][]string{"agent.service": {"w1"}},
+		},
+		"MachineOf follows a pinned unit": {
+			units: []uspec{
+				{name: "app.service", xfleet: "MachineID=m2"},
+				{name: "log.service", xfleet: "MachineOf=app.service\nConflicts=other*"},
+				{name: "other.service", xfleet: "MachineID=m3"},
+			},
+			machines: three,
+			targets:  map[string]string{"app.service": "m2", "log.service": "m2", "other.service": "m3"},
+		},
 		"pinned units go before free ones": {
 			units: []uspec{
 				{name: "a.service"},
