@@ -4,7 +4,7 @@
 //
 // THIS FILE IS THE CONTRACT between template/ and its users (resources/,
 // internal/render). Its exported API may grow; its signatures should not change
-// without updating every caller.
+// without updating every caller. (Store, KVPair and KVPairs are in store.go.)
 //
 // # Functions
 //
