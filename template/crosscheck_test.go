@@ -3,8 +3,10 @@ package template
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -82,6 +84,10 @@ func TestGoldenMatchesFork(t *testing.T) {
 }
 
 func crossCheck(t *testing.T, c goldenCase, command func(confdir, keys string) *exec.Cmd) {
+	crossCheckKeys(t, c, mustReadFile(t, filepath.Join(goldenDir, c.name+".json")), command)
+}
+
+func crossCheckKeys(t *testing.T, c goldenCase, keysJSON []byte, command func(confdir, keys string) *exec.Cmd) {
 	dir := t.TempDir()
 	confdir := filepath.Join(dir, "confd")
 	tdir := filepath.Join(confdir, "templates")
@@ -97,7 +103,7 @@ func crossCheck(t *testing.T, c goldenCase, command func(confdir, keys string) *
 	for name, body := range map[string][]byte{
 		filepath.Join(confdir, "conf.d", "t.toml"): []byte(toml),
 		filepath.Join(tdir, c.name+".tmpl"):        c.tmpl,
-		keys:                                       mustReadFile(t, filepath.Join(goldenDir, c.name+".json")),
+		keys:                                       keysJSON,
 	} {
 		if err := os.WriteFile(name, body, 0o644); err != nil {
 			t.Fatal(err)
@@ -137,4 +143,46 @@ func mustReadFile(t *testing.T, name string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestRandomMatchesConfd renders random key trees through ls, lsdir, gets,
+// getvs, exists and the sorting functions, with confd and with this
+// package, and requires identical bytes: a differential test of the
+// store's edge cases against the real thing.
+func TestRandomMatchesConfd(t *testing.T) {
+	bin := os.Getenv("CONFD_BIN")
+	if bin == "" {
+		t.Skip("CONFD_BIN not set: no confd binary to cross-check against")
+	}
+	segs := []string{"a", "b", "ab", "a.b", "x-1", "nginx@1.service", "nginx@10.service", "_"}
+	args := []string{"/", "/a", "/a/", "/a/b", "/ab", "/a/b/", "/x-1", "/a/*", "/*/b", "/*", "/a/[ab]*", "/?/*", "/a/b/*", "/*/*/*"}
+	var src strings.Builder
+	for _, a := range args {
+		fmt.Fprintf(&src, "%[1]s: ls=%[2]v lsdir=%[3]v gets=%[4]v getvs=%[5]v exists=%[6]v\n",
+			a, `{{ls "`+a+`"}}`, `{{lsdir "`+a+`"}}`, `{{gets "`+a+`"}}`, `{{getvs "`+a+`"}}`, `{{exists "`+a+`"}}`)
+	}
+	src.WriteString(`{{range sortKVByLength (gets "/*/*")}}{{.Key}} {{end}}
+{{sortByLength (getvs "/*/*")}} {{reverse (sortByLength (ls "/a"))}}
+`)
+	rng := rand.New(rand.NewPCG(7, 7))
+	for round := range 15 {
+		keys := map[string]string{}
+		for i := range 5 + rng.IntN(25) {
+			var b strings.Builder
+			for range 1 + rng.IntN(3) {
+				b.WriteString("/" + segs[rng.IntN(len(segs))])
+			}
+			keys[b.String()] = fmt.Sprintf("v%02d", i%7)
+		}
+		js, err := json.Marshal(keys)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := goldenCase{name: fmt.Sprintf("random%d", round), tmpl: []byte(src.String()), keys: keys}
+		t.Run(c.name, func(t *testing.T) {
+			crossCheckKeys(t, c, js, func(confdir, keys string) *exec.Cmd {
+				return exec.Command(bin, "-onetime", "-backend", "file", "-file", keys, "-confdir", confdir, "-log-level", "error")
+			})
+		})
+	}
 }
