@@ -31,8 +31,8 @@ type Exec struct {
 // ParseExec parses the value of an Exec*= assignment into its commands:
 // systemd allows several, separated by a lone ";" word ("\;" is a literal
 // semicolon). Each command may start with the prefixes - @ + ! !! : in any
-// order. Words may be quoted with "…" or '…' (a quote must start a word and
-// end one); C escapes (\n \t \\ \" \' \s \xNN \NNN \uNNNN) are decoded.
+// order. Words may be quoted with "…" or '…' (see SplitWords); C escapes
+// (\n \t \\ \" \' \s \xNN \NNN \uNNNN) are decoded.
 // An empty value yields no commands.
 func ParseExec(value string, line int) ([]Exec, error) {
 	words, err := splitWords(value)
@@ -174,9 +174,9 @@ type word struct {
 }
 
 // SplitWords splits s into words with systemd's rules for command lines
-// and lists (Environment=): whitespace separates words; a word starting
-// with " or ' runs to the matching quote, which must end the word; C
-// escapes are decoded inside and outside quotes.
+// and lists (Environment=): whitespace separates words except inside "…"
+// or '…' (quotes may open anywhere in a word, as in --opt="a b", and are
+// removed); C escapes are decoded inside and outside quotes.
 func SplitWords(s string) ([]string, error) {
 	ws, err := splitWords(s)
 	if err != nil {
@@ -202,53 +202,30 @@ func splitWords(s string) ([]word, error) {
 		var (
 			b       strings.Builder
 			escaped bool
+			quote   byte // the open quote, 0 outside quotes
 		)
-		if q := s[i]; q == '"' || q == '\'' {
-			escaped = true
+		for i < len(s) && (quote != 0 || !isSpace(s[i])) {
+			c := s[i]
+			switch {
+			case c == '\\':
+				escaped = true
+				n, err := unescapeAt(s, i, &b)
+				if err != nil {
+					return nil, err
+				}
+				i += n
+				continue
+			case quote != 0 && c == quote:
+				quote = 0
+			case quote == 0 && (c == '"' || c == '\''):
+				quote, escaped = c, true
+			default:
+				b.WriteByte(c)
+			}
 			i++
-			closed := false
-			for i < len(s) {
-				c := s[i]
-				if c == q {
-					closed = true
-					i++
-					break
-				}
-				if c == '\\' {
-					n, err := unescapeAt(s, i, &b)
-					if err != nil {
-						return nil, err
-					}
-					i += n
-					continue
-				}
-				b.WriteByte(c)
-				i++
-			}
-			if !closed {
-				return nil, fmt.Errorf("unbalanced quote %c", q)
-			}
-			if i < len(s) && !isSpace(s[i]) {
-				return nil, fmt.Errorf("closing quote %c must be followed by whitespace (at %q)", q, clip(s[i:]))
-			}
-		} else {
-			for i < len(s) && !isSpace(s[i]) {
-				c := s[i]
-				if c == '"' || c == '\'' {
-					return nil, fmt.Errorf("quote %c inside a word (quotes must start a word)", c)
-				}
-				if c == '\\' {
-					escaped = true
-					n, err := unescapeAt(s, i, &b)
-					if err != nil {
-						return nil, err
-					}
-					i += n
-					continue
-				}
-				b.WriteByte(c)
-				i++
-			}
+		}
+		if quote != 0 {
+			return nil, fmt.Errorf("unbalanced quote %c", quote)
 		}
 		out = append(out, word{text: b.String(), escaped: escaped})
 	}
