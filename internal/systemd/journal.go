@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	sddbus "github.com/coreos/go-systemd/v22/dbus"
 )
 
 // journalTimeout bounds one journalctl run.
@@ -32,7 +34,11 @@ func (e *Executor) Journal(ctx context.Context, name string, lines int) ([]strin
 	if jerr != nil {
 		why = jerr.Error()
 	}
-	status, err := e.status(ctx, name)
+	c, err := e.bus(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("systemd: journal %s: %s; %w", name, why, err)
+	}
+	status, err := e.status(ctx, c, name)
 	if err != nil {
 		return nil, fmt.Errorf("systemd: journal %s: %s; status: %w", name, why, err)
 	}
@@ -61,8 +67,8 @@ func (e *Executor) journalctl(ctx context.Context, name string, lines int) ([]st
 
 // status describes a unit from its D-Bus properties, for when the journal
 // cannot.
-func (e *Executor) status(ctx context.Context, name string) ([]string, error) {
-	u, err := e.conn.GetUnitPropertiesContext(ctx, name)
+func (e *Executor) status(ctx context.Context, c *sddbus.Conn, name string) ([]string, error) {
+	u, err := c.GetUnitPropertiesContext(ctx, name)
 	if err != nil {
 		return nil, err
 	}
@@ -79,7 +85,7 @@ func (e *Executor) status(ctx context.Context, name string) ([]string, error) {
 	if typ != "Service" && typ != "Socket" && typ != "Mount" && typ != "Swap" {
 		return out, nil
 	}
-	s, err := e.conn.GetUnitTypePropertiesContext(ctx, name, typ)
+	s, err := c.GetUnitTypePropertiesContext(ctx, name, typ)
 	if err != nil {
 		return out, nil //nolint:nilerr // the unit's states are still worth showing
 	}

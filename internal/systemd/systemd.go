@@ -68,6 +68,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	sddbus "github.com/coreos/go-systemd/v22/dbus"
 	godbus "github.com/godbus/dbus/v5"
@@ -78,6 +79,9 @@ import (
 // ErrNotOwned is returned when a unit of that name exists on this machine but
 // was not installed by flotilla; it is left untouched.
 var ErrNotOwned = errors.New("systemd: unit not owned by flotilla")
+
+// ErrClosed is returned by an Executor's methods after Close.
+var ErrClosed = errors.New("systemd: executor closed")
 
 // Dependencies on the agent's unit (Options.AgentDependency).
 const (
@@ -117,8 +121,14 @@ type Options struct {
 type Executor struct {
 	opts    Options
 	log     *slog.Logger
-	conn    *sddbus.Conn
 	unitDir string
+	addr    string          // D-Bus address
+	base    context.Context // lifetime of connections: until Close
+
+	connMu sync.Mutex // guards conn, sig, closed
+	conn   *sddbus.Conn
+	sig    *godbus.Conn // receives unit signals
+	closed atomic.Bool
 
 	mu    sync.Mutex // serialises file changes and daemon-reloads
 	names nameLocks  // serialises operations on one unit
@@ -126,10 +136,8 @@ type Executor struct {
 	ownedMu sync.RWMutex
 	owned   map[string]bool // units with our drop-in, for filtering signals
 
-	changes   chan struct{}
-	sig       *godbus.Conn // receives unit signals
-	wg        sync.WaitGroup
-	closeOnce sync.Once
+	changes chan struct{}
+	wg      sync.WaitGroup // the signal goroutines
 }
 
 var _ executor.Executor = (*Executor)(nil)
@@ -168,7 +176,8 @@ func New(ctx context.Context, opts Options) (*Executor, error) {
 	addr := busAddress(opts)
 	// The connection lives until Close, not until ctx ends (godbus closes a
 	// connection when its context is done).
-	conn, err := dial(context.WithoutCancel(ctx), addr)
+	base := context.WithoutCancel(ctx)
+	conn, err := dial(base, addr)
 	if err != nil {
 		return nil, fmt.Errorf("systemd: connect to %s: %w", addr, err)
 	}
@@ -186,13 +195,15 @@ func New(ctx context.Context, opts Options) (*Executor, error) {
 		log:     opts.Logger.With("executor", "systemd"),
 		conn:    conn,
 		unitDir: unitDir,
+		addr:    addr,
+		base:    base,
 		owned:   make(map[string]bool),
 		changes: make(chan struct{}, 1),
 	}
 	for name := range owned {
 		e.owned[name] = true
 	}
-	if err := e.subscribe(context.WithoutCancel(ctx), addr); err != nil {
+	if err := e.subscribe(ctx); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("systemd: subscribe on %s: %w", addr, err)
 	}
@@ -257,13 +268,14 @@ func isPrivate(addr string) bool { return strings.HasSuffix(addr, "systemd/priva
 // subscribe feeds Changes from systemd's PropertiesChanged signals for owned
 // units, on a D-Bus connection of its own (go-systemd's property subscriber
 // races with its dispatcher). The goroutine is owned by the Executor: it ends
-// when Close closes that connection, which closes the signal channel.
-func (e *Executor) subscribe(ctx context.Context, addr string) error {
-	sig, err := dialRaw(ctx, addr)
+// when that connection closes (Close, or the bus went away), which closes the
+// signal channel. Called by New, and by bus with connMu held.
+func (e *Executor) subscribe(ctx context.Context) error {
+	sig, err := dialRaw(e.base, e.addr)
 	if err != nil {
 		return err
 	}
-	if !isPrivate(addr) { // a direct connection gets every signal anyway
+	if !isPrivate(e.addr) { // a direct connection gets every signal anyway
 		if err := sig.AddMatchSignalContext(ctx,
 			godbus.WithMatchInterface("org.freedesktop.DBus.Properties"),
 			godbus.WithMatchMember("PropertiesChanged"),
@@ -302,8 +314,45 @@ func (e *Executor) subscribe(ctx context.Context, addr string) error {
 				e.notify()
 			}
 		}
+		if !e.closed.Load() {
+			// The bus went away: wake the agent, whose next call reconnects.
+			e.log.Warn("systemd signal connection lost", "bus", e.addr)
+			e.notify()
+		}
 	}()
 	return nil
+}
+
+// bus returns a live connection to the manager, reconnecting and
+// resubscribing when the previous one was lost (dbus-daemon or the manager
+// restarted). Safe for concurrent use.
+func (e *Executor) bus(ctx context.Context) (*sddbus.Conn, error) {
+	e.connMu.Lock()
+	defer e.connMu.Unlock()
+	if e.closed.Load() {
+		return nil, ErrClosed
+	}
+	if e.conn.Connected() && e.sig.Connected() {
+		return e.conn, nil
+	}
+	e.conn.Close()
+	e.sig.Close()
+	conn, err := dial(e.base, e.addr)
+	if err != nil {
+		return nil, fmt.Errorf("systemd: reconnect to %s: %w", e.addr, err)
+	}
+	if _, err := conn.SystemStateContext(ctx); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("systemd: reconnect to %s: %w", e.addr, err)
+	}
+	if err := e.subscribe(ctx); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("systemd: reconnect to %s: subscribe: %w", e.addr, err)
+	}
+	e.conn = conn
+	e.log.Info("reconnected to systemd", "bus", e.addr)
+	e.notify() // states may have changed unseen
+	return conn, nil
 }
 
 // unitPathPrefix is the D-Bus object path prefix of units.
@@ -341,13 +390,15 @@ func (e *Executor) notify() {
 func (e *Executor) Changes() <-chan struct{} { return e.changes }
 
 // Close ends the subscription and the D-Bus connection; units keep running.
-// It is idempotent.
+// It is idempotent; afterwards methods return ErrClosed.
 func (e *Executor) Close() error {
-	e.closeOnce.Do(func() {
+	e.connMu.Lock()
+	if !e.closed.Swap(true) {
 		e.sig.Close()
-		e.wg.Wait()
 		e.conn.Close()
-	})
+	}
+	e.connMu.Unlock()
+	e.wg.Wait()
 	return nil
 }
 
@@ -392,26 +443,30 @@ func (e *Executor) Start(ctx context.Context, spec executor.Spec) error {
 	if hash == "" {
 		hash = bodyHash(spec.Body)
 	}
-	loadBefore, err := e.checkNotForeign(ctx, n)
+	c, err := e.bus(ctx)
+	if err != nil {
+		return err
+	}
+	loadBefore, err := e.checkNotForeign(ctx, c, n)
 	if err != nil {
 		return fmt.Errorf("systemd: start %s: %w", n.full, err)
 	}
-	prevHash, changed, err := e.install(ctx, n, hash, spec, loadBefore == "not-found")
+	prevHash, changed, err := e.install(ctx, c, n, hash, spec, loadBefore == "not-found")
 	if err != nil {
 		return fmt.Errorf("systemd: start %s: %w", n.full, err)
 	}
 	e.notify()
-	props, err := e.conn.GetUnitPropertiesContext(ctx, n.full)
+	props, err := c.GetUnitPropertiesContext(ctx, n.full)
 	if err != nil {
 		return fmt.Errorf("systemd: start %s: read state: %w", n.full, err)
 	}
 	load, _ := props["LoadState"].(string)
 	if load == "not-found" && changed {
 		// Installed without a reload and systemd did not pick it up.
-		if err := e.conn.ReloadContext(ctx); err != nil {
+		if err := c.ReloadContext(ctx); err != nil {
 			return fmt.Errorf("systemd: start %s: daemon-reload: %w", n.full, err)
 		}
-		if props, err = e.conn.GetUnitPropertiesContext(ctx, n.full); err != nil {
+		if props, err = c.GetUnitPropertiesContext(ctx, n.full); err != nil {
 			return fmt.Errorf("systemd: start %s: read state: %w", n.full, err)
 		}
 		load, _ = props["LoadState"].(string)
@@ -420,18 +475,18 @@ func (e *Executor) Start(ctx context.Context, spec executor.Spec) error {
 	if load != "loaded" {
 		return fmt.Errorf("systemd: start %s: unit not loaded (%s)%s", n.full, load, loadError(props))
 	}
-	verb, method := "start", e.conn.StartUnitContext
+	verb, method := "start", c.StartUnitContext
 	switch active {
 	case "active", "activating", "reloading":
 		if !changed && prevHash == hash {
 			return nil // already running this body
 		}
-		verb, method = "restart", e.conn.RestartUnitContext
+		verb, method = "restart", c.RestartUnitContext
 	case "failed":
 		// Clears the failure and the start rate limit before a new attempt.
-		_ = e.conn.ResetFailedUnitContext(ctx, n.full)
+		_ = c.ResetFailedUnitContext(ctx, n.full)
 	}
-	if err := e.runJob(ctx, verb, n.full, method); err != nil {
+	if err := e.runJob(ctx, c, verb, n.full, method); err != nil {
 		return err
 	}
 	e.log.Info("unit "+verb+"ed", "unit", n.full, "hash", hash)
@@ -440,8 +495,8 @@ func (e *Executor) Start(ctx context.Context, spec executor.Spec) error {
 
 // checkNotForeign refuses a unit that systemd loads from a file flotilla does
 // not own, or that is masked. It returns the unit's load state.
-func (e *Executor) checkNotForeign(ctx context.Context, n unitName) (string, error) {
-	props, err := e.conn.GetUnitPropertiesContext(ctx, n.full)
+func (e *Executor) checkNotForeign(ctx context.Context, c *sddbus.Conn, n unitName) (string, error) {
+	props, err := c.GetUnitPropertiesContext(ctx, n.full)
 	if err != nil {
 		return "", fmt.Errorf("read unit properties: %w", err)
 	}
@@ -471,7 +526,7 @@ func (e *Executor) checkNotForeign(ctx context.Context, n unitName) (string, err
 // reload (tens of milliseconds) is skipped: systemd retries loading a
 // not-found unit when its unit directories changed; Start reloads if it did
 // not.
-func (e *Executor) install(ctx context.Context, n unitName, hash string, spec executor.Spec, notFound bool) (prevHash string, changed bool, err error) {
+func (e *Executor) install(ctx context.Context, c *sddbus.Conn, n unitName, hash string, spec executor.Spec, notFound bool) (prevHash string, changed bool, err error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 
@@ -541,7 +596,7 @@ func (e *Executor) install(ctx context.Context, n unitName, hash string, spec ex
 	}
 	e.setOwned(n.full, true)
 	if modified || (changed && !notFound) {
-		if err := e.conn.ReloadContext(ctx); err != nil {
+		if err := c.ReloadContext(ctx); err != nil {
 			return "", false, fmt.Errorf("daemon-reload: %w", err)
 		}
 	}
@@ -573,7 +628,7 @@ func (e *Executor) templateInUse(n unitName) (bool, error) {
 
 // runJob runs a start/stop/restart job and waits for its result. The result
 // channel is buffered: go-systemd sends on it from its signal dispatcher.
-func (e *Executor) runJob(ctx context.Context, verb, name string, method func(context.Context, string, string, chan<- string) (int, error)) error {
+func (e *Executor) runJob(ctx context.Context, c *sddbus.Conn, verb, name string, method func(context.Context, string, string, chan<- string) (int, error)) error {
 	done := make(chan string, 1)
 	if _, err := method(ctx, name, "replace", done); err != nil {
 		return fmt.Errorf("systemd: %s %s: %w", verb, name, err)
@@ -583,20 +638,20 @@ func (e *Executor) runJob(ctx context.Context, verb, name string, method func(co
 		if res == "done" {
 			return nil
 		}
-		return fmt.Errorf("systemd: %s %s: job %s%s", verb, name, res, e.stateSuffix(ctx, name))
+		return fmt.Errorf("systemd: %s %s: job %s%s", verb, name, res, e.stateSuffix(ctx, c, name))
 	case <-ctx.Done():
 		return fmt.Errorf("systemd: %s %s: waiting for the job: %w", verb, name, ctx.Err())
 	}
 }
 
 // stateSuffix describes a unit's state for an error message.
-func (e *Executor) stateSuffix(ctx context.Context, name string) string {
-	st, err := e.conn.ListUnitsByNamesContext(ctx, []string{name})
+func (e *Executor) stateSuffix(ctx context.Context, c *sddbus.Conn, name string) string {
+	st, err := c.ListUnitsByNamesContext(ctx, []string{name})
 	if err != nil || len(st) != 1 {
 		return ""
 	}
 	s := fmt.Sprintf(" (%s/%s", st[0].ActiveState, st[0].SubState)
-	if p, err := e.conn.GetUnitTypePropertyContext(ctx, name, unitType(name), "Result"); err == nil {
+	if p, err := c.GetUnitTypePropertyContext(ctx, name, unitType(name), "Result"); err == nil {
 		s += ", result " + strings.Trim(p.Value.String(), `"`)
 	}
 	return s + "; see journal)"
@@ -615,18 +670,22 @@ func (e *Executor) Stop(ctx context.Context, name string) error {
 	if err != nil {
 		return fmt.Errorf("systemd: stop %s: %w", name, err)
 	}
+	c, err := e.bus(ctx)
+	if err != nil {
+		return err
+	}
 	if !o.owned {
-		st, err := e.conn.ListUnitsByNamesContext(ctx, []string{name})
+		st, err := c.ListUnitsByNamesContext(ctx, []string{name})
 		if err == nil && len(st) == 1 && st[0].LoadState != "not-found" {
 			return fmt.Errorf("systemd: stop %s: %w", name, ErrNotOwned)
 		}
 		return nil
 	}
-	return e.stop(ctx, name)
+	return e.stop(ctx, c, name)
 }
 
-func (e *Executor) stop(ctx context.Context, name string) error {
-	err := e.runJob(ctx, "stop", name, e.conn.StopUnitContext)
+func (e *Executor) stop(ctx context.Context, c *sddbus.Conn, name string) error {
+	err := e.runJob(ctx, c, "stop", name, c.StopUnitContext)
 	var derr godbus.Error
 	if errors.As(err, &derr) && derr.Name == "org.freedesktop.systemd1.NoSuchUnit" {
 		return nil
@@ -653,19 +712,23 @@ func (e *Executor) Remove(ctx context.Context, name string) error {
 	if !o.owned {
 		return nil
 	}
-	if err := e.stop(ctx, name); err != nil {
+	c, err := e.bus(ctx)
+	if err != nil {
+		return err
+	}
+	if err := e.stop(ctx, c, name); err != nil {
 		return fmt.Errorf("systemd: remove %s: %w", name, err)
 	}
-	if err := e.uninstall(ctx, n); err != nil {
+	if err := e.uninstall(ctx, c, n); err != nil {
 		return fmt.Errorf("systemd: remove %s: %w", name, err)
 	}
-	_ = e.conn.ResetFailedUnitContext(ctx, name) // fails when not failed
+	_ = c.ResetFailedUnitContext(ctx, name) // fails when not failed
 	e.log.Info("unit removed", "unit", name)
 	e.notify()
 	return nil
 }
 
-func (e *Executor) uninstall(ctx context.Context, n unitName) error {
+func (e *Executor) uninstall(ctx context.Context, c *sddbus.Conn, n unitName) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	dropPath := e.dropInPath(n.full)
@@ -690,7 +753,7 @@ func (e *Executor) uninstall(ctx context.Context, n unitName) error {
 			}
 		}
 	}
-	if err := e.conn.ReloadContext(ctx); err != nil {
+	if err := c.ReloadContext(ctx); err != nil {
 		return fmt.Errorf("daemon-reload: %w", err)
 	}
 	return nil
@@ -726,7 +789,11 @@ func (e *Executor) States(ctx context.Context) (map[string]executor.State, error
 	for name := range owned {
 		names = append(names, name)
 	}
-	st, err := e.conn.ListUnitsByNamesContext(ctx, names)
+	c, err := e.bus(ctx)
+	if err != nil {
+		return nil, err
+	}
+	st, err := c.ListUnitsByNamesContext(ctx, names)
 	if err != nil {
 		return nil, fmt.Errorf("systemd: states: %w", err)
 	}

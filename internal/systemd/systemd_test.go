@@ -591,3 +591,52 @@ func TestConcurrentInstances(t *testing.T) {
 		t.Errorf("left after removing every instance: %s", e.Name())
 	}
 }
+
+// TestReconnect: when the bus goes away (dbus-daemon killed, then started
+// again by its socket), the executor reconnects on its next call and keeps
+// reporting and notifying.
+func TestReconnect(t *testing.T) {
+	en := newEnv(t, systemd.Options{})
+	en.start(en.e, "a.service", "[Service]\nExecStart=/bin/sleep 1000\n")
+	if _, err := en.m.Systemctl(en.ctx, "kill", "--signal=SIGKILL", "dbus.service"); err != nil {
+		t.Fatal(err)
+	}
+	// The executor's signal connection noticed: a change is signalled.
+	select {
+	case <-en.e.Changes():
+	case <-time.After(hang):
+		t.Fatal("losing the bus was not signalled on Changes")
+	}
+	deadline := time.Now().Add(hang)
+	for {
+		st, err := en.e.States(en.ctx)
+		if err == nil && st["a.service"].Active == "active" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no states after the bus came back: %v %v", st, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	en.start(en.e, "b.service", "[Service]\nExecStart=/bin/sleep 1000\n")
+	en.waitState(en.e, "b.service", is("active", "running"))
+	// Signals flow on the new connection.
+	select {
+	case <-en.e.Changes():
+	default:
+	}
+	if err := en.e.Stop(en.ctx, "b.service"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-en.e.Changes():
+	case <-time.After(hang):
+		t.Fatal("no change notified after reconnecting")
+	}
+	if err := en.e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := en.e.States(en.ctx); !errors.Is(err, systemd.ErrClosed) {
+		t.Errorf("States after Close: %v, want ErrClosed", err)
+	}
+}
