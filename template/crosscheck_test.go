@@ -18,7 +18,11 @@ import (
 // The cross-checks render every golden case with the real confd binaries
 // and with this package, both seeing the same keys, environment, host name,
 // resolver and interfaces, and require identical bytes. They need the
-// binaries (never committed): build them from the confd sources into /tmp
+// binaries (never committed): build them from the confd sources into /tmp,
+//
+//	git clone https://github.com/kelseyhightower/confd && (cd confd && go build -mod=vendor -o /tmp/confd-bin/confd .)
+//	git clone https://github.com/abtreece/confd fork && (cd fork && go build -mod=vendor -o /tmp/confd-bin/confd-fork ./cmd/confd)
+//
 // and run
 //
 //	CONFD_BIN=/tmp/confd-bin/confd CONFD_FORK_BIN=/tmp/confd-bin/confd-fork \
