@@ -39,7 +39,8 @@
 //	render template haproxy.cfg.tmpl:12: getv: key "/clusterstate/x" not found
 //
 // Such errors wrap a *KeyError (and ErrKeyNotFound). Map lookups with a
-// missing key are errors (missingkey=error), not "<no value>".
+// missing key are errors (missingkey=error), not "<no value>" as in confd,
+// unless Options.MissingKey says otherwise.
 package template
 
 import (
@@ -69,6 +70,11 @@ type Options struct {
 	// IncludeDepth bounds how deeply includes nest; 0 means 10 (the fork's
 	// limit).
 	IncludeDepth int
+	// MissingKey is what a map lookup of a missing key ($m.nokey) does:
+	// "" or "error" fails the render (the house rule); "default" prints
+	// "<no value>" and makes {{if $m.nokey}} false, as confd does; "zero"
+	// gives the element type's zero value. (text/template's missingkey.)
+	MissingKey string
 	// Getenv looks up environment variables for getenv; nil means os.Getenv.
 	Getenv func(string) string
 	// Hostname answers hostname; nil means os.Hostname.
@@ -190,8 +196,15 @@ func buildFuncs(o *Options, b *binding) texttemplate.FuncMap {
 	return m
 }
 
+func (o *Options) missingKey() string {
+	if o.MissingKey == "" {
+		return "error"
+	}
+	return o.MissingKey
+}
+
 func newText(name string, o *Options, funcs texttemplate.FuncMap) *texttemplate.Template {
-	t := texttemplate.New(name).Option("missingkey=error")
+	t := texttemplate.New(name).Option("missingkey=" + o.missingKey())
 	if o.Delims[0] != "" && o.Delims[1] != "" {
 		t = t.Delims(o.Delims[0], o.Delims[1])
 	}
@@ -201,6 +214,11 @@ func newText(name string, o *Options, funcs texttemplate.FuncMap) *texttemplate.
 // Parse parses text as the template called name (the file name, used in
 // errors and as the start of include cycle detection).
 func Parse(name string, text []byte, opts Options) (*Template, error) {
+	switch opts.MissingKey {
+	case "", "error", "default", "zero", "invalid":
+	default:
+		return nil, fmt.Errorf("parse template %s: missing key option %q: want error, default or zero", name, opts.MissingKey)
+	}
 	t := &Template{name: name, opts: opts}
 	t.funcs = buildFuncs(&t.opts, &binding{t: t})
 	base, err := newText(name, &t.opts, t.funcs).Parse(string(text))

@@ -337,3 +337,31 @@ func TestKeyRefs(t *testing.T) {
 		t.Fatalf("KeyRefs =\n%v\nwant\n%v", got, want)
 	}
 }
+
+func TestMissingKeyOption(t *testing.T) {
+	keys := map[string]string{"/svc": `{"name":"web"}`}
+	src := `{{$m := json (getv "/svc")}}{{$m.name}} [{{if $m.tls}}tls{{end}}] [{{index $m "tls"}}] [{{$m.tls}}]`
+	tests := []struct {
+		opt, want, err string
+	}{
+		{"", "", `render template test.tmpl:1: at <$m.tls>: map has no entry for key "tls"`},
+		{"error", "", `render template test.tmpl:1: at <$m.tls>: map has no entry for key "tls"`},
+		{"default", "web [] [<no value>] [<no value>]", ""},
+		{"zero", "web [] [<no value>] [<no value>]", ""},
+		{"bogus", "", `parse template test.tmpl: missing key option "bogus": want error, default or zero`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.opt, func(t *testing.T) {
+			got, err := render(t, src, keys, Options{MissingKey: tc.opt})
+			if tc.err != "" {
+				if err == nil || err.Error() != tc.err {
+					t.Fatalf("got %q, %v; want error %s", got, err, tc.err)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("got %q, %v; want %q", got, err, tc.want)
+			}
+		})
+	}
+}
