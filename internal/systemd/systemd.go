@@ -39,6 +39,17 @@
 // its agent is dead until the agent comes back and adopts; run the agent
 // under systemd in production.
 //
+// # D-Bus
+//
+// Calls go through go-systemd's *Context methods; job results arrive on
+// buffered channels. State changes come from systemd's PropertiesChanged
+// signals on a second connection of the executor's own, filtered to owned
+// units and coalesced into Changes. If the bus goes away (dbus-daemon
+// restarted), Changes fires and the next call reconnects and resubscribes.
+// A unit systemd has never loaded is installed without a daemon-reload
+// (systemd retries loading a not-found unit when its unit directories
+// change); changing an installed unit reloads.
+//
 // # Restarts
 //
 // Restart= is systemd's: a unit that fails and is restarted by systemd goes

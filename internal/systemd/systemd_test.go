@@ -278,9 +278,10 @@ func TestFailingUnit(t *testing.T) {
 
 	// A body systemd cannot load is reported with systemd's reason.
 	err = en.e.Start(en.ctx, executor.Spec{Name: "noexec.service", Body: []byte("[Service]\nType=simple\n")})
-	if err == nil || !strings.Contains(err.Error(), "noexec.service") {
+	if err == nil || !strings.Contains(err.Error(), "noexec.service") || !strings.Contains(err.Error(), "bad-setting") {
 		t.Errorf("Start of a unit without ExecStart: %v", err)
 	}
+	t.Logf("unloadable unit: %v", err)
 
 	// A failed unit starts again (the failure is reset first).
 	en.start(en.e, "crash.service", "[Service]\nExecStart=/bin/sleep 1000\n")
