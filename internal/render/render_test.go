@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -190,7 +193,7 @@ func TestBurstGivesOneReload(t *testing.T) {
 {{end}}`, `reload_cmd = "echo r >> {{.dest}}.reloads"`)
 	f.put("/burst/seed", "0")
 	cfg := f.config()
-	cfg.Wait = resources.Wait{Min: 300 * time.Millisecond, Max: 20 * time.Second}
+	cfg.Wait = resources.Wait{Min: time.Second, Max: 30 * time.Second}
 	f.run(cfg)
 	f.eventually("first render", func() bool { return lines(dest+".reloads") == 1 })
 	for i := range 200 {
@@ -198,7 +201,7 @@ func TestBurstGivesOneReload(t *testing.T) {
 	}
 	f.eventually("burst rendered", func() bool { return strings.Contains(read(dest), "/k049=199\n") })
 	f.eventually("reload after the burst", func() bool { return lines(dest+".reloads") >= 2 })
-	time.Sleep(600 * time.Millisecond) // two wait windows: any straggling render would show
+	time.Sleep(1500 * time.Millisecond) // more than a wait window: a straggling render would show
 	if n := lines(dest+".reloads") - 1; n != 1 {
 		t.Fatalf("a 200-put burst caused %d reloads, want exactly 1", n)
 	}
@@ -514,4 +517,69 @@ func metricValue(t *testing.T, m *render.Metrics, name string, labels ...string)
 		}
 	}
 	return 0
+}
+
+func TestNotifyMetricsAndHealth(t *testing.T) {
+	f := newFixture(t)
+	dest := f.resource("m", `"/m"`, `m={{getv "/m"}}`+"\n", "")
+	f.put("/m", "1")
+	var mu sync.Mutex
+	var states []string
+	cfg := f.config()
+	cfg.Notify = func(s string) {
+		mu.Lock()
+		defer mu.Unlock()
+		states = append(states, strings.SplitN(s, "\n", 2)[0])
+	}
+	got := func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return strings.Join(states, " ")
+	}
+	reload := make(chan struct{})
+	cfg.Reload = reload
+	srv := httptest.NewServer(f.metrics.Handler())
+	defer srv.Close()
+	status := func(path string) int {
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if status("/ready") != http.StatusServiceUnavailable {
+		t.Error("/ready before the first render is not 503")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- render.Run(ctx, cfg) }()
+	f.eventually("READY=1", func() bool { return got() == "READY=1" })
+	if read(dest) != "m=1\n" {
+		t.Errorf("READY before the first render: %q", read(dest))
+	}
+	f.eventually("/ready", func() bool { return status("/ready") == 200 })
+	if status("/health") != 200 {
+		t.Error("/health is not 200")
+	}
+	resp, err := http.Get(srv.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`render_renders_total{resource="m.toml",result="changed"} 1`, "render_etcd_connected 1", "render_last_success_timestamp_seconds"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	reload <- struct{}{}
+	f.eventually("RELOADING then READY", func() bool { return got() == "READY=1 RELOADING=1 READY=1" })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got() != "READY=1 RELOADING=1 READY=1 STOPPING=1" {
+		t.Errorf("states %q", got())
+	}
 }
