@@ -675,3 +675,27 @@ func TestPlaceDoesNotModifyInput(t *testing.T) {
 		t.Fatal("Place modified its input")
 	}
 }
+
+// FuzzPlace checks the invariants and determinism on random clusters.
+func FuzzPlace(f *testing.F) {
+	f.Add(uint64(1), uint8(50), uint8(5))
+	f.Add(uint64(2), uint8(200), uint8(1))
+	f.Add(uint64(3), uint8(0), uint8(3))
+	f.Add(uint64(4), uint8(30), uint8(0))
+	f.Fuzz(func(t *testing.T, seed uint64, nu, nm uint8) {
+		rng := rand.New(rand.NewPCG(seed, seed>>7))
+		units, machines := randomCluster(rng, int(nu), max(int(nm), 1))
+		machines = machines[:int(nm)]
+		for i := range units {
+			if units[i].Current != "" && nm == 0 {
+				units[i].Current = "gone"
+			}
+		}
+		r := Place(units, machines)
+		checkInvariants(t, units, machines, r)
+		rng.Shuffle(len(units), func(i, j int) { units[i], units[j] = units[j], units[i] })
+		if again := Place(units, machines); !reflect.DeepEqual(r, again) {
+			t.Fatal("shuffled input gives another result")
+		}
+	})
+}
