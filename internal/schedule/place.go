@@ -105,12 +105,8 @@ func newPlacer(units []Unit, machines []Machine) *placer {
 	p.levelN = []int{nm}
 	for i, m := range p.ms {
 		p.levels[0].set(i)
-		if m.Capacity >= 0 {
+		if m.Capacity >= 0 { // a negative capacity takes nothing
 			p.room.set(i)
-		}
-		if m.Capacity < 0 {
-			// a negative capacity takes nothing
-			p.room.clear(i)
 		}
 	}
 
@@ -543,6 +539,9 @@ func (p *placer) check(u *uinfo, m int) string {
 		return fmt.Sprintf("machine %s does not match MachineMetadata %s", mid, metaString(u))
 	}
 	if !u.global && !p.room.has(m) {
+		if c := p.ms[m].Capacity; c < 0 {
+			return fmt.Sprintf("machine %s takes no units (capacity %d)", mid, c)
+		}
 		return fmt.Sprintf("machine %s is full (capacity %d)", mid, p.ms[m].Capacity)
 	}
 	if p.conflicts(u, m) {

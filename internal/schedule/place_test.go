@@ -364,6 +364,17 @@ func TestPlace(t *testing.T) {
 			machines: three,
 			targets:  map[string]string{"app.service": "m2", "log.service": "m2", "other.service": "m3"},
 		},
+		"negative capacity drains a machine": {
+			units: []uspec{
+				{name: "a.service", current: "m1"},
+				{name: "g.service", xfleet: "Global=true"},
+				{name: "pin.service", xfleet: "MachineID=m1"},
+			},
+			machines: []Machine{mach("m1", "", -1), mach("m2", "", 0)},
+			targets:  map[string]string{"a.service": "m2"},
+			global:   map[string][]string{"g.service": {"m1", "m2"}},
+			unplaced: map[string]string{"pin.service": "machine m1 takes no units (capacity -1)"},
+		},
 		"pinned units go before free ones": {
 			units: []uspec{
 				{name: "a.service"},

@@ -48,7 +48,8 @@ import (
 )
 
 // Machine is a machine that can run units. Capacity is the most non-global
-// units it takes; 0 means unlimited.
+// units it takes; 0 means unlimited, a negative value none (a drained
+// machine: its units move, global units stay).
 type Machine struct {
 	ID, IP   string
 	Metadata map[string]string
