@@ -22,8 +22,14 @@ const marker = "# flotilla: owned"
 // (with the marker) is what makes a unit one of this executor's units.
 const dropInName = "50-flotilla.conf"
 
-// unitSuffixes are the unit types flotilla may install.
-var unitSuffixes = []string{".service", ".socket", ".timer", ".path", ".target", ".mount", ".automount", ".swap", ".slice"}
+// knownSuffix tells the unit types flotilla may install.
+func knownSuffix(s string) bool {
+	switch s {
+	case ".service", ".socket", ".timer", ".path", ".target", ".mount", ".automount", ".swap", ".slice":
+		return true
+	}
+	return false
+}
 
 // unitName is a parsed unit name: "nginx@1.service" → prefix "nginx",
 // instance "1", suffix ".service".
@@ -50,11 +56,7 @@ func parseName(name string) (unitName, error) {
 		return n, fmt.Errorf("invalid unit name %q: no unit type suffix", name)
 	}
 	n.suffix = name[dot:]
-	known := false
-	for _, s := range unitSuffixes {
-		known = known || s == n.suffix
-	}
-	if !known {
+	if !knownSuffix(n.suffix) {
 		return n, fmt.Errorf("invalid unit name %q: unknown unit type %q", name, n.suffix)
 	}
 	base := name[:dot]

@@ -641,3 +641,53 @@ func TestReconnect(t *testing.T) {
 		t.Errorf("States after Close: %v, want ErrClosed", err)
 	}
 }
+
+// TestUserDefaults: a process given the manager's environment (as
+// `scheduler serve --executor systemd` would be, under a user manager) finds
+// the bus and the unit directory by itself.
+func TestUserDefaults(t *testing.T) {
+	m := systemdtest.New(t)
+	for _, kv := range m.Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	ctx := ctxT(t)
+	e, err := systemd.New(ctx, systemd.Options{User: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if e.UnitDir() != m.UnitDir {
+		t.Errorf("unit directory %s, want %s", e.UnitDir(), m.UnitDir)
+	}
+	if err := e.Start(ctx, executor.Spec{Name: "d.service", Body: []byte("[Service]\nExecStart=/bin/sleep 1000\n")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := systemd.Probe(ctx, systemd.Options{User: true}); err != nil {
+		t.Errorf("Probe with the user defaults: %v", err)
+	}
+}
+
+func TestNewOptionErrors(t *testing.T) {
+	tests := map[string]struct {
+		opts    systemd.Options
+		env     map[string]string
+		wantErr string
+	}{
+		"bad dependency": {opts: systemd.Options{AgentUnit: "a.service", AgentDependency: "Requires"}, wantErr: `agent dependency "Requires"`},
+		"bad agent unit": {opts: systemd.Options{AgentUnit: "a b"}, wantErr: "agent unit"},
+		"user without runtime dir": {opts: systemd.Options{User: true}, env: map[string]string{"XDG_RUNTIME_DIR": ""},
+			wantErr: "XDG_RUNTIME_DIR is not set"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			_, err := systemd.New(context.Background(), tc.opts)
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("New: %v, want an error containing %q", err, tc.wantErr)
+			}
+		})
+	}
+}
