@@ -56,7 +56,9 @@ func build(t *testing.T, dir string) {
 	start := time.Now()
 	cmd := exec.Command("go", "build", "-trimpath", "-o", dir+"/", "./cmd/scheduler", "./cmd/announce", "./cmd/render")
 	cmd.Dir = repoRoot(t)
-	defer func() { t.Logf("go build of scheduler, announce, render: %s", time.Since(start).Round(time.Millisecond)) }()
+	defer func() {
+		t.Logf("go build of scheduler, announce, render: %s", time.Since(start).Round(time.Millisecond))
+	}()
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
