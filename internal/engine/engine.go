@@ -76,6 +76,9 @@ type Engine struct {
 
 	mu    sync.Mutex
 	cache map[string]parsed // by unit name
+	// waiting holds the units the last pass held back until another
+	// machine reports them stopped.
+	waiting map[string]bool
 }
 
 type parsed struct {
@@ -107,7 +110,7 @@ func New(opts Options) (*Engine, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Engine{opts: opts, reg: opts.Registry, log: opts.Logger, cache: map[string]parsed{}}, nil
+	return &Engine{opts: opts, reg: opts.Registry, log: opts.Logger, cache: map[string]parsed{}, waiting: map[string]bool{}}, nil
 }
 
 // Run campaigns for leadership and reconciles while leader, until ctx is
@@ -172,11 +175,26 @@ func (e *Engine) lead(ctx context.Context, lead *store.Leadership) error {
 	}
 }
 
-// relevant reports whether a change under the prefix calls for a pass: the
-// engine's own writes (schedule/, unplaced/), bodies and the election do not.
+// relevant reports whether a change under the prefix calls for a pass:
+// jobs and machines always; a unit's reported state only while the unit
+// waits to stop somewhere before it may start elsewhere. The engine's own
+// writes (schedule/, unplaced/), bodies and the election do not.
 func (e *Engine) relevant(key string) bool {
 	rest := strings.TrimPrefix(key, e.reg.Prefix())
-	return strings.HasPrefix(rest, "jobs/") || strings.HasPrefix(rest, "machines/") || strings.HasPrefix(rest, "states/")
+	switch {
+	case strings.HasPrefix(rest, "jobs/"), strings.HasPrefix(rest, "machines/"):
+		return true
+	case strings.HasPrefix(rest, "states/"):
+		rest = strings.TrimPrefix(rest, "states/")
+		i := strings.LastIndexByte(rest, '/')
+		if i < 0 {
+			return false
+		}
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		return e.waiting[rest[:i]]
+	}
+	return false
 }
 
 func (e *Engine) watchLoop(ctx context.Context, lead *store.Leadership, w *store.Watch, period <-chan time.Time) error {
@@ -195,7 +213,7 @@ func (e *Engine) watchLoop(ctx context.Context, lead *store.Leadership, w *store
 				return b.Err
 			}
 			for _, ev := range b.Events {
-				if e.relevant(ev.KV.Key) && debounce == nil {
+				if debounce == nil && e.relevant(ev.KV.Key) {
 					debounce = time.After(e.opts.Debounce)
 				}
 			}
@@ -206,6 +224,9 @@ func (e *Engine) watchLoop(ctx context.Context, lead *store.Leadership, w *store
 			}
 		case <-period:
 			if _, err := e.Pass(ctx, lead.Guard()); err != nil {
+				return err
+			}
+			if err := e.collectBodies(ctx, lead.Guard()); err != nil {
 				return err
 			}
 		}
@@ -325,6 +346,7 @@ func (e *Engine) plan(snap *registry.Snapshot) plan {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	p := plan{unplaced: map[string]string{}}
+	e.waiting = map[string]bool{}
 	machines := make([]schedule.Machine, 0, len(snap.Machines))
 	for _, m := range snap.Machines {
 		machines = append(machines, schedule.Machine{ID: m.ID, IP: m.IP, Metadata: m.Metadata, Capacity: m.Capacity})
@@ -377,6 +399,7 @@ func (e *Engine) plan(snap *registry.Snapshot) plan {
 			if m != target && st.Running() {
 				delete(want, name)
 				p.unplaced[name] = fmt.Sprintf("waiting for it to stop on %s before starting it on %s", m, target)
+				e.waiting[name] = true
 				break
 			}
 		}
@@ -487,4 +510,26 @@ func short(h string) string {
 		return h[:7]
 	}
 	return h
+}
+
+// collectBodies deletes stored bodies no job refers to any more. Jobs and
+// bodies are read in one snapshot, and each delete is conditioned on the
+// body not having been written since (a submit re-writes its body in the
+// same transaction as its job), so a body in use is never removed.
+func (e *Engine) collectBodies(ctx context.Context, guard store.Cmp) error {
+	garbage, err := e.reg.UnusedBodies(ctx)
+	if err != nil {
+		return err
+	}
+	c := e.reg.Client()
+	for _, kv := range garbage {
+		ok, _, err := c.Txn(ctx, []store.Cmp{guard, store.ModRevisionIs(kv.Key, kv.ModRevision)}, []store.Op{store.OpDelete(kv.Key)}, nil)
+		if err != nil {
+			return fmt.Errorf("engine: collect unused body %s: %w", kv.Key, err)
+		}
+		if ok {
+			e.log.Debug("removed unused unit body", "key", kv.Key)
+		}
+	}
+	return nil
 }

@@ -194,6 +194,16 @@ func TestPlacementRescheduleAndGlobal(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.until("destroyed unit untargeted", func(s *registry.Snapshot) bool { return len(s.Schedule["prefetch.service"]) == 0 })
+	// Its body, used by no other unit, is collected on a periodic pass;
+	// bodies in use stay.
+	prefetch := unit.Hash([]byte("[Service]\nType=oneshot\nExecStart=/bin/true\n[X-Fleet]\nGlobal=true\nMachineMetadata=role=worker\n"))
+	f.until("unused body collected", func(*registry.Snapshot) bool {
+		_, err := f.reg.Body(f.ctx, prefetch)
+		return errors.Is(err, registry.ErrNotFound)
+	})
+	if _, err := f.reg.Body(f.ctx, unit.Hash([]byte(nginx))); err != nil {
+		t.Errorf("body in use: %v", err)
+	}
 }
 
 func TestMoveWaitsForStop(t *testing.T) {

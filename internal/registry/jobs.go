@@ -170,3 +170,28 @@ func short(hash string) string {
 	}
 	return hash
 }
+
+// UnusedBodies returns the stored bodies that no job refers to, read in one
+// snapshot with the jobs (their ModRevision guards a delete).
+func (r *Registry) UnusedBodies(ctx context.Context) ([]store.KV, error) {
+	jobs, units := r.sub("jobs"), r.sub("units")
+	m, _, err := r.c.GetPrefixes(ctx, []string{jobs, units})
+	if err != nil {
+		return nil, fmt.Errorf("find unused unit bodies: %w", err)
+	}
+	used := map[string]bool{}
+	for _, kv := range m[jobs] {
+		j, err := r.DecodeJob(kv)
+		if err != nil {
+			return nil, err
+		}
+		used[j.Hash] = true
+	}
+	var out []store.KV
+	for _, kv := range m[units] {
+		if !used[kv.Key[len(units):]] {
+			out = append(out, kv)
+		}
+	}
+	return out, nil
+}
