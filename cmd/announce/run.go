@@ -293,6 +293,9 @@ func keep(ctx context.Context, o *options, log *slog.Logger, report *os.File) er
 				sd.Status("announced " + o.cfg.Key + " again")
 			}
 		}
+		if first {
+			trimResident()
+		}
 		if first && report != nil {
 			fmt.Fprintf(report, "written %x\n", int64(id))
 			report.Close()

@@ -1,0 +1,6 @@
+//go:build !linux
+
+package main
+
+// trimResident does nothing outside Linux.
+func trimResident() {}
