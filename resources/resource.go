@@ -351,12 +351,17 @@ func MatchKey(key, k string) bool {
 	return k == key || (len(k) > len(key) && k[len(key)] == '/' && strings.HasPrefix(k, key))
 }
 
-// Relative returns the key as the template sees it: without the prefix.
+// Relative returns the key as the template sees it: without the prefix,
+// cleaned like confd's path.Join("/", strings.TrimPrefix(k, prefix)).
 func (r *Resource) Relative(k string) string {
-	if r.Prefix == "/" {
-		return path.Join("/", k)
+	rel := k
+	if r.Prefix != "/" {
+		rel = strings.TrimPrefix(k, r.Prefix)
 	}
-	return path.Join("/", strings.TrimPrefix(k, r.Prefix))
+	if len(rel) > 1 && rel[0] == '/' && rel[len(rel)-1] != '/' && !strings.Contains(rel, "//") && !strings.Contains(rel, "/.") {
+		return rel // already clean: no allocation
+	}
+	return path.Join("/", rel)
 }
 
 // LoadDir loads every *.toml in dir (sorted by name). Files that fail are

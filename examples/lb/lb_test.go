@@ -19,9 +19,13 @@ var update = flag.Bool("update", false, "rewrite testdata/*.golden")
 func keys(t *testing.T) map[string]string {
 	t.Helper()
 	src := &render.FileSource{Files: []string{filepath.Join("testdata", "keys.yaml")}}
-	kvs, _, err := src.List(context.Background(), nil)
+	cs, _, err := src.List(context.Background(), nil)
 	if err != nil {
 		t.Fatal(err)
+	}
+	kvs := map[string]string{}
+	for _, c := range cs {
+		kvs[c.Key] = c.Value
 	}
 	return kvs
 }

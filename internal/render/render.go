@@ -251,31 +251,28 @@ func (r *runner) resync(ctx context.Context, now time.Time) error {
 	r.rev = rev
 	r.cfg.Metrics.setKeys(len(kvs))
 	for _, e := range r.entries {
-		m := map[string]string{}
-		for k, v := range kvs {
-			if e.res.Match(k) {
-				m[e.res.Relative(k)] = v
+		// kvs is sorted: the B-tree fills from the right, cheaply.
+		st := template.NewStore(nil)
+		same := e.store != nil
+		for _, kv := range kvs {
+			if !e.res.Match(kv.Key) {
+				continue
+			}
+			rel := e.res.Relative(kv.Key)
+			st.Set(rel, kv.Value)
+			if same {
+				if v, ok := e.store.Get(rel); !ok || v != kv.Value {
+					same = false
+				}
 			}
 		}
-		if e.store != nil && sameStore(e.store, m) {
+		if same && e.store.Len() == st.Len() {
 			continue
 		}
-		e.store = template.NewStore(m)
+		e.store = st
 		r.markDirty(e, now, time.Time{})
 	}
 	return nil
-}
-
-func sameStore(s *template.Store, m map[string]string) bool {
-	if s.Len() != len(m) {
-		return false
-	}
-	for k, v := range m {
-		if sv, ok := s.Get(k); !ok || sv != v {
-			return false
-		}
-	}
-	return true
 }
 
 func (r *runner) markDirty(e *entry, now, arrived time.Time) {

@@ -20,8 +20,9 @@ import (
 // Source is where keys come from: etcd, or a file for trying templates.
 type Source interface {
 	// List returns every key equal to or below each prefix (string prefix:
-	// the runner filters) and the revision it was read at.
-	List(ctx context.Context, prefixes []string) (map[string]string, int64, error)
+	// the runner filters), sorted by key without duplicates, and the
+	// revision it was read at.
+	List(ctx context.Context, prefixes []string) ([]Change, int64, error)
 	// Watch streams changes of keys under prefix from revision fromRev. The
 	// channel closes after a batch with Err set, or when ctx ends.
 	Watch(ctx context.Context, prefix string, fromRev int64) Watcher
@@ -79,7 +80,7 @@ func (s *EtcdSource) client(ctx context.Context) (*store.Client, error) {
 }
 
 // List reads the prefixes in one transaction, within the dial timeout.
-func (s *EtcdSource) List(ctx context.Context, prefixes []string) (map[string]string, int64, error) {
+func (s *EtcdSource) List(ctx context.Context, prefixes []string) ([]Change, int64, error) {
 	c, err := s.client(ctx)
 	if err != nil {
 		return nil, 0, err
@@ -94,13 +95,28 @@ func (s *EtcdSource) List(ctx context.Context, prefixes []string) (map[string]st
 	for _, kvs := range res {
 		n += len(kvs)
 	}
-	out := make(map[string]string, n)
+	out := make([]Change, 0, n)
 	for _, kvs := range res {
 		for _, kv := range kvs {
-			out[kv.Key] = string(kv.Value)
+			out = append(out, Change{Key: kv.Key, Value: string(kv.Value)})
 		}
 	}
-	return out, rev, nil
+	return sortChanges(out), rev, nil
+}
+
+// sortChanges sorts by key and drops duplicates (overlapping prefixes).
+func sortChanges(cs []Change) []Change {
+	if !sort.SliceIsSorted(cs, func(i, j int) bool { return cs[i].Key < cs[j].Key }) {
+		sort.SliceStable(cs, func(i, j int) bool { return cs[i].Key < cs[j].Key })
+	}
+	out := cs[:0]
+	for i, c := range cs {
+		if i > 0 && c.Key == cs[i-1].Key {
+			continue
+		}
+		out = append(out, c)
+	}
+	return out
 }
 
 // Ping asks etcd for nothing.
@@ -187,7 +203,7 @@ type FileSource struct {
 var _ Source = (*FileSource)(nil)
 
 // List reads every file.
-func (s *FileSource) List(_ context.Context, _ []string) (map[string]string, int64, error) {
+func (s *FileSource) List(_ context.Context, _ []string) ([]Change, int64, error) {
 	out := map[string]string{}
 	for _, f := range s.Files {
 		b, err := os.ReadFile(f)
@@ -206,7 +222,11 @@ func (s *FileSource) List(_ context.Context, _ []string) (map[string]string, int
 	s.rev++
 	rev := s.rev
 	s.mu.Unlock()
-	return out, rev, nil
+	cs := make([]Change, 0, len(out))
+	for k, v := range out {
+		cs = append(cs, Change{Key: k, Value: v})
+	}
+	return sortChanges(cs), rev, nil
 }
 
 func flatten(out map[string]string, p string, v any) error {
