@@ -52,7 +52,11 @@ func (e *Executor) journalctl(ctx context.Context, name string, lines int) ([]st
 	if e.opts.User {
 		sel = "--user-unit"
 	}
-	cmd := exec.CommandContext(ctx, "journalctl", "--no-pager", "--quiet", "-o", "cat", "-n", strconv.Itoa(lines), sel, name)
+	args := []string{"--no-pager", "--quiet", "-o", "cat", "-n", strconv.Itoa(lines), sel, name}
+	if e.opts.JournalDir != "" {
+		args = append(args, "-D", e.opts.JournalDir)
+	}
+	cmd := exec.CommandContext(ctx, "journalctl", args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {

@@ -59,13 +59,14 @@
 //
 // # Journal
 //
-// Journal runs `journalctl -u UNIT` (`--user-unit` for a user manager)
-// rather than go-systemd's sdjournal, which needs cgo and libsystemd at run
-// time while the scheduler binary is built static; both read the same
-// journal. When the journal has nothing for the unit (journald not running,
-// as in the user-mode test manager), Journal says so on its first line and
-// returns what systemd reports instead: states, result, and each Exec
-// command's last exit status.
+// Journal runs `journalctl -u UNIT` (`--user-unit` for a user manager;
+// Options.JournalDir reads another journal directory) rather than go-systemd's
+// sdjournal, which needs cgo at build time and libsystemd at run time, while
+// flotilla's binaries are meant to build static (CGO_ENABLED=0, e.g. for FROM
+// scratch images); both read the same journal. When the journal has nothing
+// for the unit (journald not running, or the unit never logged), Journal says
+// so on its first line and returns what systemd reports instead: states,
+// result, and each Exec command's last exit status.
 package systemd
 
 import (
@@ -123,6 +124,10 @@ type Options struct {
 	AgentUnit string
 	// AgentDependency is BindsTo (default) or PartOf.
 	AgentDependency string
+	// JournalDir makes Journal read the journal files in this directory
+	// (journalctl -D) instead of the system's, e.g. a host's
+	// /var/log/journal mounted into the agent's container.
+	JournalDir string
 	// Logger receives the executor's logs; nil discards them.
 	Logger *slog.Logger
 }

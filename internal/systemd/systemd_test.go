@@ -61,6 +61,7 @@ func (en *env) executor(opts systemd.Options) *systemd.Executor {
 	opts.User = true
 	opts.BusAddress = en.m.BusAddress
 	opts.UnitDir = en.m.UnitDir
+	opts.JournalDir = en.m.JournalDir
 	opts.Logger = slog.New(slog.NewTextHandler(en.t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	e, err := systemd.New(en.ctx, opts)
 	if err != nil {
@@ -255,15 +256,33 @@ func TestFailingUnit(t *testing.T) {
 	if st.Load != "loaded" {
 		t.Errorf("load %q", st.Load)
 	}
-	lines, err := en.e.Journal(en.ctx, "crash.service", 10)
+	// Its output is in the journal (the test manager's own journald).
+	deadline := time.Now().Add(hang)
+	for {
+		lines, err := en.e.Journal(en.ctx, "crash.service", 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Join(lines, "\n") == "dying" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("journal of crash.service: %q, want [dying]", lines)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	// A unit that wrote nothing: Journal says the journal has nothing and
+	// shows what systemd knows instead.
+	en.start(en.e, "mute.service", "[Service]\nExecStart=/bin/sh -c 'exit 3'\n")
+	en.waitState(en.e, "mute.service", is("failed", "failed"))
+	lines, err := en.e.Journal(en.ctx, "mute.service", 10)
 	if err != nil {
 		t.Fatal(err)
 	}
 	text := strings.Join(lines, "\n")
 	t.Logf("journal:\n%s", text)
-	// journald does not run beside the test manager: the fallback must say
-	// so, and show why the unit failed.
-	for _, want := range []string{"no journal for crash.service", "failed/failed", "result: exit-code", "ExecStart=/bin/sh -c echo dying; exit 3: exited with status 3"} {
+	for _, want := range []string{"no journal for mute.service", "failed/failed", "result: exit-code", "ExecStart=/bin/sh -c exit 3: exited with status 3"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("journal lacks %q", want)
 		}

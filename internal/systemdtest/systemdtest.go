@@ -1,20 +1,29 @@
 // Package systemdtest gives a test a real systemd: a user-mode manager
 // (`/lib/systemd/systemd --user`) started by the test itself inside private
-// mount and PID namespaces, following recipe A of
+// cgroup, mount and PID namespaces, following recipe A of
 // shared/notes/systemd-in-tests.md:
 //
-//   - `unshare --mount --pid --fork --kill-child --mount-proc` isolates it;
-//     a tmpfs is mounted over /run inside the namespace (so the manager sees
+//   - a cgroup of its own is created below the test's, in the name=systemd
+//     and unified hierarchies, and `unshare --cgroup --mount --pid --fork
+//     --kill-child --mount-proc` is started in it; inside, /sys/fs/cgroup is
+//     replaced by those two hierarchies rooted there, so systemd sees and
+//     touches nothing of the host's cgroups (a user manager started in the
+//     host's root cgroup would move every process of it into /init.scope);
+//   - a tmpfs is mounted over /run inside the namespace (the manager sees
 //     /run/systemd/system and believes systemd booted the machine, while the
 //     host's /run is never touched);
+//   - the namespace runs its own systemd-journald (volatile, no kmsg), whose
+//     files are in JournalDir, then the manager in
+//     user.slice/user-UID.slice/user@UID.service as on a real host, so unit
+//     output is in the journal under its unit's name;
 //   - XDG_RUNTIME_DIR, HOME and the XDG config/data/state/cache directories
 //     point into a fresh temporary directory, so nothing of the host user's
 //     configuration is read or written;
-//   - the namespace's processes are put in a cgroup of their own below the
-//     test's, so systemd's cgroups are created (and removed) there;
 //   - at cleanup the namespace's init is killed, which makes the kernel kill
-//     every process of the namespace (systemd, dbus-daemon, units and their
-//     children); the test fails if any process is left in the cgroup.
+//     every process of the namespace (journald, systemd, dbus-daemon, units
+//     and their children); the test fails if any process is left in the
+//     cgroups, which are then removed. If the test process dies, the
+//     namespace dies with it (parent-death signal, --kill-child).
 //
 // The manager's D-Bus session bus (dbus-user-session's socket-activated
 // dbus-daemon) is at BusAddress; unit files go to UnitDir, which is the same
@@ -22,7 +31,7 @@
 // the namespaces and talks to systemd over that bus, as an agent would.
 //
 // New skips the test, with the reason, only when the kernel does not permit
-// the namespaces (e.g. not root, or inside a restricted container).
+// the namespaces or the cgroup (e.g. not root, or a restricted container).
 package systemdtest
 
 import (
@@ -63,6 +72,10 @@ type Manager struct {
 	// UnitDir is the runtime unit directory the manager loads units from:
 	// RuntimeDir/systemd/user.
 	UnitDir string
+	// JournalDir holds the journal of the namespace's own journald, which
+	// collects the units' output: read it with `journalctl -D JournalDir
+	// --user-unit UNIT`.
+	JournalDir string
 
 	t       testing.TB
 	cmd     *exec.Cmd
@@ -112,7 +125,22 @@ func New(t testing.TB) *Manager {
 	if err := os.Chmod(m.RuntimeDir, 0o700); err != nil {
 		t.Fatalf("systemdtest: %v", err)
 	}
-	m.cgroups = makeCgroups(filepath.Base(dir))
+	cgs := makeCgroups(filepath.Base(dir))
+	for _, cg := range cgs {
+		m.cgroups = append(m.cgroups, cg.host)
+	}
+	t.Cleanup(func() {
+		for _, cg := range m.cgroups {
+			removeCgroup(cg)
+		}
+	})
+	if len(cgs) == 0 {
+		t.Skip("systemdtest: cannot create a cgroup of its own for the manager (cgroupfs not writable here); a real systemd cannot be started safely, skipping")
+	}
+	m.JournalDir = filepath.Join(dir, "journal")
+	if err := os.MkdirAll(m.JournalDir, 0o755); err != nil {
+		t.Fatalf("systemdtest: %v", err)
+	}
 
 	logf, err := os.Create(m.logPath)
 	if err != nil {
@@ -120,20 +148,37 @@ func New(t testing.TB) *Manager {
 	}
 	defer logf.Close()
 
-	// Inside the namespaces: sh is PID 1; it moves itself into the
-	// namespace's cgroups, hides /run behind a tmpfs, starts the manager and
-	// waits. When sh dies, the kernel kills everything in the namespace.
+	// Outside: sh moves itself into the manager's cgroups, then becomes
+	// unshare, so that the new cgroup namespace is rooted there.
+	var outer, mounts, enter strings.Builder
+	outer.WriteString("set -e\n")
+	for _, cg := range cgs {
+		fmt.Fprintf(&outer, "echo 0 > '%s/cgroup.procs'\n", cg.host)
+		fmt.Fprintf(&mounts, "mkdir -p %s\n%s\n", cg.inside, cg.mount)
+		fmt.Fprintf(&enter, "mkdir -p %s/$U; echo 0 > %s/$U/cgroup.procs; ", cg.inside, cg.inside)
+	}
+	// Inside the namespaces: sh is PID 1. It hides /run and the cgroup
+	// hierarchies behind private mounts (the manager sees only its own
+	// cgroup subtree), starts journald (its files in JournalDir), then the
+	// manager in user@UID.service as on a real host, and waits. When sh
+	// dies, the kernel kills everything in the namespace.
 	script := `set -e
-for cg in $FLOTILLA_CGROUPS; do echo 0 > "$cg/cgroup.procs" || true; done
 mount -n -t tmpfs -o mode=0755 tmpfs /run
-mkdir -p /run/systemd/system /run/user /run/lock
-` + SystemdBinary + ` --user --log-target=console --log-level=info &
+mount -n -t tmpfs -o mode=0755 tmpfs /sys/fs/cgroup
+` + mounts.String() + `mkdir -p /run/systemd/system /run/systemd/journald.conf.d /run/user /run/lock /run/log/journal
+mount -n --bind "$FLOTILLA_JOURNAL" /run/log/journal
+printf '[Journal]\nStorage=volatile\nReadKMsg=no\nForwardToSyslog=no\nForwardToWall=no\nForwardToConsole=no\n' > /run/systemd/journald.conf.d/50-systemdtest.conf
+/lib/systemd/systemd-journald &
+i=0; while [ ! -S /run/systemd/journal/stdout ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
+U=user.slice/user-$(id -u).slice/user@$(id -u).service
+sh -c "` + enter.String() + `exec ` + SystemdBinary + ` --user --log-target=console --log-level=info" &
 wait
 `
-	cmd := exec.Command(unshare, "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child", "--mount-proc", "sh", "-c", script)
+	inner := []string{"--cgroup", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child", "--mount-proc", "sh", "-c", script}
+	cmd := exec.Command("sh", append([]string{"-c", outer.String() + `exec "$@"`, "sh", unshare}, inner...)...)
 	cmd.Env = append(m.Env(),
 		"PATH="+os.Getenv("PATH"),
-		"FLOTILLA_CGROUPS="+strings.Join(m.cgroups, " "),
+		"FLOTILLA_JOURNAL="+m.JournalDir,
 	)
 	cmd.Dir = dir
 	cmd.Stdout = logf
@@ -173,6 +218,10 @@ func (m *Manager) Env() []string {
 		"XDG_CACHE_HOME=" + filepath.Join(m.Dir, "cache"),
 	}
 }
+
+// Cgroups returns the host paths of the cgroups the namespace lives in (one
+// per hierarchy): every process of the manager is below them.
+func (m *Manager) Cgroups() []string { return slices.Clone(m.cgroups) }
 
 // Log returns what the manager has logged so far.
 func (m *Manager) Log() string {
@@ -311,41 +360,57 @@ func (m *Manager) stop() {
 	}
 }
 
+// cgroupDir is a cgroup created for one manager in one hierarchy.
+type cgroupDir struct {
+	host   string // its path on the host
+	inside string // where the hierarchy is mounted inside the namespace
+	mount  string // the shell command that mounts it there
+}
+
 // makeCgroups creates a cgroup named name below the test's own cgroup in the
 // name=systemd (v1) and unified (v2) hierarchies, where present and writable.
-// Best effort: without them, systemd uses the test's cgroup.
-func makeCgroups(name string) []string {
+// Inside the namespace those are the only hierarchies mounted, rooted at
+// these cgroups: systemd cannot see or move anything outside them.
+func makeCgroups(name string) []cgroupDir {
 	f, err := os.Open("/proc/self/cgroup")
 	if err != nil {
 		return nil
 	}
 	defer f.Close()
-	var out []string
+	var out []cgroupDir
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		parts := strings.SplitN(sc.Text(), ":", 3)
 		if len(parts) != 3 {
 			continue
 		}
+		var cg cgroupDir
 		var root string
 		switch {
 		case parts[1] == "name=systemd":
 			root = "/sys/fs/cgroup/systemd"
+			cg.inside = "/sys/fs/cgroup/systemd"
+			cg.mount = "mount -n -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd"
 		case parts[0] == "0" && parts[1] == "":
 			if _, err := os.Stat("/sys/fs/cgroup/unified/cgroup.procs"); err == nil {
 				root = "/sys/fs/cgroup/unified"
+				cg.inside = "/sys/fs/cgroup/unified"
 			} else if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
 				root = "/sys/fs/cgroup"
+				cg.inside = "/sys/fs/cgroup"
 			}
+			cg.mount = "mount -n -t cgroup2 cgroup2 " + cg.inside
 		}
 		if root == "" {
 			continue
 		}
-		d := filepath.Join(root, parts[2], "flotilla-"+name)
-		if err := os.Mkdir(d, 0o755); err == nil {
-			out = append(out, d)
+		cg.host = filepath.Join(root, parts[2], "flotilla-"+name)
+		if err := os.Mkdir(cg.host, 0o755); err == nil {
+			out = append(out, cg)
 		}
 	}
+	// Pure v2: its mount point is /sys/fs/cgroup itself, mounted first.
+	slices.SortFunc(out, func(a, b cgroupDir) int { return strings.Compare(a.inside, b.inside) })
 	return out
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -28,7 +29,7 @@ func TestManager(t *testing.T) {
 	m := systemdtest.New(t)
 
 	out := filepath.Join(m.Dir, "out")
-	unit := "[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo $XDG_RUNTIME_DIR > " + out + "'\n"
+	unit := "[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo $XDG_RUNTIME_DIR > " + out + "; echo said-hello'\n"
 	if err := os.WriteFile(filepath.Join(m.UnitDir, "hello.service"), []byte(unit), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -57,6 +58,43 @@ func TestManager(t *testing.T) {
 	}
 	if len(st) != 1 || st[0].LoadState != "loaded" || st[0].ActiveState != "inactive" {
 		t.Errorf("hello.service over the bus: %+v, want loaded/inactive", st)
+	}
+
+	// The unit's output reached the namespace's journald, attributed to it.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		j, err := exec.CommandContext(ctx, "journalctl", "-D", m.JournalDir, "--user-unit", "hello.service", "-o", "cat", "--no-pager").CombinedOutput()
+		if err == nil && strings.Contains(string(j), "said-hello") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("journal of hello.service: %v\n%s", err, j)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	// A running unit's cgroup is below the manager's own cgroup on the host.
+	if err := os.WriteFile(filepath.Join(m.UnitDir, "long.service"), []byte("[Service]\nExecStart=/bin/sleep 1000\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Systemctl(ctx, "daemon-reload"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Systemctl(ctx, "start", "long.service"); err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Cgroups()) == 0 {
+		t.Fatal("no cgroups")
+	}
+	for _, cg := range m.Cgroups() {
+		found := false
+		_ = filepath.WalkDir(cg, func(p string, d os.DirEntry, err error) error {
+			found = found || (err == nil && d.IsDir() && d.Name() == "long.service")
+			return nil
+		})
+		if !found {
+			t.Errorf("long.service has no cgroup below %s", cg)
+		}
 	}
 }
 
