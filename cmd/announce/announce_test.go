@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -137,6 +138,16 @@ func waitKey(t *testing.T, c *store.Client, key string, want bool, limit time.Du
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// processEtcd starts etcd as a process of its own (Debian's binary) when it
+// is installed and the environment does not choose otherwise: it is stopped
+// and restarted like a real one, and is not slowed by the race detector.
+func processEtcd(t *testing.T) *etcdtest.Server {
+	if etcdtest.ModeFromEnv() == etcdtest.Embedded && etcdtest.BinaryPath() != "" {
+		return etcdtest.New(t, etcdtest.WithMode(etcdtest.Binary))
+	}
+	return etcdtest.New(t)
 }
 
 func env(s *etcdtest.Server) []string {
@@ -341,12 +352,7 @@ func TestDelete(t *testing.T) {
 }
 
 func TestEtcdOutageTwiceTTL(t *testing.T) {
-	var opts []etcdtest.Option
-	if etcdtest.ModeFromEnv() == etcdtest.Embedded && etcdtest.BinaryPath() != "" {
-		// A server process of its own, stopped and restarted like a real one.
-		opts = append(opts, etcdtest.WithMode(etcdtest.Binary))
-	}
-	srv := etcdtest.New(t, opts...)
+	srv := processEtcd(t)
 	c := srv.Client()
 	const ttl = 2 * time.Second
 	p := start(t, env(srv), "--ttl", ttl.String(), "/out", "h 10.0.0.1:1")
@@ -498,4 +504,52 @@ func TestStartsBeforeEtcd(t *testing.T) {
 	}
 	srv.Start()
 	waitKey(t, srv.Client(), "/late", true, 10*time.Second)
+}
+
+func TestAuthPasswordFile(t *testing.T) {
+	srv := processEtcd(t) // bcrypt in a race-instrumented embedded server takes seconds
+	srv.EnableAuth("rootpw", "svc", "s3cret")
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good")
+	bad := filepath.Join(dir, "bad")
+	os.WriteFile(good, []byte("s3cret\n"), 0o600)
+	os.WriteFile(bad, []byte("wrong\n"), 0o600)
+	cfg := srv.Config()
+	cfg.Username, cfg.Password = "svc", "s3cret"
+	c, err := store.Open(ctxT(t, 10*time.Second), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	// The password never appears on the command line.
+	p := start(t, env(srv), "--user", "svc", "--password-file", good, "/auth/a", "h 10.0.0.1:1")
+	waitKey(t, c, "/auth/a", true, 10*time.Second)
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if err := p.wait(t, 10*time.Second); err != nil {
+		t.Fatalf("exit: %v", err)
+	}
+
+	// Refused credentials cannot get better by retrying: exit 1 with the reason,
+	// in the foreground and through --detach alike.
+	for _, detach := range []bool{false, true} {
+		args := []string{"--user", "svc", "--password-file", bad, "/auth/b", "h 10.0.0.1:1"}
+		if detach {
+			args = append([]string{"--detach"}, args...)
+		}
+		p := start(t, env(srv), args...)
+		err := p.wait(t, 20*time.Second)
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+			t.Fatalf("detach=%v with a wrong password: %v, want exit 1", detach, err)
+		}
+		log, _ := os.ReadFile(p.stderr.Name())
+		t.Logf("detach=%v: %s", detach, log)
+		if !strings.Contains(string(log), "authentication failed") {
+			t.Errorf("detach=%v: stderr does not say why:\n%s", detach, log)
+		}
+	}
+	if _, found, _, _ := c.Get(ctxT(t, 5*time.Second), "/auth/b"); found {
+		t.Fatal("written with a wrong password?")
+	}
 }
