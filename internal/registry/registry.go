@@ -194,11 +194,14 @@ type Snapshot struct {
 	// ModRevs holds the mod revision of every schedule and unplaced key read,
 	// by key, for guarded updates.
 	ModRevs map[string]int64
+	// Skipped lists the keys left out because their values do not decode.
+	Skipped []error
 }
 
 // Snapshot reads jobs, machines, schedule, unplaced and states in one
-// consistent read. Values that do not decode are reported as an error naming
-// the key.
+// consistent read. Keys whose values do not decode are left out and listed in
+// Skipped (each error names the key): one hostile or corrupt key must not stop
+// the engine from reconciling everything else.
 func (r *Registry) Snapshot(ctx context.Context) (*Snapshot, error) {
 	prefixes := []string{r.sub("jobs"), r.sub("machines"), r.sub("schedule"), r.sub("unplaced"), r.sub("states")}
 	m, rev, err := r.c.GetPrefixes(ctx, prefixes)
@@ -217,21 +220,24 @@ func (r *Registry) Snapshot(ctx context.Context) (*Snapshot, error) {
 	for _, kv := range m[prefixes[0]] {
 		j, err := r.DecodeJob(kv)
 		if err != nil {
-			return nil, err
+			s.Skipped = append(s.Skipped, err)
+			continue
 		}
 		s.Jobs[j.Name] = j
 	}
 	for _, kv := range m[prefixes[1]] {
 		mc, err := r.DecodeMachine(kv)
 		if err != nil {
-			return nil, err
+			s.Skipped = append(s.Skipped, err)
+			continue
 		}
 		s.Machines[mc.ID] = mc
 	}
 	for _, kv := range m[prefixes[2]] {
 		a, err := r.DecodeAssignment(kv)
 		if err != nil {
-			return nil, err
+			s.Skipped = append(s.Skipped, err)
+			continue
 		}
 		if s.Schedule[a.Unit] == nil {
 			s.Schedule[a.Unit] = map[string]Assignment{}
@@ -247,7 +253,8 @@ func (r *Registry) Snapshot(ctx context.Context) (*Snapshot, error) {
 	for _, kv := range m[prefixes[4]] {
 		st, err := r.DecodeState(kv)
 		if err != nil {
-			return nil, err
+			s.Skipped = append(s.Skipped, err)
+			continue
 		}
 		if s.States[st.Unit] == nil {
 			s.States[st.Unit] = map[string]UnitState{}

@@ -1,0 +1,62 @@
+package registry_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flotilla/flotilla/internal/etcdtest"
+	"github.com/flotilla/flotilla/internal/registry"
+)
+
+// TestSnapshotSkipsUndecodableKeys: hostile values under every kind of key
+// are left out of the snapshot and reported by key; the good keys are read.
+func TestSnapshotSkipsUndecodableKeys(t *testing.T) {
+	c := etcdtest.New(t).Client()
+	reg := registry.New(c, "/m/")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	good := registry.Encode(registry.Job{Hash: "abc", Desired: registry.Launched})
+	puts := map[string]string{
+		reg.JobKey("good.service"):             good,
+		reg.JobKey("binary.service"):           "\x00\x01",
+		reg.MachineKey("evil"):                 "{",
+		reg.ScheduleKey("m1", "ghost.service"): "\xff",
+		"/m/schedule/nounit":                   "{}",
+		reg.StateKey("good.service", "m1"):     strings.Repeat("x", 1<<20),
+		reg.StateKey("good.service", "m2"):     registry.Encode(registry.UnitState{Hash: "abc", Active: "active", Sub: "running"}),
+		reg.ScheduleKey("m2", "good.service"):  registry.Encode(registry.Assignment{Hash: "abc", Desired: registry.Launched}),
+	}
+	for k, v := range puts {
+		if _, err := c.Put(ctx, k, v, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := reg.Snapshot(ctx)
+	if err != nil {
+		t.Fatalf("Snapshot failed on hostile keys: %v", err)
+	}
+	if len(s.Jobs) != 1 || s.Jobs["good.service"].Hash != "abc" {
+		t.Errorf("jobs = %+v", s.Jobs)
+	}
+	if len(s.Machines) != 0 {
+		t.Errorf("machines = %+v", s.Machines)
+	}
+	if got := s.Targets("good.service"); len(got) != 1 || got[0] != "m2" {
+		t.Errorf("targets = %v", got)
+	}
+	if st := s.States["good.service"]; len(st) != 1 || st["m2"].Sub != "running" {
+		t.Errorf("states = %+v", st)
+	}
+	var all []string
+	for _, e := range s.Skipped {
+		all = append(all, e.Error())
+	}
+	joined := strings.Join(all, "\n")
+	for _, key := range []string{reg.JobKey("binary.service"), reg.MachineKey("evil"), reg.ScheduleKey("m1", "ghost.service"), "/m/schedule/nounit", reg.StateKey("good.service", "m1")} {
+		if !strings.Contains(joined, key) {
+			t.Errorf("Skipped does not name %s:\n%s", key, joined)
+		}
+	}
+}
