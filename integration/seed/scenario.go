@@ -1,5 +1,5 @@
 // Package seed runs the seed's deployment end to end, headless, as `make demo`
-// shows it: a real etcd, four `scheduler serve` machines (three role=worker,
+// shows it (Run; the tests of this package and of integration/docker call it): a real etcd, four `scheduler serve` machines (three role=worker,
 // one role=lb, each with its own host name), the example units (nginx@1 and
 // nginx@2 running real nginx and announcing themselves, the global prefetch
 // oneshot), render writing haproxy.cfg from the announcements with
@@ -7,7 +7,7 @@
 // It asserts on HTTP answers through haproxy, kills a worker hosting an
 // instance with -9, and asserts that traffic reaches both instances again
 // from the new config; errors/total during the reschedule go to the test log.
-package seed_test
+package seed
 
 import (
 	"bufio"
@@ -25,19 +25,9 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/flotilla/flotilla/internal/etcdtest"
 	"github.com/flotilla/flotilla/internal/lbtest"
 )
-
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
-		goleak.IgnoreAnyFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
-		goleak.IgnoreTopFunction("github.com/golang/glog.(*fileSink).flushDaemon"),
-	)
-}
 
 // repoRoot is the module root (this package is integration/seed).
 func repoRoot(t *testing.T) string {
@@ -221,7 +211,7 @@ func (c *cluster) logs() string {
 
 // localize copies an example unit into dir with its install paths pointing
 // into the test's directories, as the demo does.
-func localize(t *testing.T, src, dst, bin, dir string) {
+func localize(t *testing.T, src, dst, bin, dir string, extra []string) {
 	t.Helper()
 	body, err := os.ReadFile(src)
 	if err != nil {
@@ -232,6 +222,9 @@ func localize(t *testing.T, src, dst, bin, dir string) {
 		"/etc/flotilla/etcd.env", filepath.Join(dir, "etcd.env"),
 		"/run/", filepath.Join(dir, "run")+"/",
 	).Replace(string(body))
+	if len(extra) > 0 {
+		s = strings.NewReplacer(extra...).Replace(s)
+	}
 	if err := os.WriteFile(dst, []byte(s), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -256,7 +249,21 @@ func instances(r lbtest.Result) map[string]bool {
 	return m
 }
 
-func TestSeedDeployment(t *testing.T) {
+// Options says which units Run deploys.
+type Options struct {
+	// UnitDir holds nginx@.service and prefetch.service, relative to the
+	// repository root (e.g. "examples/units").
+	UnitDir string
+	// Replace holds extra old, new pairs applied to the units' text, after
+	// the install paths (announce, etcd.env, /run/) are pointed into the
+	// test's directory.
+	Replace []string
+}
+
+// Run deploys the seed's scenario with opts' units and checks it through
+// haproxy; it skips (with the reason) where it cannot run: not root, no
+// unshare, no haproxy or nginx.
+func Run(t *testing.T, opts Options) {
 	needRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -289,7 +296,7 @@ func TestSeedDeployment(t *testing.T) {
 	os.MkdirAll(units, 0o755)
 	os.WriteFile(filepath.Join(dir, "etcd.env"), []byte("ETCDCTL_ENDPOINTS="+srv.Endpoint()+"\n"), 0o644)
 	for _, f := range []string{"nginx@.service", "prefetch.service"} {
-		localize(t, filepath.Join(root, "examples/units", f), filepath.Join(units, f), bin, dir)
+		localize(t, filepath.Join(root, opts.UnitDir, f), filepath.Join(units, f), bin, dir, opts.Replace)
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
