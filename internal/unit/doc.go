@@ -36,5 +36,7 @@
 // expands specifiers (ExpandSpecifiers: %n %N %p %P %i %I %f %H %m %b %%)
 // then variables (ExpandEnv: $VAR as a whole word splits on whitespace,
 // ${VAR} is spliced as one word). ParseTimespan reads systemd durations;
-// ParseBool systemd booleans.
+// ParseBool systemd booleans. TestExecMatchesSystemd runs unit files
+// through a real systemd (252, in a private namespace) and checks that
+// Parse and Command give each program the argv systemd gives it.
 package unit

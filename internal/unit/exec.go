@@ -5,7 +5,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"unicode/utf8"
 )
 
 // Exec is one command of an Exec*= line, parsed with systemd's rules.
@@ -32,7 +31,8 @@ type Exec struct {
 // systemd allows several, separated by a lone ";" word ("\;" is a literal
 // semicolon). Each command may start with the prefixes - @ + ! !! : in any
 // order. Words may be quoted with "…" or '…' (see SplitWords); C escapes
-// (\n \t \\ \" \' \s \xNN \NNN \uNNNN) are decoded.
+// (\n \t \\ \" \' \s \xNN \NNN \uNNNN \UNNNNNNNN) are decoded, and
+// escapes systemd cannot decode are kept as written, as systemd does.
 // An empty value yields no commands.
 func ParseExec(value string, line int) ([]Exec, error) {
 	words, err := splitWords(value)
@@ -204,16 +204,13 @@ func splitWords(s string) ([]word, error) {
 			escaped bool
 			quote   byte // the open quote, 0 outside quotes
 		)
+		start := i
 		for i < len(s) && (quote != 0 || !isSpace(s[i])) {
 			c := s[i]
 			switch {
 			case c == '\\':
 				escaped = true
-				n, err := unescapeAt(s, i, &b)
-				if err != nil {
-					return nil, err
-				}
-				i += n
+				i += unescapeAt(s, i, &b)
 				continue
 			case quote != 0 && c == quote:
 				quote = 0
@@ -227,7 +224,12 @@ func splitWords(s string) ([]word, error) {
 		if quote != 0 {
 			return nil, fmt.Errorf("unbalanced quote %c", quote)
 		}
-		out = append(out, word{text: b.String(), escaped: escaped})
+		text := b.String()
+		if s[start:i] == `\;` {
+			// systemd: an unquoted \; word is a literal ";", not a separator
+			text = ";"
+		}
+		out = append(out, word{text: text, escaped: escaped})
 	}
 }
 
@@ -248,9 +250,9 @@ func simpleEscape(c byte) (byte, bool) {
 		return '\t', true
 	case 'v':
 		return '\v', true
-	case 's', ' ':
+	case 's':
 		return ' ', true
-	case '\\', '"', '\'', ';':
+	case '\\', '"', '\'':
 		return c, true
 	}
 	return 0, false
@@ -259,15 +261,23 @@ func simpleEscape(c byte) (byte, bool) {
 func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
 
 // unescapeAt decodes the C escape at s[i] (a backslash) into b and returns
-// how many bytes it took.
-func unescapeAt(s string, i int, b *strings.Builder) (int, error) {
+// how many bytes it took. As systemd (EXTRACT_CUNESCAPE_RELAX), an escape
+// it does not know or cannot decode (\q, "\ ", \x00, a short \x4) is kept
+// as written, backslash included, and the escaped byte never separates
+// words.
+func unescapeAt(s string, i int, b *strings.Builder) int {
 	if i+1 >= len(s) {
-		return 0, fmt.Errorf("backslash at the end of the line")
+		b.WriteByte('\\')
+		return 1
 	}
 	c := s[i+1]
 	if r, ok := simpleEscape(c); ok {
 		b.WriteByte(r)
-		return 2, nil
+		return 2
+	}
+	literal := func() int {
+		b.WriteString(s[i : i+2])
+		return 2
 	}
 	hexN := 0
 	switch c {
@@ -279,38 +289,66 @@ func unescapeAt(s string, i int, b *strings.Builder) (int, error) {
 		hexN = 8
 	}
 	if hexN > 0 {
-		if i+2+hexN > len(s) {
-			return 0, fmt.Errorf("short escape \\%c", c)
+		if i+2+hexN > len(s) || !isHex(s[i+2:i+2+hexN]) {
+			return literal()
 		}
-		v, err := strconv.ParseUint(s[i+2:i+2+hexN], 16, 32)
-		if err != nil {
-			return 0, fmt.Errorf("bad escape %q", s[i:i+2+hexN])
-		}
-		if c == 'x' {
-			if v == 0 {
-				return 0, fmt.Errorf("escape \\x00 (NUL) is not allowed")
-			}
+		v, _ := strconv.ParseUint(s[i+2:i+2+hexN], 16, 32)
+		switch {
+		case v == 0:
+			return literal()
+		case c == 'x':
 			b.WriteByte(byte(v))
-		} else {
-			if v == 0 || v > utf8.MaxRune {
-				return 0, fmt.Errorf("bad escape %q", s[i:i+2+hexN])
-			}
+		case c == 'U' && !validUnichar(v):
+			// systemd checks \U (not \u) for a valid code point
+			return literal()
+		case v >= 0xD800 && v <= 0xDFFF:
+			// systemd encodes a surrogate as UTF-8 would any code point
+			b.Write([]byte{byte(0xE0 | v>>12), byte(0x80 | v>>6&0x3F), byte(0x80 | v&0x3F)})
+		default:
 			b.WriteRune(rune(v))
 		}
-		return 2 + hexN, nil
+		return 2 + hexN
 	}
 	if c >= '0' && c <= '7' {
-		if i+4 > len(s) {
-			return 0, fmt.Errorf("short octal escape")
+		if i+4 > len(s) || !isOctal(s[i+1:i+4]) {
+			return literal()
 		}
-		v, err := strconv.ParseUint(s[i+1:i+4], 8, 8)
-		if err != nil || v == 0 {
-			return 0, fmt.Errorf("bad octal escape %q", s[i:i+4])
+		v, _ := strconv.ParseUint(s[i+1:i+4], 8, 16)
+		if v == 0 || v > 255 {
+			return literal()
 		}
 		b.WriteByte(byte(v))
-		return 4, nil
+		return 4
 	}
-	return 0, fmt.Errorf("unknown escape \\%c", c)
+	return literal()
+}
+
+// validUnichar is systemd's unichar_is_valid.
+func validUnichar(v uint64) bool {
+	switch {
+	case v >= 0x110000, v&0xFFFFF800 == 0xD800, v >= 0xFDD0 && v <= 0xFDEF, v&0xFFFE == 0xFFFE:
+		return false
+	}
+	return true
+}
+
+func isHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
+			return false
+		}
+	}
+	return true
+}
+
+func isOctal(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '7' {
+			return false
+		}
+	}
+	return true
 }
 
 // Command returns the program and argv to run for e on a machine: each
@@ -343,19 +381,29 @@ func (e Exec) Command(sp Specifiers, env []string) (path string, argv []string, 
 	return path, argv, nil
 }
 
-// ExpandEnv expands environment variables in argv with systemd's rules:
-// a word that is exactly $NAME is replaced by NAME's value split at
-// whitespace (zero or more words); ${NAME} anywhere in a word is replaced
-// by the value as it is (one word, whitespace kept); ${NAME:-default} and
-// ${NAME:+alternative} as in the shell; "$$" is a literal "$". Unset
-// variables expand to "". env is a list of NAME=value (the last wins).
-// $NAME inside a longer word is left as written.
+// ExpandEnv expands environment variables in argv as systemd does for
+// Exec*= lines:
+//
+//   - a word that starts with "$" but not "${" or "$$" names a variable
+//     (the rest of the word): it is replaced by the variable's value split
+//     at whitespace, zero or more words; an unset variable removes the word;
+//   - otherwise each ${NAME} in the word is replaced by the value as it is
+//     (one word, whitespace kept; "" if unset), "$$" is a literal "$", and
+//     everything else is kept as written: $NAME inside a longer word, an
+//     unterminated "${", and ${NAME:-default}-style forms, which systemd
+//     does not expand in command lines.
+//
+// env is a list of NAME=value (the last of a name wins).
 func ExpandEnv(argv []string, env []string) []string {
 	look := lookup(env)
 	out := make([]string, 0, len(argv))
 	for _, w := range argv {
-		if len(w) > 1 && w[0] == '$' && validEnvName(w[1:]) {
-			out = append(out, strings.Fields(look(w[1:]))...)
+		if len(w) > 0 && w[0] == '$' && (len(w) == 1 || w[1] != '{' && w[1] != '$') {
+			if v, ok := look(w[1:]); ok {
+				out = append(out, strings.FieldsFunc(v, func(r rune) bool {
+					return r == ' ' || r == '\t' || r == '\n' || r == '\r'
+				})...)
+			}
 			continue
 		}
 		out = append(out, expandBraced(w, look))
@@ -363,17 +411,21 @@ func ExpandEnv(argv []string, env []string) []string {
 	return out
 }
 
-func lookup(env []string) func(string) string {
+func lookup(env []string) func(string) (string, bool) {
 	m := make(map[string]string, len(env))
 	for _, kv := range env {
 		if k, v, ok := strings.Cut(kv, "="); ok {
 			m[k] = v
 		}
 	}
-	return func(k string) string { return m[k] }
+	return func(k string) (string, bool) {
+		v, ok := m[k]
+		return v, ok
+	}
 }
 
-func expandBraced(w string, look func(string) string) string {
+// expandBraced replaces ${NAME} and $$ in w (see ExpandEnv).
+func expandBraced(w string, look func(string) (string, bool)) string {
 	if strings.IndexByte(w, '$') < 0 {
 		return w
 	}
@@ -390,31 +442,15 @@ func expandBraced(w string, look func(string) string) string {
 			i++
 			continue
 		case '{':
-			end := strings.IndexByte(w[i+2:], '}')
-			if end < 0 {
-				b.WriteByte(c)
+			rest := w[i+2:]
+			end := strings.IndexAny(rest, ":}")
+			if end < 0 || rest[end] == ':' {
+				// unterminated, or ${NAME:…}: kept as written
+				b.WriteString("${")
+				i++
 				continue
 			}
-			expr := w[i+2 : i+2+end]
-			name, alt, op := expr, "", ""
-			if j := strings.Index(expr, ":-"); j >= 0 {
-				name, alt, op = expr[:j], expr[j+2:], "-"
-			} else if j := strings.Index(expr, ":+"); j >= 0 {
-				name, alt, op = expr[:j], expr[j+2:], "+"
-			}
-			if !validEnvName(name) {
-				b.WriteByte(c)
-				continue
-			}
-			v := look(name)
-			switch {
-			case op == "-" && v == "":
-				v = alt
-			case op == "+":
-				if v != "" {
-					v = alt
-				}
-			}
+			v, _ := look(rest[:end])
 			b.WriteString(v)
 			i += 2 + end
 			continue

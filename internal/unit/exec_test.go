@@ -22,7 +22,7 @@ func TestParseExec(t *testing.T) {
 		"double quotes":    {in: `/bin/echo "a b"  c`, want: [][]string{{"/bin/echo", "a b", "c"}}, path: "/bin/echo"},
 		"single quotes":    {in: `/bin/echo 'a "b"' c`, want: [][]string{{"/bin/echo", `a "b"`, "c"}}, path: "/bin/echo"},
 		"empty quoted":     {in: `/bin/echo "" x`, want: [][]string{{"/bin/echo", "", "x"}}, path: "/bin/echo"},
-		"escapes":          {in: `/bin/echo a\ b \x41\101\u00e9 "\"q\"" \\`, want: [][]string{{"/bin/echo", "a b", "AAé", `"q"`, `\`}}, path: "/bin/echo"},
+		"escapes":          {in: `/bin/echo \x41\101\u00e9 "\"q\"" \\ \s`, want: [][]string{{"/bin/echo", "AAé", `"q"`, `\`, " "}}, path: "/bin/echo"},
 		"escapes in quote": {in: `/bin/echo "\t\n\s"`, want: [][]string{{"/bin/echo", "\t\n "}}, path: "/bin/echo"},
 		"two commands":     {in: "/bin/a 1 ; -/bin/b 2", want: [][]string{{"/bin/a", "1"}, {"/bin/b", "2"}}, path: "/bin/a"},
 		"literal ;":        {in: `/bin/echo \; ";"`, want: [][]string{{"/bin/echo", ";", ";"}}, path: "/bin/echo"},
@@ -35,15 +35,17 @@ func TestParseExec(t *testing.T) {
 		"unbalanced '":     {in: `/bin/echo 'a`, wantErr: "unbalanced quote '"},
 		"quote in word":    {in: `/bin/run --opt="a b" x'y z'`, want: [][]string{{"/bin/run", "--opt=a b", "xy z"}}, path: "/bin/run"},
 		"after quote":      {in: `/bin/echo "a"b'c'`, want: [][]string{{"/bin/echo", "abc"}}, path: "/bin/echo"},
-		"trailing \\":      {in: `/bin/echo a\`, wantErr: "backslash at the end"},
-		"nul escape":       {in: `/bin/echo \x00`, wantErr: "NUL"},
-		"short hex":        {in: `/bin/echo \x4`, wantErr: "short escape"},
-		"bad hex":          {in: `/bin/echo \xzz`, wantErr: "bad escape"},
-		"bad octal":        {in: `/bin/echo \091`, wantErr: "bad octal"},
-		"unknown escape":   {in: `/bin/echo \q`, wantErr: `unknown escape \q`},
-		"only prefix":      {in: "-", wantErr: "no program"},
-		"at alone":         {in: "@/bin/x", wantErr: `"@" prefix needs argv[0]`},
-		"empty before ;":   {in: "; /bin/x", wantErr: "empty command"},
+		// As systemd: escapes it cannot decode are kept as written.
+		"trailing \\":    {in: `/bin/echo a\`, want: [][]string{{"/bin/echo", `a\`}}, path: "/bin/echo"},
+		"nul escape":     {in: `/bin/echo \x00 \u0000 \000`, want: [][]string{{"/bin/echo", `\x00`, `\u0000`, `\000`}}, path: "/bin/echo"},
+		"short hex":      {in: `/bin/echo \x4`, want: [][]string{{"/bin/echo", `\x4`}}, path: "/bin/echo"},
+		"bad hex":        {in: `/bin/echo \xzz \U00110000 \U0010ffff \ud800 \ufffe`, want: [][]string{{"/bin/echo", `\xzz`, `\U00110000`, `\U0010ffff`, "\xed\xa0\x80", "\ufffe"}}, path: "/bin/echo"},
+		"octal":          {in: `/bin/echo \091 \0101 \777`, want: [][]string{{"/bin/echo", `\091`, "\x081", `\777`}}, path: "/bin/echo"},
+		"unknown escape": {in: `/bin/echo \q a\;b "\;" \\;`, want: [][]string{{"/bin/echo", `\q`, `a\;b`, `\;`, `\;`}}, path: "/bin/echo"},
+		"escaped space":  {in: `/bin/echo a\ b`, want: [][]string{{"/bin/echo", `a\ b`}}, path: "/bin/echo"},
+		"only prefix":    {in: "-", wantErr: "no program"},
+		"at alone":       {in: "@/bin/x", wantErr: `"@" prefix needs argv[0]`},
+		"empty before ;": {in: "; /bin/x", wantErr: "empty command"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -95,12 +97,11 @@ func TestExpandEnv(t *testing.T) {
 		"unset braced":       {[]string{"a${NOPE}b"}, []string{"ab"}},
 		"unbraced in word":   {[]string{"a$B"}, []string{"a$B"}},
 		"dollar dollar":      {[]string{"$$B", "cost$$"}, []string{"$B", "cost$"}},
-		"default":            {[]string{"${NOPE:-def}", "${B:-def}", "${EMPTY:-def}"}, []string{"def", "y", "def"}},
-		"alternative":        {[]string{"${B:+alt}", "${NOPE:+alt}"}, []string{"alt", ""}},
+		"no default syntax":  {[]string{"${NOPE:-def}", "x${B:+alt}", "${A:-${B}}"}, []string{"${NOPE:-def}", "x${B:+alt}", "${A:-y}"}},
 		"whitespace runs":    {[]string{"$S"}, []string{"spaced", "out"}},
 		"unterminated brace": {[]string{"${A"}, []string{"${A"}},
-		"bad name":           {[]string{"${1A}", "$1A"}, []string{"${1A}", "$1A"}},
-		"lone dollar":        {[]string{"$", "a$"}, []string{"$", "a$"}},
+		"any name":           {[]string{"${1A}.", "$1A", "$A$B", "${A}${B}"}, []string{".", "one twoy"}},
+		"lone dollar":        {[]string{"$", "a$", "$}"}, []string{"a$"}},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

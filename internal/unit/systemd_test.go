@@ -1,0 +1,136 @@
+package unit
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestExecMatchesSystemd runs unit files through a real systemd (a user
+// manager in a private mount namespace, as shared/notes/systemd-in-tests.md
+// describes) and checks that Parse and Exec.Command give every program the
+// argv systemd gives it: continuation lines, quoting, escapes, specifiers
+// and $VAR/${VAR} expansion. Each unit runs printf '%s\0' with the words
+// under test; the NUL-separated output is systemd's argv.
+func TestExecMatchesSystemd(t *testing.T) {
+	const manager = "/lib/systemd/systemd"
+	if _, err := os.Stat(manager); err != nil {
+		t.Skipf("no systemd at %s: %v", manager, err)
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a tmpfs in a private mount namespace")
+	}
+	// A private mount namespace hides the tmpfs from the host; a private PID
+	// namespace whose init is killed with the test (--kill-child) takes the
+	// manager down with it, even if the test is killed.
+	ns := []string{"--mount", "--propagation", "private", "--pid", "--fork", "--kill-child", "--mount-proc"}
+	if err := exec.Command("unshare", append(ns, "true")...).Run(); err != nil {
+		t.Skipf("unshare %v is not permitted here: %v", ns, err)
+	}
+	printf, err := exec.LookPath("printf")
+	if err != nil {
+		t.Skip("no printf program")
+	}
+	cases := []struct {
+		name     string // the test name and the unit's prefix
+		instance string
+		service  string // [Service] lines before ExecStart
+		args     string // what follows printf's format on the ExecStart line
+	}{
+		{name: "env", service: "Environment=\"A=one two\" B=x", args: `$A ${A} "$A" a$B $$B ${B}c ${NOPE}. $NOPE end`},
+		{name: "envdefault", service: "Environment=A=set EMPTY=", args: `${A:-d} ${NOPE:-d} ${EMPTY:-d} ${A:+alt} ${NOPE:+alt}.`},
+		{name: "quotes", args: `--o="a b" x'y z' "a b"c 'it''s' "" '' "q\"q" 'd"q'`},
+		{name: "escapes", args: `\; ";" "\x41\101" '\t' \s \u00e9 \U0001F600 a\ b \\ "\\"`},
+		{name: "specifiers", instance: `a-b\x20c`, args: `%i %I %n %N %p %P %f %j %J 100%% %%i`},
+		{name: "machine", args: `%H %m %l`},
+		{name: "continuation", args: "first \\\n  second \\\n# a comment inside is skipped\n  third"},
+		{name: "relaxed", args: `a\qb \$A x\ y "in\ q" \x4 \xzz \x00 \0101 \777 \ud800 \U00110000 \U0010ffff \ufffe \U0001F600 "a\;b" 'a\'b' \; \\; a\;b end`},
+		{name: "words", service: "Environment=\"A=one two\" B=x", args: `'$A' $A$B ${A}${B} $ {A} $} ${ ${1X}. $1X ${A ";" ';' ${A:-${B}} end`},
+		{name: "prefix", args: `x y`}, // run with the - prefix below
+	}
+	dir := t.TempDir()
+	var script strings.Builder
+	script.WriteString(`set -e
+mkdir -p /run/systemd && mount -t tmpfs tmpfs /run/systemd && mkdir -p /run/systemd/system
+export XDG_RUNTIME_DIR=` + dir + `/xdg
+mkdir -p -m 700 "$XDG_RUNTIME_DIR"
+mkdir -p "$XDG_RUNTIME_DIR/systemd/user"
+cp ` + dir + `/units/* "$XDG_RUNTIME_DIR/systemd/user/"
+` + manager + ` --user >` + dir + `/manager.log 2>&1 &
+pid=$!
+trap 'kill $pid; wait $pid || true' EXIT
+export DBUS_SESSION_BUS_ADDRESS=unix:path=$XDG_RUNTIME_DIR/bus
+for i in $(seq 100); do [ -S "$XDG_RUNTIME_DIR/bus" ] && break; sleep 0.05; done
+`)
+	if err := os.MkdirAll(filepath.Join(dir, "units"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	type job struct {
+		name, unitName, out string
+		file                *File
+	}
+	var jobs []job
+	for _, c := range cases {
+		prefix := ""
+		if c.name == "prefix" {
+			prefix = "-"
+		}
+		out := filepath.Join(dir, c.name+".out")
+		body := fmt.Sprintf("[Unit]\nDescription=%s\n[Service]\nType=oneshot\n%s\nStandardOutput=file:%s\nExecStart=%s%s '%%%%s\\\\0' %s\n",
+			c.name, c.service, out, prefix, printf, c.args)
+		file, unitName := c.name+"@.service", c.name+"@"+c.instance+".service"
+		if c.instance == "" {
+			file, unitName = c.name+".service", c.name+".service"
+		}
+		if err := os.WriteFile(filepath.Join(dir, "units", file), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		f, err := Parse(unitName, []byte(body))
+		if err != nil {
+			t.Fatalf("%s: Parse: %v\n%s", c.name, err, body)
+		}
+		jobs = append(jobs, job{name: c.name, unitName: unitName, out: out, file: f})
+		fmt.Fprintf(&script, "systemctl --user start '%s' || { systemctl --user status '%s' | cat; exit 1; }\n", unitName, unitName)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "unshare", append(ns, "bash", "-c", script.String())...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		log, _ := os.ReadFile(filepath.Join(dir, "manager.log"))
+		t.Fatalf("systemd run failed: %v\n%s\nmanager log:\n%s", err, out, log)
+	}
+
+	host, _ := os.Hostname()
+	machineID, _ := os.ReadFile("/etc/machine-id")
+	for _, j := range jobs {
+		t.Run(j.name, func(t *testing.T) {
+			raw, err := os.ReadFile(j.out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := strings.Split(strings.TrimSuffix(string(raw), "\x00"), "\x00")
+			sp := Specifiers{Name: j.file.Name, Hostname: host, MachineID: string(bytes.TrimSpace(machineID))}
+			e := j.file.Service.ExecStart[0]
+			path, argv, err := e.Command(sp, j.file.Service.Environment)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if path != printf || len(argv) < 2 {
+				t.Fatalf("Command = %q %q", path, argv)
+			}
+			if got := argv[2:]; !slices.Equal(got, want) {
+				t.Errorf("argv after the format:\n ours:    %q\n systemd: %q", got, want)
+			}
+			if j.name == "prefix" && !e.IgnoreFailure {
+				t.Error("the - prefix was not seen")
+			}
+		})
+	}
+}
