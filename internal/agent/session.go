@@ -11,6 +11,12 @@ import (
 	"github.com/flotilla/flotilla/internal/store"
 )
 
+// adopter is an executor that finds units an earlier agent installed (the
+// systemd executor); Adopt removes those keep rejects.
+type adopter interface {
+	Adopt(ctx context.Context, keep func(name string) bool) ([]string, error)
+}
+
 // session is one registration: one lease, from grant to loss or ctx end.
 type session struct {
 	a     *Agent
@@ -80,6 +86,17 @@ func (s *session) resync(ctx context.Context) (int64, error) {
 			continue
 		}
 		s.desired[as.Unit] = as
+	}
+	if ad, ok := a.ex.(adopter); ok {
+		// Units installed by an earlier run (systemd keeps them across an
+		// agent restart): keep what is targeted here, remove the rest.
+		removed, err := ad.Adopt(ctx, func(name string) bool { _, ok := s.desired[name]; return ok })
+		for _, name := range removed {
+			a.log.Info("removed unit not targeted here", "unit", name)
+		}
+		if err != nil {
+			a.log.Error("adopt units", "err", err)
+		}
 	}
 	states, err := a.ex.States(ctx)
 	if err != nil {
