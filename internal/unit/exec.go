@@ -35,7 +35,7 @@ type Exec struct {
 // escapes systemd cannot decode are kept as written, as systemd does.
 // An empty value yields no commands.
 func ParseExec(value string, line int) ([]Exec, error) {
-	words, err := splitWords(value)
+	words, err := splitWords(value, false)
 	if err != nil {
 		return nil, err
 	}
@@ -173,12 +173,13 @@ type word struct {
 	escaped bool
 }
 
-// SplitWords splits s into words with systemd's rules for command lines
-// and lists (Environment=): whitespace separates words except inside "…"
-// or '…' (quotes may open anywhere in a word, as in --opt="a b", and are
-// removed); C escapes are decoded inside and outside quotes.
+// SplitWords splits s into words with systemd's rules for lists such as
+// Environment=: whitespace separates words except inside "…" or '…'
+// (quotes may open anywhere in a word, as in --opt="a b", and are removed);
+// C escapes are decoded inside and outside quotes, and one that cannot be
+// decoded is an error (systemd would drop the rest of the line).
 func SplitWords(s string) ([]string, error) {
-	ws, err := splitWords(s)
+	ws, err := splitWords(s, true)
 	if err != nil {
 		return nil, err
 	}
@@ -189,7 +190,10 @@ func SplitWords(s string) ([]string, error) {
 	return out, nil
 }
 
-func splitWords(s string) ([]word, error) {
+// splitWords splits s; strict rejects escapes that cannot be decoded (as
+// systemd's list settings such as Environment= do, dropping the rest of the
+// line), otherwise they are kept as written (as in command lines).
+func splitWords(s string, strict bool) ([]word, error) {
 	var out []word
 	i := 0
 	for {
@@ -210,7 +214,11 @@ func splitWords(s string) ([]word, error) {
 			switch {
 			case c == '\\':
 				escaped = true
-				i += unescapeAt(s, i, &b)
+				n, ok := unescapeAt(s, i, &b)
+				if !ok && strict {
+					return nil, fmt.Errorf("invalid escape %q (systemd would ignore the rest of the line)", s[i:min(i+n, len(s))])
+				}
+				i += n
 				continue
 			case quote != 0 && c == quote:
 				quote = 0
@@ -265,19 +273,19 @@ func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\
 // it does not know or cannot decode (\q, "\ ", \x00, a short \x4) is kept
 // as written, backslash included, and the escaped byte never separates
 // words.
-func unescapeAt(s string, i int, b *strings.Builder) int {
+func unescapeAt(s string, i int, b *strings.Builder) (int, bool) {
 	if i+1 >= len(s) {
 		b.WriteByte('\\')
-		return 1
+		return 1, false
 	}
 	c := s[i+1]
 	if r, ok := simpleEscape(c); ok {
 		b.WriteByte(r)
-		return 2
+		return 2, true
 	}
-	literal := func() int {
+	literal := func() (int, bool) {
 		b.WriteString(s[i : i+2])
-		return 2
+		return 2, false
 	}
 	hexN := 0
 	switch c {
@@ -307,7 +315,7 @@ func unescapeAt(s string, i int, b *strings.Builder) int {
 		default:
 			b.WriteRune(rune(v))
 		}
-		return 2 + hexN
+		return 2 + hexN, true
 	}
 	if c >= '0' && c <= '7' {
 		if i+4 > len(s) || !isOctal(s[i+1:i+4]) {
@@ -318,7 +326,7 @@ func unescapeAt(s string, i int, b *strings.Builder) int {
 			return literal()
 		}
 		b.WriteByte(byte(v))
-		return 4
+		return 4, true
 	}
 	return literal()
 }

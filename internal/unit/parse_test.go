@@ -108,6 +108,7 @@ func TestParseErrors(t *testing.T) {
 		"at needs argv0":      {"a.service", "[Service]\nExecStart=@/bin/true\n", `unit a.service line 2: ExecStart=: the "@" prefix needs argv[0] after the program "/bin/true"`},
 		"empty command":       {"a.service", "[Service]\nExecStart=/bin/true ; ; /bin/true\nType=oneshot\n", `unit a.service line 2: ExecStart=: empty command before ";"`},
 		"bad environment":     {"a.service", svc + "Environment=1X=2\n", `unit a.service line 3: Environment=: "1X=2" is not NAME=value`},
+		"env bad escape":      {"a.service", svc + "Environment=A=1 B=a\\ b\n", `unit a.service line 3: Environment=: invalid escape "\\ " (systemd would ignore the rest of the line)`},
 		"env no equals":       {"a.service", svc + "Environment=FOO\n", `unit a.service line 3: Environment=: "FOO" is not NAME=value`},
 		"relative envfile":    {"a.service", svc + "EnvironmentFile=-etc/x\n", `unit a.service line 3: EnvironmentFile=-etc/x: not an absolute path`},
 		"relative workdir":    {"a.service", svc + "WorkingDirectory=srv\n", `unit a.service line 3: WorkingDirectory=srv: not an absolute path or ~`},

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -54,6 +55,8 @@ func TestExecMatchesSystemd(t *testing.T) {
 		{name: "relaxed", args: `a\qb \$A x\ y "in\ q" \x4 \xzz \x00 \0101 \777 \ud800 \U00110000 \U0010ffff \ufffe \U0001F600 "a\;b" 'a\'b' \; \\; a\;b end`},
 		{name: "words", service: "Environment=\"A=one two\" B=x", args: `'$A' $A$B ${A}${B} $ {A} $} ${ ${1X}. $1X ${A ";" ';' ${A:-${B}} end`},
 		{name: "prefix", args: `x y`}, // run with the - prefix below
+		// environment runs env -0 instead of printf: Environment= parsing.
+		{name: "environment", service: "Environment=\"FA=x y\" FB='q r' FC=a\\tb\\s FD=\\x41 \"FE=1\" FF=\nEnvironment=FG=%n FH=100%% FF=last\nEnvironment=FI=\"in\"side", args: "-0"},
 	}
 	dir := t.TempDir()
 	var script strings.Builder
@@ -83,8 +86,12 @@ for i in $(seq 100); do [ -S "$XDG_RUNTIME_DIR/bus" ] && break; sleep 0.05; done
 			prefix = "-"
 		}
 		out := filepath.Join(dir, c.name+".out")
-		body := fmt.Sprintf("[Unit]\nDescription=%s\n[Service]\nType=oneshot\n%s\nStandardOutput=file:%s\nExecStart=%s%s '%%%%s\\\\0' %s\n",
-			c.name, c.service, out, prefix, printf, c.args)
+		program := printf + ` '%%s\\0'`
+		if c.name == "environment" {
+			program = "/usr/bin/env"
+		}
+		body := fmt.Sprintf("[Unit]\nDescription=%s\n[Service]\nType=oneshot\n%s\nStandardOutput=file:%s\nExecStart=%s%s %s\n",
+			c.name, c.service, out, prefix, program, c.args)
 		file, unitName := c.name+"@.service", c.name+"@"+c.instance+".service"
 		if c.instance == "" {
 			file, unitName = c.name+".service", c.name+".service"
@@ -117,6 +124,23 @@ for i in $(seq 100); do [ -S "$XDG_RUNTIME_DIR/bus" ] && break; sleep 0.05; done
 			}
 			want := strings.Split(strings.TrimSuffix(string(raw), "\x00"), "\x00")
 			sp := Specifiers{Name: j.file.Name, Hostname: host, MachineID: string(bytes.TrimSpace(machineID))}
+			if j.name == "environment" {
+				ours := map[string]string{}
+				for _, kv := range j.file.Service.Environment {
+					k, v, _ := strings.Cut(ExpandSpecifiers(kv, sp), "=")
+					ours[k] = v
+				}
+				theirs := map[string]string{}
+				for _, kv := range want {
+					if k, v, _ := strings.Cut(kv, "="); strings.HasPrefix(k, "F") && len(k) == 2 {
+						theirs[k] = v
+					}
+				}
+				if !maps.Equal(ours, theirs) {
+					t.Errorf("environment:\n ours:    %q\n systemd: %q", ours, theirs)
+				}
+				return
+			}
 			e := j.file.Service.ExecStart[0]
 			path, argv, err := e.Command(sp, j.file.Service.Environment)
 			if err != nil {
