@@ -208,7 +208,7 @@ func TestParseTimespan(t *testing.T) {
 		"empty":         {in: "", wantErr: "empty"},
 		"unknown unit":  {in: "5 parsecs", wantErr: `unknown unit "parsecs"`},
 		"word":          {in: "soon", wantErr: "expected a number"},
-		"bare then":     {in: "5 10s", wantErr: "without a unit"},
+		"bare then":     {in: "5 10s", want: 15 * time.Second},
 		"negative":      {in: "-5s", wantErr: "expected a number"},
 		"two dots":      {in: "1.2.3s", wantErr: "bad number"},
 		"overflow":      {in: "999999999999y", wantErr: "too long"},

@@ -223,7 +223,8 @@ func timeUnit(u string) (time.Duration, bool) {
 
 // ParseTimespan parses a systemd time span: "90", "5s", "1min 30s",
 // "1.5h", "100ms", "infinity". A number without a unit is seconds;
-// components add up. "infinity" is Infinity.
+// components add up ("5 10s" is 15s), as systemd-analyze timespan says.
+// "infinity" is Infinity.
 func ParseTimespan(s string) (time.Duration, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
@@ -262,11 +263,9 @@ func ParseTimespan(s string) (time.Duration, error) {
 				return 0, fmt.Errorf("time span %q: unknown unit %q (use us, ms, s, min, h, d, w)", s, rest[:j])
 			}
 			unit = u
-		} else if total != 0 || strings.TrimSpace(rest) != "" {
-			return 0, fmt.Errorf("time span %q: a number without a unit may only stand alone", s)
 		}
 		rest = rest[j:]
-		d := num * float64(unit)
+		d := math.Round(num * float64(unit)) // 1.000001s is 1000001µs, not 1000000.999…
 		if d > float64(math.MaxInt64)-float64(total) {
 			return 0, fmt.Errorf("time span %q is too long", s)
 		}

@@ -158,3 +158,46 @@ for i in $(seq 100); do [ -S "$XDG_RUNTIME_DIR/bus" ] && break; sleep 0.05; done
 		})
 	}
 }
+
+// TestTimespanMatchesSystemd compares ParseTimespan with systemd's own
+// parser, as `systemd-analyze timespan` prints it.
+func TestTimespanMatchesSystemd(t *testing.T) {
+	analyze, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		t.Skip("no systemd-analyze")
+	}
+	inputs := []string{"1min 30s", "1.5h", "5", "100ms", "1h2m3s", "2 min", "1w 1d", "5 10s", "5 s 3",
+		"1.2.3s", "5s min", "infinity", "0", "1M", "1y", "3 hours", "1.5", " 5s ", "5S", "2weeks",
+		"10usec", "1e3s", "0x10s", "5secs", "1.000001s", "90sec", "1d12h", "soon", "-5s", "1 hr", ".5s"}
+	for _, in := range inputs {
+		t.Run(in, func(t *testing.T) {
+			out, err := exec.Command(analyze, "timespan", "--", in).CombinedOutput()
+			theirs := ""
+			switch {
+			case err != nil:
+				theirs = "error"
+			case bytes.Contains(out, []byte("Original: infinity")):
+				theirs = "infinity"
+			default:
+				for _, line := range strings.Split(string(out), "\n") {
+					if _, v, ok := strings.Cut(line, "μs: "); ok {
+						theirs = strings.TrimSpace(v)
+					}
+				}
+			}
+			d, perr := ParseTimespan(in)
+			ours := ""
+			switch {
+			case perr != nil:
+				ours = "error"
+			case d == Infinity:
+				ours = "infinity"
+			default:
+				ours = fmt.Sprint(d.Microseconds())
+			}
+			if ours != theirs {
+				t.Errorf("ParseTimespan(%q) = %s (%v), systemd says %s", in, ours, perr, theirs)
+			}
+		})
+	}
+}
