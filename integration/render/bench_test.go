@@ -250,13 +250,17 @@ func cpuTicks(pid int) float64 {
 
 func startRender(b *testing.B, bin string, args ...string) *exec.Cmd {
 	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	logs := &syncBuf{}
+	cmd.Stdout, cmd.Stderr = io.Discard, logs
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() {
 		cmd.Process.Signal(syscall.SIGTERM)
 		cmd.Wait()
+		if b.Failed() {
+			b.Logf("render log:\n%s", logs)
+		}
 	})
 	return cmd
 }
@@ -271,7 +275,7 @@ func BenchmarkRSS100k(b *testing.B) {
 	for b.Loop() {
 		os.Remove(dest)
 		fw := newFileWaiter(b, dest)
-		cmd := startRender(b, bin, "-node", srv.Endpoint(), "-confdir", dir, "-watch", "-config-file", filepath.Join(dir, "none.toml"))
+		cmd := startRender(b, bin, "-node", srv.Endpoint(), "-confdir", dir, "-watch")
 		fw.wait(b, []byte(benchVal(99_999, "")))
 		time.Sleep(200 * time.Millisecond)
 		b.ReportMetric(procStatus(cmd.Process.Pid, "VmRSS"), "rss-MB")
@@ -289,7 +293,7 @@ func BenchmarkCPUEtcdDown(b *testing.B) {
 	dir, dest := benchConfdir(b, "")
 	bin := buildRender(b)
 	fw := newFileWaiter(b, dest)
-	cmd := startRender(b, bin, "-node", srv.Endpoint(), "-confdir", dir, "-watch", "-config-file", filepath.Join(dir, "none.toml"))
+	cmd := startRender(b, bin, "-node", srv.Endpoint(), "-confdir", dir, "-watch")
 	fw.wait(b, []byte(benchVal(999, "")))
 	srv.Kill()
 	time.Sleep(time.Second) // past the first reconnect attempts
