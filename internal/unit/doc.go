@@ -23,9 +23,10 @@
 // X-ConditionMachineMetadata and X-Conflicts. Values may list several
 // items separated by whitespace, each optionally double-quoted (fleet's
 // `MachineMetadata="a=b" "c=d"`); an empty assignment resets the key, as
-// in systemd. Unknown keys are rejected with their
-// line; Global=true with MachineID, MachineOf or Replaces is rejected. The
-// specifiers %n %N %p %i %% are expanded in values for the unit's name.
+// in systemd. Unknown keys are rejected with their line; Global=true with
+// MachineID, MachineOf or Replaces is rejected. The specifiers %n %N %p %i
+// %% are expanded in values for the unit's name (a template is validated
+// as its instance "1" would be).
 //
 // [Service] (type Service, Exec): Type, Exec{StartPre,Start,StartPost,
 // Stop,StopPost}, Restart, RestartSec, Timeout{Start,Stop,}Sec,
@@ -33,10 +34,12 @@
 // Exec lines are split with systemd's rules (ParseExec, SplitWords):
 // quotes, C escapes, the - @ + ! !! : prefixes, ";" between commands.
 // At run time an executor calls (Exec).Command(specifiers, env), which
-// expands specifiers (ExpandSpecifiers: %n %N %p %P %i %I %f %H %m %b %%)
-// then variables (ExpandEnv: $VAR as a whole word splits on whitespace,
-// ${VAR} is spliced as one word). ParseTimespan reads systemd durations;
-// ParseBool systemd booleans. TestExecMatchesSystemd runs unit files
-// through a real systemd (252, in a private namespace) and checks that
-// Parse and Command give each program the argv systemd gives it.
+// expands specifiers in each word (ExpandSpecifiers: every systemd
+// specifier, see Specifiers), then variables (ExpandEnv: a word "$VAR"
+// splits on whitespace, ${VAR} is spliced as one word). ParseTimespan reads
+// systemd durations; ParseBool systemd booleans. TestExecMatchesSystemd
+// runs unit files through a real systemd (252, in a private namespace) and
+// checks that Parse and Command give each program the argv and environment
+// systemd gives it; TestTimespanMatchesSystemd checks ParseTimespan against
+// systemd-analyze.
 package unit
