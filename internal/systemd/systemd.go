@@ -42,7 +42,9 @@
 // # D-Bus
 //
 // Calls go through go-systemd's *Context methods; job results arrive on
-// buffered channels. State changes come from systemd's PropertiesChanged
+// buffered channels. Stop and Remove wait for their stop job; Start waits for
+// its start job only with Options.WaitStart (else the result is logged and
+// signalled on Changes), so a slow ExecStartPre never holds up the agent. State changes come from systemd's PropertiesChanged
 // signals on a second connection of the executor's own, filtered to owned
 // units and coalesced into Changes. If the bus goes away (dbus-daemon
 // restarted), Changes fires and the next call reconnects and resubscribes.
@@ -124,6 +126,12 @@ type Options struct {
 	AgentUnit string
 	// AgentDependency is BindsTo (default) or PartOf.
 	AgentDependency string
+	// WaitStart makes Start wait for systemd's start job to finish (after
+	// ExecStartPost, or the oneshot's exit) and return its failure. By
+	// default Start returns once systemd has queued the job, as the process
+	// executor does, so that a slow ExecStartPre (an image pull) never holds
+	// up the agent; the job's outcome shows in States and Changes.
+	WaitStart bool
 	// JournalDir makes Journal read the journal files in this directory
 	// (journalctl -D) instead of the system's, e.g. a host's
 	// /var/log/journal mounted into the agent's container.
@@ -140,6 +148,7 @@ type Executor struct {
 	unitDir string
 	addr    string          // D-Bus address
 	base    context.Context // lifetime of connections: until Close
+	cancel  context.CancelFunc
 
 	connMu sync.Mutex // guards conn, sig, closed
 	conn   *sddbus.Conn
@@ -192,18 +201,21 @@ func New(ctx context.Context, opts Options) (*Executor, error) {
 	addr := busAddress(opts)
 	// The connection lives until Close, not until ctx ends (godbus closes a
 	// connection when its context is done).
-	base := context.WithoutCancel(ctx)
+	base, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	conn, err := dial(base, addr)
 	if err != nil {
+		cancel()
 		return nil, fmt.Errorf("systemd: connect to %s: %w", addr, err)
 	}
 	if _, err := conn.SystemStateContext(ctx); err != nil {
 		conn.Close()
+		cancel()
 		return nil, fmt.Errorf("systemd: no systemd manager on %s: %w", addr, err)
 	}
 	owned, err := ownedUnits(unitDir)
 	if err != nil {
 		conn.Close()
+		cancel()
 		return nil, fmt.Errorf("systemd: read %s: %w", unitDir, err)
 	}
 	e := &Executor{
@@ -213,6 +225,7 @@ func New(ctx context.Context, opts Options) (*Executor, error) {
 		unitDir: unitDir,
 		addr:    addr,
 		base:    base,
+		cancel:  cancel,
 		owned:   make(map[string]bool),
 		changes: make(chan struct{}, 1),
 	}
@@ -221,6 +234,7 @@ func New(ctx context.Context, opts Options) (*Executor, error) {
 	}
 	if err := e.subscribe(ctx); err != nil {
 		conn.Close()
+		cancel()
 		return nil, fmt.Errorf("systemd: subscribe on %s: %w", addr, err)
 	}
 	e.log.Debug("connected", "bus", addr, "unit_dir", unitDir, "owned", len(owned))
@@ -412,6 +426,7 @@ func (e *Executor) Close() error {
 	if !e.closed.Swap(true) {
 		e.sig.Close()
 		e.conn.Close()
+		e.cancel()
 	}
 	e.connMu.Unlock()
 	e.wg.Wait()
@@ -502,10 +517,38 @@ func (e *Executor) Start(ctx context.Context, spec executor.Spec) error {
 		// Clears the failure and the start rate limit before a new attempt.
 		_ = c.ResetFailedUnitContext(ctx, n.full)
 	}
+	if !e.opts.WaitStart {
+		return e.queueJob(ctx, c, verb, n.full, hash, method)
+	}
 	if err := e.runJob(ctx, c, verb, n.full, method); err != nil {
 		return err
 	}
 	e.log.Info("unit "+verb+"ed", "unit", n.full, "hash", hash)
+	return nil
+}
+
+// queueJob queues a start/restart job and returns; a goroutine owned by the
+// Executor (ended by Close) logs the job's outcome and signals Changes.
+func (e *Executor) queueJob(ctx context.Context, c *sddbus.Conn, verb, name, hash string, method func(context.Context, string, string, chan<- string) (int, error)) error {
+	done := make(chan string, 1) // go-systemd sends from its dispatcher
+	if _, err := method(ctx, name, "replace", done); err != nil {
+		return fmt.Errorf("systemd: %s %s: %w", verb, name, err)
+	}
+	e.log.Debug("unit "+verb+" queued", "unit", name, "hash", hash)
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		select {
+		case res := <-done:
+			if res == "done" {
+				e.log.Info("unit "+verb+"ed", "unit", name, "hash", hash)
+			} else {
+				e.log.Warn("unit "+verb+" job "+res, "unit", name, "hash", hash)
+			}
+			e.notify()
+		case <-e.base.Done():
+		}
+	}()
 	return nil
 }
 

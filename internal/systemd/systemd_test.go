@@ -56,7 +56,16 @@ func newEnv(t *testing.T, opts systemd.Options) *env {
 }
 
 // executor opens another Executor on the same manager (an agent restart).
+// It waits for start jobs (WaitStart), so that a test can look at what
+// ExecStartPost did as soon as Start returns; TestStartDoesNotWait covers the
+// default.
 func (en *env) executor(opts systemd.Options) *systemd.Executor {
+	en.t.Helper()
+	opts.WaitStart = true
+	return en.executorNoWait(opts)
+}
+
+func (en *env) executorNoWait(opts systemd.Options) *systemd.Executor {
 	en.t.Helper()
 	opts.User = true
 	opts.BusAddress = en.m.BusAddress
@@ -709,4 +718,28 @@ func TestNewOptionErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestStartDoesNotWait: by default Start returns once the job is queued, so a
+// unit stuck in ExecStartPre (an endless image pull) does not hold up the
+// agent; the outcome of a job shows in States and Changes.
+func TestStartDoesNotWait(t *testing.T) {
+	m := systemdtest.New(t)
+	en := &env{t: t, m: m, ctx: ctxT(t)}
+	en.e = en.executorNoWait(systemd.Options{})
+	en.start(en.e, "slow.service", "[Service]\nExecStartPre=/bin/sleep 1000\nExecStart=/bin/sleep 1000\n")
+	en.waitState(en.e, "slow.service", is("activating", "start-pre"))
+	if err := en.e.Stop(en.ctx, "slow.service"); err != nil {
+		t.Fatal(err)
+	}
+	// Killing ExecStartPre counts as a failure for systemd.
+	en.waitState(en.e, "slow.service", func(s executor.State) bool { return s.Active == "inactive" || s.Active == "failed" })
+
+	// A failing oneshot: Start succeeds (queued); the failure is a state.
+	select {
+	case <-en.e.Changes():
+	default:
+	}
+	en.start(en.e, "bad.service", "[Service]\nType=oneshot\nExecStart=/bin/false\n")
+	en.waitState(en.e, "bad.service", is("failed", "failed"))
 }
