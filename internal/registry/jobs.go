@@ -172,7 +172,9 @@ func short(hash string) string {
 }
 
 // UnusedBodies returns the stored bodies that no job refers to, read in one
-// snapshot with the jobs (their ModRevision guards a delete).
+// snapshot with the jobs (their ModRevision guards a delete). While any job's
+// value does not decode, no body is known to be unused and none is returned
+// (nor an error: a corrupt job must not stop the engine).
 func (r *Registry) UnusedBodies(ctx context.Context) ([]store.KV, error) {
 	jobs, units := r.sub("jobs"), r.sub("units")
 	m, _, err := r.c.GetPrefixes(ctx, []string{jobs, units})
@@ -183,7 +185,7 @@ func (r *Registry) UnusedBodies(ctx context.Context) ([]store.KV, error) {
 	for _, kv := range m[jobs] {
 		j, err := r.DecodeJob(kv)
 		if err != nil {
-			return nil, err
+			return nil, nil
 		}
 		used[j.Hash] = true
 	}

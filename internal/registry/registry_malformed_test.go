@@ -60,3 +60,22 @@ func TestSnapshotSkipsUndecodableKeys(t *testing.T) {
 		}
 	}
 }
+
+// TestUnusedBodiesWithCorruptJob: a corrupt job stops body collection (its
+// body is unknown) without an error that would end the engine's leadership.
+func TestUnusedBodiesWithCorruptJob(t *testing.T) {
+	c := etcdtest.New(t).Client()
+	reg := registry.New(c, "/m/")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c.Put(ctx, reg.BodyKey("orphan"), "[Service]\n", 0)
+	got, err := reg.UnusedBodies(ctx)
+	if err != nil || len(got) != 1 {
+		t.Fatalf("UnusedBodies = %v, %v; want the orphan", got, err)
+	}
+	c.Put(ctx, reg.JobKey("bad.service"), "\x00", 0)
+	got, err = reg.UnusedBodies(ctx)
+	if err != nil || len(got) != 0 {
+		t.Errorf("UnusedBodies with a corrupt job = %v, %v; want nothing, no error", got, err)
+	}
+}
