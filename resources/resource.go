@@ -172,6 +172,9 @@ type LoadOptions struct {
 	Strict bool
 	// KeepStageFile is the global -keep-stage-file.
 	KeepStageFile bool
+	// CheckTimeout and ReloadTimeout replace DefaultCheckTimeout and
+	// DefaultReloadTimeout for resources that set none (zero: keep them).
+	CheckTimeout, ReloadTimeout time.Duration
 }
 
 // Load reads one resource file. Errors name the file (and line or key).
@@ -279,10 +282,16 @@ func Parse(filename string, b []byte, opts LoadOptions) (*Resource, error) {
 	}
 	r.CheckCmd, r.ReloadCmd = t.CheckCmd, t.ReloadCmd
 	r.CheckTimeout = DefaultCheckTimeout
+	if opts.CheckTimeout > 0 {
+		r.CheckTimeout = opts.CheckTimeout
+	}
 	if t.CheckTimeout.set && t.CheckTimeout.d > 0 {
 		r.CheckTimeout = t.CheckTimeout.d
 	}
 	r.ReloadTimeout = DefaultReloadTimeout
+	if opts.ReloadTimeout > 0 {
+		r.ReloadTimeout = opts.ReloadTimeout
+	}
 	switch {
 	case t.ReloadTimeout.set && t.ReloadTimeout2.set && t.ReloadTimeout.d != t.ReloadTimeout2.d:
 		return nil, fmt.Errorf("resource %s: template.reload_cmd_timeout and template.reload_timeout disagree", filename)

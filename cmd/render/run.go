@@ -65,9 +65,18 @@ type options struct {
 	checkConfig, strict, clientInsecure                       bool
 	interval                                                  int
 	clientCert, clientKey, clientCA, username, password       string
-	scheme, wait, metricsAddr                                 string
-	dialTimeout                                               time.Duration
+	scheme, wait, metricsAddr, debounce, batch                string
+	dialTimeout, watchdog, checkTimeout, reloadTimeout        time.Duration
+	retryMin, retryMax                                        time.Duration
+	preflight                                                 bool
 }
+
+// ignored is a flag accepted for compatibility and otherwise ignored.
+type ignored struct{ bool bool }
+
+func (ignored) String() string     { return "" }
+func (ignored) Set(string) error   { return nil }
+func (i ignored) IsBoolFlag() bool { return i.bool }
 
 // configKeys maps confd's config-file keys (and ours) to flag names.
 func configKeys() map[string]string {
@@ -115,6 +124,26 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "serve /metrics, /health and /ready on this address")
 	fs.BoolVar(&o.checkConfig, "check-config", false, "validate every resource and template (parse, render against the keys), write nothing")
 	fs.BoolVar(&o.strict, "strict", false, "unknown keys in resource and config files are errors, not warnings")
+	// The fork's flags (abtreece/confd): mapped where render has the notion,
+	// accepted (no effect) where it does not, so its unit files run unchanged.
+	fs.Var(listFlag{&o.nodes}, "n", "alias of -node (the fork)")
+	fs.DurationVar(&o.watchdog, "watchdog-interval", 0, "send WATCHDOG=1 this often (default: half of systemd's WatchdogSec)")
+	fs.StringVar(&o.debounce, "debounce", "", "the fork's debounce d: same as -wait d:4d")
+	fs.StringVar(&o.batch, "batch-interval", "", "the fork's batch interval d: same as -wait d:d")
+	fs.DurationVar(&o.checkTimeout, "check-cmd-timeout", 0, "default check_cmd timeout (30s)")
+	fs.DurationVar(&o.reloadTimeout, "reload-cmd-timeout", 0, "default reload_cmd timeout (60s)")
+	fs.DurationVar(&o.retryMin, "retry-base-delay", time.Second, "first backoff after a failure")
+	fs.DurationVar(&o.retryMax, "retry-max-delay", time.Minute, "longest backoff after failures")
+	fs.BoolVar(&o.checkConfig, "validate", false, "same as -check-config (the fork)")
+	fs.BoolVar(&o.preflight, "preflight", false, "check that the backend answers, then exit")
+	for _, name := range []string{"systemd-notify", "diff", "color", "template-cache", "no-template-cache"} {
+		fs.Var(ignored{bool: true}, name, "accepted for the fork's unit files; no effect")
+	}
+	for _, name := range []string{"failure-mode", "backend-timeout", "read-timeout", "write-timeout", "retry-max-attempts",
+		"watch-error-backoff", "preflight-timeout", "shutdown-timeout", "stat-cache-ttl", "diff-context",
+		"auth-token", "srv-domain", "srv-record", "mock-data", "resource"} {
+		fs.Var(ignored{}, name, "accepted for the fork's unit files; no effect")
+	}
 	if err := cmdline.Parse(fs, args, stdout, usage); err != nil {
 		return err
 	}
@@ -147,8 +176,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return
 		}
 		names := []string{"CONFD_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))}
-		if f.Name == "node" {
+		switch f.Name {
+		case "node":
 			names = append(names, "CONFD_NODES")
+		case "client-ca-keys":
+			names = append(names, "CONFD_CLIENT_CAKEYS")
 		}
 		for _, n := range names {
 			if v, ok := os.LookupEnv(n); ok && v != "" {
@@ -182,6 +214,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	wait, err := resources.ParseWait(o.wait)
 	if err != nil {
 		return cmdline.Usagef("-wait: %v", err)
+	}
+	for _, alt := range []struct{ name, val, suffix string }{{"debounce", o.debounce, ""}, {"batch-interval", o.batch, ":" + o.batch}} {
+		if alt.val == "" || !wait.IsZero() {
+			continue
+		}
+		if wait, err = resources.ParseWait(alt.val + alt.suffix); err != nil {
+			return cmdline.Usagef("-%s: %v", alt.name, err)
+		}
 	}
 	if o.interval <= 0 {
 		return cmdline.Usagef("-interval %d: must be positive", o.interval)
@@ -228,7 +268,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if !o.watch {
 		rc.Mode = render.Poll
 	}
+	rc.CheckTimeout, rc.ReloadTimeout = o.checkTimeout, o.reloadTimeout
+	rc.RetryMin, rc.RetryMax = o.retryMin, o.retryMax
 	switch {
+	case o.preflight:
+		pctx, cancel := context.WithTimeout(ctx, o.dialTimeout)
+		defer cancel()
+		if err := src.Ping(pctx); err != nil {
+			return fmt.Errorf("preflight: %w", err)
+		}
+		fmt.Fprintln(stdout, "preflight: backend answers")
+		return nil
 	case o.checkConfig:
 		return render.CheckConfig(ctx, rc, stdout)
 	case o.onetime:
@@ -244,6 +294,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		if d, err := daemon.SdWatchdogEnabled(false); err == nil && d > 0 {
 			rc.WatchdogInterval = d / 2
+		}
+		if o.watchdog > 0 {
+			rc.WatchdogInterval = o.watchdog
 		}
 	}
 	if o.metricsAddr != "" {

@@ -67,6 +67,13 @@ func TestForkFormRendersSameBytes(t *testing.T) {
 	if _, stderr, err := runT(t, "etcd", "--node", ep, "--confdir", d2, "--onetime", "--log-level", "debug"); err != nil {
 		t.Fatalf("fork form: %v\n%s", err, stderr)
 	}
+	d4, out4 := confdir(t)
+	// A unit file written for the fork, with its other flags.
+	if _, stderr, err := runT(t, "etcd", "-n", ep, "--confdir", d4, "--onetime", "--log-format", "json",
+		"--systemd-notify", "--failure-mode", "best-effort", "--check-cmd-timeout", "5s", "--debounce", "1s",
+		"--template-cache", "--backend-timeout", "30s", "--retry-base-delay", "100ms"); err != nil {
+		t.Fatalf("fork flags: %v\n%s", err, stderr)
+	}
 	d3, out3 := confdir(t)
 	t.Setenv("CONFD_NODE", ep)
 	t.Setenv("CONFD_CONFDIR", d3)
@@ -75,7 +82,7 @@ func TestForkFormRendersSameBytes(t *testing.T) {
 		t.Fatalf("fork form from CONFD_* env: %v\n%s", err, stderr)
 	}
 	want := "listen appname\n    \n    server h1 10.0.0.1:80 check\n    \n    server h2 10.0.0.2:80 check\n    \n    server h3 10.0.0.3:80 check\n    \n"
-	for _, p := range []string{out1, out2, out3} {
+	for _, p := range []string{out1, out2, out3, out4} {
 		if b, _ := os.ReadFile(p); string(b) != want {
 			t.Errorf("%s = %q, want %q", p, b, want)
 		}

@@ -55,6 +55,9 @@ type Config struct {
 	// keys in resource files errors.
 	Noop, SyncOnly, KeepStageFile, Strict bool
 	Diff                                  io.Writer
+	// CheckTimeout and ReloadTimeout are the defaults for resources that set
+	// none (zero: resources.DefaultCheckTimeout, DefaultReloadTimeout).
+	CheckTimeout, ReloadTimeout time.Duration
 	// RetryMin and RetryMax bound the backoff after a failure (1s, 1m).
 	RetryMin, RetryMax time.Duration
 	// PingInterval is how often the source's health is probed (5s).
@@ -149,6 +152,7 @@ func (r *runner) loadConfig() (changed bool, errs []error) {
 	opts := resources.LoadOptions{
 		Prefix: r.cfg.Prefix, TemplatesDir: r.cfg.templatesDir(),
 		Strict: r.cfg.Strict, KeepStageFile: r.cfg.KeepStageFile,
+		CheckTimeout: r.cfg.CheckTimeout, ReloadTimeout: r.cfg.ReloadTimeout,
 	}
 	next := make(map[string]*entry, len(names))
 	for _, n := range names {
