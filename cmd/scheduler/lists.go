@@ -255,7 +255,7 @@ func (cl *client) statusCmd(ctx context.Context, args []string) error {
 			if st.Message != "" {
 				fmt.Fprintf(cl.stdout, "     Error: %s\n", st.Message)
 			}
-			if lines, err := localJournal(s.Machines[m], n, cl.o.lines); err == nil && len(lines) > 0 {
+			if lines, err := cl.journal(ctx, s.Machines[m], m, n); err == nil && len(lines) > 0 {
 				fmt.Fprintln(cl.stdout)
 				for _, l := range lines {
 					fmt.Fprintf(cl.stdout, "  %s\n", l)
@@ -290,9 +290,9 @@ func (cl *client) journalCmd(ctx context.Context, args []string) error {
 	}
 	var errs []error
 	for _, m := range sortedKeys(machines) {
-		lines, err := localJournal(s.Machines[m], n, cl.o.lines)
+		lines, err := cl.journal(ctx, s.Machines[m], m, n)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("journal %s on %s: %w", n, machineLabel(s.Machines[m], m, cl.o.full), err))
+			errs = append(errs, err)
 			continue
 		}
 		for _, l := range lines {
@@ -301,6 +301,20 @@ func (cl *client) journalCmd(ctx context.Context, args []string) error {
 		return nil
 	}
 	return errors.Join(errs...)
+}
+
+// journal asks the machine's agent for a unit's last log lines (through
+// etcd, so it works from anywhere), falling back to reading the log file when
+// the agent does not answer and the file is reachable from here.
+func (cl *client) journal(ctx context.Context, m registry.Machine, id, unit string) ([]string, error) {
+	lines, err := cl.reg.Journal(ctx, id, unit, cl.o.lines, cl.o.reqTimeout)
+	if err == nil || !errors.Is(err, registry.ErrNoAnswer) {
+		return lines, err
+	}
+	if local, lerr := localJournal(m, unit, cl.o.lines); lerr == nil {
+		return local, nil
+	}
+	return nil, err
 }
 
 // localJournal reads a unit's log as the machine's process executor keeps it,

@@ -50,6 +50,7 @@ type options struct {
 	replace       bool
 	fields        string
 	lines         int
+	reqTimeout    time.Duration
 }
 
 func (o *options) register(fs *flag.FlagSet) {
@@ -63,6 +64,7 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.fields, "fields", "", "comma-separated columns of list commands (fleet's field names)")
 	fs.IntVar(&o.lines, "lines", 10, "journal: number of lines")
 	fs.IntVar(&o.lines, "n", 10, "journal: number of lines (short for --lines)")
+	fs.DurationVar(&o.reqTimeout, "request-timeout", 5*time.Second, "journal, status: how long to wait for a machine's agent to answer")
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {

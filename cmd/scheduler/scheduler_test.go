@@ -147,19 +147,19 @@ func TestListGolden(t *testing.T) {
 	e := newEnv(t)
 	e.seed()
 	tests := map[string][]string{
-		"list-units":                  {"list-units"},
-		"list-units-full-fields":      {"list-units", "--full", "--fields", "unit,machine,load,hash"},
-		"list-unit-files":             {"list-unit-files"},
-		"list-unit-files-no-legend":   {"list-unit-files", "--no-legend"},
-		"list-unit-files-fields":      {"list-unit-files", "--fields=unit,desc,global,reason"},
-		"list-machines":               {"list-machines"},
-		"list-machines-full":          {"--full", "list-machines"},
-		"status":                      {"status", "web@1.service", "web@2.service"},
-		"cat":                         {"cat", "web@2.service"},
-		"list-unit-files-bad-field":   {"list-unit-files", "--fields", "unit,nope"},
-		"destroy-unknown":             {"destroy", "nope.service", "--no-block"},
-		"start-template":              {"start", "--no-block", "web@.service"},
-		"journal-not-on-this-machine": {"journal", "web@1.service"},
+		"list-units":                {"list-units"},
+		"list-units-full-fields":    {"list-units", "--full", "--fields", "unit,machine,load,hash"},
+		"list-unit-files":           {"list-unit-files"},
+		"list-unit-files-no-legend": {"list-unit-files", "--no-legend"},
+		"list-unit-files-fields":    {"list-unit-files", "--fields=unit,desc,global,reason"},
+		"list-machines":             {"list-machines"},
+		"list-machines-full":        {"--full", "list-machines"},
+		"status":                    {"status", "--request-timeout", "300ms", "web@1.service", "web@2.service"},
+		"cat":                       {"cat", "web@2.service"},
+		"list-unit-files-bad-field": {"list-unit-files", "--fields", "unit,nope"},
+		"destroy-unknown":           {"destroy", "nope.service", "--no-block"},
+		"start-template":            {"start", "--no-block", "web@.service"},
+		"journal-no-answer":         {"journal", "--request-timeout=300ms", "web@1.service"},
 	}
 	for name, args := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/flotilla/flotilla/internal/executor"
@@ -56,13 +58,15 @@ func (a *Agent) session(ctx context.Context) error {
 
 	poll := time.NewTicker(a.opts.PollInterval)
 	defer poll.Stop()
+	journal := c.WatchPrefix(ctx, a.reg.JournalRequestPrefix(a.opts.Machine.ID), 0)
+	defer journal.Close()
 	for {
 		rev, err := s.resync(ctx)
 		if err != nil {
 			return err
 		}
 		w := c.WatchPrefix(ctx, a.reg.SchedulePrefix(a.opts.Machine.ID), rev+1)
-		err = s.watch(ctx, w, poll.C)
+		err = s.watch(ctx, w, journal, poll.C)
 		w.Close()
 		if !errors.Is(err, store.ErrCompacted) {
 			return err
@@ -114,7 +118,7 @@ func (s *session) resync(ctx context.Context) (int64, error) {
 	return rev, nil
 }
 
-func (s *session) watch(ctx context.Context, w *store.Watch, poll <-chan time.Time) error {
+func (s *session) watch(ctx context.Context, w, journal *store.Watch, poll <-chan time.Time) error {
 	a := s.a
 	for {
 		select {
@@ -147,6 +151,18 @@ func (s *session) watch(ctx context.Context, w *store.Watch, poll <-chan time.Ti
 				s.apply(ctx, name)
 			}
 			s.report(ctx)
+		case b, ok := <-journal.C:
+			if !ok {
+				return ctx.Err()
+			}
+			if b.Err != nil {
+				return b.Err
+			}
+			for _, ev := range b.Events {
+				if ev.Type == store.EventPut {
+					s.answerJournal(ctx, ev.KV)
+				}
+			}
 		case <-a.ex.Changes():
 			s.report(ctx)
 		case <-poll:
@@ -270,4 +286,28 @@ func short(h string) string {
 		return h[:7]
 	}
 	return h
+}
+
+// answerJournal answers a request for a unit's last log lines.
+func (s *session) answerJournal(ctx context.Context, kv store.KV) {
+	a := s.a
+	rest := strings.TrimPrefix(kv.Key, a.reg.JournalRequestPrefix(a.opts.Machine.ID))
+	i := strings.LastIndexByte(rest, '/')
+	if i < 0 {
+		return
+	}
+	name, nonce := rest[:i], rest[i+1:]
+	n, err := strconv.Atoi(string(kv.Value))
+	if err != nil || n <= 0 || n > 10000 {
+		n = 10
+	}
+	var resp registry.JournalResponse
+	lines, err := a.ex.Journal(ctx, name, n)
+	resp.Lines = lines
+	if err != nil {
+		resp.Error = err.Error()
+	}
+	if _, err := s.lease.Put(ctx, a.reg.JournalResponseKey(nonce), registry.Encode(resp)); err != nil {
+		a.log.Warn("answer journal request", "unit", name, "err", err)
+	}
 }

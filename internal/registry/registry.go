@@ -335,3 +335,23 @@ func Encode(v any) string {
 	}
 	return string(b)
 }
+
+// JournalRequestPrefix is where requests for machine's unit logs appear:
+// <p>journal/req/<machine>/<unit>/<nonce> = number of lines, bound to the
+// requester's lease. The machine's agent answers at JournalResponseKey.
+func (r *Registry) JournalRequestPrefix(machine string) string {
+	return r.prefix + "journal/req/" + machine + "/"
+}
+
+// JournalResponseKey is where an agent answers the request with this nonce:
+// JSON {"lines":[…],"error":…}, bound to the agent's presence lease; the
+// requester deletes it once read.
+func (r *Registry) JournalResponseKey(nonce string) string {
+	return r.prefix + "journal/resp/" + nonce
+}
+
+// JournalResponse is an agent's answer to a journal request.
+type JournalResponse struct {
+	Lines []string `json:"lines"`
+	Error string   `json:"error,omitempty"`
+}
