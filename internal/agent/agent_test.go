@@ -131,6 +131,12 @@ func TestAgentRunsTargetedUnitsAndSurvivesLeaseLoss(t *testing.T) {
 		t.Errorf("presence = %+v", s.Machines)
 	}
 
+	// The agent answers journal requests through etcd.
+	lines, err := reg.Journal(ctx, "m1", "web.service", 5, 10*time.Second)
+	if err != nil || !strings.Contains(strings.Join(lines, "\n"), "Started web.service") {
+		t.Errorf("journal through the agent = %q, %v", lines, err)
+	}
+
 	// etcd unreachable for longer than the TTL: the unit must stop.
 	srv.Stop()
 	eventually(t, "unit stopped after lease loss", func() bool { return !alive(first) })
