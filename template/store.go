@@ -126,15 +126,35 @@ func literalPrefix(pattern string) string {
 // whenever the store holds at least one key, as in memkv.
 func (s *Store) getAll(pattern string) (KVPairs, error) {
 	out := make(KVPairs, 0)
+	if err := s.match(pattern, func(kv KVPair) { out = append(out, kv) }); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// getAllValues is memkv's GetAllValues: the values of getAll, sorted by value.
+func (s *Store) getAllValues(pattern string) ([]string, error) {
+	vs := make([]string, 0)
+	if err := s.match(pattern, func(kv KVPair) { vs = append(vs, kv.Value) }); err != nil {
+		return make([]string, 0), err
+	}
+	sort.Strings(vs)
+	return vs, nil
+}
+
+// match calls fn, in key order, for every pair whose key matches pattern.
+func (s *Store) match(pattern string, fn func(KVPair)) error {
 	var err error
 	lit := literalPrefix(pattern)
 	// "lit*" (the seed's "/clusterstate/ns/*") matches exactly the keys
 	// that continue lit without a "/": no need for path.Match per key.
 	trailingStar := len(pattern) == len(lit)+1 && pattern[len(lit)] == '*'
+	n := 0
 	s.ascendPrefix(lit, func(kv KVPair) bool {
 		if trailingStar {
 			if strings.IndexByte(kv.Key[len(lit):], '/') < 0 {
-				out = append(out, kv)
+				fn(kv)
+				n++
 			}
 			return true
 		}
@@ -144,36 +164,23 @@ func (s *Store) getAll(pattern string) (KVPairs, error) {
 			return false
 		}
 		if ok {
-			out = append(out, kv)
+			fn(kv)
+			n++
 		}
 		return true
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if len(out) == 0 && s.t.Len() > 0 {
+	if n == 0 && s.t.Len() > 0 {
 		// memkv matches the pattern against every key, so a malformed
 		// pattern fails even when no key shares its literal prefix.
 		first, _ := s.t.Min()
 		if _, merr := path.Match(pattern, first.Key); merr != nil {
-			return nil, merr
+			return merr
 		}
 	}
-	return out, nil
-}
-
-// getAllValues is memkv's GetAllValues: the values of getAll, sorted by value.
-func (s *Store) getAllValues(pattern string) ([]string, error) {
-	kvs, err := s.getAll(pattern)
-	if err != nil {
-		return make([]string, 0), err
-	}
-	vs := make([]string, len(kvs))
-	for i, kv := range kvs {
-		vs[i] = kv.Value
-	}
-	sort.Strings(vs)
-	return vs, nil
+	return nil
 }
 
 func pathToTerms(p string) []string { return strings.Split(path.Clean(p), "/") }
