@@ -609,9 +609,9 @@ func (e *Executor) install(ctx context.Context, c *sddbus.Conn, n unitName, hash
 	modified := false // an existing file changed or went
 	write := func(path string, content []byte) error {
 		_, serr := os.Stat(path)
-		c, err := writeAtomic(path, content)
-		changed = changed || c
-		modified = modified || (c && serr == nil)
+		wrote, err := writeAtomic(path, content)
+		changed = changed || wrote
+		modified = modified || (wrote && serr == nil)
 		return err
 	}
 	if n.instance == "" {
