@@ -220,17 +220,36 @@ func (e *Engine) watchLoop(ctx context.Context, lead *store.Leadership, w *store
 		case <-debounce:
 			debounce = nil
 			if _, err := e.Pass(ctx, lead.Guard()); err != nil {
-				return err
+				if fatal(ctx, err) {
+					return err
+				}
+				e.log.Warn("engine pass failed; retrying", "err", err)
+				debounce = time.After(time.Second)
 			}
 		case <-period:
 			if _, err := e.Pass(ctx, lead.Guard()); err != nil {
-				return err
+				if fatal(ctx, err) {
+					return err
+				}
+				e.log.Warn("engine pass failed; retrying", "err", err)
+				debounce = time.After(time.Second)
+				continue
 			}
 			if err := e.collectBodies(ctx, lead.Guard()); err != nil {
-				return err
+				if fatal(ctx, err) {
+					return err
+				}
+				e.log.Warn("collect unused bodies", "err", err)
 			}
 		}
 	}
+}
+
+// fatal reports whether a pass error ends the leadership: lost leadership
+// or the engine stopping. Anything else (etcd briefly unreachable) is retried
+// while still leader.
+func fatal(ctx context.Context, err error) bool {
+	return ctx.Err() != nil || errors.Is(err, ErrNotLeader)
 }
 
 // passResult is PassStats plus the revision the pass read at.
