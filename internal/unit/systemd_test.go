@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/flotilla/flotilla/internal/systemdtest"
 	"maps"
 	"os"
 	"os/exec"
@@ -21,20 +22,10 @@ import (
 // and $VAR/${VAR} expansion. Each unit runs printf '%s\0' with the words
 // under test; the NUL-separated output is systemd's argv.
 func TestExecMatchesSystemd(t *testing.T) {
-	const manager = "/lib/systemd/systemd"
-	if _, err := os.Stat(manager); err != nil {
-		t.Skipf("no systemd at %s: %v", manager, err)
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a tmpfs in a private mount namespace")
-	}
-	// A private mount namespace hides the tmpfs from the host; a private PID
-	// namespace whose init is killed with the test (--kill-child) takes the
-	// manager down with it, even if the test is killed.
-	ns := []string{"--mount", "--propagation", "private", "--pid", "--fork", "--kill-child", "--mount-proc"}
-	if err := exec.Command("unshare", append(ns, "true")...).Run(); err != nil {
-		t.Skipf("unshare %v is not permitted here: %v", ns, err)
-	}
+	// systemdtest keeps the manager in its own cgroup, mount and PID
+	// namespaces: a user manager started in the host's root cgroup would move
+	// the host's processes into /init.scope.
+	m := systemdtest.New(t)
 	printf, err := exec.LookPath("printf")
 	if err != nil {
 		t.Skip("no printf program")
@@ -58,20 +49,8 @@ func TestExecMatchesSystemd(t *testing.T) {
 		// environment runs env -0 instead of printf: Environment= parsing.
 		{name: "environment", service: "Environment=\"FA=x y\" FB='q r' FC=a\\tb\\s FD=\\x41 \"FE=1\" FF=\nEnvironment=FG=%n FH=100%% FF=last\nEnvironment=FI=\"in\"side", args: "-0"},
 	}
-	dir := t.TempDir()
-	var script strings.Builder
-	script.WriteString(`set -e
-mkdir -p /run/systemd && mount -t tmpfs tmpfs /run/systemd && mkdir -p /run/systemd/system
-export XDG_RUNTIME_DIR=` + dir + `/xdg
-mkdir -p -m 700 "$XDG_RUNTIME_DIR"
-mkdir -p "$XDG_RUNTIME_DIR/systemd/user"
-cp ` + dir + `/units/* "$XDG_RUNTIME_DIR/systemd/user/"
-` + manager + ` --user >` + dir + `/manager.log 2>&1 &
-pid=$!
-trap 'kill $pid; wait $pid || true' EXIT
-export DBUS_SESSION_BUS_ADDRESS=unix:path=$XDG_RUNTIME_DIR/bus
-for i in $(seq 100); do [ -S "$XDG_RUNTIME_DIR/bus" ] && break; sleep 0.05; done
-`)
+	dir := filepath.Join(m.Dir, "exec")
+	var starts []string
 	if err := os.MkdirAll(filepath.Join(dir, "units"), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +75,7 @@ for i in $(seq 100); do [ -S "$XDG_RUNTIME_DIR/bus" ] && break; sleep 0.05; done
 		if c.instance == "" {
 			file, unitName = c.name+".service", c.name+".service"
 		}
-		if err := os.WriteFile(filepath.Join(dir, "units", file), []byte(body), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(m.UnitDir, file), []byte(body), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		f, err := Parse(unitName, []byte(body))
@@ -104,14 +83,18 @@ for i in $(seq 100); do [ -S "$XDG_RUNTIME_DIR/bus" ] && break; sleep 0.05; done
 			t.Fatalf("%s: Parse: %v\n%s", c.name, err, body)
 		}
 		jobs = append(jobs, job{name: c.name, unitName: unitName, out: out, file: f})
-		fmt.Fprintf(&script, "systemctl --user start '%s' || { systemctl --user status '%s' | cat; exit 1; }\n", unitName, unitName)
+		starts = append(starts, unitName)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "unshare", append(ns, "bash", "-c", script.String())...)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		log, _ := os.ReadFile(filepath.Join(dir, "manager.log"))
-		t.Fatalf("systemd run failed: %v\n%s\nmanager log:\n%s", err, out, log)
+	if _, err := m.Systemctl(ctx, "daemon-reload"); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range starts {
+		if out, err := m.Systemctl(ctx, "start", u); err != nil {
+			status, _ := m.Systemctl(ctx, "status", u)
+			t.Fatalf("start %s: %v\n%s\n%s\nmanager log:\n%s", u, err, out, status, m.Log())
+		}
 	}
 
 	host, _ := os.Hostname()
