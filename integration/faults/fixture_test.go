@@ -342,7 +342,7 @@ Description=fault-suite backend %[2]s
 [Service]
 Environment=%[7]s=backend
 ExecStart=%[1]s %[3]s %[2]s ${PUBLIC_IP}:%[4]d
-ExecStartPost=%[5]s --detach --ttl %[8]s --endpoints %[6]s --host %[9]s --addr ${PUBLIC_IP}:%[4]d %[10]s%[2]s
+ExecStartPost=%[5]s --detach --ttl %[8]s --endpoints %[6]s --check http://${PUBLIC_IP}:%[4]d/ --check-interval 500ms --host %[9]s --addr ${PUBLIC_IP}:%[4]d %[10]s%[2]s
 %[11]s`, self(t), name, token, port, bin("announce"), strings.Join(endpoints, ","), envRole, ttl, host, announcePrefix, xfleet))
 }
 
