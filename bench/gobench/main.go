@@ -1,11 +1,18 @@
 // Command gobench turns `go test -bench` output into JSON lines
 // {"name","unit","value","runs"}, one per benchmark and metric, with the median
-// over repeated runs (-count). Usage: go test -bench . -count 5 ./pkg | gobench pkg
+// over repeated runs (-count). Usage:
+//
+//	go test -bench . -count 5 ./pkg | gobench [-suffix tag] pkg
+//
+// Names are pkg.Name/sub[/suffix]: the suffix tells apart runs of the same
+// benchmark under another setup (etcd=binary). Lines that are not benchmark
+// results are passed to stderr, so a failure shows in the log.
 package main
 
 import (
 	"bufio"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -22,17 +29,16 @@ type result struct {
 }
 
 func main() {
-	pkg := ""
-	if len(os.Args) > 1 {
-		pkg = os.Args[1]
-	}
-	if err := run(os.Stdin, os.Stdout, pkg); err != nil {
+	fs := flag.NewFlagSet("gobench", flag.ExitOnError)
+	suffix := fs.String("suffix", "", "appended to every name as /suffix")
+	fs.Parse(os.Args[1:])
+	if err := run(os.Stdin, os.Stdout, os.Stderr, fs.Arg(0), *suffix); err != nil {
 		fmt.Fprintln(os.Stderr, "gobench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(r io.Reader, w io.Writer, pkg string) error {
+func run(r io.Reader, w, log io.Writer, pkg, suffix string) error {
 	samples := map[[2]string][]float64{}
 	var order [][2]string
 	sc := bufio.NewScanner(r)
@@ -40,6 +46,9 @@ func run(r io.Reader, w io.Writer, pkg string) error {
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
 		if len(f) < 4 || !strings.HasPrefix(f[0], "Benchmark") {
+			if len(f) > 0 && (f[0] == "FAIL" || f[0] == "---" || strings.HasPrefix(f[0], "panic") || strings.Contains(sc.Text(), "_test.go:")) {
+				fmt.Fprintln(log, sc.Text())
+			}
 			continue
 		}
 		name := strings.TrimPrefix(f[0], "Benchmark")
@@ -48,6 +57,9 @@ func run(r io.Reader, w io.Writer, pkg string) error {
 		}
 		if pkg != "" {
 			name = pkg + "." + name
+		}
+		if suffix != "" {
+			name += "/" + suffix
 		}
 		for i := 2; i+1 < len(f); i += 2 {
 			v, err := strconv.ParseFloat(f[i], 64)

@@ -1,31 +1,150 @@
-// Command table prints bench results (JSON lines on stdin) as an aligned table.
+// Command table prints bench results (JSON lines on stdin, as bench/run.sh
+// writes them) as an aligned table on stdout: one row per name and unit (the
+// last line wins when a figure was recorded twice), ns/op shown as ms, the
+// goal of the issue that asks for the figure marked met / NOT MET, and, for a
+// peer run (…/confd/…, …/confd-fork/…), how many times render is ahead.
+// B/op and allocs/op rows are left to the results file unless -all is given.
 package main
 
 import (
 	"bufio"
 	"encoding/json"
+	"flag"
 	"fmt"
+	"io"
 	"os"
+	"regexp"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 )
 
 func main() {
-	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "BENCHMARK\tVALUE\tUNIT\tNOTE")
-	sc := bufio.NewScanner(os.Stdin)
+	fs := flag.NewFlagSet("table", flag.ExitOnError)
+	all := fs.Bool("all", false, "also show B/op and allocs/op")
+	fs.Parse(os.Args[1:])
+	if err := run(os.Stdin, os.Stdout, *all); err != nil {
+		fmt.Fprintln(os.Stderr, "table:", err)
+		os.Exit(1)
+	}
+}
+
+// row is one figure.
+type row struct {
+	Name  string  `json:"name"`
+	Unit  string  `json:"unit"`
+	Value float64 `json:"value"`
+	Note  string  `json:"note"`
+}
+
+// goal is a target an issue sets for one figure: the value must be below (or,
+// with atLeast, at least) limit.
+type goal struct {
+	name    *regexp.Regexp
+	unit    string
+	limit   float64
+	atLeast bool
+	issue   string
+}
+
+// goals are the issues' targets, matched against names without the /etcd=…
+// suffix.
+func goals() []goal {
+	g := func(re, unit string, limit float64, atLeast bool, issue string) goal {
+		return goal{regexp.MustCompile(re), unit, limit, atLeast, issue}
+	}
+	return []goal{
+		g(`^cmd/announce\.StartToVisible`, "p50-ms", 50, false, "#3"),
+		g(`^cmd/announce\.IdleProcess`, "RSS-MB", 15, false, "#3"),
+		g(`^cmd/announce\.IdleProcess`, "idle-CPU-%", 1, false, "#3 (~0)"),
+		g(`^internal/announce\.Hold10k`, "alive-after-ttl", 10000, true, "#3"),
+		g(`^integration/render\.PutToFile/keys=1k`, "p50-ms", 5, false, "#4"),
+		g(`^integration/render\.RSS100k`, "rss-MB", 100, false, "#5"),
+		g(`^integration/render\.CPUEtcdDown`, "cpu-%", 1, false, "#5 (~0)"),
+		g(`^integration/render\.BurstReloads/wait=`, "reloads/burst", 1, false, "#5 (one)"),
+		g(`^placement/units=10000/machines=1000/`, "ms/place", 1000, false, "#6"),
+		g(`^integration/scheduler\.MachineLossToRunning`, "loss-to-running-s", 3, false, "#6 (TTL 2s + 1 reconcile)"),
+	}
+}
+
+var suffix = regexp.MustCompile(`/etcd=[^/]+$`)
+
+// peer matches a peer benchmark: prefix, implementation, rest.
+var peer = regexp.MustCompile(`^(.*\.Peer[A-Za-z]+)/(confd|confd-fork)/(.*)$`)
+
+func run(r io.Reader, w io.Writer, all bool) error {
+	var rows []row
+	index := map[[2]string]int{}
+	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
-		var r struct {
-			Name  string  `json:"name"`
-			Unit  string  `json:"unit"`
-			Value float64 `json:"value"`
-			Note  string  `json:"note"`
-		}
-		if json.Unmarshal(sc.Bytes(), &r) != nil || r.Name == "" {
+		var x row
+		if json.Unmarshal(sc.Bytes(), &x) != nil || x.Name == "" {
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Name, strconv.FormatFloat(r.Value, 'g', 6, 64), r.Unit, r.Note)
+		if x.Unit == "ns/op" {
+			x.Unit, x.Value = "ms/op", x.Value/1e6
+		}
+		k := [2]string{x.Name, x.Unit}
+		if i, ok := index[k]; ok {
+			rows[i] = x
+			continue
+		}
+		index[k] = len(rows)
+		rows = append(rows, x)
 	}
-	tw.Flush()
+	if err := sc.Err(); err != nil {
+		return err
+	}
+	gs := goals()
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "BENCHMARK\tVALUE\tUNIT\tGOAL / NOTE")
+	for _, x := range rows {
+		if !all && (x.Unit == "B/op" || x.Unit == "allocs/op") {
+			continue
+		}
+		note := x.Note
+		base := suffix.ReplaceAllString(x.Name, "")
+		for _, g := range gs {
+			if g.unit != x.Unit || !g.name.MatchString(base) {
+				continue
+			}
+			met := x.Value < g.limit
+			op := "<"
+			if g.atLeast {
+				met, op = x.Value >= g.limit, "≥"
+			}
+			verdict := "met"
+			if !met {
+				verdict = "NOT MET"
+			}
+			note = strings.TrimSpace(fmt.Sprintf("goal %s %s %s: %s %s", op, fmtv(g.limit), g.issue, verdict, note))
+		}
+		if m := peer.FindStringSubmatch(x.Name); m != nil {
+			if i, ok := index[[2]string{m[1] + "/render/" + m[3], x.Unit}]; ok && rows[i].Value > 0 && x.Unit != "B/op" && x.Unit != "allocs/op" {
+				ratio := x.Value / rows[i].Value
+				note = strings.TrimSpace(fmt.Sprintf("render %s× ahead of %s %s", fmtv(ratio), m[2], note))
+				if strings.HasPrefix(m[3], "keys=10k") && m[2] == "confd" && !strings.Contains(x.Name, "Burst") {
+					verdict := "met"
+					if ratio < 10 {
+						verdict = "NOT MET"
+					}
+					note += " (goal ≥ 10× #4: " + verdict + ")"
+				}
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", x.Name, fmtv(x.Value), x.Unit, note)
+	}
+	return tw.Flush()
+}
+
+func fmtv(v float64) string {
+	switch {
+	case v >= 1000 || v == float64(int64(v)):
+		return strconv.FormatFloat(v, 'f', 0, 64)
+	case v >= 10:
+		return strconv.FormatFloat(v, 'f', 1, 64)
+	default:
+		return strconv.FormatFloat(v, 'g', 3, 64)
+	}
 }
