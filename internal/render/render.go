@@ -120,6 +120,7 @@ type entry struct {
 	failures     int
 	retryAt      time.Time
 	reloadWanted bool
+	reloadSince  time.Time // when the pending reload was first wanted
 	reloadAt     time.Time
 	reloadFails  int
 	lastReload   time.Time
@@ -335,8 +336,8 @@ func (r *runner) due(e *entry) time.Time {
 	} else if e.failures > 0 {
 		t = e.retryAt
 	}
-	if e.reloadWanted && (t.IsZero() || e.reloadAt.Before(t)) {
-		t = e.reloadAt
+	if e.reloadWanted && (t.IsZero() || r.reloadDue(e).Before(t)) {
+		t = r.reloadDue(e)
 	}
 	return t
 }
@@ -349,8 +350,11 @@ func (r *runner) backoff(n int) time.Duration {
 	return min(d, r.cfg.RetryMax)
 }
 
-// process renders what is due and runs reloads that are due.
-func (r *runner) process(ctx context.Context) {
+// process renders what is due, takes in what the watch queued meanwhile
+// (drain), then runs the reloads that are due. A resource that changed again
+// renders again before it reloads, so a burst of changes costs one reload
+// (at most one per maxReloadHold while changes keep coming).
+func (r *runner) process(ctx context.Context, drain func()) {
 	for _, e := range r.sorted() {
 		now := time.Now()
 		d := r.due(e)
@@ -362,10 +366,31 @@ func (r *runner) process(ctx context.Context) {
 				r.render(ctx, e)
 			}
 		}
-		if e.reloadWanted && !e.reloadAt.After(time.Now()) {
+	}
+	drain()
+	for _, e := range r.sorted() {
+		if ctx.Err() != nil {
+			return
+		}
+		if e.reloadWanted && !r.reloadDue(e).After(time.Now()) {
 			r.reload(ctx, e)
 		}
 	}
+}
+
+// maxReloadHold bounds how long changes that keep coming hold a reload back.
+const maxReloadHold = time.Second
+
+// reloadDue is when e's wanted reload runs: at reloadAt, or, while e has
+// changes not yet rendered, once those are rendered (at most maxReloadHold
+// after it was first wanted).
+func (r *runner) reloadDue(e *entry) time.Time {
+	if e.dirty {
+		if hold := e.reloadSince.Add(maxReloadHold); hold.After(e.reloadAt) {
+			return hold
+		}
+	}
+	return e.reloadAt
 }
 
 // render renders e and puts the file in place; on success it starts or
@@ -392,6 +417,9 @@ func (r *runner) render(ctx context.Context, e *entry) {
 			if changed {
 				r.log.Info("rendered", "resource", name, "dest", e.res.Dest, "rev", r.rev, "noop", r.cfg.Noop)
 				if !r.cfg.Noop && !r.cfg.SyncOnly && e.res.ReloadCmd != "" {
+					if !e.reloadWanted {
+						e.reloadSince = now
+					}
 					e.reloadWanted, e.reloadFails = true, 0
 					e.reloadAt = now
 					if mri := e.res.MinReloadInterval; mri > 0 && !e.lastReload.IsZero() && now.Sub(e.lastReload) < mri {
@@ -614,7 +642,17 @@ func (r *runner) loop(ctx context.Context, cfgEvents <-chan struct{}) error {
 				nextPoll = now.Add(r.cfg.Interval)
 			}
 		}
-		r.process(ctx)
+		r.process(ctx, func() {
+			for wc != nil {
+				select {
+				case b, ok := <-wc:
+					r.batch(b, ok, &needResync, &resyncAt, closeWatch)
+					continue
+				default:
+				}
+				return
+			}
+		})
 		if ctx.Err() != nil {
 			break
 		}

@@ -1,0 +1,142 @@
+package render_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flotilla/flotilla/internal/etcdtest"
+)
+
+// peerBin is one implementation run as a process over the same workload.
+type peerBin struct {
+	name string
+	bin  string
+	fork bool // the fork's command form
+}
+
+func (p peerBin) args(ep, dir string, extra ...string) []string {
+	if p.fork {
+		a := []string{"etcd", "--node", ep, "--confdir", dir, "--log-level", "error"}
+		for _, e := range extra {
+			a = append(a, "-"+e) // --onetime, --watch …
+		}
+		return a
+	}
+	return append([]string{"-backend", "etcdv3", "-node", ep, "-confdir", dir, "-log-level", "error"}, extra...)
+}
+
+// peers returns render and the peers given by CONFD / CONFD_FORK; it skips
+// when no peer is given (render's own figures come from the other benchmarks).
+func peers(b *testing.B) []peerBin {
+	if os.Getenv("CONFD") == "" && os.Getenv("CONFD_FORK") == "" {
+		b.Skip("CONFD / CONFD_FORK not set: no peer to compare with")
+	}
+	ps := []peerBin{{name: "render", bin: buildRender(b)}}
+	if p := os.Getenv("CONFD"); p != "" {
+		ps = append(ps, peerBin{name: "confd", bin: p})
+	}
+	if p := os.Getenv("CONFD_FORK"); p != "" {
+		ps = append(ps, peerBin{name: "confd-fork", bin: p, fork: true})
+	}
+	return ps
+}
+
+// BenchmarkPeerOnetime: a -onetime process over 1k and 10k keys.
+func BenchmarkPeerOnetime(b *testing.B) {
+	ps := peers(b)
+	for _, n := range sizes[:2] {
+		srv := etcdtest.New(b)
+		loadKeys(b, srv.Client(), n)
+		for _, p := range ps {
+			b.Run(p.name+"/"+sizeName(n), func(b *testing.B) {
+				dir, dest := benchConfdir(b, "")
+				for b.Loop() {
+					os.Remove(dest)
+					if out, err := exec.Command(p.bin, p.args(srv.Endpoint(), dir, "-onetime")...).CombinedOutput(); err != nil {
+						b.Fatalf("%s: %v\n%s", p.name, err, out)
+					}
+				}
+				if !strings.Contains(read(dest), benchVal(n-1, "")) {
+					b.Fatalf("%s did not render", p.name)
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkPeerPutToFile: one put → file, with each implementation watching.
+func BenchmarkPeerPutToFile(b *testing.B) {
+	ps := peers(b)
+	for _, n := range sizes[:2] {
+		srv := etcdtest.New(b)
+		c := srv.Client()
+		loadKeys(b, c, n)
+		for _, p := range ps {
+			b.Run(p.name+"/"+sizeName(n), func(b *testing.B) {
+				dir, dest := benchConfdir(b, "")
+				fw := newFileWaiter(b, dest)
+				startRender(b, p.bin, p.args(srv.Endpoint(), dir, "-watch")...)
+				fw.wait(b, []byte(benchVal(n-1, "")))
+				var lat []time.Duration
+				i := 0
+				for b.Loop() {
+					i++
+					v := benchVal(0, "-"+p.name+strconv.Itoa(i))
+					start := time.Now()
+					if _, err := c.Put(context.Background(), benchKey(0), v, 0); err != nil {
+						b.Fatal(err)
+					}
+					fw.wait(b, []byte(v+" check"))
+					lat = append(lat, time.Since(start))
+				}
+				b.ReportMetric(percentile(lat, 0.50), "p50-ms")
+				b.ReportMetric(percentile(lat, 0.99), "p99-ms")
+			})
+		}
+	}
+}
+
+// BenchmarkPeerBurst: reloads per burst of 200 puts, each implementation
+// watching with its defaults (and render with -wait).
+func BenchmarkPeerBurst(b *testing.B) {
+	ps := peers(b)
+	srv := etcdtest.New(b)
+	c := srv.Client()
+	loadKeys(b, c, 1000)
+	ps = append(ps, peerBin{name: "render-wait", bin: ps[0].bin})
+	for _, p := range ps {
+		b.Run(p.name, func(b *testing.B) {
+			reloadsFile := filepath.Join(b.TempDir(), "reloads")
+			dir, dest := benchConfdir(b, fmt.Sprintf("reload_cmd = \"echo r >> %s\"", reloadsFile))
+			fw := newFileWaiter(b, dest)
+			var extra []string
+			if p.name == "render-wait" {
+				extra = []string{"-wait", "100ms:2s"}
+			}
+			startRender(b, p.bin, p.args(srv.Endpoint(), dir, append([]string{"-watch"}, extra...)...)...)
+			fw.wait(b, []byte(benchVal(999, "")))
+			reloads := func() int { return strings.Count(read(reloadsFile), "\n") }
+			total, bursts := 0, 0
+			for b.Loop() {
+				bursts++
+				time.Sleep(500 * time.Millisecond)
+				before := reloads()
+				tag := fmt.Sprintf("-%s-b%d-", p.name, bursts)
+				for i := range 200 {
+					c.Put(context.Background(), benchKey(i%100), benchVal(i%100, tag+strconv.Itoa(i)), 0)
+				}
+				fw.wait(b, []byte(benchVal(99, tag+"199")))
+				time.Sleep(2500 * time.Millisecond) // past render's max wait: every reload is in
+				total += reloads() - before
+			}
+			b.ReportMetric(float64(total)/float64(bursts), "reloads/burst")
+		})
+	}
+}
