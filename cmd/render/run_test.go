@@ -182,3 +182,24 @@ func TestHelp(t *testing.T) {
 		t.Errorf("help: %v %q", err, stdout)
 	}
 }
+
+func TestTLSAndAuthFlags(t *testing.T) {
+	certs := etcdtest.NewCerts(t)
+	srv := etcdtest.New(t, etcdtest.WithTLS(certs))
+	srv.Client().Put(context.Background(), "/clusterstate/ns/a", "tls 1.1.1.1:1", 0)
+	dir, dest := confdir(t)
+	_, stderr, err := runT(t, "-node", srv.Endpoint(), "-confdir", dir, "-onetime",
+		"-client-cert", certs.ClientCert, "-client-key", certs.ClientKey, "-client-ca-keys", certs.CA)
+	if err != nil {
+		t.Fatal(err, stderr)
+	}
+	if b, _ := os.ReadFile(dest); !strings.Contains(string(b), "server tls 1.1.1.1:1 check") {
+		t.Errorf("dest = %q", b)
+	}
+	// The wrong CA is refused with a message that says so.
+	_, _, err = runT(t, "-node", srv.Endpoint(), "-confdir", dir, "-onetime", "-dial-timeout", "1s",
+		"-client-cert", certs.ClientCert, "-client-key", certs.ClientKey, "-client-ca-keys", certs.OtherCA)
+	if err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("wrong CA: %v", err)
+	}
+}

@@ -583,3 +583,29 @@ func TestNotifyMetricsAndHealth(t *testing.T) {
 		t.Errorf("states %q", got())
 	}
 }
+
+func TestPollMode(t *testing.T) {
+	f := newFixture(t)
+	dest := f.resource("poll", `"/poll"`, `p={{getv "/poll/v"}}`+"\n", "")
+	f.put("/poll/v", "1")
+	cfg := f.config()
+	cfg.Mode, cfg.Interval = render.Poll, 100*time.Millisecond
+	f.run(cfg)
+	f.eventually("first render", func() bool { return read(dest) == "p=1\n" })
+	f.put("/poll/v", "2")
+	f.eventually("render at the next poll", func() bool { return read(dest) == "p=2\n" })
+}
+
+func TestFileBackendWatch(t *testing.T) {
+	f := newFixture(t)
+	dest := f.resource("fb", `"/svc"`, `{{range gets "/svc/*"}}{{.Key}}={{.Value}}
+{{end}}`, "")
+	f.write("data.yaml", "svc:\n  a: 1\n  b: [x, y]\n")
+	data := filepath.Join(f.dir, "data.yaml")
+	cfg := f.config()
+	cfg.Source = &render.FileSource{Files: []string{data}}
+	f.run(cfg)
+	f.eventually("render from the file", func() bool { return read(dest) == "/svc/a=1\n" })
+	f.write("data.yaml", "svc:\n  a: 2\n  c: {d: e}\n")
+	f.eventually("render after the file changed", func() bool { return read(dest) == "/svc/a=2\n" })
+}
