@@ -350,21 +350,141 @@ func (r *runner) backoff(n int) time.Duration {
 	return min(d, r.cfg.RetryMax)
 }
 
-// process renders what is due, takes in what the watch queued meanwhile
-// (drain), then runs the reloads that are due. A resource that changed again
-// renders again before it reloads, so a burst of changes costs one reload
-// (at most one per maxReloadHold while changes keep coming).
-func (r *runner) process(ctx context.Context, drain func()) {
+// job is one render (or reload) of one resource, run off the loop so that a
+// slow check or reload of one resource never holds back another.
+type job struct {
+	e      *entry
+	reload bool
+	store  *template.Store // the snapshot to render (a Clone)
+	since  time.Time
+}
+
+// result is a finished job.
+type result struct {
+	job
+	changed bool
+	err     error
+}
+
+// exec runs j; it touches no runner state, so it may run on any goroutine.
+func (r *runner) exec(ctx context.Context, j job) result {
+	log := r.log.With("resource", j.e.res.Name)
+	if j.reload {
+		// A reload that has started is let finish on shutdown: only its
+		// timeout stops it.
+		return result{job: j, err: j.e.res.Reload(context.WithoutCancel(ctx), log)}
+	}
+	content, err := j.e.tmpl.Render(j.store)
+	if err != nil {
+		return result{job: j, err: fmt.Errorf("render %s: %w", j.e.res.Name, err)}
+	}
+	changed, err := j.e.res.Apply(ctx, content, resources.ApplyOptions{
+		Noop: r.cfg.Noop, Diff: r.cfg.Diff, SyncOnly: r.cfg.SyncOnly, Logger: log,
+	})
+	return result{job: j, changed: changed, err: err}
+}
+
+// renderJob takes e's pending changes into a job.
+func (r *runner) renderJob(e *entry) job {
+	j := job{e: e, store: e.store.Clone(), since: e.since}
+	e.dirty = false
+	return j
+}
+
+// finish applies a job's outcome to its entry (on the loop goroutine).
+func (r *runner) finish(ctx context.Context, res result) {
+	e, name, now := res.e, res.e.res.Name, time.Now()
+	if res.reload {
+		e.lastReload = now
+		r.cfg.Metrics.reloaded(name, res.err)
+		if res.err != nil {
+			e.reloadFails++
+			wait := r.backoff(e.reloadFails)
+			e.reloadAt = now.Add(wait)
+			r.log.Error("reload failed; will retry", "resource", name, "retry_in", wait, "err", res.err)
+			return
+		}
+		e.reloadWanted, e.reloadFails = false, 0
+		r.log.Info("reloaded", "resource", name)
+		return
+	}
+	e.rendered = true
+	if res.err == nil {
+		e.failures = 0
+		r.cfg.Metrics.rendered(name, res.changed, now)
+		if !res.since.IsZero() {
+			r.cfg.Metrics.lag(now.Sub(res.since))
+		}
+		if !res.changed {
+			r.log.Debug("unchanged", "resource", name, "rev", r.rev)
+			return
+		}
+		r.log.Info("rendered", "resource", name, "dest", e.res.Dest, "rev", r.rev, "noop", r.cfg.Noop)
+		if r.cfg.Noop || r.cfg.SyncOnly || e.res.ReloadCmd == "" {
+			return
+		}
+		if !e.reloadWanted {
+			e.reloadSince = now
+		}
+		e.reloadWanted, e.reloadFails = true, 0
+		e.reloadAt = now
+		if mri := e.res.MinReloadInterval; mri > 0 && !e.lastReload.IsZero() && now.Sub(e.lastReload) < mri {
+			e.reloadAt = e.lastReload.Add(mri)
+			r.log.Info("reload deferred by min_reload_interval", "resource", name, "until", e.reloadAt.Format(time.RFC3339Nano))
+		}
+		return
+	}
+	if ctx.Err() != nil {
+		e.dirty = true // not a failure of the resource: try again next run
+		return
+	}
+	e.failures++
+	wait := r.backoff(e.failures)
+	e.retryAt = now.Add(wait)
+	r.cfg.Metrics.failed(name)
+	r.log.Error("render failed; will retry", "resource", name, "retry_in", wait, "err", res.err)
+}
+
+// renderNow renders e synchronously (Onetime).
+func (r *runner) renderNow(ctx context.Context, e *entry) {
+	r.finish(ctx, r.exec(ctx, r.renderJob(e)))
+}
+
+// workers runs jobs off the loop: at most one per destination at a time.
+type workers struct {
+	results  chan result
+	busy     map[string]bool // by dest
+	inflight int
+}
+
+func newWorkers() *workers {
+	return &workers{results: make(chan result), busy: map[string]bool{}}
+}
+
+func (w *workers) start(ctx context.Context, r *runner, j job) {
+	w.busy[j.e.res.Dest] = true
+	w.inflight++
+	go func() { w.results <- r.exec(ctx, j) }()
+}
+
+func (w *workers) done(res result) {
+	delete(w.busy, res.e.res.Dest)
+	w.inflight--
+}
+
+// process starts the renders that are due, takes in what the watch queued
+// meanwhile (drain), then starts the reloads that are due. A resource that
+// changed again renders again before it reloads, so a burst of changes costs
+// one reload (at most one per maxReloadHold while changes keep coming).
+func (r *runner) process(ctx context.Context, w *workers, drain func()) {
 	for _, e := range r.sorted() {
 		now := time.Now()
 		d := r.due(e)
-		if d.IsZero() || d.After(now) || ctx.Err() != nil {
+		if d.IsZero() || d.After(now) || ctx.Err() != nil || w.busy[e.res.Dest] {
 			continue
 		}
-		if e.dirty || e.failures > 0 {
-			if e.dirty || !e.retryAt.After(now) {
-				r.render(ctx, e)
-			}
+		if e.dirty || (e.failures > 0 && !e.retryAt.After(now)) {
+			w.start(ctx, r, r.renderJob(e))
 		}
 	}
 	drain()
@@ -372,8 +492,8 @@ func (r *runner) process(ctx context.Context, drain func()) {
 		if ctx.Err() != nil {
 			return
 		}
-		if e.reloadWanted && !r.reloadDue(e).After(time.Now()) {
-			r.reload(ctx, e)
+		if e.reloadWanted && !w.busy[e.res.Dest] && !r.reloadDue(e).After(time.Now()) {
+			w.start(ctx, r, job{e: e, reload: true})
 		}
 	}
 }
@@ -393,74 +513,6 @@ func (r *runner) reloadDue(e *entry) time.Time {
 	return e.reloadAt
 }
 
-// render renders e and puts the file in place; on success it starts or
-// schedules the reload.
-func (r *runner) render(ctx context.Context, e *entry) {
-	name := e.res.Name
-	since := e.since
-	e.dirty, e.rendered = false, true
-	content, err := e.tmpl.Render(e.store)
-	if err != nil {
-		err = fmt.Errorf("render %s: %w", name, err)
-	} else {
-		var changed bool
-		changed, err = e.res.Apply(ctx, content, resources.ApplyOptions{
-			Noop: r.cfg.Noop, Diff: r.cfg.Diff, SyncOnly: r.cfg.SyncOnly, Logger: r.log.With("resource", name),
-		})
-		if err == nil {
-			now := time.Now()
-			e.failures = 0
-			r.cfg.Metrics.rendered(name, changed, now)
-			if !since.IsZero() {
-				r.cfg.Metrics.lag(now.Sub(since))
-			}
-			if changed {
-				r.log.Info("rendered", "resource", name, "dest", e.res.Dest, "rev", r.rev, "noop", r.cfg.Noop)
-				if !r.cfg.Noop && !r.cfg.SyncOnly && e.res.ReloadCmd != "" {
-					if !e.reloadWanted {
-						e.reloadSince = now
-					}
-					e.reloadWanted, e.reloadFails = true, 0
-					e.reloadAt = now
-					if mri := e.res.MinReloadInterval; mri > 0 && !e.lastReload.IsZero() && now.Sub(e.lastReload) < mri {
-						e.reloadAt = e.lastReload.Add(mri)
-						r.log.Info("reload deferred by min_reload_interval", "resource", name, "until", e.reloadAt.Format(time.RFC3339Nano))
-					}
-				}
-			} else {
-				r.log.Debug("unchanged", "resource", name, "rev", r.rev)
-			}
-			return
-		}
-	}
-	if ctx.Err() != nil {
-		e.dirty = true // not a failure of the resource: try again next run
-		return
-	}
-	e.failures++
-	wait := r.backoff(e.failures)
-	e.retryAt = time.Now().Add(wait)
-	r.cfg.Metrics.failed(name)
-	r.log.Error("render failed; will retry", "resource", name, "retry_in", wait, "err", err)
-}
-
-func (r *runner) reload(ctx context.Context, e *entry) {
-	// A reload that has started is let finish on shutdown: only its timeout
-	// stops it.
-	err := e.res.Reload(context.WithoutCancel(ctx), r.log.With("resource", e.res.Name))
-	e.lastReload = time.Now()
-	r.cfg.Metrics.reloaded(e.res.Name, err)
-	if err != nil {
-		e.reloadFails++
-		wait := r.backoff(e.reloadFails)
-		e.reloadAt = time.Now().Add(wait)
-		r.log.Error("reload failed; will retry", "resource", e.res.Name, "retry_in", wait, "err", err)
-		return
-	}
-	e.reloadWanted, e.reloadFails = false, 0
-	r.log.Info("reloaded", "resource", e.res.Name)
-}
-
 // Onetime renders every resource once (no quiescence, no throttling) and
 // returns an error naming each resource that failed.
 func Onetime(ctx context.Context, cfg Config) error {
@@ -472,7 +524,7 @@ func Onetime(ctx context.Context, cfg Config) error {
 		}
 	}
 	for _, e := range r.sorted() {
-		r.render(ctx, e)
+		r.renderNow(ctx, e)
 		if e.failures > 0 {
 			continue
 		}
@@ -612,6 +664,7 @@ func (r *runner) loop(ctx context.Context, cfgEvents <-chan struct{}) error {
 	}
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	jobs := newWorkers()
 	for {
 		now := time.Now()
 		if !cfgAt.IsZero() && !cfgAt.After(now) {
@@ -642,7 +695,7 @@ func (r *runner) loop(ctx context.Context, cfgEvents <-chan struct{}) error {
 				nextPoll = now.Add(r.cfg.Interval)
 			}
 		}
-		r.process(ctx, func() {
+		r.process(ctx, jobs, func() {
 			for wc != nil {
 				select {
 				case b, ok := <-wc:
@@ -674,7 +727,9 @@ func (r *runner) loop(ctx context.Context, cfgEvents <-chan struct{}) error {
 			}
 		}
 		for _, e := range r.entries {
-			soonest(r.due(e))
+			if !jobs.busy[e.res.Dest] { // a busy one wakes the loop with its result
+				soonest(r.due(e))
+			}
 		}
 		soonest(cfgAt)
 		if needResync {
@@ -704,6 +759,9 @@ func (r *runner) loop(ctx context.Context, cfgEvents <-chan struct{}) error {
 					more = false
 				}
 			}
+		case res := <-jobs.results:
+			jobs.done(res)
+			r.finish(ctx, res)
 		case <-cfgEvents:
 			cfgAt = time.Now().Add(r.cfg.ConfigDebounce)
 		case <-r.cfg.Reload:
@@ -723,6 +781,11 @@ func (r *runner) loop(ctx context.Context, cfgEvents <-chan struct{}) error {
 		}
 	}
 	r.cfg.Notify("STOPPING=1")
+	for jobs.inflight > 0 { // let running checks and reloads end
+		res := <-jobs.results
+		jobs.done(res)
+		r.finish(ctx, res)
+	}
 	return nil
 }
 

@@ -609,3 +609,22 @@ func TestFileBackendWatch(t *testing.T) {
 	f.write("data.yaml", "svc:\n  a: 2\n  c: {d: e}\n")
 	f.eventually("render after the file changed", func() bool { return read(dest) == "/svc/a=2\n" })
 }
+
+func TestSlowCheckDoesNotHoldBackOthers(t *testing.T) {
+	f := newFixture(t)
+	gate := filepath.Join(f.dir, "gate")
+	slow := f.resource("slow", `"/s"`, `s={{getv "/s"}}`+"\n",
+		fmt.Sprintf("check_cmd = \"while [ ! -e %s ]; do sleep 0.01; done\"\ncheck_cmd_timeout = \"20s\"", gate))
+	fast := f.resource("fast", `"/f"`, `f={{getv "/f"}}`+"\n", "")
+	f.put("/s", "1")
+	f.put("/f", "1")
+	f.run(f.config())
+	f.eventually("fast rendered", func() bool { return read(fast) == "f=1\n" })
+	f.put("/f", "2")
+	f.eventually("fast rendered again while slow is checking", func() bool { return read(fast) == "f=2\n" })
+	if _, err := os.Stat(slow); err == nil {
+		t.Fatal("slow rendered before its check passed")
+	}
+	os.WriteFile(gate, nil, 0o644)
+	f.eventually("slow rendered once its check passes", func() bool { return read(slow) == "s=1\n" })
+}
