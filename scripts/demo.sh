@@ -82,17 +82,27 @@ bg() {
 	eval "PID_${name//[^a-zA-Z0-9]/_}=$pid"
 }
 
-stop_all() { # stop every process listed in .demo/pids: TERM, then KILL
-	[ -f "$D/pids" ] || return 0
-	local pid name
-	while read -r pid name; do kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null; done <"$D/pids"
+# term_wait PID…: SIGTERM each process group, wait up to 5s for them to end.
+term_wait() {
+	local pid
+	for pid in "$@"; do kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null; done
 	for _ in $(seq 50); do
 		local alive=0
-		while read -r pid name; do kill -0 "$pid" 2>/dev/null && alive=1; done <"$D/pids"
-		[ $alive = 0 ] && break
+		for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+		[ $alive = 0 ] && return
 		sleep 0.1
 	done
-	while read -r pid name; do kill -KILL -- "-$pid" 2>/dev/null; kill -KILL "$pid" 2>/dev/null; done <"$D/pids"
+}
+
+stop_all() { # stop every process listed in .demo/pids: the etcd machine last
+	[ -f "$D/pids" ] || return 0
+	local first rest pid
+	first=$(head -n 1 "$D/pids" | cut -d' ' -f1)
+	rest=$(tail -n +2 "$D/pids" | cut -d' ' -f1 | tac)
+	# shellcheck disable=SC2086
+	term_wait $rest          # units stop (and withdraw their keys) while etcd is up
+	term_wait "$first"
+	for pid in $first $rest; do kill -KILL -- "-$pid" 2>/dev/null; kill -KILL "$pid" 2>/dev/null; done
 	rm -f "$D/pids"
 	rm -rf "$D/run"
 }
@@ -410,7 +420,8 @@ Everything is still running (KEEP=1). Try:
     bin/scheduler journal nginx@1.service
     curl http://127.0.0.1:$PORT/
     cat .demo/lb/haproxy.cfg
-    cd .demo/units && ../../bin/scheduler start nginx@3.service   # lands on the free worker
+    bin/scheduler start --no-block .demo/units/nginx@3.service   # no free worker is left (Conflicts):
+    bin/scheduler list-unit-files                                # it waits, unplaced
     ETCDCTL_API=3 etcdctl --endpoints $ENDPOINT get --prefix $NS/
 Logs: .demo/*.log.  Stop everything: scripts/demo.sh stop
 EOF
