@@ -338,6 +338,14 @@ func detach(ctx context.Context, args []string, stderr io.Writer) error {
 	cmd.Env = append(os.Environ(), keeperEnv+"=3")
 	cmd.Stdin, cmd.Stdout = devnull, devnull
 	cmd.Stderr = stderr // the unit's journal
+	if f, ok := stderr.(*os.File); ok {
+		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeNamedPipe != 0 {
+			// A pipe's reader (`$(announce --detach …)`, a test harness)
+			// would wait for the keeper's end to close, i.e. forever.
+			fmt.Fprintln(stderr, "announce: stderr is a pipe: the keeper's logs are discarded")
+			cmd.Stderr = devnull
+		}
+	}
 	cmd.ExtraFiles = []*os.File{w}
 	if err := cmd.Start(); err != nil {
 		w.Close()
