@@ -23,6 +23,7 @@ import (
 	"github.com/flotilla/flotilla/internal/executor"
 	"github.com/flotilla/flotilla/internal/lbtest"
 	"github.com/flotilla/flotilla/internal/process"
+	"github.com/flotilla/flotilla/internal/systemdtest"
 	"github.com/flotilla/flotilla/internal/unit"
 )
 
@@ -219,4 +220,73 @@ func waitKey(t *testing.T, ctx context.Context, get func() (string, bool), want 
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatalf("key never reached %q (last %q)\n%s", want, last, journal())
+}
+
+// TestNginxUnitUnderSystemd runs nginx@1.service under a real (user-mode)
+// systemd, which parses and expands the unit itself: the per-instance config
+// written by ExecStartPre, nginx on PUBLIC_IP:8080 and the announcement must
+// come out exactly as under the process executor. PUBLIC_IP comes from a
+// drop-in here (the scheduler's systemd executor gives it the machine facts).
+func TestNginxUnitUnderSystemd(t *testing.T) {
+	lbtest.Need(t, "nginx")
+	m := systemdtest.New(t)
+	ctx := ctxT(t)
+	srv := etcdtest.New(t)
+	c := srv.Client()
+	announce := buildAnnounce(t, m.Dir)
+	ip := freeIP(t)
+	envFile := filepath.Join(m.Dir, "etcd.env")
+	os.WriteFile(envFile, []byte("ETCDCTL_ENDPOINTS="+srv.Endpoint()+"\n"), 0o644)
+	// /run is the namespace's own tmpfs: only announce and the env file move.
+	body := strings.NewReplacer("/usr/local/bin/announce", announce, "/etc/flotilla/etcd.env", envFile).Replace(string(read(t, "nginx@.service")))
+	if err := os.WriteFile(filepath.Join(m.UnitDir, "nginx@.service"), []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dropin := filepath.Join(m.UnitDir, "nginx@1.service.d")
+	os.MkdirAll(dropin, 0o755)
+	os.WriteFile(filepath.Join(dropin, "facts.conf"), []byte("[Service]\nEnvironment=PUBLIC_IP="+ip+"\n"), 0o644)
+	// prefetch.service, which nginx@ Wants=, is there too.
+	os.WriteFile(filepath.Join(m.UnitDir, "prefetch.service"), read(t, "prefetch.service"), 0o644)
+	if out, err := m.Systemctl(ctx, "daemon-reload"); err != nil {
+		t.Fatal(err, out)
+	}
+	status := func() string {
+		out, _ := m.Systemctl(context.Background(), "status", "--lines=30", "nginx@1.service")
+		return out
+	}
+	if out, err := m.Systemctl(ctx, "start", "nginx@1.service"); err != nil {
+		t.Fatalf("%v\n%s\n%s", err, out, status())
+	}
+	host, err := m.Command(ctx, "hostname")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hb, _ := host.Output()
+	hostname := strings.TrimSpace(string(hb))
+
+	h := lbtest.Hammer{URL: "http://" + ip + ":8080/", Interval: 20 * time.Millisecond,
+		Identify: func(_ *http.Response, b []byte) string { return string(b) }}
+	want := "nginx@1 on " + hostname + " " + ip + ":8080\n"
+	if res, ok := h.Until(ctx, 1, func(r lbtest.Result) bool { return r.By[want] == 1 }); !ok {
+		t.Fatalf("nginx@1 never answered %q: %s\n%s", want, res, status())
+	}
+	key := "/clusterstate/demo/nginx@1.service"
+	waitKey(t, ctx, func() (string, bool) {
+		kv, found, _, err := c.Get(ctx, key)
+		return string(kv.Value), found && err == nil
+	}, hostname+" "+ip+":8080", status)
+	if out, err := m.Systemctl(ctx, "is-active", "prefetch.service"); err != nil || strings.TrimSpace(out) != "active" {
+		t.Errorf("prefetch.service (Wants= of nginx@) not active: %q %v", out, err)
+	}
+
+	if out, err := m.Systemctl(ctx, "stop", "nginx@1.service"); err != nil {
+		t.Fatal(err, out)
+	}
+	waitKey(t, ctx, func() (string, bool) {
+		_, found, _, err := c.Get(ctx, key)
+		return "", !found && err == nil
+	}, "", status)
+	if _, err := h.One(ctx); err == nil {
+		t.Errorf("nginx@1 still answers after stop\n%s", status())
+	}
 }
