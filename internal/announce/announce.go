@@ -137,7 +137,7 @@ func register(ctx context.Context, c *store.Client, cfg *Config, health <-chan b
 			case healthy = <-health:
 			}
 		}
-		lease, err := put(ctx, c, cfg)
+		lease, rev, err := put(ctx, c, cfg)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -164,16 +164,21 @@ func register(ctx context.Context, c *store.Client, cfg *Config, health <-chan b
 		if cfg.OnPut != nil {
 			cfg.OnPut(lease.ID())
 		}
-		if healthy = hold(ctx, c, cfg, lease, health, log); ctx.Err() != nil {
+		if healthy = hold(ctx, c, cfg, lease, rev, health, log); ctx.Err() != nil {
 			return nil
 		}
 	}
 }
 
 // hold keeps lease until ctx ends (it then withdraws the key), the lease is
-// lost, or the health check fails (it then withdraws the key). It reports
-// whether the service is still healthy.
-func hold(ctx context.Context, c *store.Client, cfg *Config, lease *store.Lease, health <-chan bool, log *slog.Logger) (healthy bool) {
+// lost, or the health check fails (it then withdraws the key). Meanwhile it
+// watches the key from rev, the revision of the put: when someone else
+// deletes it (etcdctl del, a cleanup script), it is written again with the
+// same lease; when someone else overwrites it, that is logged, not fought. It
+// reports whether the service is still healthy.
+func hold(ctx context.Context, c *store.Client, cfg *Config, lease *store.Lease, rev int64, health <-chan bool, log *slog.Logger) (healthy bool) {
+	w := c.WatchPrefix(ctx, cfg.Key, rev+1)
+	defer func() { w.Close() }()
 	for {
 		select {
 		case <-ctx.Done():
@@ -190,26 +195,91 @@ func hold(ctx context.Context, c *store.Client, cfg *Config, lease *store.Lease,
 			log.Warn("health check failing; withdrawing the key")
 			withdraw(c, lease, cfg.TTL, log)
 			return false
+		case b, ok := <-w.C:
+			if ctx.Err() != nil {
+				continue // ctx.Done is ready too
+			}
+			if !ok || b.Err != nil {
+				// The watch ended (history compacted): look, then watch afresh.
+				w.Close()
+				missing, next := keyMissing(ctx, c, cfg.Key)
+				if missing && !restore(ctx, c, cfg, lease, log) {
+					return true
+				}
+				w = c.WatchPrefix(ctx, cfg.Key, next)
+				continue
+			}
+			for _, ev := range b.Events {
+				if ev.KV.Key != cfg.Key {
+					continue // a longer key under the same prefix
+				}
+				switch {
+				case ev.Type == store.EventDelete:
+					log.Warn("key deleted by someone else; writing it again")
+					if !restore(ctx, c, cfg, lease, log) {
+						return true
+					}
+				case ev.KV.Lease != lease.ID():
+					log.Warn("key overwritten by another writer; leaving it to them",
+						"their_lease", fmt.Sprintf("%x", int64(ev.KV.Lease)), "value", string(ev.KV.Value))
+				}
+			}
 		}
 	}
 }
 
+// keyMissing reads key; on error it answers false (nothing to restore) and
+// watches from now.
+func keyMissing(ctx context.Context, c *store.Client, key string) (missing bool, next int64) {
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, found, rev, err := c.Get(rctx, key)
+	if err != nil {
+		return false, 0
+	}
+	return !found, rev + 1
+}
+
+// restore writes the key again with lease. It reports false when the lease
+// is gone (the caller then grants a new one).
+func restore(ctx context.Context, c *store.Client, cfg *Config, lease *store.Lease, log *slog.Logger) bool {
+	pctx, cancel := context.WithTimeout(ctx, max(cfg.TTL, 2*time.Second))
+	defer cancel()
+	if _, err := lease.Put(pctx, cfg.Key, cfg.Value); err != nil {
+		if errors.Is(err, store.ErrLeaseLost) {
+			log.Warn("lease lost; granting a new one", "lease", fmt.Sprintf("%x", int64(lease.ID())))
+			lease.Abandon()
+			return false
+		}
+		// etcd unreachable: the keepalive decides whether the lease survives.
+		log.Warn("write the key again", "err", err)
+		return true
+	}
+	if cfg.OnPut != nil {
+		cfg.OnPut(lease.ID())
+	}
+	return true
+}
+
 // put grants a lease and writes the key with it. Each step is bounded by the
 // TTL: past that, a lease granted before a hang may be gone anyway.
-func put(ctx context.Context, c *store.Client, cfg *Config) (*store.Lease, error) {
+func put(ctx context.Context, c *store.Client, cfg *Config) (*store.Lease, int64, error) {
 	actx, cancel := context.WithTimeout(ctx, max(cfg.TTL, 2*time.Second))
 	defer cancel()
 	lease, err := c.GrantLease(actx, cfg.TTL)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	if _, err := lease.Put(actx, cfg.Key, cfg.Value); err != nil {
+	rev, err := lease.Put(actx, cfg.Key, cfg.Value)
+	if err != nil {
 		lease.Abandon()
 		// Best effort: the lease would expire by itself anyway.
-		c.RevokeLease(context.WithoutCancel(actx), lease.ID())
-		return nil, err
+		rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
+		c.RevokeLease(rctx, lease.ID())
+		rcancel()
+		return nil, 0, err
 	}
-	return lease, nil
+	return lease, rev, nil
 }
 
 // withdraw stops the keepalive and revokes the lease, waiting for etcd at

@@ -161,6 +161,31 @@ func TestRunReRegistersAfterRevoke(t *testing.T) {
 	}
 }
 
+func TestRunRestoresDeletedKeyAndLeavesOverwrite(t *testing.T) {
+	srv := etcdtest.New(t)
+	c := srv.Client()
+	ctx := ctxT(t, 30*time.Second)
+	runBG(t, c, announce.Config{Key: "/reg/d", Value: "mine", TTL: 5 * time.Second})
+	kv, _ := waitKey(t, c, "/reg/d", true, 10*time.Second)
+	runBG(t, c, announce.Config{Key: "/reg/dd", Value: "a longer key under the same prefix", TTL: 5 * time.Second})
+	waitKey(t, c, "/reg/dd", true, 10*time.Second)
+	if _, err := c.Delete(ctx, "/reg/d"); err != nil {
+		t.Fatal(err)
+	}
+	back, _ := waitKey(t, c, "/reg/d", true, 10*time.Second)
+	if string(back.Value) != "mine" || back.Lease != kv.Lease {
+		t.Fatalf("after delete: %q lease %x, want %q with the same lease %x", back.Value, back.Lease, "mine", kv.Lease)
+	}
+	// Someone else writes the key: announce does not fight over it.
+	if _, err := c.Put(ctx, "/reg/d", "theirs", 0); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if got, _, _, _ := c.Get(ctx, "/reg/d"); string(got.Value) != "theirs" {
+		t.Fatalf("overwritten key became %q again", got.Value)
+	}
+}
+
 // flipServer is a real TCP health target that can be made to refuse.
 type flipServer struct {
 	t    *testing.T
