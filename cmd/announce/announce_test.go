@@ -553,3 +553,21 @@ func TestAuthPasswordFile(t *testing.T) {
 		t.Fatal("written with a wrong password?")
 	}
 }
+
+func TestTLSWithEtcdctlEnvironment(t *testing.T) {
+	certs := etcdtest.NewCerts(t)
+	srv := etcdtest.New(t, etcdtest.WithTLS(certs))
+	c := srv.Client()
+	// etcdctl's variables, as an EnvironmentFile= would give them.
+	p := start(t, []string{"ETCDCTL_ENDPOINTS=" + srv.Endpoint(), "ANNOUNCE_ENDPOINTS=", "NOTIFY_SOCKET=",
+		"ETCDCTL_CACERT=" + certs.CA, "ETCDCTL_CERT=" + certs.ClientCert, "ETCDCTL_KEY=" + certs.ClientKey},
+		"/tls/a", "h 10.0.0.1:1")
+	waitKey(t, c, "/tls/a", true, 10*time.Second)
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if err := p.wait(t, 10*time.Second); err != nil {
+		t.Fatalf("exit: %v", err)
+	}
+	if _, found, _, _ := c.Get(ctxT(t, 5*time.Second), "/tls/a"); found {
+		t.Fatal("key left after SIGTERM")
+	}
+}
