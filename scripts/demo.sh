@@ -392,9 +392,17 @@ else
 fi
 TOTAL=$(grep -c . "$D/hammer.log")
 HERR=$(grep -c '^error' "$D/hammer.log")
-secs() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.1f", b-a}'; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", b-a}'; }
 say "Requests through haproxy during the reschedule: errors/total = $HERR/$TOTAL"
 say "kill -9 → instance active elsewhere: $(secs "$T_KILL" "$T_MOVED")s; → new haproxy.cfg: $(secs "$T_KILL" "$T_CFG")s; → both instances answering: $(secs "$T_KILL" "$T_BACK")s"
+# Figures for bench/seed.sh (JSON lines).
+{
+	printf '{"name":"seed_kill_to_unit_active","unit":"s","value":%s}\n' "$(secs "$T_KILL" "$T_MOVED")"
+	printf '{"name":"seed_kill_to_haproxy_cfg","unit":"s","value":%s}\n' "$(secs "$T_KILL" "$T_CFG")"
+	printf '{"name":"seed_kill_to_both_answering","unit":"s","value":%s}\n' "$(secs "$T_KILL" "$T_BACK")"
+	printf '{"name":"seed_reschedule_errors","unit":"requests","value":%s}\n' "$HERR"
+	printf '{"name":"seed_reschedule_requests","unit":"requests","value":%s}\n' "$TOTAL"
+} >"$D/figures.jsonl"
 if grep -q 'Loading failure' "$D/haproxy.log"; then
 	fail "haproxy was asked to load a config that failed"
 else
@@ -409,6 +417,7 @@ if [ "$FAILED" -ne 0 ]; then
 	exit 1
 fi
 printf '%sdemo: every check held (%s)%s\n' "$G" "$(elapsed | tr -d ' ')" "$N"
+printf '{"name":"seed_demo_total","unit":"s","value":%s}\n' "$(elapsed | tr -d ' s')" >>"$D/figures.jsonl"
 DONE=1
 if [ "$KEEP" = 1 ]; then
 	cat <<EOF
