@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -113,17 +112,20 @@ func (d *dockerSuite) machine(endpoint, id string, host int, metadata string) {
 	d.names = append(d.names, name)
 }
 
-// fresh reports whether a heartbeat file was written in the last second.
+// beatAt returns when a heartbeat file was last written (zero if never).
+func beatAt(path string) time.Time {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return time.Time{}
+	}
+	return fi.ModTime()
+}
+
+// fresh reports whether a heartbeat file (rewritten every 100ms while its
+// unit runs) was written in the last 600ms.
 func fresh(path string) bool {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return false
-	}
-	f, err := strconv.ParseFloat(strings.TrimSpace(string(b)), 64)
-	if err != nil {
-		return false
-	}
-	return time.Since(time.Unix(0, int64(f*1e9))) < time.Second
+	t := beatAt(path)
+	return !t.IsZero() && time.Since(t) < 600*time.Millisecond
 }
 
 // TestMultiHostPartition runs three machines as containers with their own
@@ -192,11 +194,11 @@ Conflicts=web@*.service
 	deadline = time.Now().Add(60 * time.Second)
 	for (stopped.IsZero() || started.IsZero()) && time.Now().Before(deadline) {
 		if stopped.IsZero() && !fresh(beat(from)) {
-			stopped = time.Now()
+			stopped = beatAt(beat(from)) // its last heartbeat
 		}
 		for _, m := range []string{"m1", "m2", "m3"} {
 			if m != from && started.IsZero() && fresh(beat(m)) {
-				started, to = time.Now(), m
+				started, to = beatAt(beat(m)), m // within 100ms of its first
 			}
 		}
 		time.Sleep(20 * time.Millisecond)

@@ -32,6 +32,8 @@ type session struct {
 	// reported is the last state written for each unit.
 	reported map[string]registry.UnitState
 	bodies   map[string][]byte
+	// lastContact is when etcd last confirmed the lease alive.
+	lastContact time.Time
 }
 
 func (a *Agent) session(ctx context.Context) error {
@@ -60,13 +62,16 @@ func (a *Agent) session(ctx context.Context) error {
 	defer poll.Stop()
 	journal := c.WatchPrefix(ctx, a.reg.JournalRequestPrefix(a.opts.Machine.ID), 0)
 	defer journal.Close()
+	s.lastContact = time.Now()
+	probe := time.NewTicker(lease.TTL() / 4)
+	defer probe.Stop()
 	for {
 		rev, err := s.resync(ctx)
 		if err != nil {
 			return err
 		}
 		w := c.WatchPrefix(ctx, a.reg.SchedulePrefix(a.opts.Machine.ID), rev+1)
-		err = s.watch(ctx, w, journal, poll.C)
+		err = s.watch(ctx, w, journal, poll.C, probe.C)
 		w.Close()
 		if !errors.Is(err, store.ErrCompacted) {
 			return err
@@ -78,7 +83,9 @@ func (a *Agent) session(ctx context.Context) error {
 // resync reads everything targeted here, stops what is not, starts what is.
 func (s *session) resync(ctx context.Context) (int64, error) {
 	a := s.a
-	kvs, rev, err := a.reg.Client().GetPrefix(ctx, a.reg.SchedulePrefix(a.opts.Machine.ID))
+	rctx, cancel := s.rpc(ctx)
+	kvs, rev, err := a.reg.Client().GetPrefix(rctx, a.reg.SchedulePrefix(a.opts.Machine.ID))
+	cancel()
 	if err != nil {
 		return 0, err
 	}
@@ -118,7 +125,7 @@ func (s *session) resync(ctx context.Context) (int64, error) {
 	return rev, nil
 }
 
-func (s *session) watch(ctx context.Context, w, journal *store.Watch, poll <-chan time.Time) error {
+func (s *session) watch(ctx context.Context, w, journal *store.Watch, poll, probe <-chan time.Time) error {
 	a := s.a
 	for {
 		select {
@@ -126,6 +133,10 @@ func (s *session) watch(ctx context.Context, w, journal *store.Watch, poll <-cha
 			return ctx.Err()
 		case <-s.lease.Done():
 			return errLeaseLost
+		case <-probe:
+			if err := s.probe(ctx); err != nil {
+				return err
+			}
 		case b, ok := <-w.C:
 			if !ok {
 				return ctx.Err()
@@ -219,7 +230,9 @@ func (s *session) body(ctx context.Context, hash string) ([]byte, error) {
 	if b, ok := s.bodies[hash]; ok {
 		return b, nil
 	}
-	b, err := s.a.reg.Body(ctx, hash)
+	rctx, cancel := s.rpc(ctx)
+	defer cancel()
+	b, err := s.a.reg.Body(rctx, hash)
 	if err != nil {
 		return nil, err
 	}
@@ -263,7 +276,10 @@ func (s *session) report(ctx context.Context) {
 		if old, ok := s.reported[name]; ok && old == us {
 			continue
 		}
-		if _, err := s.lease.Put(ctx, a.reg.StateKey(name, a.opts.Machine.ID), registry.Encode(us)); err != nil {
+		rctx, cancel := s.rpc(ctx)
+		_, err := s.lease.Put(rctx, a.reg.StateKey(name, a.opts.Machine.ID), registry.Encode(us))
+		cancel()
+		if err != nil {
 			a.log.Warn("report unit state", "unit", name, "err", err)
 			continue
 		}
@@ -273,7 +289,10 @@ func (s *session) report(ctx context.Context) {
 		if _, ok := now[name]; ok {
 			continue
 		}
-		if _, err := a.reg.Client().Delete(ctx, a.reg.StateKey(name, a.opts.Machine.ID)); err != nil {
+		rctx, cancel := s.rpc(ctx)
+		_, err := a.reg.Client().Delete(rctx, a.reg.StateKey(name, a.opts.Machine.ID))
+		cancel()
+		if err != nil {
 			a.log.Warn("clear unit state", "unit", name, "err", err)
 			continue
 		}
@@ -307,7 +326,42 @@ func (s *session) answerJournal(ctx context.Context, kv store.KV) {
 	if err != nil {
 		resp.Error = err.Error()
 	}
-	if _, err := s.lease.Put(ctx, a.reg.JournalResponseKey(nonce), registry.Encode(resp)); err != nil {
+	rctx, cancel := s.rpc(ctx)
+	defer cancel()
+	if _, err := s.lease.Put(rctx, a.reg.JournalResponseKey(nonce), registry.Encode(resp)); err != nil {
 		a.log.Warn("answer journal request", "unit", name, "err", err)
 	}
+}
+
+// probe asks etcd whether the presence lease is alive. Out of contact for a
+// third of the TTL, the agent gives the machine up before etcd can expire
+// the lease (at the earliest about two thirds of the TTL after the last
+// keepalive it received): its units are then stopping, or stopped, before
+// the engine may start them elsewhere.
+func (s *session) probe(ctx context.Context) error {
+	ttl := s.lease.TTL()
+	pctx, cancel := context.WithTimeout(ctx, ttl/4)
+	defer cancel()
+	alive, err := s.lease.Alive(pctx)
+	switch {
+	case err == nil && alive:
+		s.lastContact = time.Now()
+		return nil
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case err == nil:
+		// Under a second left (etcd counts whole seconds) or expired: an
+		// expired lease also closes Done; until then, count it as silence.
+		err = errors.New("lease has less than a second left")
+	}
+	if silent := time.Since(s.lastContact); silent > ttl/3 {
+		return fmt.Errorf("no contact with etcd for %s (TTL %s): %w: %v", silent.Round(time.Millisecond), ttl, errLeaseLost, err)
+	}
+	return nil
+}
+
+// rpc bounds one etcd call of the session loop, so that a cut-off etcd never
+// holds the loop (and its lease probe) for long.
+func (s *session) rpc(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, max(s.lease.TTL()/3, 500*time.Millisecond))
 }
