@@ -249,10 +249,12 @@ func (r *runner) resync(ctx context.Context, now time.Time) error {
 	if len(keys) == 0 {
 		return nil
 	}
+	start := time.Now()
 	kvs, rev, err := r.cfg.Source.List(ctx, keys)
 	if err != nil {
 		return err
 	}
+	r.log.Debug("keys read", "keys", len(kvs), "rev", rev, "took", time.Since(start))
 	r.rev = rev
 	r.cfg.Metrics.setKeys(len(kvs))
 	for _, e := range r.entries {
@@ -374,10 +376,12 @@ func (r *runner) exec(ctx context.Context, j job) result {
 		// timeout stops it.
 		return result{job: j, err: j.e.res.Reload(context.WithoutCancel(ctx), log)}
 	}
+	start := time.Now()
 	content, err := j.e.tmpl.Render(j.store)
 	if err != nil {
 		return result{job: j, err: fmt.Errorf("render %s: %w", j.e.res.Name, err)}
 	}
+	log.Debug("template executed", "bytes", len(content), "took", time.Since(start))
 	changed, err := j.e.res.Apply(ctx, content, resources.ApplyOptions{
 		Noop: r.cfg.Noop, Diff: r.cfg.Diff, SyncOnly: r.cfg.SyncOnly, Logger: log,
 	})
