@@ -4,10 +4,11 @@
 // bound to the same lease.
 //
 // The safety rule: a unit runs on a machine only while that machine's
-// presence lease lives. When the lease is lost (etcd unreachable for a TTL,
-// or the lease revoked), the engine may already have moved the units
-// elsewhere, so the agent stops every unit at once, then registers again
-// with a new lease and starts what is targeted at it then. On start, and
+// presence lease lives. When the lease is lost (revoked, expired), or etcd
+// has not confirmed it alive for a third of its TTL (the agent asks every
+// quarter TTL) — so before etcd can expire it and the engine move the units
+// — the agent stops every unit at once, then registers again with a new
+// lease and starts what is targeted at it then. On start, and
 // after every re-registration, units the executor runs that are not targeted
 // at this machine are stopped and removed.
 package agent
