@@ -1,0 +1,176 @@
+package announce_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flotilla/flotilla/internal/etcdtest"
+	"github.com/flotilla/flotilla/internal/store"
+)
+
+// Environment of the test binary re-executed inside the private mount
+// namespace where a user-mode systemd runs (see
+// /work/shared/notes/systemd-in-tests.md, way A).
+const (
+	envInSystemd = "ANNOUNCE_TEST_IN_SYSTEMD" // the announce binary to use
+	envEndpoint  = "ANNOUNCE_TEST_ENDPOINT"
+	envIP        = "ANNOUNCE_TEST_IP"
+)
+
+// TestSidekickUnderSystemd starts nginx@1 and the nginx-announce@1 sidekick
+// under a real (user-mode) systemd: the key appears once nginx answers and
+// the sidekick reported READY=1; stopping nginx@1 stops the sidekick through
+// BindsTo=, which revokes the lease — the key goes at once, not after --ttl.
+// In between, kill -9 of the sidekick: systemd restarts it, and it announces
+// again with a new lease.
+func TestSidekickUnderSystemd(t *testing.T) {
+	if os.Getenv(envInSystemd) != "" {
+		sidekickUnderSystemd(t)
+		return
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (a private mount namespace for a user-mode systemd)")
+	}
+	for _, p := range []string{"/lib/systemd/systemd", "/usr/bin/systemctl", "/usr/sbin/nginx"} {
+		if _, err := os.Stat(p); err != nil {
+			t.Skipf("%s not installed", p)
+		}
+	}
+	if err := exec.Command("unshare", "--mount", "--propagation", "private", "true").Run(); err != nil {
+		t.Skipf("unshare --mount not permitted: %v", err)
+	}
+	srv := etcdtest.New(t)
+	bin := build(t)
+	ip := freeIP(t)
+	runtime := t.TempDir()
+	os.Chmod(runtime, 0o700)
+	script := `set -e
+mkdir -p /run/systemd && mount -t tmpfs tmpfs /run/systemd && mkdir -p /run/systemd/system
+export XDG_RUNTIME_DIR="$1"
+/lib/systemd/systemd --user >"$XDG_RUNTIME_DIR/systemd.log" 2>&1 &
+sd=$!
+i=0; while [ ! -S "$XDG_RUNTIME_DIR/bus" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
+export DBUS_SESSION_BUS_ADDRESS="unix:path=$XDG_RUNTIME_DIR/bus"
+rc=0
+"$0" -test.run '^TestSidekickUnderSystemd$' -test.v || rc=$?
+systemctl --user stop nginx-announce@1.service nginx@1.service 2>/dev/null || true
+kill $sd; wait $sd 2>/dev/null || true
+exit $rc`
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "unshare", "--mount", "--propagation", "private", "sh", "-c", script, os.Args[0], runtime)
+	cmd.Env = append(os.Environ(), envInSystemd+"="+bin, envEndpoint+"="+srv.Endpoint(), envIP+"="+ip)
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "--- PASS: TestSidekickUnderSystemd") {
+		log, _ := os.ReadFile(filepath.Join(runtime, "systemd.log"))
+		t.Fatalf("under systemd: %v\n%s\nsystemd log:\n%s", err, out, log)
+	}
+	t.Logf("%s", out)
+}
+
+func systemctl(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("systemctl", append([]string{"--user"}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("systemctl --user %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func sidekickUnderSystemd(t *testing.T) {
+	bin, ep, ip := os.Getenv(envInSystemd), os.Getenv(envEndpoint), os.Getenv(envIP)
+	dir := filepath.Join(os.Getenv("XDG_RUNTIME_DIR"), "systemd", "user")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// nginx@.service, reduced to what the sidekick needs: nginx answering on
+	// ${PUBLIC_IP}:8080.
+	nginx := `[Unit]
+Description=nginx@%i stand-in
+[Service]
+ExecStartPre=/bin/mkdir -p ${XDG_RUNTIME_DIR}/nginx-%i
+ExecStartPre=/bin/sh -c "printf 'pid %%s/nginx.pid; error_log stderr warn; events {} http { access_log off; client_body_temp_path %%s/b; proxy_temp_path %%s/p; server { listen %%s:8080; location / { return 200 ok; } } }' ${XDG_RUNTIME_DIR}/nginx-%i ${XDG_RUNTIME_DIR}/nginx-%i ${XDG_RUNTIME_DIR}/nginx-%i ${PUBLIC_IP} >${XDG_RUNTIME_DIR}/nginx-%i/nginx.conf"
+ExecStart=/usr/sbin/nginx -p ${XDG_RUNTIME_DIR}/nginx-%i -e stderr -c ${XDG_RUNTIME_DIR}/nginx-%i/nginx.conf -g "daemon off;"
+`
+	sidekick, err := os.ReadFile("nginx-announce@.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sidekick = []byte(strings.ReplaceAll(string(sidekick), "/usr/local/bin/announce", bin))
+	if err := os.WriteFile(filepath.Join(dir, "nginx@.service"), []byte(nginx), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "nginx-announce@.service"), sidekick, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	systemctl(t, "set-environment", "PUBLIC_IP="+ip, "ANNOUNCE_ENDPOINTS="+ep, "XDG_RUNTIME_DIR="+os.Getenv("XDG_RUNTIME_DIR"))
+	systemctl(t, "daemon-reload")
+
+	cfg := store.Default()
+	cfg.Endpoints = []string{ep}
+	c, err := store.Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const key = "/clusterstate/demo/nginx@1.service"
+
+	// systemctl start of a Type=notify unit returns once READY=1 arrived:
+	// the key is there without polling.
+	systemctl(t, "start", "nginx@1.service")
+	systemctl(t, "start", "nginx-announce@1.service")
+	kv, found, _, err := c.Get(context.Background(), key)
+	host, _ := os.Hostname()
+	if err != nil || !found || string(kv.Value) != fmt.Sprintf("%s %s:8080", host, ip) {
+		t.Fatalf("after start: %q found=%v err=%v", kv.Value, found, err)
+	}
+	t.Logf("announced by the sidekick: %s = %q", key, kv.Value)
+	if st := systemctl(t, "show", "-p", "ActiveState,StatusText", "nginx-announce@1.service"); !strings.Contains(st, "ActiveState=active") || !strings.Contains(st, "announced") {
+		t.Errorf("sidekick state: %s", st)
+	}
+
+	// kill -9 of the sidekick: Restart=on-failure brings it back, and it
+	// writes the key with a new lease (the old one just runs out).
+	systemctl(t, "kill", "-s", "KILL", "nginx-announce@1.service")
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		got, found, _, err := c.Get(context.Background(), key)
+		if err == nil && found && got.Lease != kv.Lease {
+			t.Logf("after kill -9: restarted, lease %x → %x", kv.Lease, got.Lease)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sidekick not back 20s after kill -9 (found=%v err=%v)", found, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for systemctl(t, "show", "-p", "ActiveState", "nginx-announce@1.service") != "ActiveState=active" {
+		if time.Now().After(deadline) {
+			t.Fatal("restarted sidekick never active")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	// BindsTo=: stopping nginx stops the sidekick, which revokes the lease.
+	began := time.Now()
+	systemctl(t, "stop", "nginx@1.service")
+	for {
+		if _, found, _, err := c.Get(context.Background(), key); err == nil && !found {
+			break
+		}
+		if time.Since(began) > 8*time.Second { // --ttl is 10s: absent sooner means revoked
+			t.Fatalf("key still there %s after nginx@1 stopped", time.Since(began))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("key gone %s after systemctl stop nginx@1.service", time.Since(began))
+	if st := systemctl(t, "show", "-p", "ActiveState", "nginx-announce@1.service"); st != "ActiveState=inactive" {
+		t.Errorf("sidekick after nginx stopped: %s", st)
+	}
+}
