@@ -28,7 +28,7 @@ else
 fi
 # Ratios: for every peer figure, the same figure of render.
 awk -F'"' '
-	{ name=$4; sub(/^[^.]*\./, "", name); unit=$8; match($0, /"value":[0-9.e+-]+/); v=substr($0, RSTART+8, RLENGTH-8)
+	{ name=$4; sub(/^[^.]*\./, "", name); unit=$8; if (unit !~ /^(ns\/op|p50-ms|p99-ms|reloads\/burst)$/) next; match($0, /"value":[0-9.e+-]+/); v=substr($0, RSTART+8, RLENGTH-8)
 	  split(name, p, "/"); impl=p[2]; key=p[1] "|" (p[3] != "" ? p[3] : "") "|" unit
 	  val[impl "|" key]=v; impls[impl]=1; keys[key]=1 }
 	END {
