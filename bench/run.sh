@@ -13,7 +13,8 @@
 #         QUICK=1 — every figure once, shorter windows (a smoke run, ≈ 4 min)
 #         LONG=1  — medians of 5, 10k held registrations, longer windows
 # Environment: COUNT (override repetitions), STEP_TIMEOUT (seconds, default 900),
-# ONLY=regex (run only the plan steps whose name matches), CONFD=/path/to/confd
+# ONLY=regex (run only the plan steps whose name matches, adding to the last
+# results instead of starting a new file), CONFD=/path/to/confd
 # and CONFD_FORK=/path/to/abtreece-confd (peers run on the same workload in the
 # same run: ratios in the table), FLOTILLA_BENCH_ETCD_BIN (default: etcd on PATH,
 # used for the "etcd=binary" runs).
@@ -22,7 +23,9 @@ cd "$(dirname "$0")/.."
 out=bench/results
 mkdir -p "$out"
 results="$out/results.jsonl"
-: >"$results"
+# A partial run (ONLY=…) adds to the last results: the table shows the newest
+# line of each figure.
+[ -n "${ONLY:-}" ] || : >"$results"
 
 mode=default count=3
 [ -n "${QUICK:-}" ] && mode=quick count=1
@@ -79,7 +82,7 @@ step() {
 # medians as JSON lines; the raw output is kept in gotest.log.
 go build -o "$out/gobench" ./bench/gobench
 go build -o "$out/table" ./bench/table
-: >"$out/gotest.log"
+[ -n "${ONLY:-}" ] || : >"$out/gotest.log"
 gobench() {
 	local pkg=$1 re=$2 bt=$3 n=$4 suffix=${5:-}
 	go test -run '^$' -bench "$re" -benchmem -benchtime "$bt" -count "$n" \

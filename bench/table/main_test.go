@@ -15,9 +15,9 @@ func TestRun(t *testing.T) {
 	}{
 		{"goal met and ns as ms", `{"name":"cmd/announce.StartToVisible","unit":"p50-ms","value":30}
 {"name":"x.Y","unit":"ns/op","value":2500000}`, false,
-			[]string{"goal < 50 #3: met", "2.5    ms/op"}, nil},
+			[]string{"goal ≤ 50 #3: met", "2.5    ms/op"}, nil},
 		{"goal not met, suffix ignored", `{"name":"integration/render.RSS100k/etcd=binary","unit":"rss-MB","value":120}`, false,
-			[]string{"goal < 100 #5: NOT MET"}, nil},
+			[]string{"goal ≤ 100 #5: NOT MET"}, nil},
 		{"at least", `{"name":"internal/announce.Hold10k","unit":"alive-after-ttl","value":9000}`, false,
 			[]string{"goal ≥ 10000 #3: NOT MET"}, nil},
 		{"last wins", `{"name":"a","unit":"u","value":1}
