@@ -278,3 +278,25 @@ func TestLeaderFailover(t *testing.T) {
 	f.start("b.service", "[Service]\nExecStart=/bin/true\n")
 	f.until("placed by e2", func(s *registry.Snapshot) bool { return len(s.Schedule["b.service"]) == 1 })
 }
+
+func TestMachineCapacity(t *testing.T) {
+	f := newFixture(t)
+	l, err := f.c.GrantLease(f.ctx, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.machines["m1"] = l
+	l.Put(f.ctx, f.reg.MachineKey("m1"), registry.Encode(registry.Machine{ID: "m1", Capacity: 1}))
+	f.runEngine("m1")
+	f.start("a.service", "[Service]\nExecStart=/bin/true\n")
+	f.start("b.service", "[Service]\nExecStart=/bin/true\n")
+	s := f.until("one placed, one unplaced", func(s *registry.Snapshot) bool {
+		return len(s.Schedule["a.service"])+len(s.Schedule["b.service"]) == 1 && len(s.Unplaced) == 1
+	})
+	for u, why := range s.Unplaced {
+		if why == "" {
+			t.Errorf("%s unplaced without a reason", u)
+		}
+		t.Logf("%s: %s", u, why)
+	}
+}
