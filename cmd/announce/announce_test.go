@@ -312,6 +312,10 @@ func TestDetachKeeperHoldsLease(t *testing.T) {
 		t.Fatalf("announce --detach: %v", err)
 	}
 	kv, _ := waitKey(t, c, "/held", true, time.Second)
+	// A closing terminal (SIGHUP to the group) does not end the keeper.
+	if err := syscall.Kill(-p.cmd.Process.Pid, syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
 	time.Sleep(3 * time.Second) // three TTLs: only a live keeper keeps the key
 	kv2, found, _, err := c.Get(ctxT(t, 5*time.Second), "/held")
 	if err != nil || !found || kv2.Lease != kv.Lease {

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"os/signal"
 	"strconv"
 	"strings"
 	"syscall"
@@ -88,6 +89,9 @@ func runEnv(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 			return fmt.Errorf("%s=%q: not a file descriptor", keeperEnv, fd)
 		}
 		report = os.NewFile(uintptr(n), "keeper-report")
+		// Detached, like nohup: a closing terminal does not end the keeper
+		// (and leave its key to expire); SIGTERM/SIGINT still revoke.
+		signal.Ignore(syscall.SIGHUP)
 	}
 	return keep(ctx, o, log, report)
 }
