@@ -5,8 +5,8 @@
 //
 // The safety rule: a unit runs on a machine only while that machine's
 // presence lease lives. When the lease is lost (revoked, expired), or etcd
-// has not confirmed it alive for a third of its TTL (the agent asks every
-// quarter TTL) — so before etcd can expire it and the engine move the units
+// has not confirmed it alive for a third of its TTL, at least 1.5s (the
+// agent asks every quarter TTL) — so before etcd can expire it and the engine move the units
 // — the agent stops every unit at once, then registers again with a new
 // lease and starts what is targeted at it then. On start, and
 // after every re-registration, units the executor runs that are not targeted

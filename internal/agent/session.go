@@ -334,13 +334,16 @@ func (s *session) answerJournal(ctx context.Context, kv store.KV) {
 }
 
 // probe asks etcd whether the presence lease is alive. Out of contact for a
-// third of the TTL, the agent gives the machine up before etcd can expire
+// third of the TTL (at least 1.5s), the agent gives the machine up before etcd can expire
 // the lease (at the earliest about two thirds of the TTL after the last
 // keepalive it received): its units are then stopping, or stopped, before
 // the engine may start them elsewhere.
 func (s *session) probe(ctx context.Context) error {
 	ttl := s.lease.TTL()
-	pctx, cancel := context.WithTimeout(ctx, ttl/4)
+	// With very short TTLs (tests) the silence allowed stays long enough to
+	// ride out an etcd leader election, which does not expire leases.
+	threshold := max(ttl/3, 1500*time.Millisecond)
+	pctx, cancel := context.WithTimeout(ctx, min(max(ttl/4, 500*time.Millisecond), threshold))
 	defer cancel()
 	alive, err := s.lease.Alive(pctx)
 	switch {
@@ -354,7 +357,7 @@ func (s *session) probe(ctx context.Context) error {
 		// expired lease also closes Done; until then, count it as silence.
 		err = errors.New("lease has less than a second left")
 	}
-	if silent := time.Since(s.lastContact); silent > ttl/3 {
+	if silent := time.Since(s.lastContact); silent > threshold {
 		return fmt.Errorf("no contact with etcd for %s (TTL %s): %w: %v", silent.Round(time.Millisecond), ttl, errLeaseLost, err)
 	}
 	return nil
