@@ -40,9 +40,11 @@ import (
 
 var _ executor.Executor = (*Executor)(nil)
 
-// DefaultGuard is the guard command: a shell that waits, and on SIGUSR1 (its
+// defaultGuard is the guard command: a shell that waits, and on SIGUSR1 (its
 // parent-death signal) kills its own process group.
-var defaultGuard = []string{"/bin/sh", "-c", `trap 'kill -9 0' USR1; while :; do sleep 3600 & wait $!; done`}
+func defaultGuard() []string {
+	return []string{"/bin/sh", "-c", `trap 'kill -9 0' USR1; while :; do sleep 3600 & wait $!; done`}
+}
 
 // Options configures New.
 type Options struct {
@@ -94,7 +96,7 @@ func New(opts Options) (*Executor, error) {
 		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	if len(opts.Guard) == 0 {
-		opts.Guard = defaultGuard
+		opts.Guard = defaultGuard()
 	}
 	if opts.DefaultTimeout <= 0 {
 		opts.DefaultTimeout = 90 * time.Second
