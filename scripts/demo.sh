@@ -328,6 +328,22 @@ else
 	fail "expected 20 answers from nginx@1 and nginx@2, got $ERRS errors, answered by: $ANSWERED"
 fi
 
+# ------------------------------------------------------ bad announcement ----
+step "5b. A bad announcement never reaches haproxy"
+say "A value that would make haproxy.cfg invalid: render stages the file, check_cmd (haproxy -c) refuses it,"
+say "the live haproxy.cfg and haproxy stay as they were; render retries, and renders again once the key is fixed."
+cp "$D/lb/haproxy.cfg" "$D/lb/haproxy.cfg.good"
+show env ETCDCTL_API=3 etcdctl --endpoints "$ENDPOINT" put "$NS/bogus.service" "oops 127.0.0.9:8080 nonsense"
+refused() { grep -q 'check_cmd.*exited 1' "$D/render.log"; }
+wait_for 15 "render to refuse the bad config" refused
+printf '%s$ grep check_cmd .demo/render.log | tail -n 1%s\n' "$Y" "$N"
+grep 'check_cmd.*exited 1' "$D/render.log" | tail -n 1 | sed "s#$ROOT/##g; s/^/    /"
+if cmp -s "$D/lb/haproxy.cfg" "$D/lb/haproxy.cfg.good"; then ok "haproxy.cfg unchanged"; else fail "the bad announcement reached haproxy.cfg"; fi
+traffic 10 >/dev/null
+if [ "$ERRS" -eq 0 ] && [ "$ANSWERED" = "nginx@1 nginx@2 " ]; then ok "traffic unaffected: 10/10 answered by nginx@1 and nginx@2"; else fail "traffic suffered from a refused config: $ERRS errors"; fi
+show env ETCDCTL_API=3 etcdctl --endpoints "$ENDPOINT" del "$NS/bogus.service"
+rm -f "$D/lb/haproxy.cfg.good"
+
 # ---------------------------------------------------------- machine loss ----
 step "6. A worker hosting an instance dies (kill -9 of its scheduler serve)"
 VICTIM_UNIT= VICTIM_IP=

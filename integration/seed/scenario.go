@@ -367,8 +367,14 @@ func Run(t *testing.T, opts Options) {
 	resource(hp.ReloadCmd())
 	rctx, rcancel := context.WithCancel(ctx)
 	render := renderCmd(rctx, "-watch")
-	var renderLog bytes.Buffer
-	render.Stdout, render.Stderr = &renderLog, &renderLog
+	renderLogPath := filepath.Join(dir, "render.log")
+	renderLogFile, err := os.Create(renderLogPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer renderLogFile.Close()
+	render.Stdout, render.Stderr = renderLogFile, renderLogFile
+	renderLog := func() string { b, _ := os.ReadFile(renderLogPath); return string(b) }
 	render.Cancel = func() error { return render.Process.Signal(syscall.SIGTERM) }
 	if err := render.Start(); err != nil {
 		t.Fatal(err)
@@ -393,6 +399,34 @@ func Run(t *testing.T, opts Options) {
 	if !both(before) {
 		t.Errorf("before the loss: %s", before)
 	}
+
+	// A bad announcement (a value that makes haproxy.cfg invalid) must not
+	// reach haproxy: render's check_cmd refuses it, the live file stays, and
+	// traffic goes on; removing it lets the next good render through.
+	good, _ := os.ReadFile(cfg)
+	bogus := "/clusterstate/demo/bogus.service"
+	kv := srv.Client()
+	if _, err := kv.Put(ctx, bogus, "oops 127.0.0.9:8080 nonsense", 0); err != nil {
+		t.Fatal(err)
+	}
+	refused := func() bool {
+		return strings.Contains(renderLog(), "check_cmd") && strings.Contains(renderLog(), "exited 1")
+	}
+	for wait := time.Now().Add(20 * time.Second); !refused(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(wait) {
+			t.Fatalf("render never ran check_cmd on the bad announcement:\n%s", renderLog())
+		}
+	}
+	if live, _ := os.ReadFile(cfg); !bytes.Equal(live, good) {
+		t.Errorf("a bad announcement changed the live haproxy.cfg:\n%s", live)
+	}
+	if res := h.Send(ctx, 20); !both(res) {
+		t.Errorf("traffic with a bad announcement pending: %s", res)
+	}
+	if _, err := kv.Delete(ctx, bogus); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("a bad announcement was refused by check_cmd; haproxy.cfg and traffic untouched")
 
 	// A worker hosting an instance dies.
 	victimUnit, victimIP := "nginx@1.service", ip1
@@ -423,7 +457,7 @@ func Run(t *testing.T, opts Options) {
 	tCfg := time.Since(start)
 	want := "nginx@1 " + newIP + ":8080"
 	if res, ok := h.Until(ctx, 10, func(r lbtest.Result) bool { return both(r) && r.By[want] > 0 }); !ok {
-		t.Fatalf("traffic never reached %s through haproxy: %s\n%s\n%s", want, res, hp.Output(), renderLog.String())
+		t.Fatalf("traffic never reached %s through haproxy: %s\n%s\n%s", want, res, hp.Output(), renderLog())
 	}
 	tBack := time.Since(start)
 	during := bg.Stop()
