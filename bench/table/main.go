@@ -82,7 +82,7 @@ var notes = []struct {
 	{regexp.MustCompile(`\.EnginePass`), "steady-pass-requests", "etcd requests per steady pass"},
 	{regexp.MustCompile(`\.EnginePass`), "first-pass-requests", "etcd requests placing all 10k (batched txns)"},
 	{regexp.MustCompile(`\.EnginePass`), "loss-pass-requests", "etcd requests after one machine is lost"},
-	{regexp.MustCompile(`\.Peer[A-Za-z]+/`), "ms/op", "process per run"},
+	{regexp.MustCompile(`\.PeerOnetime/`), "ms/op", "a process per run"},
 	{regexp.MustCompile(`\.Onetime/`), "ms/op", "in-process"},
 	{regexp.MustCompile(`^etcdload/`), "req/s", "gRPC messages, idle etcd subtracted"},
 }
@@ -151,7 +151,11 @@ func run(r io.Reader, w io.Writer, all bool) error {
 		if m := peer.FindStringSubmatch(x.Name); m != nil {
 			if i, ok := index[[2]string{m[1] + "/render/" + m[3], x.Unit}]; ok && rows[i].Value > 0 && x.Unit != "B/op" && x.Unit != "allocs/op" {
 				ratio := x.Value / rows[i].Value
-				note = strings.TrimPrefix(note+"; ", "; ") + fmt.Sprintf("render %s× ahead of %s", fmtv(ratio), m[2])
+				rel := fmt.Sprintf("render %s× ahead of %s", fmtv(ratio), m[2])
+				if ratio < 1 {
+					rel = fmt.Sprintf("render %s× behind %s", fmtv(1/ratio), m[2])
+				}
+				note = strings.TrimPrefix(note+"; ", "; ") + rel
 				if strings.HasPrefix(m[3], "keys=10k") && m[2] == "confd" && !strings.Contains(x.Name, "Burst") {
 					verdict := "met"
 					if ratio < 10 {
