@@ -289,6 +289,7 @@ func keep(ctx context.Context, o *options, log *slog.Logger, report *os.File) er
 	}
 	defer c.Close()
 	first := true
+	written := make(chan struct{})
 	o.cfg.OnPut = func(id store.LeaseID) {
 		if sd != nil {
 			if first {
@@ -298,7 +299,7 @@ func keep(ctx context.Context, o *options, log *slog.Logger, report *os.File) er
 			}
 		}
 		if first {
-			trimResident()
+			close(written)
 		}
 		if first && report != nil {
 			fmt.Fprintf(report, "written %x\n", int64(id))
@@ -307,6 +308,20 @@ func keep(ctx context.Context, o *options, log *slog.Logger, report *os.File) er
 		first = false
 	}
 	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		// Once settled (key written, its watch and keepalive running), give
+		// back the pages start-up touched.
+		select {
+		case <-gctx.Done():
+		case <-written:
+			select {
+			case <-gctx.Done():
+			case <-time.After(2 * time.Second):
+				trimResident()
+			}
+		}
+		return nil
+	})
 	if sd != nil {
 		g.Go(func() error { sd.Watchdog(gctx); return nil })
 	}
