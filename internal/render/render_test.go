@@ -276,6 +276,9 @@ func TestNoPrefixSpillOver(t *testing.T) {
 	}
 	f.put("/app/y", "1") // ordered after the /apple puts in the one watch
 	f.eventually("render of /app/y", func() bool { return read(dest) == "/app/x\n/app/y\n" })
+	// Renders of one resource run one at a time, in order, so any render an
+	// /apple put caused is counted before the /app/y one.
+	f.eventually("the /app/y render counted", func() bool { return renders()-before >= 1 })
 	if got := renders() - before; got != 1 {
 		t.Fatalf("%v renders after 40 /apple puts and one /app put, want 1", got)
 	}
