@@ -27,6 +27,7 @@ import (
 
 	"github.com/flotilla/flotilla/internal/etcdtest"
 	"github.com/flotilla/flotilla/internal/lbtest"
+	"github.com/flotilla/flotilla/internal/systemdtest"
 )
 
 // repoRoot is the module root (this package is integration/seed).
@@ -103,13 +104,21 @@ type machine struct {
 	cmd      *exec.Cmd
 	exited   chan struct{}
 	log      string
+	sd       *systemdtest.Manager // the machine's systemd, with Options.Executor "systemd"
 }
 
-// start starts one `scheduler serve` in its own UTS namespace named name.
-func (c *cluster) start(name, ip, metadata string) {
+// start starts one `scheduler serve` in its own UTS namespace named name,
+// running its units with executor ("process", or "systemd": a user-mode
+// systemd of its own, started here).
+func (c *cluster) start(name, ip, metadata, executor string) {
 	t := c.t
 	t.Helper()
 	m := &machine{name: name, ip: ip, exited: make(chan struct{}), log: filepath.Join(c.dir, name+".log")}
+	var env []string
+	if executor == "systemd" {
+		m.sd = systemdtest.New(t)
+		env = m.sd.Env()
+	}
 	logf, err := os.Create(m.log)
 	if err != nil {
 		t.Fatal(err)
@@ -119,8 +128,12 @@ func (c *cluster) start(name, ip, metadata string) {
 	args := []string{"--uts", "sh", "-c", `hostname "$0" && exec "$@"`, name,
 		filepath.Join(c.bin, "scheduler"), "serve", "--endpoints", c.endpoint,
 		"--machine-id", id, "--public-ip", ip, "--metadata", metadata,
-		"--executor", "process", "--data-dir", filepath.Join(c.dir, name), "--ttl", "2s"}
+		"--executor", executor, "--data-dir", filepath.Join(c.dir, name), "--ttl", "2s"}
+	if executor == "systemd" {
+		args = append(args, "--systemd-user")
+	}
 	m.cmd = exec.Command("unshare", args...)
+	m.cmd.Env = append(os.Environ(), env...)
 	m.cmd.Stdout, m.cmd.Stderr = logf, logf
 	m.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := m.cmd.Start(); err != nil {
@@ -142,10 +155,16 @@ func (c *cluster) start(name, ip, metadata string) {
 	c.machines[name] = m
 }
 
-// kill kills a machine's scheduler with SIGKILL, as a host dying would.
+// kill kills a machine's scheduler with SIGKILL, as a host dying would, and
+// its systemd (the whole namespace) if it has one.
 func (c *cluster) kill(name string) {
 	m := c.machines[name]
 	m.cmd.Process.Signal(syscall.SIGKILL)
+	if m.sd != nil {
+		if pid, err := m.sd.PID(); err == nil {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
 	<-m.exited
 }
 
@@ -258,6 +277,11 @@ type Options struct {
 	// the install paths (announce, etcd.env, /run/) are pointed into the
 	// test's directory.
 	Replace []string
+	// Executor runs the workers' units: "process" (default) or "systemd"
+	// (each worker gets its own user-mode systemd; the lb machine, which
+	// runs no unit, keeps the process executor). Machines have the
+	// metadata host=<their name> besides role.
+	Executor string
 }
 
 // Run deploys the seed's scenario with opts' units and checks it through
@@ -279,12 +303,15 @@ func Run(t *testing.T, opts Options) {
 	names := []string{"worker-1", "worker-2", "worker-3", "lb-1"}
 	ipOf := map[string]string{}
 	for i, name := range names {
-		md := "role=worker"
+		md, ex := "role=worker", opts.Executor
+		if ex == "" {
+			ex = "process"
+		}
 		if name == "lb-1" {
-			md = "role=lb"
+			md, ex = "role=lb", "process"
 		}
 		ipOf[name] = fmt.Sprintf("%s%d", sub, i+2)
-		c.start(name, ipOf[name], md)
+		c.start(name, ipOf[name], md+",host="+name, ex)
 	}
 	nameOf := map[string]string{}
 	for n, ip := range ipOf {

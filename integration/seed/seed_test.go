@@ -21,3 +21,16 @@ func TestMain(m *testing.M) {
 func TestSeedDeployment(t *testing.T) {
 	seed.Run(t, seed.Options{UnitDir: "examples/units"})
 }
+
+// TestSeedDeploymentSystemd runs the same units through the systemd
+// executor: each worker has its own real (user-mode) systemd, which parses
+// and runs nginx@.service itself. The four machines share this host's
+// systemd-visible host name (%H is expanded by systemd, outside their UTS
+// namespaces), so the announcement names the machine by its metadata instead.
+func TestSeedDeploymentSystemd(t *testing.T) {
+	seed.Run(t, seed.Options{
+		UnitDir:  "examples/units",
+		Executor: "systemd",
+		Replace:  []string{`"%H ${PUBLIC_IP}:8080"`, `"${FLOTILLA_METADATA_HOST} ${PUBLIC_IP}:8080"`},
+	})
+}
