@@ -27,6 +27,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -72,7 +73,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	enc := json.NewEncoder(stdout)
 	var idle float64
 	for _, g := range cfg.groups {
-		rate, puts, err := measure(ctx, cfg, g, filepath.Join(tmp, g), stderr)
+		rate, puts, byMethod, err := measure(ctx, cfg, g, filepath.Join(tmp, g), stderr)
 		if err != nil {
 			return fmt.Errorf("etcdload %s: %w", g, err)
 		}
@@ -86,6 +87,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		enc.Encode(result{Name: name, Unit: "req/s", Value: round(rate)})
 		enc.Encode(result{Name: name + "/per-process", Unit: "req/s", Value: round(rate / float64(cfg.n))})
 		enc.Encode(result{Name: name, Unit: "writes/s", Value: round(puts)})
+		methods := make([]string, 0, len(byMethod))
+		for m := range byMethod {
+			methods = append(methods, m)
+		}
+		sort.Strings(methods)
+		for _, m := range methods {
+			enc.Encode(result{Name: name + "/method=" + m, Unit: "req/s", Value: round(byMethod[m])})
+		}
 	}
 	return nil
 }
@@ -101,9 +110,9 @@ func round(v float64) float64 { return float64(int64(v*100+0.5)) / 100 }
 
 // measure starts a fresh etcd and the group's n processes, waits for them to be
 // up, warms up, and returns requests/s and writes/s over the window.
-func measure(ctx context.Context, cfg config, group, dir string, stderr io.Writer) (rate, writes float64, err error) {
+func measure(ctx context.Context, cfg config, group, dir string, stderr io.Writer) (rate, writes float64, byMethod map[string]float64, err error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return 0, 0, err
+		return 0, 0, nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -118,7 +127,7 @@ func measure(ctx context.Context, cfg config, group, dir string, stderr io.Write
 	}()
 	ep, etcd, err := startEtcd(ctx, cfg.etcd, filepath.Join(dir, "etcd"))
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, nil, err
 	}
 	procs = append(procs, etcd)
 	start := func(name string, args ...string) error {
@@ -145,7 +154,7 @@ func measure(ctx context.Context, cfg config, group, dir string, stderr io.Write
 		for i := range cfg.n {
 			if err := start("announce", "--endpoints", ep, "--log-level", "error",
 				fmt.Sprintf("/bench/load/a%d", i), fmt.Sprintf("h%d 127.0.0.1:%d", i, 8000+i)); err != nil {
-				return 0, 0, err
+				return 0, 0, nil, err
 			}
 		}
 		ready = func() bool { v, _ := metric(ep, "etcd_debugging_mvcc_keys_total"); return int(v) >= cfg.n }
@@ -153,18 +162,18 @@ func measure(ctx context.Context, cfg config, group, dir string, stderr io.Write
 		// Something to render: n announcement-like keys, written before the
 		// renderers start (those writes end long before the window).
 		if err := putKeys(ctx, ep, cfg.n); err != nil {
-			return 0, 0, err
+			return 0, 0, nil, err
 		}
 		var dests []string
 		for i := range cfg.n {
 			cd := filepath.Join(dir, fmt.Sprintf("confd%d", i))
 			dest, err := writeConfdir(cd)
 			if err != nil {
-				return 0, 0, err
+				return 0, 0, nil, err
 			}
 			dests = append(dests, dest)
 			if err := start("render", "-backend", "etcdv3", "-node", ep, "-confdir", cd, "-watch", "-log-level", "error"); err != nil {
-				return 0, 0, err
+				return 0, 0, nil, err
 			}
 		}
 		ready = func() bool {
@@ -180,49 +189,55 @@ func measure(ctx context.Context, cfg config, group, dir string, stderr io.Write
 			md := filepath.Join(dir, fmt.Sprintf("m%d", i))
 			if err := start("scheduler", "serve", "--endpoints", ep, "--machine-id", fmt.Sprintf("%032x", i+1),
 				"--data-dir", md, "--executor", "process", "--public-ip", "127.0.0.1", "--log-level", "error"); err != nil {
-				return 0, 0, err
+				return 0, 0, nil, err
 			}
 		}
 		// n presence keys plus the engine leader's election key.
 		ready = func() bool { v, _ := metric(ep, "etcd_debugging_mvcc_keys_total"); return int(v) >= cfg.n+1 }
 	default:
-		return 0, 0, cmdline.Usagef("unknown group %q (idle, announce, render, agent)", group)
+		return 0, 0, nil, cmdline.Usagef("unknown group %q (idle, announce, render, agent)", group)
 	}
 	deadline := time.Now().Add(2 * time.Minute)
 	for !ready() {
 		if time.Now().After(deadline) {
-			return 0, 0, fmt.Errorf("%d %s processes not up after 2m (logs in %s)", cfg.n, group, dir)
+			return 0, 0, nil, fmt.Errorf("%d %s processes not up after 2m (logs in %s)", cfg.n, group, dir)
 		}
 		for _, p := range procs[1:] {
 			if p.ProcessState != nil {
-				return 0, 0, fmt.Errorf("%s exited early", p.Path)
+				return 0, 0, nil, fmt.Errorf("%s exited early", p.Path)
 			}
 		}
 		select {
 		case <-ctx.Done():
-			return 0, 0, ctx.Err()
+			return 0, 0, nil, ctx.Err()
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
 	fmt.Fprintf(stderr, "etcdload: %s ×%d up; warm-up %s, window %s\n", group, cfg.n, cfg.warmup, cfg.window)
 	if err := sleep(ctx, cfg.warmup); err != nil {
-		return 0, 0, err
+		return 0, 0, nil, err
 	}
 	m0, err := counters(ep)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, nil, err
 	}
 	t0 := time.Now()
 	if err := sleep(ctx, cfg.window); err != nil {
-		return 0, 0, err
+		return 0, 0, nil, err
 	}
 	m1, err := counters(ep)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, nil, err
 	}
 	secs := time.Since(t0).Seconds()
 	// The two /metrics scrapes are plain HTTP, not gRPC: they are not counted.
-	return (m1.msgs - m0.msgs) / secs, (m1.writes - m0.writes) / secs, nil
+	byMethod = map[string]float64{}
+	for m, v := range m1.byMethod {
+		if d := v - m0.byMethod[m]; d > 0 {
+			byMethod[m] = d / secs
+		}
+	}
+	return (m1.msgs - m0.msgs) / secs, (m1.writes - m0.writes) / secs, byMethod, nil
 }
 
 func sleep(ctx context.Context, d time.Duration) error {
@@ -278,16 +293,20 @@ func freePort() string {
 }
 
 // snapshot holds the counters measure compares.
-type snapshot struct{ msgs, writes float64 }
+type snapshot struct {
+	msgs, writes float64
+	byMethod     map[string]float64 // gRPC messages received per method
+}
 
 // counters scrapes etcd's /metrics: every gRPC message received, and the
 // writes applied (puts, deletes and transactions of the MVCC store).
 func counters(ep string) (snapshot, error) {
-	var s snapshot
-	err := scrape(ep, func(name string, v float64) {
+	s := snapshot{byMethod: map[string]float64{}}
+	err := scrape(ep, func(name, labels string, v float64) {
 		switch name {
 		case "grpc_server_msg_received_total":
 			s.msgs += v
+			s.byMethod[label(labels, "grpc_method")] += v
 		case "etcd_debugging_mvcc_put_total", "etcd_debugging_mvcc_delete_total":
 			s.writes += v
 		}
@@ -298,7 +317,7 @@ func counters(ep string) (snapshot, error) {
 // metric returns the value of one unlabelled metric.
 func metric(ep, want string) (float64, error) {
 	found, val := false, 0.0
-	err := scrape(ep, func(name string, v float64) {
+	err := scrape(ep, func(name, _ string, v float64) {
 		if name == want {
 			found, val = true, v
 		}
@@ -309,9 +328,22 @@ func metric(ep, want string) (float64, error) {
 	return val, err
 }
 
+// label returns one label's value from a {k="v",…} label set.
+func label(labels, key string) string {
+	i := strings.Index(labels, key+"=\"")
+	if i < 0 {
+		return ""
+	}
+	rest := labels[i+len(key)+2:]
+	if j := strings.IndexByte(rest, '"'); j >= 0 {
+		return rest[:j]
+	}
+	return rest
+}
+
 // scrape reads the Prometheus text exposition of ep/metrics and calls fn with
-// each sample's metric name (labels dropped) and value.
-func scrape(ep string, fn func(name string, v float64)) error {
+// each sample's metric name, label set ({…} or "") and value.
+func scrape(ep string, fn func(name, labels string, v float64)) error {
 	cl := http.Client{Timeout: 5 * time.Second}
 	resp, err := cl.Get(ep + "/metrics")
 	if err != nil {
@@ -332,15 +364,15 @@ func scrape(ep string, fn func(name string, v float64)) error {
 		if sp < 0 {
 			continue
 		}
-		name := line[:sp]
+		name, labels := line[:sp], ""
 		if i := strings.IndexByte(name, '{'); i >= 0 {
-			name = name[:i]
+			name, labels = name[:i], name[i:]
 		}
 		v, err := strconv.ParseFloat(line[sp+1:], 64)
 		if err != nil {
 			continue
 		}
-		fn(name, v)
+		fn(name, labels, v)
 	}
 	return sc.Err()
 }
