@@ -1,0 +1,171 @@
+// Package security tests flotilla's three binaries against a hostile or
+// locked-down world: etcd with TLS client certificates and with
+// username/password authentication, secrets that must not show in logs or in
+// `ps`, hostile values and names that must never reach a shell or escape a
+// directory, and files that must have their requested mode from the first
+// byte.
+package security
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+const envBinDir = "FLOTILLA_SECURITY_BINDIR"
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "flotilla-security-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := func() int {
+		defer os.RemoveAll(dir)
+		cmd := exec.Command("go", "build", "-o", dir+"/", "github.com/flotilla/flotilla/cmd/announce",
+			"github.com/flotilla/flotilla/cmd/render", "github.com/flotilla/flotilla/cmd/scheduler")
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "security: build binaries:", err)
+			return 1
+		}
+		os.Setenv(envBinDir, dir)
+		code := m.Run()
+		if code == 0 {
+			if err := goleak.Find(
+				goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
+				goleak.IgnoreAnyFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
+				goleak.IgnoreTopFunction("github.com/golang/glog.(*fileSink).flushDaemon"),
+			); err != nil {
+				fmt.Fprintln(os.Stderr, "goleak:", err)
+				return 1
+			}
+		}
+		return code
+	}()
+	os.Exit(code)
+}
+
+// bin returns the path of a binary built by TestMain.
+func bin(name string) string { return filepath.Join(os.Getenv(envBinDir), name) }
+
+// syncBuf collects a process's output while it runs.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// proc is a long-running binary started by a test, stopped at cleanup.
+type proc struct {
+	cmd  *exec.Cmd
+	out  *syncBuf
+	done chan struct{}
+}
+
+func start(t testing.TB, env []string, argv ...string) *proc {
+	t.Helper()
+	p := &proc{cmd: exec.Command(argv[0], argv[1:]...), out: &syncBuf{}, done: make(chan struct{})}
+	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.stop()
+		if t.Failed() {
+			t.Logf("--- %s output:\n%s", filepath.Base(argv[0]), p.out.String())
+		}
+	})
+	return p
+}
+
+func (p *proc) stop() {
+	select {
+	case <-p.done:
+	default:
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.done:
+		case <-time.After(10 * time.Second):
+			syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+			<-p.done
+		}
+	}
+	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+}
+
+// cmdline returns the process's command line as `ps` shows it.
+func (p *proc) cmdline() string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p.cmd.Process.Pid))
+	return strings.ReplaceAll(string(b), "\x00", " ")
+}
+
+// eventually polls cond until it returns nil or limit (a bound that only
+// detects a hang) passes.
+func eventually(t testing.TB, limit time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s: %v", what, limit, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func ctxFor(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// confdir writes a render confdir with one resource whose template lists
+// every key under prefix, and returns it with the dest path.
+func confdir(t testing.TB, prefix, extraTOML string) (dir, dest string) {
+	t.Helper()
+	dir = t.TempDir()
+	for _, d := range []string{"conf.d", "templates"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dest = filepath.Join(dir, "out", "app.cfg")
+	os.MkdirAll(filepath.Dir(dest), 0o755)
+	toml := fmt.Sprintf("[template]\nsrc = \"app.tmpl\"\ndest = %q\nkeys = [%q]\n%s\n", dest, prefix, extraTOML)
+	if err := os.WriteFile(filepath.Join(dir, "conf.d", "app.toml"), []byte(toml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tmpl := fmt.Sprintf("{{range gets %q}}{{.Key}}={{.Value}}\n{{end}}", prefix+"/*")
+	if err := os.WriteFile(filepath.Join(dir, "templates", "app.tmpl"), []byte(tmpl), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir, dest
+}
