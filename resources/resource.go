@@ -101,6 +101,10 @@ type Resource struct {
 	Backup, CreateDestDir, KeepStageFile bool
 	// Delims replaces "{{" "}}" when set.
 	Delims [2]string
+	// MissingKey is what a template does with a missing map key ($m.nokey):
+	// "" or "default" as confd does (false in an if, "<no value>" printed),
+	// "error" to fail the render. An addition: confd files keep their meaning.
+	MissingKey string
 	// Warnings are non-fatal findings (unknown keys without strict mode).
 	Warnings []string
 }
@@ -134,6 +138,7 @@ type tomlTemplate struct {
 	CreateDestDir  bool     `toml:"create_dest_dir"`
 	KeepStageFile  bool     `toml:"keep_stage_file"`
 	Delims         []string `toml:"delims"`
+	MissingKey     string   `toml:"missingkey"`
 }
 
 // duration decodes "5s" strings or integer seconds.
@@ -323,6 +328,12 @@ func Parse(filename string, b []byte, opts LoadOptions) (*Resource, error) {
 	}
 	r.Backup, r.CreateDestDir = t.Backup, t.CreateDestDir
 	r.KeepStageFile = t.KeepStageFile || opts.KeepStageFile
+	switch t.MissingKey {
+	case "", "default", "zero", "error":
+		r.MissingKey = t.MissingKey
+	default:
+		return nil, fmt.Errorf("resource %s: template.missingkey %q: want default, zero or error", filename, t.MissingKey)
+	}
 	switch len(t.Delims) {
 	case 0:
 	case 2:

@@ -195,7 +195,7 @@ func loadEntry(file string, opts resources.LoadOptions) (*entry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("resource %s: template: %w", file, err)
 	}
-	t, err := template.Parse(filepath.Base(res.Src), text, template.Options{Delims: res.Delims, Dir: opts.TemplatesDir})
+	t, err := template.Parse(filepath.Base(res.Src), text, template.Options{Delims: res.Delims, Dir: opts.TemplatesDir, MissingKey: missingKey(res.MissingKey)})
 	if err != nil {
 		return nil, fmt.Errorf("resource %s: %w", file, err)
 	}
@@ -816,4 +816,15 @@ func (r *runner) allRendered() bool {
 		}
 	}
 	return true
+}
+
+// missingKey maps a resource's missingkey setting to the template option.
+// Unset means confd's behaviour, so that an existing confd template keeps its
+// meaning (a missing map key is false in an if); "error" opts into the strict
+// house default.
+func missingKey(setting string) string {
+	if setting == "" {
+		return "default"
+	}
+	return setting
 }
