@@ -263,12 +263,14 @@ func writeInPlace(dest string, content []byte, mode os.FileMode, uid, gid int) e
 	if err != nil {
 		return err
 	}
+	// The file keeps its old mode when opened: narrow it before the first
+	// byte of the new content.
+	f.Chmod(mode)
+	f.Chown(uid, gid)
 	if _, err := f.Write(content); err != nil {
 		f.Close()
 		return err
 	}
-	f.Chmod(mode)
-	f.Chown(uid, gid)
 	if err := f.Sync(); err != nil {
 		f.Close()
 		return err
