@@ -20,6 +20,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 )
 
 // Client is a connection to an etcd cluster. It is safe for concurrent use.
@@ -28,12 +29,32 @@ type Client struct {
 	endpoints []string
 }
 
+// DefaultMaxReconnectDelay caps the wait between attempts to reconnect to an
+// endpoint that went away (gRPC's own default grows to 120 s, far too long for
+// a sidekick or a renderer that must be back within a second of etcd).
+const DefaultMaxReconnectDelay = time.Second
+
+// OpenOptions tune a client beyond Config; the zero value gives Open's client.
+type OpenOptions struct {
+	// MaxReconnectDelay caps the wait between reconnection attempts; zero
+	// means DefaultMaxReconnectDelay.
+	MaxReconnectDelay time.Duration
+}
+
 // Open connects to etcd and checks that at least one endpoint answers (and that
 // the credentials are accepted) within cfg.DialTimeout. It never blocks longer
 // than that. cfg is validated first.
 func Open(ctx context.Context, cfg Config) (*Client, error) {
+	return OpenWith(ctx, cfg, OpenOptions{})
+}
+
+// OpenWith is Open with options.
+func OpenWith(ctx context.Context, cfg Config, o OpenOptions) (*Client, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if o.MaxReconnectDelay <= 0 {
+		o.MaxReconnectDelay = DefaultMaxReconnectDelay
 	}
 	where := strings.Join(cfg.Endpoints, ",")
 	tlsCfg, err := tlsConfig(cfg)
@@ -48,6 +69,9 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 			eps[i] = strings.Replace(ep, "http://", "https://", 1)
 		}
 	}
+	bo := backoff.DefaultConfig
+	bo.BaseDelay = min(bo.BaseDelay, o.MaxReconnectDelay/4)
+	bo.MaxDelay = o.MaxReconnectDelay
 	dctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	defer cancel()
 	cli, err := clientv3.New(clientv3.Config{
@@ -61,8 +85,10 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 		Logger:               zap.NewNop(),
 		Context:              ctx,
 		PermitWithoutStream:  true,
-		RejectOldCluster:     false,
-		DialOptions:          []grpc.DialOption{},
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           bo,
+			MinConnectTimeout: max(o.MaxReconnectDelay, time.Second),
+		})},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("connect to etcd %s: %w", where, explain(err, cfg, tlsCfg))
