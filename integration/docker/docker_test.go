@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 
@@ -60,6 +61,7 @@ func TestSeedDockerDeployment(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
+	t0 := time.Now()
 
 	// The image, built locally from a static binary, saved to a file, and
 	// removed from the engine: prefetch.service's docker load brings it back.
@@ -80,6 +82,7 @@ func TestSeedDockerDeployment(t *testing.T) {
 		exec.Command(docker, "rmi", image).Run()
 	})
 
+	t.Logf("image built, saved to %s and removed from the engine: %s", tar, time.Since(t0).Round(time.Millisecond))
 	seed.Run(t, seed.Options{
 		UnitDir: "examples/units/docker",
 		Replace: []string{

@@ -291,6 +291,7 @@ func Run(t *testing.T, opts Options) {
 	needRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
+	tStart := time.Now()
 	root := repoRoot(t)
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "bin")
@@ -342,7 +343,13 @@ func Run(t *testing.T, opts Options) {
 	placed := c.waitUnits(ctx, "nginx@1, nginx@2 active; prefetch active on three machines", func(m map[string][]string) bool {
 		return len(m["nginx@1.service"]) == 1 && len(m["nginx@2.service"]) == 1 && len(m["prefetch.service"]) == 3
 	})
-	t.Logf("placed: %v", placed)
+	t.Logf("placed after %s: %v", time.Since(tStart).Round(time.Millisecond), placed)
+	if os.Getenv("SEED_DEBUG") != "" {
+		for _, u := range []string{"prefetch.service", "nginx@1.service"} {
+			out, _ := c.scheduler(ctx, c.dir, "journal", "-n", "40", u)
+			t.Logf("journal %s:\n%s", u, out)
+		}
+	}
 	ip1, ip2 := placed["nginx@1.service"][0], placed["nginx@2.service"][0]
 	if ip1 == ip2 {
 		t.Fatalf("nginx@1 and nginx@2 share machine %s despite Conflicts", ip1)
