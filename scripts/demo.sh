@@ -277,7 +277,7 @@ cat >"$D/lb/conf.d/haproxy.toml" <<EOF
 src = "haproxy.cfg.tmpl"
 dest = "$D/lb/haproxy.cfg"
 keys = [ "$NS" ]
-check_cmd = "haproxy -c -q -f {{.src}}"
+check_cmd = "haproxy -c -f {{.src}}"
 reload_cmd = "$D/lb/reload-haproxy"
 EOF
 say "conf.d/haproxy.toml is examples/lb's with dest and reload_cmd pointing into .demo/lb/;"

@@ -374,7 +374,7 @@ func Run(t *testing.T, opts Options) {
 	cfg := filepath.Join(lb, "haproxy.cfg")
 	bind := lbtest.FreeAddr(t, "127.0.0.1")
 	resource := func(reload string) {
-		toml := fmt.Sprintf("[template]\nsrc = \"haproxy.cfg.tmpl\"\ndest = %q\nkeys = [ \"/clusterstate/demo\" ]\ncheck_cmd = \"haproxy -c -q -f {{.src}}\"\nreload_cmd = %q\n", cfg, reload)
+		toml := fmt.Sprintf("[template]\nsrc = \"haproxy.cfg.tmpl\"\ndest = %q\nkeys = [ \"/clusterstate/demo\" ]\ncheck_cmd = \"haproxy -c -f {{.src}}\"\nreload_cmd = %q\n", cfg, reload)
 		os.WriteFile(filepath.Join(lb, "conf.d", "haproxy.toml"), []byte(toml), 0o644)
 	}
 	renderCmd := func(ctx context.Context, extra ...string) *exec.Cmd {

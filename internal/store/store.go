@@ -84,7 +84,7 @@ func OpenWith(ctx context.Context, cfg Config, o OpenOptions) (*Client, error) {
 		Password:             cfg.Password,
 		Logger:               zap.NewNop(),
 		Context:              ctx,
-		PermitWithoutStream:  true,
+		PermitWithoutStream:  false, // etcd answers pings without a stream with GOAWAY too_many_pings
 		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           bo,
 			MinConnectTimeout: max(o.MaxReconnectDelay, time.Second),
