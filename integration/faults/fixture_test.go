@@ -211,6 +211,10 @@ type lb struct {
 	hammer  *lbtest.Hammer
 }
 
+// lbTemplate is the seed's haproxy template with fast health checks. A
+// check may take up to 1 s and a server is down after two failures: on a
+// loaded 2-core machine a 200 ms check timeout with fall 1 marks live
+// backends down together (503s that are the test's, not flotilla's).
 const lbTemplate = `global
     log stderr format raw local0 notice
 defaults
@@ -221,10 +225,11 @@ defaults
     timeout connect 500ms
     timeout client 10s
     timeout server 10s
+    timeout check 1s
 listen app
     bind %s
     balance roundrobin
-{{range getvs "/clusterstate/faults/*"}}    server {{.}} check inter 200ms fall 1 rise 1
+{{range getvs "/clusterstate/faults/*"}}    server {{.}} check inter 200ms fall 2 rise 1
 {{end}}`
 
 // startLB starts haproxy on an empty configuration, then render -watch over
@@ -259,6 +264,16 @@ func startLB(t testing.TB, endpoints []string, extraFlags ...string) *lb {
 	l.render = startProc(t, "render", nil, args...)
 	l.hammer = &lbtest.Hammer{URL: "http://" + l.bind + "/", Timeout: 2 * time.Second}
 	return l
+}
+
+// logHaproxy logs haproxy's server state changes (for a failed test).
+func (l *lb) logHaproxy(t testing.TB) {
+	t.Helper()
+	for _, line := range strings.Split(l.h.Output(), "\n") {
+		if strings.Contains(line, " is DOWN") || strings.Contains(line, " is UP") || strings.Contains(line, "no server available") {
+			t.Log("haproxy: " + line)
+		}
+	}
 }
 
 // servers returns the addresses of the server lines of the rendered file.

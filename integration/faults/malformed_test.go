@@ -83,6 +83,7 @@ func TestMalformedEtcdData(t *testing.T) {
 	for k := range bad {
 		c.Delete(ctx, announcePrefix+k)
 	}
+	phase1 := run.Snapshot()
 	// A 1 MiB value: haproxy 2.6 accepts a 1 MiB server name, so render may
 	// install it; render must survive, and haproxy must keep serving.
 	if _, err := c.Put(ctx, announcePrefix+"huge", huge+" 127.0.0.9:2", 0); err != nil {
@@ -99,6 +100,15 @@ func TestMalformedEtcdData(t *testing.T) {
 		t.Errorf("render installed an invalid config: %v", err)
 	}
 	c.Delete(ctx, announcePrefix+"huge")
+	l.waitServers(t, 30*time.Second, good)
+	phase2 := run.Snapshot()
+	figure(t, "malformed/requests-hostile", "errors %d / total %d while binary, invalid UTF-8 and traversal values were in etcd",
+		phase1.Errors, phase1.Total)
+	figure(t, "malformed/requests-huge", "errors %d / total %d while a 1 MiB value was in etcd (and in haproxy.cfg)",
+		phase2.Errors-phase1.Errors, phase2.Total-phase1.Total)
+	if phase1.Errors > 0 {
+		t.Errorf("requests failed while hostile values were in etcd: %s", phase1)
+	}
 	if l.render.Exited() || l.h.Exited() {
 		t.Fatalf("render or haproxy exited: %s", tail(l.render.Output(), 3000))
 	}
@@ -196,9 +206,9 @@ func TestMalformedEtcdData(t *testing.T) {
 		return checkInvariants(ctx, c, tok, units)
 	})
 	res := run.Stop()
-	figure(t, "malformed/requests", "errors %d / total %d with hostile keys in etcd", res.Errors, res.Total)
-	if res.Errors > 0 {
-		t.Errorf("requests failed while hostile keys were in etcd: %s", res)
+	figure(t, "malformed/requests", "errors %d / total %d over the whole test", res.Errors, res.Total)
+	if after := res.Errors - phase2.Errors; after > 0 {
+		t.Errorf("requests failed while hostile scheduler keys were in etcd: %d (%s)", after, res)
 	}
 }
 
