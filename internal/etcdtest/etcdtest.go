@@ -148,8 +148,8 @@ func (s *Server) Endpoint() string { return s.Endpoints()[0] }
 func (s *Server) Config() store.Config {
 	cfg := store.Default()
 	cfg.Endpoints = s.Endpoints()
-	// Generous: it only bounds a hang, and two shared cores can be slow.
-	cfg.DialTimeout = 10 * time.Second
+	// Short enough that tests of "etcd is down" retry several times.
+	cfg.DialTimeout = 3 * time.Second
 	if s.tls != nil {
 		cfg.CACert, cfg.Cert, cfg.Key = s.tls.CA, s.tls.ClientCert, s.tls.ClientKey
 	}
