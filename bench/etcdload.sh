@@ -3,11 +3,13 @@
 # announce processes, N render -watch processes and N scheduler serve machines,
 # each group alone against a fresh Debian etcd on loopback, counted from etcd's
 # /metrics over WINDOW after a WARMUP that is excluded. Needs bin/ (make build).
-# Environment: N (default 10), WINDOW (default 30s; QUICK=1: 12s), WARMUP (5s),
+# Environment: N (default 10; LONG=1: 50), WINDOW (default 30s; QUICK=1: 12s), WARMUP (5s),
 # ETCD_BIN (default: etcd on PATH).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 window=${WINDOW:-30s}
+n=${N:-10}
+[ -n "${LONG:-}" ] && n=${N:-50}
 [ -n "${QUICK:-}" ] && window=${WINDOW:-12s}
-exec go run ./bench/etcdload -n "${N:-10}" -window "$window" -warmup "${WARMUP:-5s}" \
+exec go run ./bench/etcdload -n "$n" -window "$window" -warmup "${WARMUP:-5s}" \
 	-bin bin -etcd "${ETCD_BIN:-$(command -v etcd)}"

@@ -93,7 +93,10 @@ export -f gobench
 export out step_timeout
 
 case $mode in
-quick) micro=100ms hold_n=1000 heavy=1 ;;
+quick)
+	micro=100ms hold_n=1000 heavy=1
+	export RUNS="${RUNS:-1}" # bench/seed.sh: one demo
+	;;
 long) micro=1s hold_n=10000 heavy=$count ;;
 *) micro=300ms hold_n=10000 heavy=$count ;;
 esac
