@@ -144,17 +144,7 @@ func TestPasswordAuthNoSecretInLogsOrPs(t *testing.T) {
 	// Its own process group, which the keeper stays in: killed at the end.
 	det.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	err = det.Run()
-	t.Cleanup(func() {
-		pg := det.Process.Pid
-		syscall.Kill(-pg, syscall.SIGTERM)
-		for i := 0; i < 100 && syscall.Kill(-pg, 0) == nil; i++ {
-			time.Sleep(50 * time.Millisecond)
-		}
-		if syscall.Kill(-pg, 0) == nil {
-			t.Errorf("the announce --detach keeper survived SIGTERM for 5s")
-			syscall.Kill(-pg, syscall.SIGKILL)
-		}
-	})
+	t.Cleanup(func() { stopGroup(t, det.Process.Pid) })
 	detFile.Close()
 	detOut, _ := os.ReadFile(detLog)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -156,12 +157,21 @@ func TestRenderHostileValuesNeverReachShell(t *testing.T) {
 	// (the --detach keeper is re-executed without one).
 	for i, v := range values[:3] {
 		key := fmt.Sprintf("/inj/announce/%d/%s", i, strings.ReplaceAll(v, "\n", "_"))
-		runWith(nil, bin("announce"), "--delete", "--endpoints", srv.Endpoint(), key)
-		out, err := runWith(nil, bin("announce"), "--detach", "--endpoints", srv.Endpoint(), "--ttl", "2s", key, "h 127.0.0.1:80")
-		if err == nil {
-			runWith(nil, bin("announce"), "--delete", "--endpoints", srv.Endpoint(), key)
-		} else {
-			t.Logf("announce refused key %q: %s", key, strings.TrimSpace(out))
+		logPath := filepath.Join(t.TempDir(), "announce.log")
+		logf, err := os.Create(logPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(bin("announce"), "--detach", "--endpoints", srv.Endpoint(), "--ttl", "2s", key, "h 127.0.0.1:80")
+		cmd.Stdout, cmd.Stderr = logf, logf
+		// The keeper stays in this process group: stopped at cleanup.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		err = cmd.Run()
+		logf.Close()
+		t.Cleanup(func() { stopGroup(t, cmd.Process.Pid) })
+		if err != nil {
+			out, _ := os.ReadFile(logPath)
+			t.Logf("announce refused key %q: %s", key, strings.TrimSpace(string(out)))
 		}
 	}
 	noneExist(t, files)

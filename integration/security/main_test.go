@@ -118,6 +118,20 @@ func (p *proc) stop() {
 	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 }
 
+// stopGroup stops an `announce --detach` keeper left in process group pg:
+// SIGTERM (it revokes its lease), then SIGKILL if it is still there after 5 s
+// (an error: a keeper must obey SIGTERM).
+func stopGroup(t testing.TB, pg int) {
+	syscall.Kill(-pg, syscall.SIGTERM)
+	for i := 0; i < 100 && syscall.Kill(-pg, 0) == nil; i++ {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if syscall.Kill(-pg, 0) == nil {
+		t.Errorf("process group %d (an announce --detach keeper) survived SIGTERM for 5s", pg)
+		syscall.Kill(-pg, syscall.SIGKILL)
+	}
+}
+
 // cmdline returns the process's command line as `ps` shows it.
 func (p *proc) cmdline() string {
 	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p.cmd.Process.Pid))
