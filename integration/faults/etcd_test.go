@@ -115,6 +115,7 @@ func TestLeaderKilledUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	l.waitServing(ctx, t, len(units))
 	mon := startMonitor(ctx, c, tok, units)
 	run := l.hammer.Start(ctx)
 	leader := cl.Leader()
@@ -205,6 +206,7 @@ func TestEtcdDownAndBack(t *testing.T) {
 	}
 	l.waitServers(t, 30*time.Second, addrs)
 	before, _ := announced(ctx, c)
+	l.waitServing(ctx, t, len(as))
 	run := l.hammer.Start(ctx)
 
 	pids := map[string]int{"render": l.render.Pid()}

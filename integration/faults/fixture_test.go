@@ -310,6 +310,19 @@ func (l *lb) waitServers(t testing.TB, limit time.Duration, addrs []string) {
 // checks of every backend at once (the figure is logged either way).
 func tolerable(res lbtest.Result) bool { return res.Total > 0 && res.Errors*100 <= res.Total }
 
+// waitServing waits until haproxy itself (not just the rendered file)
+// serves n backends without errors: render writes the file before its
+// reload_cmd has finished, and haproxy starts on a config with no servers,
+// which answers 503.
+func (l *lb) waitServing(ctx context.Context, t testing.TB, n int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if r, ok := l.hammer.Until(ctx, 4*n, func(r lbtest.Result) bool { return len(r.By) == n && r.Errors == 0 }); !ok {
+		t.Fatalf("haproxy does not serve %d backends: %s", n, r)
+	}
+}
+
 // announcer is a standalone `announce` in the foreground with its backend.
 type announcer struct {
 	name, key, addr string

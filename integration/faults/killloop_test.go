@@ -51,6 +51,8 @@ func TestKillLoop(t *testing.T) {
 	}
 	eventually(t, 60*time.Second, "units running and announced", func() error { return checkInvariants(ctx, c, tok, units) })
 
+	l.waitServers(t, 30*time.Second, annAddrs(ctx, t, c))
+	l.waitServing(ctx, t, len(units))
 	mon := startMonitor(ctx, c, tok, units)
 	run := l.hammer.Start(ctx)
 	var converge []time.Duration
@@ -106,9 +108,9 @@ func TestKillLoop(t *testing.T) {
 	}
 	// haproxy health-checks every 200 ms and redispatches: requests in
 	// flight to a killed backend are retried elsewhere. A few may still fail
-	// (a connection reset mid-answer, a 503 while a reload meets a loaded
-	// machine: measured 0.04%–2% here). More than 5% means the LB broke.
-	if res.Total == 0 || res.Errors*20 > res.Total {
+	// (a connection reset mid-answer: measured 0.02%). More than 1% means
+	// the LB broke.
+	if res.Total == 0 || res.Errors*100 > res.Total {
 		t.Errorf("requests through haproxy during the kill loop: %s", res)
 		l.logHaproxy(t)
 	}

@@ -48,6 +48,7 @@ func TestMalformedEtcdData(t *testing.T) {
 	l.waitServers(t, 30*time.Second, good)
 	goodFile, _ := os.ReadFile(l.dest)
 	placed, _ := scheduled(ctx, reg)
+	l.waitServing(ctx, t, len(units))
 	run := l.hammer.Start(ctx)
 
 	// 1. Hostile announcements that make an invalid haproxy config: render

@@ -217,6 +217,7 @@ func TestPartitionedMachine(t *testing.T) {
 	}
 	l.waitServers(t, 30*time.Second, annAddrs(ctx, t, c))
 
+	l.waitServing(ctx, t, len(units))
 	mon := startMonitor(ctx, c, tok, units)
 	run := l.hammer.Start(ctx)
 	t.Logf("partition: link of %s down (it runs %s)", cut.id, victim)
@@ -272,7 +273,7 @@ func TestPartitionedMachine(t *testing.T) {
 	if maxDup > ttl+time.Second {
 		t.Errorf("%s ran in two places for %s (> one TTL %s + 1s)", victim, maxDup, ttl)
 	}
-	if res.Total == 0 || res.Errors*20 > res.Total {
+	if res.Total == 0 || res.Errors*100 > res.Total {
 		t.Errorf("requests through haproxy during the partition: %s", res)
 		l.logHaproxy(t)
 	}
