@@ -238,3 +238,47 @@ func TestMachineFactsNeverInject(t *testing.T) {
 	}
 	noneExist(t, files)
 }
+
+// TestSpecifiersNeverReachShell: an instance name may hold systemd's
+// escapes (`\x3b` is ";", `\x20` a space), which %I unescapes. In Exec lines
+// the process executor expands specifiers inside words, with no shell, so
+// `x;touch pwned` stays one argument. (A unit that passes %I to `sh -c`
+// evaluates it, exactly as under systemd: that is the unit author's code.)
+func TestSpecifiersNeverReachShell(t *testing.T) {
+	pw := t.TempDir()
+	dir := t.TempDir()
+	ex, err := process.New(process.Options{Dir: filepath.Join(dir, "logs"), DefaultTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ex.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out := filepath.Join(dir, "args")
+	body := fmt.Sprintf("[Service]\nType=oneshot\nRemainAfterExit=yes\nWorkingDirectory=%s\n"+
+		"ExecStart=/bin/echo %%I\nExecStartPost=/bin/sh -c 'printf \"%%%%s|\" \"$@\" > %s' sh %%I %%i %%n %%p\n", pw, out)
+	name := `inj@x\x3btouch\x20pwned\x3b\x24\x28touch\x20pwned2\x29.service`
+	if _, err := unit.ParseName(name); err != nil {
+		t.Fatalf("ParseName(%q): %v", name, err)
+	}
+	spec := executor.Spec{Name: name, Body: []byte(body), Hash: unit.Hash([]byte(body))}
+	if err := ex.Start(ctx, spec); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	defer ex.Remove(context.Background(), name)
+	eventually(t, 20*time.Second, "unit ran", func() error {
+		if b, err := os.ReadFile(out); err != nil || len(b) == 0 {
+			return fmt.Errorf("not yet")
+		}
+		return nil
+	})
+	b, _ := os.ReadFile(out)
+	want := `x;touch pwned;$(touch pwned2)|x\x3btouch\x20pwned\x3b\x24\x28touch\x20pwned2\x29|` + name + `|inj|`
+	if string(b) != want {
+		t.Errorf("the unit's arguments: %q, want %q", b, want)
+	}
+	entries, _ := os.ReadDir(pw)
+	for _, e := range entries {
+		t.Errorf("a specifier reached a shell: %s exists", e.Name())
+	}
+}
