@@ -45,6 +45,7 @@ type config struct {
 	warmup time.Duration
 	bin    string
 	etcd   string
+	ttl    time.Duration // announce --ttl
 	groups []string
 }
 
@@ -57,6 +58,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&cfg.warmup, "warmup", 5*time.Second, "time after every process is up, excluded from the count")
 	fs.StringVar(&cfg.bin, "bin", "bin", "directory holding announce, render and scheduler")
 	fs.StringVar(&cfg.etcd, "etcd", "/usr/bin/etcd", "etcd server binary")
+	fs.DurationVar(&cfg.ttl, "announce-ttl", 30*time.Second, "announce --ttl (its default: 30s)")
 	fs.StringVar(&groups, "groups", "idle,announce,render,agent", "groups to measure, in order")
 	if err := cmdline.Parse(fs, args, stdout, "usage: etcdload [flags]\n\nRequests/s that idle flotilla processes cause on one etcd."); err != nil {
 		return err
@@ -152,7 +154,7 @@ func measure(ctx context.Context, cfg config, group, dir string, stderr io.Write
 		ready = func() bool { return true }
 	case "announce":
 		for i := range cfg.n {
-			if err := start("announce", "--endpoints", ep, "--log-level", "error",
+			if err := start("announce", "--endpoints", ep, "--log-level", "error", "--ttl", cfg.ttl.String(),
 				fmt.Sprintf("/bench/load/a%d", i), fmt.Sprintf("h%d 127.0.0.1:%d", i, 8000+i)); err != nil {
 				return 0, 0, nil, err
 			}
@@ -328,6 +330,12 @@ func metric(ep, want string) (float64, error) {
 	return val, err
 }
 
+// httpClient is a client that keeps no connection (and so no goroutine)
+// once a request is done.
+func httpClient() *http.Client {
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+}
+
 // label returns one label's value from a {k="v",…} label set.
 func label(labels, key string) string {
 	i := strings.Index(labels, key+"=\"")
@@ -344,7 +352,7 @@ func label(labels, key string) string {
 // scrape reads the Prometheus text exposition of ep/metrics and calls fn with
 // each sample's metric name, label set ({…} or "") and value.
 func scrape(ep string, fn func(name, labels string, v float64)) error {
-	cl := http.Client{Timeout: 5 * time.Second}
+	cl := httpClient()
 	resp, err := cl.Get(ep + "/metrics")
 	if err != nil {
 		return fmt.Errorf("scrape %s/metrics: %w", ep, err)
@@ -380,7 +388,7 @@ func scrape(ep string, fn func(name, labels string, v float64)) error {
 // putKeys writes n announcement-like keys through etcd's JSON gateway (the
 // v3 HTTP API, keys base64-encoded), so this program needs no etcd client.
 func putKeys(ctx context.Context, ep string, n int) error {
-	cl := http.Client{Timeout: 5 * time.Second}
+	cl := httpClient()
 	for i := range n {
 		body := fmt.Sprintf(`{"key":%q,"value":%q}`,
 			b64(fmt.Sprintf("/bench/load/a%d", i)), b64(fmt.Sprintf("h%d 127.0.0.1:%d", i, 8000+i)))
