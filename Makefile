@@ -47,3 +47,8 @@ bench: deps build
 
 clean:
 	rm -rf $(BIN) bench/results
+
+# The long fault suite: a 30 s etcd outage, 50 kill iterations, a 30 s partition.
+# (`make test` runs the same suite in its short form.)
+faults: deps build
+	FLOTILLA_FAULTS_LONG=1 $(GO) test -race -count=1 -timeout 30m -v ./integration/faults/ 2>&1 | grep -E '^(=== RUN|--- |ok|FAIL|PASS)|FIGURE'
