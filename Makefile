@@ -51,4 +51,6 @@ clean:
 # The long fault suite: a 30 s etcd outage, 50 kill iterations, a 30 s partition.
 # (`make test` runs the same suite in its short form.)
 faults: deps build
-	FLOTILLA_FAULTS_LONG=1 $(GO) test -race -count=1 -timeout 30m -v ./integration/faults/ 2>&1 | grep -E '^(=== RUN|--- |ok|FAIL|PASS)|FIGURE'
+	@mkdir -p $(BIN)
+	FLOTILLA_FAULTS_LONG=1 $(GO) test -race -count=1 -timeout 30m -v ./integration/faults/ >$(BIN)/faults.log 2>&1; \
+	rc=$$?; grep -E '^(--- |ok|FAIL)|FIGURE' $(BIN)/faults.log; echo "full log: $(BIN)/faults.log"; exit $$rc
