@@ -79,6 +79,9 @@ type Engine struct {
 	// waiting holds the units the last pass held back until another
 	// machine reports them stopped.
 	waiting map[string]bool
+	// skipped holds the undecodable keys already logged, so that each is
+	// reported once, not on every pass.
+	skipped map[string]bool
 }
 
 type parsed struct {
@@ -252,6 +255,22 @@ func fatal(ctx context.Context, err error) bool {
 	return ctx.Err() != nil || errors.Is(err, ErrNotLeader)
 }
 
+// logSkipped warns once about each key the registry could not decode: the
+// engine schedules around it, and an operator should hear of it.
+func (e *Engine) logSkipped(skipped []error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	seen := make(map[string]bool, len(skipped))
+	for _, err := range skipped {
+		msg := err.Error()
+		seen[msg] = true
+		if !e.skipped[msg] {
+			e.log.Warn("engine: ignoring an undecodable key", "err", msg)
+		}
+	}
+	e.skipped = seen
+}
+
 // passResult is PassStats plus the revision the pass read at.
 type passResult struct {
 	PassStats
@@ -276,6 +295,7 @@ func (e *Engine) pass(ctx context.Context, guard store.Cmp) (passResult, error) 
 	}
 	res.rev = snap.Rev
 	res.Requests++
+	e.logSkipped(snap.Skipped)
 	reqs, err := e.loadUnits(ctx, snap)
 	res.Requests += reqs
 	if err != nil {
