@@ -9,7 +9,7 @@
 # progress and logs on stderr. Each plan step runs once (a package covered by a
 # script is not benchmarked again) and under a timeout (STEP_TIMEOUT).
 #
-# Modes:  default — every figure, medians of 3 (≈ 10 min on 2 idle cores)
+# Modes:  default — every figure, medians of 3 (≈ 10 min on 2 shared cores)
 #         QUICK=1 — every figure once, shorter windows (a smoke run, ≈ 4 min)
 #         LONG=1  — medians of 5, 10k held registrations, longer windows
 # Environment: COUNT (override repetitions), STEP_TIMEOUT (seconds, default 900),
