@@ -7,6 +7,7 @@ package units_test
 import (
 	"context"
 	"fmt"
+	"github.com/flotilla/flotilla/internal/testmain"
 	"net"
 	"net/http"
 	"os"
@@ -28,11 +29,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
-		goleak.IgnoreAnyFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
-		goleak.IgnoreTopFunction("github.com/golang/glog.(*fileSink).flushDaemon"),
-	)
+	goleak.VerifyTestMain(m, testmain.LeakOptions()...)
 }
 
 func ctxT(t *testing.T) context.Context {

@@ -10,6 +10,7 @@
 package docker_test
 
 import (
+	"github.com/flotilla/flotilla/internal/testmain"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,11 +24,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
-		goleak.IgnoreAnyFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
-		goleak.IgnoreTopFunction("github.com/golang/glog.(*fileSink).flushDaemon"),
-	)
+	goleak.VerifyTestMain(m, testmain.LeakOptions()...)
 }
 
 const image = "flotilla/backend:demo"

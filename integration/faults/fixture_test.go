@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/flotilla/flotilla/internal/testmain"
 	"io"
 	"net/http"
 	"os"
@@ -153,17 +154,7 @@ func alive(pid int) bool {
 // returns nil or limit passes; limit only detects a hang.
 func eventually(t testing.TB, limit time.Duration, what string, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(limit)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s: %v", what, limit, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	testmain.Eventually(t, limit, 100*time.Millisecond, what, cond)
 }
 
 func ctxFor(t testing.TB, d time.Duration) context.Context {

@@ -20,7 +20,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -28,7 +27,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/flotilla/flotilla/internal/agent"
@@ -36,6 +34,7 @@ import (
 	"github.com/flotilla/flotilla/internal/process"
 	"github.com/flotilla/flotilla/internal/registry"
 	"github.com/flotilla/flotilla/internal/store"
+	"github.com/flotilla/flotilla/internal/testmain"
 )
 
 // Environment of the extra roles.
@@ -49,11 +48,8 @@ const (
 	envLong      = "FLOTILLA_FAULTS_LONG"
 )
 
-// envBinDir tells the tests where TestMain built the binaries.
-const envBinDir = "FLOTILLA_FAULTS_BINDIR"
-
 // bin returns the path of a binary built by TestMain ("announce", "render").
-func bin(name string) string { return filepath.Join(os.Getenv(envBinDir), name) }
+func bin(name string) string { return testmain.Bin(name) }
 
 // self returns the test binary, which plays the machine and backend roles.
 func self(t testing.TB) string {
@@ -72,37 +68,7 @@ func TestMain(m *testing.M) {
 	case "backend":
 		os.Exit(backendMain(os.Args[1:]))
 	}
-	dir, err := os.MkdirTemp("", "flotilla-faults-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := func() int {
-		defer os.RemoveAll(dir)
-		cmd := exec.Command("go", "build", "-o", dir+"/",
-			"github.com/flotilla/flotilla/cmd/announce", "github.com/flotilla/flotilla/cmd/render")
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			fmt.Fprintln(os.Stderr, "faults: build binaries:", err)
-			return 1
-		}
-		os.Setenv(envBinDir, dir)
-		// goleak's VerifyTestMain calls os.Exit; run its check by hand so the
-		// binaries are removed first.
-		code := m.Run()
-		if code == 0 {
-			if err := goleak.Find(
-				goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
-				goleak.IgnoreAnyFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
-				goleak.IgnoreTopFunction("github.com/golang/glog.(*fileSink).flushDaemon"),
-			); err != nil {
-				fmt.Fprintln(os.Stderr, "goleak:", err)
-				return 1
-			}
-		}
-		return code
-	}()
-	os.Exit(code)
+	testmain.Run(m, "announce", "render")
 }
 
 // long reports whether the long variant of the suite was asked for.

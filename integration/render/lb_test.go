@@ -5,6 +5,7 @@ package render_test
 import (
 	"context"
 	"fmt"
+	"github.com/flotilla/flotilla/internal/testmain"
 	"io"
 	"log/slog"
 	"net"
@@ -27,11 +28,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
-		goleak.IgnoreAnyFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
-		goleak.IgnoreTopFunction("github.com/golang/glog.(*fileSink).flushDaemon"),
-	)
+	goleak.VerifyTestMain(m, testmain.LeakOptions()...)
 }
 
 const examples = "../../examples/lb"

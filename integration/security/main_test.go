@@ -7,75 +7,26 @@
 package security
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
+	"github.com/flotilla/flotilla/internal/testmain"
 )
 
-const envBinDir = "FLOTILLA_SECURITY_BINDIR"
-
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "flotilla-security-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := func() int {
-		defer os.RemoveAll(dir)
-		cmd := exec.Command("go", "build", "-o", dir+"/", "github.com/flotilla/flotilla/cmd/announce",
-			"github.com/flotilla/flotilla/cmd/render", "github.com/flotilla/flotilla/cmd/scheduler")
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			fmt.Fprintln(os.Stderr, "security: build binaries:", err)
-			return 1
-		}
-		os.Setenv(envBinDir, dir)
-		code := m.Run()
-		if code == 0 {
-			if err := goleak.Find(
-				goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
-				goleak.IgnoreAnyFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
-				goleak.IgnoreTopFunction("github.com/golang/glog.(*fileSink).flushDaemon"),
-			); err != nil {
-				fmt.Fprintln(os.Stderr, "goleak:", err)
-				return 1
-			}
-		}
-		return code
-	}()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testmain.Run(m, "announce", "render", "scheduler") }
 
 // bin returns the path of a binary built by TestMain.
-func bin(name string) string { return filepath.Join(os.Getenv(envBinDir), name) }
+func bin(name string) string { return testmain.Bin(name) }
 
 // syncBuf collects a process's output while it runs.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuf = testmain.SyncBuffer
 
 // proc is a long-running binary started by a test, stopped at cleanup.
 type proc struct {
@@ -142,17 +93,7 @@ func (p *proc) cmdline() string {
 // detects a hang) passes.
 func eventually(t testing.TB, limit time.Duration, what string, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(limit)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s: %v", what, limit, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testmain.Eventually(t, limit, 50*time.Millisecond, what, cond)
 }
 
 func ctxFor(t testing.TB, d time.Duration) context.Context {

@@ -1,6 +1,7 @@
 package seed_test
 
 import (
+	"github.com/flotilla/flotilla/internal/testmain"
 	"testing"
 
 	"go.uber.org/goleak"
@@ -9,11 +10,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
-		goleak.IgnoreAnyFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
-		goleak.IgnoreTopFunction("github.com/golang/glog.(*fileSink).flushDaemon"),
-	)
+	goleak.VerifyTestMain(m, testmain.LeakOptions()...)
 }
 
 // TestSeedDeployment runs examples/units' nginx@.service (real nginx on each

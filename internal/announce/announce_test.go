@@ -3,6 +3,7 @@ package announce_test
 import (
 	"context"
 	"errors"
+	"github.com/flotilla/flotilla/internal/testmain"
 	"io"
 	"log"
 	"net"
@@ -22,11 +23,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
-		goleak.IgnoreAnyFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
-		goleak.IgnoreTopFunction("github.com/golang/glog.(*fileSink).flushDaemon"),
-	)
+	goleak.VerifyTestMain(m, testmain.LeakOptions()...)
 }
 
 func ctxT(t *testing.T, d time.Duration) context.Context {
