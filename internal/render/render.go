@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -589,10 +590,14 @@ func Run(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return fmt.Errorf("watch %s: %w", r.cfg.ConfDir, err)
 		}
+		// The confdir itself too, so that a conf.d or templates directory
+		// created after start is picked up; templates recursively, for
+		// included files in subdirectories.
+		if err := fw.Add(r.cfg.ConfDir); err != nil {
+			r.log.Warn("not watching for config changes", "dir", r.cfg.ConfDir, "err", err)
+		}
 		for _, d := range []string{r.cfg.confDir(), r.cfg.templatesDir()} {
-			if err := fw.Add(d); err != nil {
-				r.log.Warn("not watching for config changes", "dir", d, "err", err)
-			}
+			watchTree(fw, d, r.log)
 		}
 		g.Go(func() error {
 			defer fw.Close()
@@ -606,6 +611,11 @@ func Run(ctx context.Context, cfg Config) error {
 					}
 					if strings.HasPrefix(filepath.Base(ev.Name), ".") {
 						continue
+					}
+					if ev.Has(fsnotify.Create) {
+						if fi, err := os.Stat(ev.Name); err == nil && fi.IsDir() {
+							watchTree(fw, ev.Name, r.log)
+						}
 					}
 					select {
 					case cfgEvents <- struct{}{}:
@@ -676,6 +686,15 @@ func (r *runner) loop(ctx context.Context, cfgEvents <-chan struct{}) error {
 			if changed, errs := r.loadConfig(); changed {
 				r.log.Info("configuration reloaded", "resources", len(r.entries), "errors", len(errs))
 				needResync, resyncAt = true, time.Time{}
+			} else {
+				// No resource or top-level template changed, but a file a
+				// template includes may have: render again from the snapshot
+				// (a file whose bytes come out the same is left alone).
+				for _, e := range r.entries {
+					if e.store != nil {
+						r.markDirty(e, now, now)
+					}
+				}
 			}
 		}
 		if needResync && !resyncAt.After(now) {
@@ -827,4 +846,18 @@ func missingKey(setting string) string {
 		return "default"
 	}
 	return setting
+}
+
+// watchTree adds dir and every directory below it to fw. A directory that
+// does not exist (yet) is skipped: its creation is seen in its parent.
+func watchTree(fw *fsnotify.Watcher, dir string, log *slog.Logger) {
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return nil
+		}
+		if err := fw.Add(p); err != nil {
+			log.Warn("not watching for config changes", "dir", p, "err", err)
+		}
+		return nil
+	})
 }
