@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,83 +11,36 @@ import (
 
 	"github.com/flotilla/flotilla/internal/etcdtest"
 	"github.com/flotilla/flotilla/internal/store"
-)
-
-// Environment of the test binary re-executed inside the private mount
-// namespace where a user-mode systemd runs (see
-// /work/shared/notes/systemd-in-tests.md, way A).
-const (
-	envInSystemd = "ANNOUNCE_TEST_IN_SYSTEMD" // the announce binary to use
-	envEndpoint  = "ANNOUNCE_TEST_ENDPOINT"
-	envIP        = "ANNOUNCE_TEST_IP"
+	"github.com/flotilla/flotilla/internal/systemdtest"
 )
 
 // TestSidekickUnderSystemd starts nginx@1 and the nginx-announce@1 sidekick
-// under a real (user-mode) systemd: the key appears once nginx answers and
-// the sidekick reported READY=1; stopping nginx@1 stops the sidekick through
+// under a real (user-mode) systemd, started by systemdtest in its own cgroup,
+// mount and PID namespaces: the key appears once nginx answers and the
+// sidekick reported READY=1; stopping nginx@1 stops the sidekick through
 // BindsTo=, which revokes the lease — the key goes at once, not after --ttl.
 // In between, kill -9 of the sidekick: systemd restarts it, and it announces
 // again with a new lease.
 func TestSidekickUnderSystemd(t *testing.T) {
-	if os.Getenv(envInSystemd) != "" {
-		sidekickUnderSystemd(t)
-		return
+	if _, err := os.Stat("/usr/sbin/nginx"); err != nil {
+		t.Skip("/usr/sbin/nginx not installed")
 	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (a private mount namespace for a user-mode systemd)")
-	}
-	for _, p := range []string{"/lib/systemd/systemd", "/usr/bin/systemctl", "/usr/sbin/nginx"} {
-		if _, err := os.Stat(p); err != nil {
-			t.Skipf("%s not installed", p)
-		}
-	}
-	if err := exec.Command("unshare", "--mount", "--propagation", "private", "true").Run(); err != nil {
-		t.Skipf("unshare --mount not permitted: %v", err)
-	}
+	m := systemdtest.New(t)
 	srv := etcdtest.New(t)
 	bin := build(t)
 	ip := freeIP(t)
-	runtime := t.TempDir()
-	os.Chmod(runtime, 0o700)
-	script := `set -e
-mkdir -p /run/systemd && mount -t tmpfs tmpfs /run/systemd && mkdir -p /run/systemd/system
-export XDG_RUNTIME_DIR="$1"
-/lib/systemd/systemd --user >"$XDG_RUNTIME_DIR/systemd.log" 2>&1 &
-sd=$!
-i=0; while [ ! -S "$XDG_RUNTIME_DIR/bus" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
-export DBUS_SESSION_BUS_ADDRESS="unix:path=$XDG_RUNTIME_DIR/bus"
-rc=0
-"$0" -test.run '^TestSidekickUnderSystemd$' -test.v || rc=$?
-systemctl --user stop nginx-announce@1.service nginx@1.service 2>/dev/null || true
-kill $sd; wait $sd 2>/dev/null || true
-exit $rc`
+	ep := srv.Endpoint()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "unshare", "--mount", "--propagation", "private", "sh", "-c", script, os.Args[0], runtime)
-	cmd.Env = append(os.Environ(), envInSystemd+"="+bin, envEndpoint+"="+srv.Endpoint(), envIP+"="+ip)
-	out, err := cmd.CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "--- PASS: TestSidekickUnderSystemd") {
-		log, _ := os.ReadFile(filepath.Join(runtime, "systemd.log"))
-		t.Fatalf("under systemd: %v\n%s\nsystemd log:\n%s", err, out, log)
+	systemctl := func(t *testing.T, args ...string) string {
+		t.Helper()
+		out, err := m.Systemctl(ctx, args...)
+		if err != nil {
+			t.Fatalf("%v\nmanager log:\n%s", err, m.Log())
+		}
+		return strings.TrimSpace(out)
 	}
-	t.Logf("%s", out)
-}
-
-func systemctl(t *testing.T, args ...string) string {
-	t.Helper()
-	out, err := exec.Command("systemctl", append([]string{"--user"}, args...)...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("systemctl --user %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return strings.TrimSpace(string(out))
-}
-
-func sidekickUnderSystemd(t *testing.T) {
-	bin, ep, ip := os.Getenv(envInSystemd), os.Getenv(envEndpoint), os.Getenv(envIP)
-	dir := filepath.Join(os.Getenv("XDG_RUNTIME_DIR"), "systemd", "user")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	runtime, dir := m.RuntimeDir, m.UnitDir
 	// nginx@.service, reduced to what the sidekick needs: nginx answering on
 	// ${PUBLIC_IP}:8080.
 	nginx := `[Unit]
@@ -109,7 +61,7 @@ ExecStart=/usr/sbin/nginx -p ${XDG_RUNTIME_DIR}/nginx-%i -e stderr -c ${XDG_RUNT
 	if err := os.WriteFile(filepath.Join(dir, "nginx-announce@.service"), sidekick, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	systemctl(t, "set-environment", "PUBLIC_IP="+ip, "ANNOUNCE_ENDPOINTS="+ep, "XDG_RUNTIME_DIR="+os.Getenv("XDG_RUNTIME_DIR"))
+	systemctl(t, "set-environment", "PUBLIC_IP="+ip, "ANNOUNCE_ENDPOINTS="+ep, "XDG_RUNTIME_DIR="+runtime)
 	systemctl(t, "daemon-reload")
 
 	cfg := store.Default()
