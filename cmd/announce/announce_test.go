@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
+	"github.com/flotilla/flotilla/internal/testmain"
 	"net"
 	"os"
 	"os/exec"
@@ -14,46 +14,16 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
 
 	"github.com/flotilla/flotilla/internal/cmdline"
 	"github.com/flotilla/flotilla/internal/etcdtest"
 	"github.com/flotilla/flotilla/internal/store"
 )
 
-// binary is the announce command built once for the subprocess tests.
-var binary string
+func TestMain(m *testing.M) { testmain.Run(m, "announce") }
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "announce-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	binary = filepath.Join(dir, "announce")
-	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build announce: %v\n%s", err, out)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := 0
-	func() {
-		defer os.RemoveAll(dir)
-		// goleak.VerifyTestMain would exit before the deferred cleanup.
-		code = m.Run()
-		if code == 0 {
-			if err := goleak.Find(
-				goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
-				goleak.IgnoreAnyFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
-				goleak.IgnoreTopFunction("github.com/golang/glog.(*fileSink).flushDaemon"),
-			); err != nil {
-				fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
-				code = 1
-			}
-		}
-	}()
-	os.Exit(code)
-}
+// binary returns the announce command built once for the subprocess tests.
+func binary() string { return testmain.Bin("announce") }
 
 func ctxT(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
@@ -76,7 +46,7 @@ func start(t *testing.T, env []string, args ...string) *proc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(binary, args...)
+	cmd := exec.Command(binary(), args...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stderr = logf // a file, not a pipe: a --detach keeper may keep it open
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

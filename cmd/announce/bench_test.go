@@ -42,7 +42,7 @@ func BenchmarkStartToVisible(b *testing.B) {
 			b.Fatal(err)
 		}
 		w := c.WatchPrefix(ctx, key, rev+1)
-		cmd := exec.Command(binary, "--endpoints", srv.Endpoint(), "--log-level", "error", key, "h 10.0.0.1:80")
+		cmd := exec.Command(binary(), "--endpoints", srv.Endpoint(), "--log-level", "error", key, "h 10.0.0.1:80")
 		cmd.Env = append(os.Environ(), "NOTIFY_SOCKET=")
 		began := time.Now()
 		if err := cmd.Start(); err != nil {
@@ -83,7 +83,7 @@ func BenchmarkStartToVisible(b *testing.B) {
 func BenchmarkIdleProcess(b *testing.B) {
 	srv := benchEtcd(b)
 	c := srv.Client()
-	cmd := exec.Command(binary, "--endpoints", srv.Endpoint(), "--ttl", "10s", "/bench/idle", "h 10.0.0.1:80")
+	cmd := exec.Command(binary(), "--endpoints", srv.Endpoint(), "--ttl", "10s", "/bench/idle", "h 10.0.0.1:80")
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET=")
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)

@@ -192,7 +192,7 @@ func (cl *cluster) machineIn(ns *netns, id, metadata string) {
 	if err != nil {
 		cl.t.Fatal(err)
 	}
-	cmd := exec.Command("ip", "netns", "exec", ns.name, binary, "serve", "--endpoints", cl.endpoint, "--data-dir", data,
+	cmd := exec.Command("ip", "netns", "exec", ns.name, binary(), "serve", "--endpoints", cl.endpoint, "--data-dir", data,
 		"--machine-id", id, "--public-ip", ns.nsIP, "--metadata", metadata,
 		"--executor", "process", "--ttl", ttl.String(), "--engine-period", "2s", "--log-level", "debug", "--dial-timeout", "2s")
 	cmd.Stdout, cmd.Stderr = logf, logf

@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/flotilla/flotilla/internal/testmain"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,42 +22,16 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
 
 	"github.com/flotilla/flotilla/internal/etcdtest"
 	"github.com/flotilla/flotilla/internal/registry"
 	"github.com/flotilla/flotilla/internal/store"
 )
 
-var binary string
+func TestMain(m *testing.M) { testmain.Run(m, "scheduler") }
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "flotilla-sched-it-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	binary = filepath.Join(dir, "scheduler")
-	build := exec.Command("go", "build", "-o", binary, "github.com/flotilla/flotilla/cmd/scheduler")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build scheduler:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	if code == 0 {
-		if err := goleak.Find(
-			goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
-			goleak.IgnoreAnyFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"),
-			goleak.IgnoreTopFunction("github.com/golang/glog.(*fileSink).flushDaemon"),
-		); err != nil {
-			fmt.Fprintln(os.Stderr, "goroutine leak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+// binary returns the scheduler command built by TestMain.
+func binary() string { return testmain.Bin("scheduler") }
 
 const ttl = 2 * time.Second
 
@@ -94,7 +69,7 @@ func (cl *cluster) machine(id string, n int, metadata string) {
 	if err != nil {
 		cl.t.Fatal(err)
 	}
-	cmd := exec.Command(binary, "serve", "--endpoints", cl.endpoint, "--data-dir", data,
+	cmd := exec.Command(binary(), "serve", "--endpoints", cl.endpoint, "--data-dir", data,
 		"--machine-id", id, "--public-ip", fmt.Sprintf("127.0.0.%d", n), "--metadata", metadata,
 		"--executor", "process", "--ttl", ttl.String(), "--engine-period", "2s", "--log-level", "debug")
 	cmd.Stdout, cmd.Stderr = logf, logf
@@ -155,7 +130,7 @@ func lastLines(s string, n int) string {
 
 // cli runs a client command against the cluster.
 func (cl *cluster) cli(args ...string) (string, error) {
-	cmd := exec.CommandContext(cl.ctx, binary, args...)
+	cmd := exec.CommandContext(cl.ctx, binary(), args...)
 	cmd.Env = append(os.Environ(), "FLOTILLA_ENDPOINTS="+cl.endpoint)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

@@ -33,7 +33,7 @@ func TestSystemdExecutorSurvivesAgentRestart(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		cmd := exec.Command(binary, "serve", "--endpoints", cl.endpoint, "--data-dir", data, "--machine-id", "s1",
+		cmd := exec.Command(binary(), "serve", "--endpoints", cl.endpoint, "--data-dir", data, "--machine-id", "s1",
 			"--public-ip", "127.0.0.2", "--executor", "systemd", "--systemd-user", "--ttl", ttl.String(), "--log-level", "debug")
 		cmd.Env = append(os.Environ(), m.Env()...)
 		cmd.Stdout, cmd.Stderr = logf, logf
