@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/flotilla/flotilla/internal/cmdline"
 	"github.com/flotilla/flotilla/internal/etcdtest"
 	"github.com/flotilla/flotilla/internal/store"

@@ -22,7 +22,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/flotilla/flotilla/internal/etcdtest"
 	"github.com/flotilla/flotilla/internal/registry"
 	"github.com/flotilla/flotilla/internal/store"
