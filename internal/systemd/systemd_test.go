@@ -260,7 +260,10 @@ func TestBodyChangeRestarts(t *testing.T) {
 func TestFailingUnit(t *testing.T) {
 	en := newEnv(t, systemd.Options{})
 	// A simple service whose process fails after the start job is done.
-	en.start(en.e, "crash.service", "[Service]\nExecStart=/bin/sh -c 'echo dying; exit 3'\n")
+	// The sleep keeps the process alive while journald, possibly slow on a
+	// loaded machine, attributes the stream to the unit (it looks the
+	// sender's cgroup up by pid).
+	en.start(en.e, "crash.service", "[Service]\nExecStart=/bin/sh -c 'echo dying; sleep 1; exit 3'\n")
 	st := en.waitState(en.e, "crash.service", is("failed", "failed"))
 	if st.Load != "loaded" {
 		t.Errorf("load %q", st.Load)

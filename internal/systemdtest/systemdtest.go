@@ -169,7 +169,7 @@ mount -n -t tmpfs -o mode=0755 tmpfs /sys/fs/cgroup
 mount -n --bind "$FLOTILLA_JOURNAL" /run/log/journal
 printf '[Journal]\nStorage=volatile\nReadKMsg=no\nForwardToSyslog=no\nForwardToWall=no\nForwardToConsole=no\n' > /run/systemd/journald.conf.d/50-systemdtest.conf
 /lib/systemd/systemd-journald &
-i=0; while [ ! -S /run/systemd/journal/stdout ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
+i=0; while [ ! -S /run/systemd/journal/stdout ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done # a loaded machine can take seconds
 U=user.slice/user-$(id -u).slice/user@$(id -u).service
 sh -c "` + enter.String() + `exec ` + SystemdBinary + ` --user --log-target=console --log-level=info" &
 wait
