@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -74,6 +75,8 @@ type Server struct {
 	cmd     *exec.Cmd
 	waitErr chan error
 	logPath string
+	adminMu sync.Mutex
+	admin   *clientv3.Client // made once by Admin
 }
 
 // ModeFromEnv returns the mode the environment asks for.
@@ -301,9 +304,15 @@ func (s *Server) stop(sig syscall.Signal) {
 // Running reports whether the server process (or embedded server) is up.
 func (s *Server) Running() bool { return s.emb != nil || s.cmd != nil || s.mode == External }
 
-// Admin returns a raw etcd client for test administration, closed with the test.
+// Admin returns a raw etcd client for test administration, made once and
+// closed with the test.
 func (s *Server) Admin() *clientv3.Client {
 	s.t.Helper()
+	s.adminMu.Lock()
+	defer s.adminMu.Unlock()
+	if s.admin != nil {
+		return s.admin // it reconnects by itself across restarts
+	}
 	cfg := clientv3.Config{Endpoints: s.Endpoints(), DialTimeout: 3 * time.Second, Logger: zap.NewNop()}
 	if s.tls != nil {
 		tc, err := s.tls.ClientTLS()
@@ -317,6 +326,7 @@ func (s *Server) Admin() *clientv3.Client {
 		s.t.Fatalf("etcdtest: admin client: %v", err)
 	}
 	s.t.Cleanup(func() { c.Close() })
+	s.admin = c
 	return c
 }
 
