@@ -260,14 +260,12 @@ func TestBodyChangeRestarts(t *testing.T) {
 func TestFailingUnit(t *testing.T) {
 	en := newEnv(t, systemd.Options{})
 	// A simple service whose process fails after the start job is done.
-	// The sleep keeps the process alive while journald, possibly slow on a
-	// loaded machine, attributes the stream to the unit (it looks the
-	// sender's cgroup up by pid).
-	en.start(en.e, "crash.service", "[Service]\nExecStart=/bin/sh -c 'echo dying; sleep 1; exit 3'\n")
-	st := en.waitState(en.e, "crash.service", is("failed", "failed"))
-	if st.Load != "loaded" {
-		t.Errorf("load %q", st.Load)
-	}
+	// It stays alive until the test has found its line in the journal:
+	// journald attributes a stream to a unit by the sender's cgroup, looked
+	// up by pid, so a writer that is already gone (a loaded machine can
+	// delay journald by seconds) would leave its line unattributed.
+	release := en.path("release")
+	en.start(en.e, "crash.service", "[Service]\nExecStart=/bin/sh -c 'echo dying; i=0; while [ ! -e "+release+" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; exit 3'\n")
 	// Its output is in the journal (the test manager's own journald).
 	deadline := time.Now().Add(hang)
 	for {
@@ -282,6 +280,13 @@ func TestFailingUnit(t *testing.T) {
 			t.Fatalf("journal of crash.service: %q, want [dying]", lines)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+	if err := os.WriteFile(release, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	st := en.waitState(en.e, "crash.service", is("failed", "failed"))
+	if st.Load != "loaded" {
+		t.Errorf("load %q", st.Load)
 	}
 
 	// A unit that wrote nothing: Journal says the journal has nothing and

@@ -29,7 +29,7 @@ func TestManager(t *testing.T) {
 	m := systemdtest.New(t)
 
 	out := filepath.Join(m.Dir, "out")
-	unit := "[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo $XDG_RUNTIME_DIR > " + out + "; echo said-hello'\n"
+	unit := "[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo $XDG_RUNTIME_DIR > " + out + "'\n"
 	if err := os.WriteFile(filepath.Join(m.UnitDir, "hello.service"), []byte(unit), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -60,17 +60,35 @@ func TestManager(t *testing.T) {
 		t.Errorf("hello.service over the bus: %+v, want loaded/inactive", st)
 	}
 
-	// The unit's output reached the namespace's journald, attributed to it.
+	// A unit's output reaches the namespace's journald, attributed to it.
+	// The writer stays alive until its line is found: journald attributes
+	// a stream to a unit by the sender's cgroup, looked up by pid, which a
+	// process already gone (journald can lag by seconds on a loaded
+	// machine) no longer has.
+	release := filepath.Join(m.Dir, "release")
+	talk := "[Service]\nExecStart=/bin/sh -c 'echo said-hello; i=0; while [ ! -e " + release + " ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done'\n"
+	if err := os.WriteFile(filepath.Join(m.UnitDir, "talk.service"), []byte(talk), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Systemctl(ctx, "daemon-reload"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Systemctl(ctx, "start", "talk.service"); err != nil {
+		t.Fatal(err)
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		j, err := exec.CommandContext(ctx, "journalctl", "-D", m.JournalDir, "--user-unit", "hello.service", "-o", "cat", "--no-pager").CombinedOutput()
+		j, err := exec.CommandContext(ctx, "journalctl", "-D", m.JournalDir, "--user-unit", "talk.service", "-o", "cat", "--no-pager").CombinedOutput()
 		if err == nil && strings.Contains(string(j), "said-hello") {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("journal of hello.service: %v\n%s", err, j)
+			t.Fatalf("journal of talk.service: %v\n%s", err, j)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+	if err := os.WriteFile(release, nil, 0o644); err != nil {
+		t.Fatal(err)
 	}
 
 	// A running unit's cgroup is below the manager's own cgroup on the host.
