@@ -55,7 +55,6 @@ func (r *Resource) Apply(ctx context.Context, content []byte, opts ApplyOptions)
 	if gid < 0 {
 		gid = os.Getegid()
 	}
-	old, oldErr := os.ReadFile(r.Dest)
 	st, statErr := os.Stat(r.Dest)
 	if !r.ModeSet {
 		mode = 0o644
@@ -63,11 +62,12 @@ func (r *Resource) Apply(ctx context.Context, content []byte, opts ApplyOptions)
 			mode = st.Mode().Perm()
 		}
 	}
-	if oldErr == nil && statErr == nil && bytes.Equal(old, content) && sameOwnerMode(st, mode, uid, gid) {
+	if statErr == nil && st.Size() == int64(len(content)) && sameOwnerMode(st, mode, uid, gid) && fileHolds(r.Dest, content) {
 		return false, nil
 	}
 	if opts.Noop {
 		if opts.Diff != nil {
+			old, oldErr := os.ReadFile(r.Dest)
 			from := r.Dest
 			if oldErr != nil {
 				from = "/dev/null"
@@ -109,7 +109,11 @@ func (r *Resource) Apply(ctx context.Context, content []byte, opts ApplyOptions)
 		bak := r.Dest + ".bak"
 		os.Remove(bak)
 		if err := os.Link(r.Dest, bak); err != nil {
-			if err := os.WriteFile(bak, old, st.Mode().Perm()); err != nil {
+			old, err := os.ReadFile(r.Dest)
+			if err == nil {
+				err = os.WriteFile(bak, old, st.Mode().Perm())
+			}
+			if err != nil {
 				return false, fmt.Errorf("render %s: backup %s: %w", r.Name, bak, err)
 			}
 		}
@@ -282,6 +286,27 @@ func syncDir(dir string) {
 	if d, err := os.Open(dir); err == nil {
 		d.Sync()
 		d.Close()
+	}
+}
+
+// fileHolds reports whether the file at name holds exactly content. It
+// reads in chunks: no copy of a large file is kept.
+func fileHolds(name string, content []byte) bool {
+	f, err := os.Open(name)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	buf := make([]byte, min(len(content)+1, 64<<10))
+	for {
+		n, err := io.ReadFull(f, buf)
+		if n > len(content) || !bytes.Equal(buf[:n], content[:n]) {
+			return false
+		}
+		content = content[n:]
+		if err != nil { // EOF: the file ended; it holds content if nothing is left
+			return (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) && len(content) == 0
+		}
 	}
 }
 

@@ -216,6 +216,44 @@ func TestApply(t *testing.T) {
 	}
 }
 
+// TestApplyDetectsChange: Apply compares the file in place with the new
+// content without reading it whole; every kind of difference still counts,
+// including one past the first chunk and a file that is a prefix of the
+// content (or the other way round).
+func TestApplyDetectsChange(t *testing.T) {
+	big := bytes.Repeat([]byte("server web 10.0.0.1:8080 check\n"), 10_000) // 310 kB: several chunks
+	flipped := bytes.Clone(big)
+	flipped[len(flipped)-2] = 'X'
+	for _, tc := range []struct {
+		name     string
+		old, new []byte
+		changed  bool
+	}{
+		{"same", []byte("a\n"), []byte("a\n"), false},
+		{"same size, other bytes", []byte("a\n"), []byte("b\n"), true},
+		{"longer", []byte("a\n"), []byte("a\nb\n"), true},
+		{"shorter", []byte("a\nb\n"), []byte("a\n"), true},
+		{"both empty", []byte{}, []byte{}, false},
+		{"emptied", []byte("a\n"), []byte{}, true},
+		{"big, same", big, bytes.Clone(big), false},
+		{"big, last chunk differs", big, flipped, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, dest := newRes(t, "")
+			if err := os.WriteFile(dest, tc.old, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			changed, err := r.Apply(ctxT(t), tc.new, resources.ApplyOptions{})
+			if err != nil || changed != tc.changed {
+				t.Fatalf("Apply: changed=%v err=%v, want changed=%v", changed, err, tc.changed)
+			}
+			if b, _ := os.ReadFile(dest); !bytes.Equal(b, tc.new) {
+				t.Fatalf("dest holds %d bytes, want the %d new ones", len(b), len(tc.new))
+			}
+		})
+	}
+}
+
 func TestApplyKeepsModeOfExistingDest(t *testing.T) {
 	r, dest := newRes(t, "")
 	os.WriteFile(dest, []byte("old"), 0o640)

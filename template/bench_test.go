@@ -61,6 +61,34 @@ func BenchmarkRender(b *testing.B) {
 	}
 }
 
+// BenchmarkRenderWatch is render's watch path: one key of a long-lived
+// store changes, a clone is taken and rendered. Unlike BenchmarkRender
+// (always the first render of a store: collect and sort), getvs reads the
+// value index that the store keeps current from the second clone on.
+func BenchmarkRenderWatch(b *testing.B) {
+	for _, n := range []int{1_000, 10_000, 100_000} {
+		b.Run(fmt.Sprintf("haproxy-getvs/keys=%d", n), func(b *testing.B) {
+			tp, err := Parse("bench.tmpl", []byte(benchHaproxy), Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			s := NewStore(benchKeys(n))
+			if err := tp.Execute(io.Discard, s.Clone()); err != nil { // asks for the index
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				i++
+				s.Set(fmt.Sprintf("/clusterstate/ns/nginx@%d.service", i%n), fmt.Sprintf("host%d-v%d 10.0.0.1:8080", i%n, i))
+				if _, err := tp.Render(s.Clone()); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
 // BenchmarkMemkvGetvs is the full-scan getvs confd's memkv does, on the same
 // key sets, for comparison with BenchmarkRender/haproxy-getvs.
 func BenchmarkMemkvGetvs(b *testing.B) {

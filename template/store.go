@@ -2,8 +2,10 @@ package template
 
 import (
 	"path"
+	"slices"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/google/btree"
 )
@@ -25,6 +27,18 @@ const btreeDegree = 32
 
 func lessKV(a, b KVPair) bool { return a.Key < b.Key }
 
+// lessByValue orders a value index: by value, then by key (values repeat).
+func lessByValue(a, b KVPair) bool {
+	if a.Value != b.Value {
+		return a.Value < b.Value
+	}
+	return a.Key < b.Key
+}
+
+// maxValueIndexes bounds how many getvs patterns a store indexes by value
+// (each index costs about 45 bytes per key it holds).
+const maxValueIndexes = 16
+
 // Store is the snapshot a template renders from. Keys are absolute within
 // the snapshot ("/clusterstate/ns/nginx@1.service").
 //
@@ -42,15 +56,52 @@ type Store struct {
 	// absolute). While it is zero, ls can restrict itself to a prefix scan and
 	// still give exactly memkv's answer.
 	unclean int
+	// byValue holds, for each getvs pattern in asked (at the last Clone),
+	// the pairs it matches ordered by value: getvs reads one in order
+	// instead of collecting and sorting every time. Set and Delete keep them
+	// current; Clone shares them copy-on-write, like t.
+	byValue map[string]*btree.BTreeG[KVPair]
+	// asked is shared by a store, its clones and its Fresh successors: the
+	// patterns getvs was called with on any of them.
+	asked *askedPatterns
+}
+
+// askedPatterns records the getvs patterns worth a value index. A renderer
+// calls getvs on a clone; the long-lived store it was cloned from builds the
+// index at its next Clone and keeps it current from then on.
+type askedPatterns struct {
+	mu       sync.Mutex
+	patterns []string
+}
+
+func (a *askedPatterns) add(pattern string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.patterns) < maxValueIndexes && !slices.Contains(a.patterns, pattern) {
+		a.patterns = append(a.patterns, pattern)
+	}
+}
+
+func (a *askedPatterns) list() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.patterns)
 }
 
 // NewStore returns a store holding kvs (copied).
 func NewStore(kvs map[string]string) *Store {
-	s := &Store{t: btree.NewG(btreeDegree, lessKV)}
+	s := &Store{t: btree.NewG(btreeDegree, lessKV), asked: &askedPatterns{}}
 	for k, v := range kvs {
 		s.Set(k, v)
 	}
 	return s
+}
+
+// Fresh returns an empty store that inherits what s learnt about the
+// templates rendered from it (the getvs patterns worth indexing). Use it
+// to rebuild a long-lived store from a full read.
+func (s *Store) Fresh() *Store {
+	return &Store{t: btree.NewG(btreeDegree, lessKV), asked: s.asked}
 }
 
 func isUnclean(key string) bool {
@@ -59,15 +110,33 @@ func isUnclean(key string) bool {
 
 // Set sets key to value.
 func (s *Store) Set(key, value string) {
-	if _, replaced := s.t.ReplaceOrInsert(KVPair{Key: key, Value: value}); !replaced && isUnclean(key) {
+	old, replaced := s.t.ReplaceOrInsert(KVPair{Key: key, Value: value})
+	if !replaced && isUnclean(key) {
 		s.unclean++
+	}
+	for pattern, idx := range s.byValue {
+		if matchIndexed(pattern, key) {
+			if replaced {
+				idx.Delete(old)
+			}
+			idx.ReplaceOrInsert(KVPair{Key: key, Value: value})
+		}
 	}
 }
 
 // Delete removes key; deleting a missing key does nothing.
 func (s *Store) Delete(key string) {
-	if _, ok := s.t.Delete(KVPair{Key: key}); ok && isUnclean(key) {
+	old, ok := s.t.Delete(KVPair{Key: key})
+	if !ok {
+		return
+	}
+	if isUnclean(key) {
 		s.unclean--
+	}
+	for pattern, idx := range s.byValue {
+		if matchIndexed(pattern, key) {
+			idx.Delete(old)
+		}
 	}
 }
 
@@ -93,8 +162,65 @@ func (s *Store) Keys() []string {
 // Clone returns an independent copy of s in O(1): both share nodes until one
 // of them is written (copy on write). Use it to render a snapshot while the
 // original keeps receiving updates.
+//
+// Clone first indexes by value the getvs patterns that renders of earlier
+// clones asked for (once per pattern, O(n log n)); from then on s keeps
+// those indexes current and every clone shares them.
 func (s *Store) Clone() *Store {
-	return &Store{t: s.t.Clone(), unclean: s.unclean}
+	if s.asked != nil {
+		for _, p := range s.asked.list() {
+			if _, ok := s.byValue[p]; !ok {
+				if s.byValue == nil {
+					s.byValue = make(map[string]*btree.BTreeG[KVPair])
+				}
+				s.byValue[p] = s.indexByValue(p)
+			}
+		}
+	}
+	c := &Store{t: s.t.Clone(), unclean: s.unclean, asked: s.asked}
+	if len(s.byValue) > 0 {
+		c.byValue = make(map[string]*btree.BTreeG[KVPair], len(s.byValue))
+		for p, idx := range s.byValue {
+			c.byValue[p] = idx.Clone()
+		}
+	}
+	return c
+}
+
+// indexByValue builds the value index of pattern.
+func (s *Store) indexByValue(pattern string) *btree.BTreeG[KVPair] {
+	var kvs []KVPair
+	s.match(pattern, func(kv KVPair) { kvs = append(kvs, kv) }) // an indexable pattern is well formed
+	slices.SortFunc(kvs, func(a, b KVPair) int {
+		if c := strings.Compare(a.Value, b.Value); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Key, b.Key)
+	})
+	idx := btree.NewG(btreeDegree, lessByValue)
+	for _, kv := range kvs {
+		idx.ReplaceOrInsert(kv) // ascending: the tree fills from the right
+	}
+	return idx
+}
+
+// indexable reports whether getvs may serve pattern from a value index:
+// a pattern without character classes or escapes is always well formed, so
+// the index never has to reproduce memkv's errors.
+func indexable(pattern string) bool { return !strings.ContainsAny(pattern, `[\`) }
+
+// matchIndexed reports whether key matches an indexable pattern, exactly as
+// match decides it.
+func matchIndexed(pattern, key string) bool {
+	lit := literalPrefix(pattern)
+	if !strings.HasPrefix(key, lit) {
+		return false
+	}
+	if len(pattern) == len(lit)+1 && pattern[len(lit)] == '*' {
+		return strings.IndexByte(key[len(lit):], '/') < 0
+	}
+	ok, _ := path.Match(pattern, key)
+	return ok
 }
 
 // ascendPrefix calls fn for every pair whose key starts with prefix, in key
@@ -133,12 +259,25 @@ func (s *Store) getAll(pattern string) (KVPairs, error) {
 }
 
 // getAllValues is memkv's GetAllValues: the values of getAll, sorted by value.
+// It reads the pattern's value index when the store has one; otherwise it
+// collects and sorts, and asks for an index (see Clone).
 func (s *Store) getAllValues(pattern string) ([]string, error) {
+	if idx, ok := s.byValue[pattern]; ok {
+		vs := make([]string, 0, idx.Len())
+		idx.Ascend(func(kv KVPair) bool {
+			vs = append(vs, kv.Value)
+			return true
+		})
+		return vs, nil
+	}
 	vs := make([]string, 0)
 	if err := s.match(pattern, func(kv KVPair) { vs = append(vs, kv.Value) }); err != nil {
 		return make([]string, 0), err
 	}
 	sort.Strings(vs)
+	if s.asked != nil && indexable(pattern) {
+		s.asked.add(pattern)
+	}
 	return vs, nil
 }
 

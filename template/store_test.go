@@ -132,6 +132,95 @@ func TestStoreMatchesMemkvRules(t *testing.T) {
 	}
 }
 
+// TestValueIndex follows a long-lived store the way render uses one: every
+// round a clone is rendered (getvs), then the original receives updates. From
+// the second clone on, getvs is served by the value index the first asked
+// for; it must always give exactly what collecting and sorting gives, in the
+// original, in every clone (old clones included) and after Fresh.
+func TestValueIndex(t *testing.T) {
+	patterns := []string{"/a/*", "/a/b/*", "/*/b", "/a?", "*", "/a/*/c", "/a/[ab]"}
+	names := []string{"a", "b", "ab", "c", "x*", ""}
+	rng := rand.New(rand.NewPCG(3, 4))
+	randKey := func() string {
+		var b strings.Builder
+		for range 1 + rng.IntN(3) {
+			b.WriteString("/" + names[rng.IntN(len(names))])
+		}
+		return b.String()
+	}
+	for round := range 50 {
+		s, r := NewStore(nil), refStore{}
+		type snap struct {
+			c *Store
+			r refStore
+		}
+		var clones []snap
+		for step := range 40 {
+			for range rng.IntN(6) {
+				k := randKey()
+				if rng.IntN(4) == 0 {
+					s.Delete(k)
+					delete(r, k)
+					continue
+				}
+				v := fmt.Sprint(rng.IntN(4)) // values repeat
+				s.Set(k, v)
+				r[k] = v
+			}
+			if step == 20 { // a full re-read: the indexes come back at the next Clone
+				f := s.Fresh()
+				for k, v := range r {
+					f.Set(k, v)
+				}
+				s = f
+			}
+			c := s.Clone()
+			cr := refStore{}
+			for k, v := range r {
+				cr[k] = v
+			}
+			clones = append(clones, snap{c, cr})
+			for _, p := range patterns {
+				checkAgainstRef(t, c, cr, p)
+				checkAgainstRef(t, s, r, p)
+			}
+		}
+		for i, cl := range clones { // older clones never saw later updates
+			for _, p := range patterns {
+				got, _ := cl.c.getAllValues(p)
+				want, _ := cl.r.getvs(p)
+				if !reflect.DeepEqual(got, want) {
+					t.Fatalf("round %d, clone %d, getvs %q: %v, want %v", round, i, p, got, want)
+				}
+			}
+		}
+		// Every well-formed pattern ended up indexed, a malformed one never.
+		for _, p := range patterns {
+			_, ok := s.byValue[p]
+			if want := indexable(p); ok != want && round > 0 && s.Len() > 0 {
+				t.Fatalf("round %d: %q indexed = %v, want %v", round, p, ok, want)
+			}
+		}
+	}
+}
+
+// TestValueIndexCopies: getvs hands out a fresh slice every time, so a
+// template function that works in place (reverse, sortByLength) cannot
+// corrupt the index.
+func TestValueIndexCopies(t *testing.T) {
+	s := NewStore(map[string]string{"/a/1": "x", "/a/2": "y", "/a/3": "z"})
+	s.getAllValues("/a/*")
+	c := s.Clone()
+	vs, _ := c.getAllValues("/a/*")
+	reverse(vs)
+	if got, _ := c.getAllValues("/a/*"); !reflect.DeepEqual(got, []string{"x", "y", "z"}) {
+		t.Fatalf("getvs after reversing its last answer = %v", got)
+	}
+	if _, ok := c.byValue["/a/*"]; !ok {
+		t.Fatal("the clone has no value index for /a/*")
+	}
+}
+
 func TestStoreBasics(t *testing.T) {
 	s := NewStore(map[string]string{"/b": "2", "/a": "1"})
 	s.Set("/c", "3")

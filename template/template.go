@@ -53,6 +53,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	texttemplate "text/template"
 	"time"
 
@@ -120,6 +121,9 @@ type Template struct {
 	funcs texttemplate.FuncMap // the full map; store functions unbound
 	base  *texttemplate.Template
 	pool  sync.Pool // *execState: a clone of base bound to its own binding
+	// lastSize is the length of the last output of Render: the next one
+	// starts with that much room (outputs change little between renders).
+	lastSize atomic.Int64
 }
 
 // execState is one ready-to-run copy of a template whose store functions
@@ -269,10 +273,12 @@ func (t *Template) Execute(w io.Writer, s *Store) error {
 
 // Render renders the template against s and returns the bytes.
 func (t *Template) Render(s *Store) ([]byte, error) {
-	var buf bytes.Buffer
-	if err := t.Execute(&buf, s); err != nil {
+	n := t.lastSize.Load()
+	buf := bytes.NewBuffer(make([]byte, 0, n+n/16))
+	if err := t.Execute(buf, s); err != nil {
 		return nil, err
 	}
+	t.lastSize.Store(int64(buf.Len()))
 	return buf.Bytes(), nil
 }
 

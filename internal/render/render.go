@@ -259,8 +259,12 @@ func (r *runner) resync(ctx context.Context, now time.Time) error {
 	r.rev = rev
 	r.cfg.Metrics.setKeys(len(kvs))
 	for _, e := range r.entries {
-		// kvs is sorted: the B-tree fills from the right, cheaply.
+		// kvs is sorted: the B-tree fills from the right, cheaply. A
+		// store rebuilt from an earlier one keeps its getvs indexes.
 		st := template.NewStore(nil)
+		if e.store != nil {
+			st = e.store.Fresh()
+		}
 		same := e.store != nil
 		for _, kv := range kvs {
 			if !e.res.Match(kv.Key) {
