@@ -271,6 +271,14 @@ func (t *Template) Execute(w io.Writer, s *Store) error {
 	return nil
 }
 
+// SizeHint tells Render how large its first output will likely be (say,
+// the size of the file it will replace), so that the first render, too,
+// writes into a buffer allocated once. Later renders size theirs from the
+// last output.
+func (t *Template) SizeHint(n int) {
+	t.lastSize.CompareAndSwap(0, int64(n))
+}
+
 // Render renders the template against s and returns the bytes.
 func (t *Template) Render(s *Store) ([]byte, error) {
 	n := t.lastSize.Load()

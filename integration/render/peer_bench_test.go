@@ -48,6 +48,25 @@ func peers(b *testing.B) []peerBin {
 	return ps
 }
 
+// BenchmarkPeerStart: the process alone (print the version and exit), the
+// floor under every onetime figure: loading the binary and running its
+// package initialisation (all three link etcd's client, gRPC and protobuf).
+func BenchmarkPeerStart(b *testing.B) {
+	for _, p := range peers(b) {
+		b.Run(p.name, func(b *testing.B) {
+			flag := "-version"
+			if p.name == "render" || p.fork {
+				flag = "--version"
+			}
+			for b.Loop() {
+				if out, err := exec.Command(p.bin, flag).CombinedOutput(); err != nil {
+					b.Fatalf("%s %s: %v\n%s", p.name, flag, err, out)
+				}
+			}
+		})
+	}
+}
+
 // BenchmarkPeerOnetime: a -onetime process over 1k and 10k keys.
 func BenchmarkPeerOnetime(b *testing.B) {
 	ps := peers(b)

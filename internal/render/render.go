@@ -200,6 +200,9 @@ func loadEntry(file string, opts resources.LoadOptions) (*entry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("resource %s: %w", file, err)
 	}
+	if st, err := os.Stat(res.Dest); err == nil {
+		t.SizeHint(int(st.Size())) // the next output is likely about as large
+	}
 	return &entry{res: res, tmpl: t, tmplText: text}, nil
 }
 

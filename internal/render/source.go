@@ -87,19 +87,13 @@ func (s *EtcdSource) List(ctx context.Context, prefixes []string) ([]Change, int
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*s.cfg.DialTimeout)
 	defer cancel()
-	res, rev, err := c.GetPrefixes(ctx, prefixes)
+	n, pairs, rev, err := c.ScanPrefixes(ctx, prefixes)
 	if err != nil {
 		return nil, 0, err
 	}
-	n := 0
-	for _, kvs := range res {
-		n += len(kvs)
-	}
 	out := make([]Change, 0, n)
-	for _, kvs := range res {
-		for _, kv := range kvs {
-			out = append(out, Change{Key: kv.Key, Value: string(kv.Value)})
-		}
+	for k, v := range pairs {
+		out = append(out, Change{Key: k, Value: string(v)})
 	}
 	return sortChanges(out), rev, nil
 }

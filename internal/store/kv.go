@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"iter"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -80,6 +81,34 @@ func (c *Client) GetPrefixes(ctx context.Context, prefixes []string) (map[string
 		out[prefixes[i]] = kvs
 	}
 	return out, resp.Header.Revision, nil
+}
+
+// ScanPrefixes is GetPrefixes for a caller that wants only keys and values,
+// all prefixes together: it returns how many pairs were read, an iterator
+// over them (prefix after prefix, each in key order) and the revision. No
+// intermediate list is built: a large read costs one decoded response.
+func (c *Client) ScanPrefixes(ctx context.Context, prefixes []string) (n int, pairs iter.Seq2[string, []byte], rev int64, err error) {
+	ops := make([]clientv3.Op, len(prefixes))
+	for i, p := range prefixes {
+		ops[i] = clientv3.OpGet(p, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+	}
+	resp, err := c.cli.Txn(ctx).Then(ops...).Commit()
+	if err != nil {
+		return 0, nil, 0, fmt.Errorf("get prefixes %q: %w", prefixes, err)
+	}
+	for _, r := range resp.Responses {
+		n += len(r.GetResponseRange().Kvs)
+	}
+	pairs = func(yield func(string, []byte) bool) {
+		for _, r := range resp.Responses {
+			for _, kv := range r.GetResponseRange().Kvs {
+				if !yield(string(kv.Key), kv.Value) {
+					return
+				}
+			}
+		}
+	}
+	return n, pairs, resp.Header.Revision, nil
 }
 
 // Put writes key=value, bound to lease when lease is not 0. It returns the new

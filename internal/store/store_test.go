@@ -143,6 +143,24 @@ func TestGetPutDeleteAndPrefix(t *testing.T) {
 	if len(multi["/app/"]) != 2 || len(multi["/apple/"]) != 1 {
 		t.Errorf("GetPrefixes = %v", multi)
 	}
+	// ScanPrefixes: the same read as one sequence, prefix after prefix.
+	n, pairs, srev, err := c.ScanPrefixes(ctx, []string{"/apple/", "/app/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for k, v := range pairs {
+		got = append(got, k+"="+string(v))
+	}
+	if want := "/apple/x=2 /app/b=0 /app/c/d=3"; n != 3 || strings.Join(got, " ") != want {
+		t.Errorf("ScanPrefixes = %d, %q; want 3, %q", n, got, want)
+	}
+	if _, _, rev, _ := c.Get(ctx, "/none"); srev != rev {
+		t.Errorf("ScanPrefixes revision %d, want the current %d", srev, rev)
+	}
+	for range pairs { // stopping early is allowed
+		break
+	}
 }
 
 func TestWatchResumesFromRevisionWithoutLoss(t *testing.T) {
