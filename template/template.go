@@ -124,6 +124,9 @@ type Template struct {
 	// lastSize is the length of the last output of Render: the next one
 	// starts with that much room (outputs change little between renders).
 	lastSize atomic.Int64
+	// spare is an output handed back with Recycle, for the next Render to
+	// write into: a watch re-renders the same large file again and again.
+	spare atomic.Pointer[[]byte]
 }
 
 // execState is one ready-to-run copy of a template whose store functions
@@ -281,13 +284,28 @@ func (t *Template) SizeHint(n int) {
 
 // Render renders the template against s and returns the bytes.
 func (t *Template) Render(s *Store) ([]byte, error) {
-	n := t.lastSize.Load()
-	buf := bytes.NewBuffer(make([]byte, 0, n+n/16))
+	n := int(t.lastSize.Load())
+	n += n / 16
+	var b []byte
+	if p := t.spare.Swap(nil); p != nil && cap(*p) >= n {
+		b = (*p)[:0]
+	} else {
+		b = make([]byte, 0, n)
+	}
+	buf := bytes.NewBuffer(b)
 	if err := t.Execute(buf, s); err != nil {
 		return nil, err
 	}
 	t.lastSize.Store(int64(buf.Len()))
 	return buf.Bytes(), nil
+}
+
+// Recycle hands back an output of Render that the caller no longer uses
+// (nor anything it gave it to): a later Render may write over it.
+func (t *Template) Recycle(b []byte) {
+	if cap(b) > 0 {
+		t.spare.Store(&b)
+	}
 }
 
 // tmplError is a parse or render error located in a template.

@@ -205,6 +205,9 @@ func TestConcurrentRender(t *testing.T) {
 					errs <- fmt.Errorf("goroutine %d: %q, %v; want %q", i, out, err, want)
 					return
 				}
+				// Handed back, the buffer may go to any other goroutine's
+				// next render: it must never be written by two at once.
+				tp.Recycle(out)
 			}
 		})
 	}

@@ -393,6 +393,7 @@ func (r *runner) exec(ctx context.Context, j job) result {
 	changed, err := j.e.res.Apply(ctx, content, resources.ApplyOptions{
 		Noop: r.cfg.Noop, Diff: r.cfg.Diff, SyncOnly: r.cfg.SyncOnly, Logger: log,
 	})
+	j.e.tmpl.Recycle(content) // Apply keeps nothing of it
 	return result{job: j, changed: changed, err: err}
 }
 
