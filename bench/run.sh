@@ -101,6 +101,10 @@ long) micro=1s hold_n=10000 heavy=$count ;;
 *) micro=300ms hold_n=10000 heavy=$count ;;
 esac
 
+# --- the machine: a bare Go process start and a minor page fault, the floor
+# under every process-level figure below
+step machine 'go build -o "$out/machine" ./bench/machine && "$out/machine"'
+
 # --- announce (issue 3): start→visible p50/p99, RSS, idle CPU, held registrations
 step announce-process "gobench cmd/announce 'Benchmark(StartToVisible|IdleProcess)\$' 1x $heavy"
 step announce-hold "ANNOUNCE_BENCH_N=$hold_n gobench internal/announce 'BenchmarkHold10k\$' 1x 1"

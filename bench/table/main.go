@@ -83,14 +83,17 @@ var notes = []struct {
 	{regexp.MustCompile(`\.EnginePass`), "first-pass-requests", "etcd requests placing all 10k (batched txns)"},
 	{regexp.MustCompile(`\.EnginePass`), "loss-pass-requests", "etcd requests after one machine is lost"},
 	{regexp.MustCompile(`\.PeerOnetime/`), "ms/op", "a process per run"},
+	{regexp.MustCompile(`\.PeerStart/`), "ms/op", "process start alone (--version)"},
 	{regexp.MustCompile(`\.Onetime/`), "ms/op", "in-process"},
 	{regexp.MustCompile(`^etcdload/`), "req/s", "gRPC messages, idle etcd subtracted"},
+	{regexp.MustCompile(`^machine\.GoProcessStart`), "ms", "a Go program that exits at once"},
+	{regexp.MustCompile(`^machine\.PageFault`), "us/page", "first touch of fresh memory"},
 }
 
 var suffix = regexp.MustCompile(`/etcd=[^/]+$`)
 
 // peer matches a peer benchmark: prefix, implementation, rest.
-var peer = regexp.MustCompile(`^(.*\.Peer[A-Za-z]+)/(confd|confd-fork)/(.*)$`)
+var peer = regexp.MustCompile(`^(.*\.Peer[A-Za-z]+)/(confd|confd-fork)(/.*)?$`)
 
 func run(r io.Reader, w io.Writer, all bool) error {
 	var rows []row
@@ -149,14 +152,14 @@ func run(r io.Reader, w io.Writer, all bool) error {
 			note = strings.TrimSpace(fmt.Sprintf("goal %s %s %s: %s %s", op, fmtv(g.limit), g.issue, verdict, note))
 		}
 		if m := peer.FindStringSubmatch(x.Name); m != nil {
-			if i, ok := index[[2]string{m[1] + "/render/" + m[3], x.Unit}]; ok && rows[i].Value > 0 && x.Unit != "B/op" && x.Unit != "allocs/op" {
+			if i, ok := index[[2]string{m[1] + "/render" + m[3], x.Unit}]; ok && rows[i].Value > 0 && x.Unit != "B/op" && x.Unit != "allocs/op" {
 				ratio := x.Value / rows[i].Value
 				rel := fmt.Sprintf("render %s× ahead of %s", fmtv(ratio), m[2])
 				if ratio < 1 {
 					rel = fmt.Sprintf("render %s× behind %s", fmtv(1/ratio), m[2])
 				}
 				note = strings.TrimPrefix(note+"; ", "; ") + rel
-				if strings.HasPrefix(m[3], "keys=10k") && m[2] == "confd" && !strings.Contains(x.Name, "Burst") {
+				if strings.HasPrefix(m[3], "/keys=10k") && m[2] == "confd" && !strings.Contains(x.Name, "Burst") {
 					verdict := "met"
 					if ratio < 10 {
 						verdict = "NOT MET"

@@ -108,6 +108,23 @@ func (c *Config) defaults() {
 func (c *Config) confDir() string      { return filepath.Join(c.ConfDir, "conf.d") }
 func (c *Config) templatesDir() string { return filepath.Join(c.ConfDir, "templates") }
 
+// configPath reports whether a config watch event on name concerns render's
+// configuration: conf.d and templates themselves (created, removed, renamed)
+// and anything below them. Other files in the confdir (a log, a file a
+// reload_cmd writes, a rendered file) are none of its business: reacting to
+// them would re-render for nothing, or forever if render's own writes land
+// there.
+func (c *Config) configPath(name string) bool {
+	name = filepath.Clean(name)
+	for _, d := range []string{c.confDir(), c.templatesDir()} {
+		d = filepath.Clean(d)
+		if name == d || strings.HasPrefix(name, d+string(filepath.Separator)) {
+			return true
+		}
+	}
+	return false
+}
+
 // entry is one resource's state; owned by the loop goroutine.
 type entry struct {
 	res      *resources.Resource
@@ -617,7 +634,7 @@ func Run(ctx context.Context, cfg Config) error {
 					if !ok {
 						return nil
 					}
-					if strings.HasPrefix(filepath.Base(ev.Name), ".") {
+					if strings.HasPrefix(filepath.Base(ev.Name), ".") || !r.cfg.configPath(ev.Name) {
 						continue
 					}
 					if ev.Has(fsnotify.Create) {

@@ -28,17 +28,22 @@ func TestManager(t *testing.T) {
 	defer cancel()
 	m := systemdtest.New(t)
 
+	// start installs a unit file and starts the unit through systemctl.
+	start := func(name, body string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(m.UnitDir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := m.Systemctl(ctx, "daemon-reload"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := m.Systemctl(ctx, "start", name); err != nil {
+			t.Fatal(err)
+		}
+	}
+
 	out := filepath.Join(m.Dir, "out")
-	unit := "[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo $XDG_RUNTIME_DIR > " + out + "'\n"
-	if err := os.WriteFile(filepath.Join(m.UnitDir, "hello.service"), []byte(unit), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := m.Systemctl(ctx, "daemon-reload"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := m.Systemctl(ctx, "start", "hello.service"); err != nil {
-		t.Fatal(err)
-	}
+	start("hello.service", "[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo $XDG_RUNTIME_DIR > "+out+"'\n")
 	b, err := os.ReadFile(out)
 	if err != nil {
 		t.Fatalf("the unit did not run: %v", err)
@@ -66,16 +71,7 @@ func TestManager(t *testing.T) {
 	// process already gone (journald can lag by seconds on a loaded
 	// machine) no longer has.
 	release := filepath.Join(m.Dir, "release")
-	talk := "[Service]\nExecStart=/bin/sh -c 'echo said-hello; i=0; while [ ! -e " + release + " ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done'\n"
-	if err := os.WriteFile(filepath.Join(m.UnitDir, "talk.service"), []byte(talk), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := m.Systemctl(ctx, "daemon-reload"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := m.Systemctl(ctx, "start", "talk.service"); err != nil {
-		t.Fatal(err)
-	}
+	start("talk.service", "[Service]\nExecStart=/bin/sh -c 'echo said-hello; i=0; while [ ! -e "+release+" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done'\n")
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		j, err := exec.CommandContext(ctx, "journalctl", "-D", m.JournalDir, "--user-unit", "talk.service", "-o", "cat", "--no-pager").CombinedOutput()
@@ -92,15 +88,7 @@ func TestManager(t *testing.T) {
 	}
 
 	// A running unit's cgroup is below the manager's own cgroup on the host.
-	if err := os.WriteFile(filepath.Join(m.UnitDir, "long.service"), []byte("[Service]\nExecStart=/bin/sleep 1000\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := m.Systemctl(ctx, "daemon-reload"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := m.Systemctl(ctx, "start", "long.service"); err != nil {
-		t.Fatal(err)
-	}
+	start("long.service", "[Service]\nExecStart=/bin/sleep 1000\n")
 	if len(m.Cgroups()) == 0 {
 		t.Fatal("no cgroups")
 	}
