@@ -147,7 +147,10 @@ func BenchmarkPeerBurst(b *testing.B) {
 				bursts++
 				time.Sleep(500 * time.Millisecond)
 				before := reloads()
-				tag := fmt.Sprintf("-%s-b%d-", p.name, bursts)
+				// Unique across -count repetitions, which reuse etcd's keys: a
+				// burst that ended on the values already there would change
+				// nothing and, rightly, reload nothing.
+				tag := fmt.Sprintf("-%s-%d-b%d-", p.name, time.Now().UnixNano(), bursts)
 				for i := range 200 {
 					c.Put(context.Background(), benchKey(i%100), benchVal(i%100, tag+strconv.Itoa(i)), 0)
 				}
