@@ -143,6 +143,9 @@ type entry struct {
 	reloadFails  int
 	lastReload   time.Time
 	rendered     bool // attempted at least once
+	// successor replaced this entry when its resource file changed; a job
+	// of this entry still running hands its pending reload over to it.
+	successor *entry
 }
 
 type runner struct {
@@ -194,6 +197,9 @@ func (r *runner) loadConfig() (changed bool, errs []error) {
 			next[n] = old
 			continue
 		}
+		if old != nil {
+			e.inherit(old)
+		}
 		changed = true
 		next[n] = e
 	}
@@ -202,6 +208,39 @@ func (r *runner) loadConfig() (changed bool, errs []error) {
 	}
 	r.entries = next
 	return changed, errs
+}
+
+// inherit takes over what old owes the service: the file in place is what
+// old rendered, so a reload old was waiting to run (deferred by
+// min_reload_interval, or retrying) must still run, and the interval counts
+// from old's last reload.
+func (e *entry) inherit(old *entry) {
+	old.successor = e
+	e.lastReload = old.lastReload
+	e.takeReload(old)
+}
+
+// takeReload moves old's pending reload, if any, to e.
+func (e *entry) takeReload(old *entry) {
+	if !old.reloadWanted {
+		return
+	}
+	if !e.reloadWanted || old.reloadSince.Before(e.reloadSince) {
+		e.reloadSince = old.reloadSince
+	}
+	if !e.reloadWanted || old.reloadAt.Before(e.reloadAt) {
+		e.reloadAt = old.reloadAt
+	}
+	e.reloadWanted, e.reloadFails = true, max(e.reloadFails, old.reloadFails)
+	old.reloadWanted = false
+}
+
+// current follows e's successors to the entry that stands for its resource now.
+func (e *entry) current() *entry {
+	for e.successor != nil {
+		e = e.successor
+	}
+	return e
 }
 
 func loadEntry(file string, opts resources.LoadOptions) (*entry, error) {
@@ -421,8 +460,27 @@ func (r *runner) renderJob(e *entry) job {
 	return j
 }
 
-// finish applies a job's outcome to its entry (on the loop goroutine).
+// finish applies a job's outcome to its entry (on the loop goroutine). A job
+// of an entry replaced meanwhile (its resource file changed) still counts:
+// what it rendered is in place, so the reload it calls for carries over to
+// the entry that replaced it, and so does the time of a reload it ran.
 func (r *runner) finish(ctx context.Context, res result) {
+	r.finishEntry(ctx, res)
+	e := res.e
+	if e.successor == nil {
+		return
+	}
+	// A reload that ran may have been one cur inherited: cur runs it once
+	// more (after min_reload_interval), as one reload too many is harmless
+	// and one too few leaves the service on an old file.
+	cur := e.current()
+	if e.lastReload.After(cur.lastReload) {
+		cur.lastReload = e.lastReload
+	}
+	cur.takeReload(e)
+}
+
+func (r *runner) finishEntry(ctx context.Context, res result) {
 	e, name, now := res.e, res.e.res.Name, time.Now()
 	if res.reload {
 		e.lastReload = now

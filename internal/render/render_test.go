@@ -208,6 +208,25 @@ func TestThrottledReloadRunsLater(t *testing.T) {
 	}
 }
 
+// TestDeferredReloadSurvivesResourceEdit: a reload deferred by
+// min_reload_interval still runs when the resource file is edited meanwhile
+// (the edit replaces the resource; the file in place was rendered by the old
+// one and the service has not been told).
+func TestDeferredReloadSurvivesResourceEdit(t *testing.T) {
+	f := newFixture(t)
+	extra := "reload_cmd = \"cat {{.dest}} >> {{.dest}}.reloads\"\nmin_reload_interval = \"1500ms\""
+	dest := f.resource("thr", `"/thr"`, `v={{getv "/thr/v"}}`+"\n", extra)
+	f.put("/thr/v", "1")
+	f.run(f.config())
+	f.eventually("first reload", func() bool { return read(dest+".reloads") == "v=1\n" })
+	f.put("/thr/v", "2")
+	f.eventually("deferral", func() bool { return strings.Contains(f.logs.String(), "reload deferred by min_reload_interval") })
+	// An edit that changes the resource but not its output.
+	f.write("conf.d/thr.toml", fmt.Sprintf("[template]\nsrc = \"thr.tmpl\"\ndest = %q\nkeys = [\"/thr\"]\n%s\nmode = \"0644\"\n", dest, extra))
+	f.eventually("configuration reloaded", func() bool { return strings.Contains(f.logs.String(), "configuration reloaded") })
+	f.eventually("the deferred reload, after the edit", func() bool { return read(dest+".reloads") == "v=1\nv=2\n" })
+}
+
 func TestFailedCheckIsRetried(t *testing.T) {
 	f := newFixture(t)
 	gate := filepath.Join(f.dir, "gate")
