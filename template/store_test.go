@@ -273,5 +273,15 @@ func FuzzStoreFuncs(f *testing.F) {
 			r[k] = fmt.Sprint(i % 3)
 		}
 		checkAgainstRef(t, s, r, arg)
+		// The getvs above asked for a value index: the clone has it, and
+		// must answer the same, before and after a change.
+		c := s.Clone()
+		checkAgainstRef(t, c, r, arg)
+		for k := range r {
+			c.Set(k, "changed")
+			r[k] = "changed"
+			break
+		}
+		checkAgainstRef(t, c, r, arg)
 	})
 }
