@@ -32,7 +32,9 @@ const usage = `usage: render [flags]                      (confd's form: -backen
 
 Renders confd template resources (<confdir>/conf.d/*.toml, <confdir>/templates/)
 from etcd keys, as confd does, byte for byte. BACKEND is etcdv3 (alias etcd) or
-file (-file data.yaml, for trying templates without etcd).
+file (-file data.yaml, for trying templates without etcd). While it runs, edits
+under conf.d/ and templates/ (included files too) are picked up; other files in
+the confdir are not watched. SIGHUP reloads on request.
 
 Settings come from, in order of precedence: flags, CONFD_<FLAG> environment
 variables (CONFD_NODE, CONFD_CONFDIR, CONFD_LOG_LEVEL, …), the -config-file
