@@ -175,6 +175,13 @@ func TestSidekickCommandRuns(t *testing.T) {
 	}
 	cmd := exec.Command(bin, argv[1:]...)
 	cmd.Env = append(os.Environ(), "ANNOUNCE_ENDPOINTS="+srv.Endpoint(), "NOTIFY_SOCKET="+sock, "WATCHDOG_USEC=30000000")
+	logs := &testmain.SyncBuffer{}
+	cmd.Stderr = logs
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("announce's log:\n%s", logs)
+		}
+	})
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
