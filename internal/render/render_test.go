@@ -632,3 +632,76 @@ func TestSlowCheckDoesNotHoldBackOthers(t *testing.T) {
 	os.WriteFile(gate, nil, 0o644)
 	f.eventually("slow rendered once its check passes", func() bool { return read(slow) == "s=1\n" })
 }
+
+// TestFileSourceWatchCatchesUp: a data file changed after List but before
+// the watch started (render starts its watch after the first full read) is
+// not lost: the watch begins with a resync. An unchanged file starts quiet.
+func TestFileSourceWatchCatchesUp(t *testing.T) {
+	ctx := context.Background()
+	data := filepath.Join(t.TempDir(), "data.yaml")
+	if err := os.WriteFile(data, []byte("a: 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	src := &render.FileSource{Files: []string{data}}
+	if _, _, err := src.List(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	w := src.Watch(ctx, "", 0)
+	select {
+	case b := <-w.C():
+		t.Fatalf("batch %+v from a file unchanged since List", b)
+	case <-time.After(200 * time.Millisecond):
+	}
+	w.Close()
+
+	tmp := data + ".new"
+	if err := os.WriteFile(tmp, []byte("a: 2\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, data); err != nil {
+		t.Fatal(err)
+	}
+	w = src.Watch(ctx, "", 0)
+	defer w.Close()
+	select {
+	case b := <-w.C():
+		if !b.Resync {
+			t.Fatalf("first batch %+v, want a resync", b)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no resync for a change made between List and the watch")
+	}
+}
+
+// TestFileSourceWatchFollowsSymlinkTarget: a data file that is a symlink into
+// another directory (as mounted configuration often is) changes without an
+// event in the watched directory; the watch's periodic comparison finds it.
+func TestFileSourceWatchFollowsSymlinkTarget(t *testing.T) {
+	ctx := context.Background()
+	dir, other := t.TempDir(), t.TempDir()
+	real := filepath.Join(other, "real.yaml")
+	if err := os.WriteFile(real, []byte("a: 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	data := filepath.Join(dir, "data.yaml")
+	if err := os.Symlink(real, data); err != nil {
+		t.Fatal(err)
+	}
+	src := &render.FileSource{Files: []string{data}}
+	if _, _, err := src.List(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	w := src.Watch(ctx, "", 0)
+	defer w.Close()
+	if err := os.WriteFile(real, []byte("a: 22\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case b := <-w.C():
+		if !b.Resync {
+			t.Fatalf("batch %+v, want a resync", b)
+		}
+	case <-time.After(5*render.FilePollInterval + 5*time.Second):
+		t.Fatal("no resync after the symlink's target changed")
+	}
+}

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
+	"time"
 
 	"github.com/fsnotify/fsnotify"
 	"go.yaml.in/yaml/v2"
@@ -185,6 +187,10 @@ func (w *chanWatcher) Close() {
 	})
 }
 
+// FilePollInterval is how often a FileSource watch also compares its files
+// with what it last read, for changes inotify does not report.
+const FilePollInterval = time.Second
+
 // FileSource serves keys from YAML or JSON files (confd's file backend):
 // nested maps become paths ("/a/b"), list items their index ("/a/0").
 // Its watch asks for a resync whenever a file changes.
@@ -192,6 +198,31 @@ type FileSource struct {
 	Files []string
 	rev   int64
 	mu    sync.Mutex
+	// listed is each file as List saw it (taken before reading): a watch
+	// started later compares, so that a change between List and the
+	// watch's start is not lost.
+	listed map[string]fileStamp
+}
+
+// fileStamp identifies a version of a file: a rewrite changes its size or
+// modification time, a rename over it its inode.
+type fileStamp struct {
+	size  int64
+	mtime int64
+	ino   uint64
+	ok    bool
+}
+
+func stampOf(name string) fileStamp {
+	st, err := os.Stat(name)
+	if err != nil {
+		return fileStamp{}
+	}
+	fs := fileStamp{size: st.Size(), mtime: st.ModTime().UnixNano(), ok: true}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		fs.ino = sys.Ino
+	}
+	return fs
 }
 
 var _ Source = (*FileSource)(nil)
@@ -199,7 +230,9 @@ var _ Source = (*FileSource)(nil)
 // List reads every file.
 func (s *FileSource) List(_ context.Context, _ []string) ([]Change, int64, error) {
 	out := map[string]string{}
+	stamps := make(map[string]fileStamp, len(s.Files))
 	for _, f := range s.Files {
+		stamps[f] = stampOf(f)
 		b, err := os.ReadFile(f)
 		if err != nil {
 			return nil, 0, fmt.Errorf("file backend: %w", err)
@@ -215,6 +248,7 @@ func (s *FileSource) List(_ context.Context, _ []string) ([]Change, int64, error
 	s.mu.Lock()
 	s.rev++
 	rev := s.rev
+	s.listed = stamps
 	s.mu.Unlock()
 	cs := make([]Change, 0, len(out))
 	for k, v := range out {
@@ -290,6 +324,25 @@ func (s *FileSource) Watch(ctx context.Context, _ string, _ int64) Watcher {
 	for _, f := range s.Files {
 		files[filepath.Clean(f)] = true
 	}
+	// What List saw: a file that differs from it now (changed between List
+	// and this watch) or later (an event inotify does not give, such as a
+	// write to the target of a symlink in another directory) gets a resync
+	// too, found by comparing stamps at the start and every FilePollInterval.
+	s.mu.Lock()
+	last := make(map[string]fileStamp, len(s.Files))
+	for _, f := range s.Files {
+		last[f] = s.listed[f]
+	}
+	s.mu.Unlock()
+	changed := func() bool {
+		c := false
+		for _, f := range s.Files {
+			if st := stampOf(f); st != last[f] {
+				last[f], c = st, true
+			}
+		}
+		return c
+	}
 	out := make(chan Batch)
 	ctx, cancel := context.WithCancel(ctx)
 	cw := &chanWatcher{ch: out, cancel: cancel, done: make(chan struct{})}
@@ -297,7 +350,18 @@ func (s *FileSource) Watch(ctx context.Context, _ string, _ int64) Watcher {
 		defer close(cw.done)
 		defer close(out)
 		defer fw.Close()
+		tick := time.NewTicker(FilePollInterval)
+		defer tick.Stop()
+		resync := changed()
 		for {
+			if resync {
+				select {
+				case out <- Batch{Resync: true}:
+				case <-ctx.Done():
+					return
+				}
+			}
+			resync = false
 			select {
 			case <-ctx.Done():
 				return
@@ -305,14 +369,9 @@ func (s *FileSource) Watch(ctx context.Context, _ string, _ int64) Watcher {
 				if !ok {
 					return
 				}
-				if !files[filepath.Clean(ev.Name)] || strings.HasPrefix(filepath.Base(ev.Name), ".") {
-					continue
-				}
-				select {
-				case out <- Batch{Resync: true}:
-				case <-ctx.Done():
-					return
-				}
+				resync = files[filepath.Clean(ev.Name)] && !strings.HasPrefix(filepath.Base(ev.Name), ".")
+			case <-tick.C:
+				resync = changed()
 			case <-fw.Errors:
 			}
 		}
