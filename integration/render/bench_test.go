@@ -211,11 +211,7 @@ func BenchmarkBurstReloads(b *testing.B) {
 			for b.Loop() {
 				bursts++
 				before := reloads()
-				tag := fmt.Sprintf("-b%d-", bursts)
-				for i := range 200 {
-					c.Put(context.Background(), benchKey(i%100), benchVal(i%100, tag+strconv.Itoa(i)), 0)
-				}
-				fw.wait(b, []byte(benchVal(99, tag+"199")))
+				putBurst(b, c, fw, fmt.Sprintf("-b%d-", bursts))
 				for reloads() == before {
 					time.Sleep(time.Millisecond)
 				}
@@ -225,6 +221,16 @@ func BenchmarkBurstReloads(b *testing.B) {
 			b.ReportMetric(float64(total)/float64(bursts), "reloads/burst")
 		})
 	}
+}
+
+// putBurst puts 200 values into the first 100 keys (each key twice, its
+// values tagged with tag) and waits until the last one is in the file.
+func putBurst(b *testing.B, c *store.Client, fw *fileWaiter, tag string) {
+	b.Helper()
+	for i := range 200 {
+		c.Put(context.Background(), benchKey(i%100), benchVal(i%100, tag+strconv.Itoa(i)), 0)
+	}
+	fw.wait(b, []byte(benchVal(99, tag+"199")))
 }
 
 // buildRender builds cmd/render into a temp dir.

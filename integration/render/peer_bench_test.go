@@ -151,10 +151,7 @@ func BenchmarkPeerBurst(b *testing.B) {
 				// burst that ended on the values already there would change
 				// nothing and, rightly, reload nothing.
 				tag := fmt.Sprintf("-%s-%d-b%d-", p.name, time.Now().UnixNano(), bursts)
-				for i := range 200 {
-					c.Put(context.Background(), benchKey(i%100), benchVal(i%100, tag+strconv.Itoa(i)), 0)
-				}
-				fw.wait(b, []byte(benchVal(99, tag+"199")))
+				putBurst(b, c, fw, tag)
 				time.Sleep(2500 * time.Millisecond) // past render's max wait: every reload is in
 				total += reloads() - before
 			}

@@ -320,11 +320,13 @@ func (r *runner) resync(ctx context.Context, now time.Time) error {
 	for _, e := range r.entries {
 		// kvs is sorted: the B-tree fills from the right, cheaply. A
 		// store rebuilt from an earlier one keeps its getvs indexes.
-		st := template.NewStore(nil)
-		if e.store != nil {
-			st = e.store.Fresh()
-		}
+		var st *template.Store
 		same := e.store != nil
+		if same {
+			st = e.store.Fresh()
+		} else {
+			st = template.NewStore(nil)
+		}
 		for _, kv := range kvs {
 			if !e.res.Match(kv.Key) {
 				continue

@@ -63,13 +63,9 @@ func (c *Client) GetPrefix(ctx context.Context, prefix string) ([]KV, int64, err
 // GetPrefixes reads several prefixes in one consistent snapshot (one
 // transaction), so that a caller watching them all can resume from one revision.
 func (c *Client) GetPrefixes(ctx context.Context, prefixes []string) (map[string][]KV, int64, error) {
-	ops := make([]clientv3.Op, len(prefixes))
-	for i, p := range prefixes {
-		ops[i] = clientv3.OpGet(p, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
-	}
-	resp, err := c.cli.Txn(ctx).Then(ops...).Commit()
+	resp, err := c.rangePrefixes(ctx, prefixes)
 	if err != nil {
-		return nil, 0, fmt.Errorf("get prefixes %q: %w", prefixes, err)
+		return nil, 0, err
 	}
 	out := make(map[string][]KV, len(prefixes))
 	for i, r := range resp.Responses {
@@ -88,13 +84,9 @@ func (c *Client) GetPrefixes(ctx context.Context, prefixes []string) (map[string
 // over them (prefix after prefix, each in key order) and the revision. No
 // intermediate list is built: a large read costs one decoded response.
 func (c *Client) ScanPrefixes(ctx context.Context, prefixes []string) (n int, pairs iter.Seq2[string, []byte], rev int64, err error) {
-	ops := make([]clientv3.Op, len(prefixes))
-	for i, p := range prefixes {
-		ops[i] = clientv3.OpGet(p, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
-	}
-	resp, err := c.cli.Txn(ctx).Then(ops...).Commit()
+	resp, err := c.rangePrefixes(ctx, prefixes)
 	if err != nil {
-		return 0, nil, 0, fmt.Errorf("get prefixes %q: %w", prefixes, err)
+		return 0, nil, 0, err
 	}
 	for _, r := range resp.Responses {
 		n += len(r.GetResponseRange().Kvs)
@@ -109,6 +101,20 @@ func (c *Client) ScanPrefixes(ctx context.Context, prefixes []string) (n int, pa
 		}
 	}
 	return n, pairs, resp.Header.Revision, nil
+}
+
+// rangePrefixes reads every key under each prefix, in key order, in one
+// transaction: one response per prefix, all at one revision.
+func (c *Client) rangePrefixes(ctx context.Context, prefixes []string) (*clientv3.TxnResponse, error) {
+	ops := make([]clientv3.Op, len(prefixes))
+	for i, p := range prefixes {
+		ops[i] = clientv3.OpGet(p, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+	}
+	resp, err := c.cli.Txn(ctx).Then(ops...).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("get prefixes %q: %w", prefixes, err)
+	}
+	return resp, nil
 }
 
 // Put writes key=value, bound to lease when lease is not 0. It returns the new
