@@ -115,12 +115,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 
 	// etcd: given, or embedded.
 	if len(o.store.Endpoints) == 0 {
-		for _, k := range []string{"FLOTILLA_ENDPOINTS", "ETCDCTL_ENDPOINTS"} {
-			if v := getenv(k); v != "" {
-				o.store.Endpoints = strings.Split(v, ",")
-				break
-			}
-		}
+		o.store.Endpoints = store.EnvEndpoints(getenv, "FLOTILLA_ENDPOINTS", "ETCDCTL_ENDPOINTS")
 	}
 	if len(o.store.Endpoints) == 0 {
 		srv, err := embedetcd.Start(ctx, embedetcd.Options{

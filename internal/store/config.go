@@ -78,12 +78,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 // When nothing names an endpoint, DefaultEndpoint is used.
 func (c *Config) FromEnv(getenv func(string) string, prefer ...string) error {
 	if len(c.Endpoints) == 0 {
-		for _, k := range append(prefer, "ETCDCTL_ENDPOINTS") {
-			if v := getenv(k); v != "" {
-				c.Endpoints = splitList(v)
-				break
-			}
-		}
+		c.Endpoints = EnvEndpoints(getenv, append(prefer, "ETCDCTL_ENDPOINTS")...)
 	}
 	if len(c.Endpoints) == 0 {
 		c.Endpoints = []string{DefaultEndpoint}
@@ -165,6 +160,18 @@ func normalizeEndpoint(ep string) (string, error) {
 		return "", errors.New("no host")
 	}
 	return u.Scheme + "://" + u.Host, nil
+}
+
+// EnvEndpoints returns the endpoints named by the first of keys that is set,
+// split at commas, each trimmed, empty entries dropped
+// ("a:2379, b:2379," is two endpoints). It returns nil when no key is set.
+func EnvEndpoints(getenv func(string) string, keys ...string) []string {
+	for _, k := range keys {
+		if v := getenv(k); v != "" {
+			return splitList(v)
+		}
+	}
+	return nil
 }
 
 func splitList(v string) []string {

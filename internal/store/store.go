@@ -13,7 +13,9 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -21,6 +23,8 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Client is a connection to an etcd cluster. It is safe for concurrent use.
@@ -42,8 +46,10 @@ type OpenOptions struct {
 }
 
 // Open connects to etcd and checks that at least one endpoint answers (and that
-// the credentials are accepted) within cfg.DialTimeout. It never blocks longer
-// than that. cfg is validated first.
+// the credentials are accepted) within cfg.DialTimeout. When none does, it
+// spends at most explainTimeout more dialling every endpoint at once to say
+// why; it never blocks longer than the two, and returns when ctx ends.
+// cfg is validated first.
 func Open(ctx context.Context, cfg Config) (*Client, error) {
 	return OpenWith(ctx, cfg, OpenOptions{})
 }
@@ -91,12 +97,12 @@ func OpenWith(ctx context.Context, cfg Config, o OpenOptions) (*Client, error) {
 		})},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("connect to etcd %s: %w", where, explain(err, cfg, tlsCfg))
+		return nil, fmt.Errorf("connect to etcd %s: %w", where, explain(ctx, err, cfg, tlsCfg))
 	}
 	c := &Client{cli: cli, endpoints: eps}
 	if err := c.probe(dctx); err != nil {
 		cli.Close()
-		return nil, fmt.Errorf("connect to etcd %s (within %s): %w", where, cfg.DialTimeout, explain(err, cfg, tlsCfg))
+		return nil, fmt.Errorf("connect to etcd %s (within %s): %w", where, cfg.DialTimeout, explain(ctx, err, cfg, tlsCfg))
 	}
 	return c, nil
 }
@@ -117,7 +123,7 @@ func (c *Client) Endpoints() []string { return append([]string(nil), c.endpoints
 // Close closes the connection. It is safe to call more than once.
 func (c *Client) Close() error {
 	err := c.cli.Close()
-	if err != nil && (errors.Is(err, context.Canceled) || strings.Contains(err.Error(), "already closed")) {
+	if err != nil && (errors.Is(err, context.Canceled) || errors.Is(err, grpc.ErrClientConnClosing)) {
 		return nil
 	}
 	return err
@@ -160,43 +166,64 @@ func tlsConfig(cfg Config) (*tls.Config, error) {
 // explain turns a bare deadline into the reason behind it when one can be
 // found: a refused connection or a failed TLS handshake says more than
 // "context deadline exceeded".
-func explain(err error, cfg Config, tlsCfg *tls.Config) error {
+// explainTimeout bounds the diagnosis Open runs after a failed connection.
+const explainTimeout = time.Second
+
+// explain turns a failed connection into a reason per endpoint: it dials
+// every endpoint at once (TCP, then the TLS handshake when TLS is on), each
+// bounded by explainTimeout and ctx.
+func explain(ctx context.Context, err error, cfg Config, tlsCfg *tls.Config) error {
 	if errors.Is(err, rpctypes.ErrAuthFailed) || errors.Is(err, rpctypes.ErrGRPCAuthFailed) {
 		return fmt.Errorf("authentication failed for user %q: %w", cfg.Username, err)
 	}
-	if !errors.Is(err, context.DeadlineExceeded) && !strings.Contains(err.Error(), "deadline") {
+	if !errors.Is(err, context.DeadlineExceeded) && status.Code(err) != codes.DeadlineExceeded {
 		return err
 	}
-	var reasons []string
-	for _, ep := range cfg.Endpoints {
+	ctx, cancel := context.WithTimeout(ctx, explainTimeout)
+	defer cancel()
+	reasons := make([]string, len(cfg.Endpoints))
+	var wg sync.WaitGroup
+	for i, ep := range cfg.Endpoints {
 		u, perr := url.Parse(ep)
 		if perr != nil {
 			continue
 		}
-		d := net.Dialer{Timeout: time.Second}
-		conn, derr := d.Dial("tcp", u.Host)
-		if derr != nil {
-			reasons = append(reasons, fmt.Sprintf("%s: %v", u.Host, derr))
-			continue
-		}
-		if tlsCfg != nil {
-			tc := tlsCfg.Clone()
-			if tc.ServerName == "" {
-				tc.ServerName, _, _ = net.SplitHostPort(u.Host)
-			}
-			tconn := tls.Client(conn, tc)
-			tconn.SetDeadline(time.Now().Add(time.Second))
-			if herr := tconn.Handshake(); herr != nil {
-				reasons = append(reasons, fmt.Sprintf("%s: TLS handshake: %v", u.Host, herr))
-			} else if _, rerr := tconn.Read(make([]byte, 1)); rerr != nil && strings.Contains(rerr.Error(), "certificate") {
-				// TLS 1.3: the server refuses a client certificate after the handshake.
-				reasons = append(reasons, fmt.Sprintf("%s: TLS: %v", u.Host, rerr))
-			}
-		}
-		conn.Close()
+		wg.Go(func() { reasons[i] = diagnose(ctx, u.Host, tlsCfg) })
 	}
+	wg.Wait()
+	reasons = slices.DeleteFunc(reasons, func(r string) bool { return r == "" })
 	if len(reasons) == 0 {
 		return fmt.Errorf("no answer: %w", err)
 	}
 	return fmt.Errorf("%s: %w", strings.Join(reasons, "; "), err)
+}
+
+// diagnose dials host and, with tlsCfg, shakes hands; it returns what failed,
+// or "" when both went through.
+func diagnose(ctx context.Context, host string, tlsCfg *tls.Config) string {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", host)
+	if err != nil {
+		return fmt.Sprintf("%s: %v", host, err)
+	}
+	defer conn.Close()
+	if tlsCfg == nil {
+		return ""
+	}
+	tc := tlsCfg.Clone()
+	if tc.ServerName == "" {
+		tc.ServerName, _, _ = net.SplitHostPort(host)
+	}
+	tconn := tls.Client(conn, tc)
+	if dl, ok := ctx.Deadline(); ok {
+		tconn.SetDeadline(dl)
+	}
+	if err := tconn.HandshakeContext(ctx); err != nil {
+		return fmt.Sprintf("%s: TLS handshake: %v", host, err)
+	}
+	if _, err := tconn.Read(make([]byte, 1)); err != nil && strings.Contains(err.Error(), "certificate") {
+		// TLS 1.3: the server refuses a client certificate after the handshake.
+		return fmt.Sprintf("%s: TLS: %v", host, err)
+	}
+	return ""
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -101,6 +102,24 @@ func TestConfigFromEnv(t *testing.T) {
 	empty.FromEnv(func(string) string { return "" })
 	if len(empty.Endpoints) != 1 || empty.Endpoints[0] != store.DefaultEndpoint {
 		t.Errorf("default endpoints = %v", empty.Endpoints)
+	}
+}
+
+func TestEnvEndpoints(t *testing.T) {
+	for _, tc := range []struct {
+		env  map[string]string
+		want string
+	}{
+		{map[string]string{"FLOTILLA_ENDPOINTS": "a:2379, b:2379"}, "a:2379|b:2379"},
+		{map[string]string{"FLOTILLA_ENDPOINTS": " a:2379 ,, b:2379 ,"}, "a:2379|b:2379"},
+		{map[string]string{"ETCDCTL_ENDPOINTS": "c:2379"}, "c:2379"},
+		{map[string]string{"FLOTILLA_ENDPOINTS": "a:1", "ETCDCTL_ENDPOINTS": "c:2"}, "a:1"},
+		{map[string]string{}, ""},
+	} {
+		got := store.EnvEndpoints(func(k string) string { return tc.env[k] }, "FLOTILLA_ENDPOINTS", "ETCDCTL_ENDPOINTS")
+		if strings.Join(got, "|") != tc.want {
+			t.Errorf("EnvEndpoints(%v) = %q, want %q", tc.env, got, tc.want)
+		}
 	}
 }
 
@@ -369,5 +388,66 @@ func TestTxnAndElectionFencing(t *testing.T) {
 	kv, _, _, _ := c.Get(ctx, "/fenced")
 	if !ok || string(kv.Value) != "2" {
 		t.Errorf("fenced value = %q (ok=%v), want 2", kv.Value, ok)
+	}
+}
+
+// silentListener accepts connections and never answers on them: an endpoint
+// whose TLS handshake hangs.
+func silentListener(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// Open explains a failure by dialling every endpoint at once, bounded: four
+// endpoints whose TLS handshakes hang cost one explanation, not four.
+func TestOpenExplainsSilentEndpointsAtOnce(t *testing.T) {
+	certs := etcdtest.NewCerts(t)
+	cfg := etcdtest.New(t, etcdtest.WithTLS(certs)).Config()
+	cfg.Endpoints = nil
+	for range 4 {
+		cfg.Endpoints = append(cfg.Endpoints, "https://"+silentListener(t))
+	}
+	cfg.DialTimeout = 300 * time.Millisecond
+	start := time.Now()
+	_, err := store.Open(ctxT(t), cfg)
+	elapsed := time.Since(start)
+	if err == nil {
+		t.Fatal("Open of silent endpoints succeeded")
+	}
+	for _, ep := range cfg.Endpoints {
+		if !strings.Contains(err.Error(), strings.TrimPrefix(ep, "https://")+": TLS handshake") {
+			t.Errorf("error does not say %s's handshake failed: %v", ep, err)
+		}
+	}
+	// One at a time, the four handshakes took over 4 s; together they fit in one.
+	if limit := cfg.DialTimeout + 3*time.Second; elapsed > limit {
+		t.Errorf("Open took %s, more than %s", elapsed, limit)
+	}
+}
+
+func TestCloseTwice(t *testing.T) {
+	c, err := store.Open(ctxT(t), etcdtest.New(t).Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("first Close: %v", err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
 	}
 }
