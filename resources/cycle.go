@@ -241,10 +241,7 @@ func stage(dir, base string, content []byte, mode os.FileMode, uid, gid int) (st
 		return "", fmt.Errorf("no free staging name in %s", dir)
 	}
 	err := func() error {
-		if err := f.Chmod(mode); err != nil { // undo the umask before the first byte
-			return err
-		}
-		if err := f.Chown(uid, gid); err != nil && !(errors.Is(err, syscall.EPERM) && uid == os.Geteuid()) {
+		if err := setMode(f, mode, uid, gid); err != nil { // undo the umask before the first byte
 			return err
 		}
 		if _, err := f.Write(content); err != nil {
@@ -268,9 +265,11 @@ func writeInPlace(dest string, content []byte, mode os.FileMode, uid, gid int) e
 		return err
 	}
 	// The file keeps its old mode when opened: narrow it before the first
-	// byte of the new content.
-	f.Chmod(mode)
-	f.Chown(uid, gid)
+	// byte of the new content, or write nothing.
+	if err := setMode(f, mode, uid, gid); err != nil {
+		f.Close()
+		return fmt.Errorf("%s: %w", dest, err)
+	}
 	if _, err := f.Write(content); err != nil {
 		f.Close()
 		return err
@@ -280,6 +279,19 @@ func writeInPlace(dest string, content []byte, mode os.FileMode, uid, gid int) e
 		return err
 	}
 	return f.Close()
+}
+
+// setMode gives f its mode and owner. Only a chown to oneself refused
+// (EPERM, as for an unprivileged user whose uid is already the file's) is
+// not an error.
+func setMode(f *os.File, mode os.FileMode, uid, gid int) error {
+	if err := f.Chmod(mode); err != nil {
+		return err
+	}
+	if err := f.Chown(uid, gid); err != nil && !(errors.Is(err, syscall.EPERM) && uid == os.Geteuid()) {
+		return err
+	}
+	return nil
 }
 
 func syncDir(dir string) {
