@@ -73,18 +73,22 @@ type Watch struct {
 	once   sync.Once
 }
 
-// Close stops the watch and waits for its goroutine to end.
+// Close stops the watch and waits for its goroutine to end, discarding what
+// was not read.
 func (w *Watch) Close() {
 	w.once.Do(func() {
 		w.cancel()
+		for range w.C {
+		}
 		<-w.done
 	})
 }
 
-// WatchPrefix watches every key under prefix from revision fromRev (0: from now).
-// It survives disconnects, leader changes and a partitioned member: the watch
-// is re-established from the revision after the last one delivered, so no
-// event is lost or repeated. It ends with a batch whose Err is a
+// WatchPrefix watches every key under prefix from revision fromRev (0: from
+// the revision at which etcd created the watch). It survives disconnects,
+// leader changes and a partitioned member: the watch is re-established from
+// the revision after the last one delivered (or after the one it was created
+// at), so no event is lost or repeated. It ends with a batch whose Err is a
 // *CompactedError when that revision has been compacted away.
 func (c *Client) WatchPrefix(ctx context.Context, prefix string, fromRev int64) *Watch {
 	ctx, cancel := context.WithCancel(ctx)
@@ -108,26 +112,38 @@ func (c *Client) watchLoop(ctx context.Context, prefix string, next int64, out c
 			return false
 		}
 	}
+	// last is the final batch; it is always delivered (Close drains C).
+	last := func(err error) { out <- WatchBatch{Err: err} }
 	for ctx.Err() == nil {
 		opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithProgressNotify()}
 		if next > 0 {
 			opts = append(opts, clientv3.WithRev(next))
+		} else {
+			// From now: etcd says which revision "now" was, and a watch
+			// re-established before the first event resumes after it.
+			opts = append(opts, clientv3.WithCreatedNotify())
 		}
 		wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 		wch := c.cli.Watch(wctx, prefix, opts...)
 		for resp := range wch {
 			if resp.CompactRevision != 0 {
 				wcancel()
-				send(WatchBatch{Err: &CompactedError{Prefix: prefix, Requested: next, Compacted: resp.CompactRevision}})
+				last(&CompactedError{Prefix: prefix, Requested: next, Compacted: resp.CompactRevision})
 				return
 			}
 			if err := resp.Err(); err != nil {
 				if errors.Is(err, rpctypes.ErrCompacted) {
 					wcancel()
-					send(WatchBatch{Err: &CompactedError{Prefix: prefix, Requested: next}})
+					last(&CompactedError{Prefix: prefix, Requested: next})
 					return
 				}
 				break // re-establish below
+			}
+			if resp.Created {
+				if next == 0 {
+					next = resp.Header.Revision + 1
+				}
+				continue
 			}
 			b := WatchBatch{Rev: resp.Header.Revision}
 			for _, ev := range resp.Events {
@@ -145,8 +161,7 @@ func (c *Client) watchLoop(ctx context.Context, prefix string, next int64, out c
 				next = resp.Header.Revision + 1
 			}
 			if !send(b) {
-				wcancel()
-				return
+				break
 			}
 			backoff = 50 * time.Millisecond
 		}
@@ -159,5 +174,5 @@ func (c *Client) watchLoop(ctx context.Context, prefix string, next int64, out c
 			backoff *= 2
 		}
 	}
-	send(WatchBatch{Err: ctx.Err()})
+	last(ctx.Err())
 }
