@@ -146,16 +146,22 @@ func (s *session) watch(ctx context.Context, w, journal *store.Watch, poll, prob
 			}
 			changed := map[string]bool{}
 			for _, ev := range b.Events {
+				if ev.Type == store.EventDelete {
+					_, name, err := a.reg.ParseScheduleKey(ev.KV.Key)
+					if err != nil {
+						a.log.Error("bad schedule key", "err", err)
+						continue
+					}
+					delete(s.desired, name)
+					changed[name] = true
+					continue
+				}
 				as, err := a.reg.DecodeAssignment(ev.KV)
-				if err != nil && ev.Type == store.EventPut {
+				if err != nil {
 					a.log.Error("bad schedule key", "err", err)
 					continue
 				}
-				if ev.Type == store.EventDelete {
-					delete(s.desired, as.Unit)
-				} else {
-					s.desired[as.Unit] = as
-				}
+				s.desired[as.Unit] = as
 				changed[as.Unit] = true
 			}
 			for name := range changed {

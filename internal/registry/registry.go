@@ -296,18 +296,28 @@ func (r *Registry) DecodeMachine(kv store.KV) (Machine, error) {
 	return m, nil
 }
 
-// DecodeAssignment decodes a schedule/ key. On a bad value it returns the
-// error with Unit and Machine still set from the key.
-func (r *Registry) DecodeAssignment(kv store.KV) (Assignment, error) {
-	rest := strings.TrimPrefix(kv.Key, r.sub("schedule"))
+// ParseScheduleKey splits a schedule/ key into its machine and unit; both
+// must be non-empty. A delete event has only its key: this is all of it
+// that can be read.
+func (r *Registry) ParseScheduleKey(key string) (machine, unit string, err error) {
+	rest := strings.TrimPrefix(key, r.sub("schedule"))
 	machine, unit, ok := strings.Cut(rest, "/")
-	if !ok {
-		return Assignment{}, fmt.Errorf("decode %s: not <machine>/<unit>", kv.Key)
+	if !ok || machine == "" || unit == "" || rest == key {
+		return "", "", fmt.Errorf("decode %s: not %s<machine>/<unit>", key, r.sub("schedule"))
+	}
+	return machine, unit, nil
+}
+
+// DecodeAssignment decodes a schedule/ key and its value; on any error it
+// returns the zero Assignment.
+func (r *Registry) DecodeAssignment(kv store.KV) (Assignment, error) {
+	machine, unit, err := r.ParseScheduleKey(kv.Key)
+	if err != nil {
+		return Assignment{}, err
 	}
 	a := Assignment{Unit: unit, Machine: machine}
 	if err := json.Unmarshal(kv.Value, &a); err != nil {
-		// Unit and Machine stay set: a delete event has no value.
-		return a, fmt.Errorf("decode %s: %w", kv.Key, err)
+		return Assignment{}, fmt.Errorf("decode %s: %w", kv.Key, err)
 	}
 	return a, nil
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/flotilla/flotilla/internal/etcdtest"
 	"github.com/flotilla/flotilla/internal/registry"
+	"github.com/flotilla/flotilla/internal/store"
 )
 
 // TestSnapshotSkipsUndecodableKeys: hostile values under every kind of key
@@ -77,5 +78,34 @@ func TestUnusedBodiesWithCorruptJob(t *testing.T) {
 	got, err = reg.UnusedBodies(ctx)
 	if err != nil || len(got) != 0 {
 		t.Errorf("UnusedBodies with a corrupt job = %v, %v; want nothing, no error", got, err)
+	}
+}
+
+// A schedule key is read apart from its value: a delete (no value) names its
+// unit; a malformed key or value yields the zero Assignment, never half of one.
+func TestScheduleKeyAndValue(t *testing.T) {
+	reg := registry.New(nil, "/m/")
+	for key, want := range map[string]string{
+		"/m/schedule/m1/web.service": "m1 web.service",
+		"/m/schedule/m1/":            "error",
+		"/m/schedule//web.service":   "error",
+		"/m/schedule/nounit":         "error",
+		"/other/m1/web.service":      "error",
+	} {
+		m, u, err := reg.ParseScheduleKey(key)
+		got := m + " " + u
+		if err != nil {
+			got = "error"
+			if !strings.Contains(err.Error(), key) {
+				t.Errorf("ParseScheduleKey(%q) error does not name the key: %v", key, err)
+			}
+		}
+		if got != want {
+			t.Errorf("ParseScheduleKey(%q) = %q, want %q", key, got, want)
+		}
+	}
+	a, err := reg.DecodeAssignment(store.KV{Key: "/m/schedule/m1/web.service", Value: []byte("{")})
+	if err == nil || a != (registry.Assignment{}) {
+		t.Errorf("DecodeAssignment of a bad value = %+v, %v; want the zero Assignment and an error", a, err)
 	}
 }
