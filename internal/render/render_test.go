@@ -270,6 +270,9 @@ func TestNoPrefixSpillOver(t *testing.T) {
 		return metricValue(t, f.metrics, "render_renders_total", "app.toml", "changed") +
 			metricValue(t, f.metrics, "render_renders_total", "app.toml", "unchanged")
 	}
+	// The file is in place before the runner counts its render: wait for the
+	// count too, or the first render lands in the difference below.
+	f.eventually("first render counted", func() bool { return renders() >= 1 })
 	before := renders()
 	for i := range 20 {
 		f.put(fmt.Sprintf("/apple/%d", i), "no")
