@@ -61,10 +61,10 @@ func (cl *client) print(t table, values []map[string]string) error {
 }
 
 func (cl *client) hash(h string) string {
-	if !cl.o.full && len(h) > 7 {
-		return h[:7]
+	if cl.o.full {
+		return h
 	}
-	return h
+	return registry.ShortHash(h)
 }
 
 func (cl *client) listUnitsCmd(ctx context.Context, _ []string) error {

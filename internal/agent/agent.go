@@ -19,13 +19,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"time"
 
+	"github.com/flotilla/flotilla/internal/atomicfile"
 	"github.com/flotilla/flotilla/internal/executor"
+	"github.com/flotilla/flotilla/internal/process"
 	"github.com/flotilla/flotilla/internal/registry"
 )
 
@@ -126,33 +126,12 @@ func (a *Agent) writeFacts() error {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
-	var b strings.Builder
-	for _, k := range keys {
-		v := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`, "$", `\$`, "`", "\\`").Replace(a.env[k])
-		fmt.Fprintf(&b, "%s=\"%s\"\n", k, v)
+	vars := make([][2]string, len(keys))
+	for i, k := range keys {
+		vars[i] = [2]string{k, a.env[k]}
 	}
-	path := a.opts.EnvFile
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return fmt.Errorf("write machine facts %s: %w", path, err)
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".facts-*")
-	if err != nil {
-		return fmt.Errorf("write machine facts %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.WriteString(b.String()); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write machine facts %s: %w", path, err)
-	}
-	if err := tmp.Chmod(0o644); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write machine facts %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write machine facts %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write machine facts %s: %w", path, err)
+	if err := atomicfile.Write(a.opts.EnvFile, process.WriteEnvFile(vars), 0o644); err != nil {
+		return fmt.Errorf("machine facts: %w", err)
 	}
 	return nil
 }

@@ -218,7 +218,7 @@ func (s *session) apply(ctx context.Context, name string) {
 		}
 		delete(s.failed, name)
 		s.started[name] = as.Hash
-		log.Info("unit started", "hash", short(as.Hash))
+		log.Info("unit started", "hash", registry.ShortHash(as.Hash))
 	default: // loaded: installed here, not running
 		delete(s.failed, name)
 		if _, ok := s.started[name]; ok {
@@ -304,13 +304,6 @@ func (s *session) report(ctx context.Context) {
 		}
 		delete(s.reported, name)
 	}
-}
-
-func short(h string) string {
-	if len(h) > 7 {
-		return h[:7]
-	}
-	return h
 }
 
 // answerJournal answers a request for a unit's last log lines.

@@ -362,7 +362,7 @@ func (e *Engine) loadUnits(ctx context.Context, snap *registry.Snapshot) (reques
 	for _, j := range missing {
 		b, ok := bodies[j.Hash]
 		if !ok {
-			e.cache[j.Name] = parsed{hash: j.Hash, err: fmt.Errorf("body %s is missing", short(j.Hash))}
+			e.cache[j.Name] = parsed{hash: j.Hash, err: fmt.Errorf("body %s is missing", registry.ShortHash(j.Hash))}
 			continue
 		}
 		f, err := unit.Parse(j.Name, b)
@@ -542,13 +542,6 @@ func (e *Engine) write(ctx context.Context, guard store.Cmp, batches [][]store.O
 		cur = append(cur, b...)
 	}
 	return txns, ops, flush()
-}
-
-func short(h string) string {
-	if len(h) > 7 {
-		return h[:7]
-	}
-	return h
 }
 
 // collectBodies deletes stored bodies no job refers to any more. Jobs and

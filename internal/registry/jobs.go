@@ -47,7 +47,7 @@ func (r *Registry) Submit(ctx context.Context, unit, hash string, body []byte, m
 				return old, nil
 			}
 			if mode != ReplaceBody {
-				return old, fmt.Errorf("submit %s: %w (hash %s, new %s; use --replace)", unit, ErrConflict, short(old.Hash), short(hash))
+				return old, fmt.Errorf("submit %s: %w (hash %s, new %s; use --replace)", unit, ErrConflict, ShortHash(old.Hash), ShortHash(hash))
 			}
 			job.Desired = old.Desired
 			cmp = store.ModRevisionIs(r.JobKey(unit), kv.ModRevision)
@@ -164,7 +164,8 @@ func (r *Registry) Machines(ctx context.Context) (map[string]Machine, error) {
 	return out, nil
 }
 
-func short(hash string) string {
+// ShortHash is the first 7 characters of a unit hash, as fleetctl shows it.
+func ShortHash(hash string) string {
 	if len(hash) > 7 {
 		return hash[:7]
 	}
