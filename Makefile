@@ -11,7 +11,7 @@ DEBS    := etcd-server etcd-client haproxy nginx-light systemd dbus-user-session
 TESTFLAGS ?=
 export GOFLAGS ?= -mod=mod
 
-.PHONY: all build test unit store-binary vet fmt-check deps demo bench faults clean
+.PHONY: all build test unit store-binary vet fmt-check deps demo bench faults scale clean
 
 all: build
 
@@ -47,6 +47,16 @@ bench: deps build
 
 clean:
 	rm -rf $(BIN) bench/results
+
+# The scheduler at size: hollow machines (real agents, in-memory executor)
+# and two engines on a 3-member etcd; every figure beside its goal (met /
+# NOT MET), JSON lines in bench/results/scale.jsonl. SCALE=MACHINESxUNITS.
+# (`make test` runs 100x1000, asserting the invariants only.)
+SCALE ?= 1000x10000
+scale: deps
+	@mkdir -p bench/results
+	FLOTILLA_SCALE=$(SCALE) FLOTILLA_SCALE_JSON=bench/results/scale.jsonl $(GO) test -count=1 -timeout 40m -v -run TestScale ./integration/scale/ >bench/results/scale.log 2>&1; \
+	rc=$$?; grep -E '^(--- |ok|FAIL)|FIGURE|scale:' bench/results/scale.log; echo "full log: bench/results/scale.log"; exit $$rc
 
 # The long fault suite: a 30 s etcd outage, 50 kill iterations, a 30 s partition.
 # (`make test` runs the same suite in its short form.)

@@ -1,0 +1,328 @@
+// Package scale runs the scheduler at size: hollow machines (real agents, an
+// in-memory executor) and two engine candidates against a 3-member etcd
+// cluster of Debian's etcd binary, with a checker that watches every
+// revision for a unit in two places.
+//
+// `make test` runs the short size (100 machines × 1,000 units) and asserts
+// the invariants only. `make scale` runs FLOTILLA_SCALE (default
+// 1000x10000) and prints every figure beside its goal; figures are never
+// asserted.
+package scale
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/flotilla/flotilla/internal/etcdtest"
+	"github.com/flotilla/flotilla/internal/hollow"
+	"github.com/flotilla/flotilla/internal/registry"
+	"github.com/flotilla/flotilla/internal/store"
+	"github.com/flotilla/flotilla/internal/unit"
+)
+
+const ttl = 10 * time.Second
+
+// size reads FLOTILLA_SCALE ("MACHINESxUNITS").
+func size(t *testing.T) (machines, units int, full bool) {
+	v := os.Getenv("FLOTILLA_SCALE")
+	if v == "" {
+		return 100, 1000, false
+	}
+	m, u, ok := strings.Cut(v, "x")
+	machines, err1 := strconv.Atoi(m)
+	units, err2 := strconv.Atoi(u)
+	if !ok || err1 != nil || err2 != nil || machines < 10 || units < machines {
+		t.Fatalf("FLOTILLA_SCALE=%q: want MACHINESxUNITS, at least 10 machines and as many units", v)
+	}
+	return machines, units, true
+}
+
+// figures prints each figure with its goal and, when FLOTILLA_SCALE_JSON
+// names a file, appends it there as a JSON line, as `make bench` does.
+type figures struct {
+	t   *testing.T
+	out *os.File
+}
+
+func (f *figures) add(name, unit string, value, goal float64, lowerIsBetter bool) {
+	verdict := "—"
+	if goal > 0 {
+		met := value <= goal
+		if !lowerIsBetter {
+			met = value >= goal
+		}
+		verdict = "met"
+		if !met {
+			verdict = "NOT MET"
+		}
+	}
+	f.t.Logf("FIGURE %-36s %12.3f %-8s goal %-10s %s", name, value, unit, goalString(goal, lowerIsBetter), verdict)
+	if f.out != nil {
+		b, _ := json.Marshal(map[string]any{"name": "scale/" + name, "unit": unit, "value": value, "goal": goal, "verdict": verdict})
+		fmt.Fprintln(f.out, string(b))
+	}
+}
+
+func goalString(goal float64, lower bool) string {
+	if goal == 0 {
+		return "-"
+	}
+	if lower {
+		return fmt.Sprintf("<%g", goal)
+	}
+	return fmt.Sprintf(">%g", goal)
+}
+
+// workload is the unit mix: plain units, MachineMetadata, Conflicts groups,
+// template instances and one Global unit.
+func workload(machines, units int) (bodies map[string][]byte, global map[string]bool) {
+	bodies = map[string][]byte{}
+	plain := []byte("[Service]\nExecStart=/bin/sleep infinity\n")
+	tmpl := []byte("[Service]\nExecStart=/bin/sleep %i\n")
+	bodies["global.service"] = []byte("[Service]\nExecStart=/bin/sleep infinity\n\n[X-Fleet]\nGlobal=true\n")
+	group := max(machines/2, 1)
+	for i := 1; len(bodies) < units; i++ {
+		switch i % 10 {
+		case 1:
+			bodies[fmt.Sprintf("zoned-%d.service", i)] = fmt.Appendf(nil, "[Service]\nExecStart=/bin/sleep infinity\n\n[X-Fleet]\nMachineMetadata=zone=z%d\n", i%7)
+		case 2:
+			g := i / 10 / group
+			bodies[fmt.Sprintf("cg%d@%d.service", g, i)] = fmt.Appendf(nil, "[Service]\nExecStart=/bin/sleep infinity\n\n[X-Fleet]\nConflicts=cg%d@*.service\n", g)
+		case 3:
+			bodies[fmt.Sprintf("tpl@%d.service", i)] = tmpl
+		default:
+			bodies[fmt.Sprintf("plain-%d.service", i)] = plain
+		}
+	}
+	return bodies, map[string]bool{"global.service": true}
+}
+
+// etcdRequests sums the request messages every member has received.
+func etcdRequests(t *testing.T, cl *etcdtest.Cluster) float64 {
+	var sum float64
+	for _, m := range cl.Members {
+		if !m.Running() {
+			continue
+		}
+		resp, err := http.Get(m.Endpoint() + "/metrics")
+		if err != nil {
+			t.Logf("metrics of %s: %v", m.Endpoint(), err)
+			continue
+		}
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			if !strings.HasPrefix(line, "grpc_server_msg_received_total{") {
+				continue
+			}
+			if v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64); err == nil {
+				sum += v
+			}
+		}
+		resp.Body.Close()
+	}
+	return sum
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func TestScale(t *testing.T) {
+	machines, units, full := size(t)
+	cl := etcdtest.NewCluster(t, 3)
+	cfg := cl.Members[0].Config()
+	cfg.Endpoints = cl.Endpoints()
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	defer cancel()
+	admin, err := store.Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	reg := registry.New(admin, "/scale/")
+	figs := &figures{t: t}
+	if p := os.Getenv("FLOTILLA_SCALE_JSON"); p != "" {
+		if figs.out, err = os.OpenFile(p, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		defer figs.out.Close()
+	}
+	t.Logf("scale: %d hollow machines, %d units, 2 engine candidates, 3-member etcd (%s), TTL %s", machines, units, etcdtest.BinaryPath(), ttl)
+
+	bodies, global := workload(machines, units)
+	checker, err := hollow.NewChecker(ctx, reg, global)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer checker.Close()
+	hc, err := hollow.Start(ctx, hollow.Config{
+		Store: cfg, Prefix: "/scale/", Machines: machines, TTL: ttl, Dir: t.TempDir(),
+		Metadata: func(i int) map[string]string { return map[string]string{"zone": fmt.Sprintf("z%d", i%7)} },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hc.Close()
+	lost := map[string]bool{}
+	want := func() int { return units - 1 + machines - len(lost) } // global runs on every live machine
+	settle := func(what string, limit time.Duration) time.Duration {
+		t.Helper()
+		start := time.Now()
+		for {
+			st := checker.Status(lost)
+			if st.Active == want() && st.OnLost == 0 {
+				return time.Since(start)
+			}
+			if st.Err != nil {
+				t.Fatalf("checker: %v", st.Err)
+			}
+			if time.Since(start) > limit {
+				t.Fatalf("%s: after %s, %d of %d units active where targeted, %d targets on lost machines", what, limit, st.Active, want(), st.OnLost)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	// Every machine registered before the units come: the start figure is
+	// the scheduler's, not the machines' start-up.
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		ms, err := reg.Machines(ctx)
+		if err == nil && len(ms) == machines {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d machines registered", len(ms), machines)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	// 1. Submit and start everything.
+	start := time.Now()
+	var g errgroup.Group
+	g.SetLimit(32)
+	for name, body := range bodies {
+		g.Go(func() error {
+			if _, err := reg.Submit(ctx, name, unit.Hash(body), body, registry.KeepExisting); err != nil {
+				return err
+			}
+			return reg.SetDesired(ctx, name, registry.Launched)
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	submitted := time.Since(start)
+	settle("start", 10*time.Minute)
+	figs.add("start/all-active", "s", time.Since(start).Seconds(), 30, true)
+	figs.add("start/submit", "s", submitted.Seconds(), 0, true)
+	figs.add("start/engine-passes", "passes", float64(len(hc.Passes())), 0, true)
+
+	// 2. Steady state.
+	steady := 10 * time.Second
+	if full {
+		steady = 60 * time.Second
+	}
+	runtime.GC()
+	reqs0, cpu0, t0 := etcdRequests(t, cl), cpuTime(), time.Now()
+	retargets0 := checker.Status(nil).Retargets
+	time.Sleep(steady)
+	el := time.Since(t0).Seconds()
+	reqs := (etcdRequests(t, cl) - reqs0) / el
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	figs.add("steady/etcd-requests-per-machine", "req/s", reqs/float64(machines), 1, true)
+	figs.add("steady/etcd-requests", "req/s", reqs, 0, true)
+	figs.add("steady/cpu-per-machine", "ms/s", (cpuTime()-cpu0).Seconds()*1000/el/float64(machines), 0, true)
+	figs.add("steady/heap-per-machine", "KiB", float64(ms.HeapInuse)/1024/float64(machines), 0, true)
+	if n := checker.Status(nil).Retargets - retargets0; n != 0 {
+		t.Errorf("steady state: %d units taken off their machine", n)
+	}
+
+	// 3. 10 % of the machines lost at once.
+	for i := 0; i < machines/10; i++ {
+		n := hc.Machines[i*10+3]
+		lost[n.ID] = true
+		hc.Lose(n)
+	}
+	lostAt := time.Now()
+	settle("machines lost", 3*time.Minute)
+	figs.add("loss/units-active-elsewhere", "s", time.Since(lostAt).Seconds(), (ttl + 2*time.Second).Seconds(), true)
+
+	// 4. The engine leader killed: a new leader, and no unit moves.
+	leaderID, found, err := admin.Leader(ctx, reg.ElectionPrefix())
+	if err != nil || !found {
+		t.Fatalf("engine leader: %q %v %v", leaderID, found, err)
+	}
+	if kvs, _, err := admin.GetPrefix(ctx, reg.ElectionPrefix()); err == nil {
+		for _, kv := range kvs {
+			t.Logf("engine candidate %s: key %s, created at revision %d", kv.Value, kv.Key, kv.CreateRevision)
+		}
+	}
+	var other *hollow.Node
+	for _, e := range hc.Engines {
+		if e.ID == leaderID {
+			hc.Lose(e)
+		} else {
+			other = e
+		}
+	}
+	retargets0 = checker.Status(lost).Retargets
+	killed := time.Now()
+	for {
+		id, found, err := admin.Leader(ctx, reg.ElectionPrefix())
+		if err == nil && found && id == other.ID && hc.LastPass(other.ID).After(killed) {
+			break
+		}
+		if time.Since(killed) > 2*ttl+30*time.Second {
+			t.Fatalf("no new engine leader %s after the leader's loss (leader %q)", time.Since(killed), id)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	figs.add("engine-loss/new-leader", "s", time.Since(killed).Seconds(), 0, true)
+	time.Sleep(2 * time.Second)
+	if n := checker.Status(lost).Retargets - retargets0; n != 0 {
+		t.Errorf("engine leader lost: %d units taken off their machine", n)
+	}
+
+	// 5. The etcd leader killed: nothing moves, everything keeps reporting.
+	li := cl.Leader()
+	cl.Members[li].Kill()
+	time.Sleep(ttl)
+	cl.Restart(li)
+	settle("etcd leader lost", time.Minute)
+	if n := checker.Status(lost).Retargets - retargets0; n != 0 {
+		t.Errorf("etcd leader lost: %d units taken off their machine", n)
+	}
+
+	var durs []float64
+	for _, p := range hc.Passes() {
+		durs = append(durs, p.Duration.Seconds()*1000)
+	}
+	slices.Sort(durs)
+	if len(durs) > 0 {
+		figs.add("engine/pass-p99", "ms", durs[len(durs)*99/100], 500, true)
+		figs.add("engine/passes", "passes", float64(len(durs)), 0, true)
+	}
+	st := checker.Status(lost)
+	figs.add("never-two-places/violations", "count", float64(len(st.Violations)), 0, true)
+	for _, v := range st.Violations {
+		t.Errorf("a unit in two places: %s", v)
+	}
+}
