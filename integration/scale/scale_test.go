@@ -184,7 +184,7 @@ func TestScale(t *testing.T) {
 	want := func() int { return units - 1 + machines - len(lost) } // global runs on every live machine
 	settle := func(what string, limit time.Duration) time.Duration {
 		t.Helper()
-		start := time.Now()
+		start, lastLog := time.Now(), time.Now()
 		for {
 			st := checker.Status(lost)
 			if st.Active == want() && st.OnLost == 0 {
@@ -192,6 +192,10 @@ func TestScale(t *testing.T) {
 			}
 			if st.Err != nil {
 				t.Fatalf("checker: %v", st.Err)
+			}
+			if time.Since(lastLog) > 15*time.Second {
+				t.Logf("%s: %d of %d units active where targeted, %d targets on lost machines, %d engine passes", what, st.Active, want(), st.OnLost, len(hc.Passes()))
+				lastLog = time.Now()
 			}
 			if time.Since(start) > limit {
 				t.Fatalf("%s: after %s, %d of %d units active where targeted, %d targets on lost machines", what, limit, st.Active, want(), st.OnLost)
@@ -219,10 +223,22 @@ func TestScale(t *testing.T) {
 	g.SetLimit(32)
 	for name, body := range bodies {
 		g.Go(func() error {
-			if _, err := reg.Submit(ctx, name, unit.Hash(body), body, registry.KeepExisting); err != nil {
-				return err
+			// An overloaded etcd times requests out; an operator's script
+			// would try again, and so does this one.
+			var err error
+			for attempt := range 5 {
+				if attempt > 0 {
+					t.Logf("submit %s, attempt %d: %v", name, attempt+1, err)
+					time.Sleep(time.Duration(attempt) * time.Second)
+				}
+				if _, err = reg.Submit(ctx, name, unit.Hash(body), body, registry.KeepExisting); err != nil {
+					continue
+				}
+				if err = reg.SetDesired(ctx, name, registry.Launched); err == nil {
+					return nil
+				}
 			}
-			return reg.SetDesired(ctx, name, registry.Launched)
+			return err
 		})
 	}
 	if err := g.Wait(); err != nil {
