@@ -82,6 +82,8 @@ type Engine struct {
 	// skipped holds the undecodable keys already logged, so that each is
 	// reported once, not on every pass.
 	skipped map[string]bool
+	// dropMoves holds the move requests the last pass could not honour.
+	dropMoves map[string]string
 }
 
 type parsed struct {
@@ -185,7 +187,7 @@ func (e *Engine) lead(ctx context.Context, lead *store.Leadership) error {
 func (e *Engine) relevant(key string) bool {
 	rest := strings.TrimPrefix(key, e.reg.Prefix())
 	switch {
-	case strings.HasPrefix(rest, "jobs/"), strings.HasPrefix(rest, "machines/"):
+	case strings.HasPrefix(rest, "jobs/"), strings.HasPrefix(rest, "machines/"), plannedChange(rest):
 		return true
 	case strings.HasPrefix(rest, "states/"):
 		rest = strings.TrimPrefix(rest, "states/")
@@ -390,6 +392,7 @@ func (e *Engine) plan(snap *registry.Snapshot) plan {
 	for _, m := range snap.Machines {
 		machines = append(machines, schedule.Machine{ID: m.ID, IP: m.IP, Metadata: m.Metadata, Capacity: m.Capacity})
 	}
+	moves := e.applyMoves(snap, &p)
 	var units []schedule.Unit
 	for name, j := range snap.Jobs {
 		if j.Desired != registry.Loaded && j.Desired != registry.Launched {
@@ -412,7 +415,7 @@ func (e *Engine) plan(snap *registry.Snapshot) plan {
 		units = append(units, u)
 	}
 	sort.Slice(units, func(i, j int) bool { return units[i].Name < units[j].Name })
-	res := schedule.Place(units, machines)
+	res := e.placeWithPlan(snap, units, machines, moves)
 	for name, why := range res.Unplaced {
 		p.unplaced[name] = why
 	}
@@ -460,6 +463,9 @@ func (e *Engine) plan(snap *registry.Snapshot) plan {
 	for n := range p.unplaced {
 		names[n] = true
 	}
+	for n := range snap.Plan.Moves {
+		names[n] = true
+	}
 	sorted := make([]string, 0, len(names))
 	for n := range names {
 		sorted = append(sorted, n)
@@ -468,23 +474,20 @@ func (e *Engine) plan(snap *registry.Snapshot) plan {
 	for _, name := range sorted {
 		var ops []store.Op
 		job := snap.Jobs[name]
-		var enc string
-		val := func() string {
-			if enc == "" {
-				enc = registry.Encode(registry.Assignment{Hash: job.Hash, Desired: job.Desired})
-			}
-			return enc
+		val := func(m string) string {
+			// A pin (a rollout in progress) keeps that machine on its body.
+			return registry.Encode(registry.Assignment{Hash: snap.Hash(name, m), Desired: job.Desired})
 		}
 		for m, a := range snap.Schedule[name] {
 			if !want[name][m] {
 				ops = append(ops, store.OpDelete(e.reg.ScheduleKey(m, name)))
-			} else if a.Hash != job.Hash || a.Desired != job.Desired {
-				ops = append(ops, store.OpPut(e.reg.ScheduleKey(m, name), val(), 0))
+			} else if a.Hash != snap.Hash(name, m) || a.Desired != job.Desired {
+				ops = append(ops, store.OpPut(e.reg.ScheduleKey(m, name), val(m), 0))
 			}
 		}
 		for m := range want[name] {
 			if _, ok := snap.Schedule[name][m]; !ok {
-				ops = append(ops, store.OpPut(e.reg.ScheduleKey(m, name), val(), 0))
+				ops = append(ops, store.OpPut(e.reg.ScheduleKey(m, name), val(m), 0))
 			}
 		}
 		why, unplaced := p.unplaced[name]
@@ -495,6 +498,7 @@ func (e *Engine) plan(snap *registry.Snapshot) plan {
 		case !unplaced && had:
 			ops = append(ops, store.OpDelete(e.reg.UnplacedKey(name)))
 		}
+		ops = append(ops, e.moveDone(snap, name, want[name])...)
 		if len(ops) > 0 {
 			p.batches = append(p.batches, ops)
 		}

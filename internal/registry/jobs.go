@@ -176,8 +176,8 @@ func short(hash string) string {
 // value does not decode, no body is known to be unused and none is returned
 // (nor an error: a corrupt job must not stop the engine).
 func (r *Registry) UnusedBodies(ctx context.Context) ([]store.KV, error) {
-	jobs, units := r.sub("jobs"), r.sub("units")
-	m, _, err := r.c.GetPrefixes(ctx, []string{jobs, units})
+	jobs, units, pins := r.sub("jobs"), r.sub("units"), r.sub("pins")
+	m, _, err := r.c.GetPrefixes(ctx, []string{jobs, units, pins})
 	if err != nil {
 		return nil, fmt.Errorf("find unused unit bodies: %w", err)
 	}
@@ -188,6 +188,9 @@ func (r *Registry) UnusedBodies(ctx context.Context) ([]store.KV, error) {
 			return nil, nil
 		}
 		used[j.Hash] = true
+	}
+	for _, kv := range m[pins] { // a rollout's old body, still running somewhere
+		used[string(kv.Value)] = true
 	}
 	var out []store.KV
 	for _, kv := range m[units] {
