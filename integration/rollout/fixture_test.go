@@ -338,9 +338,9 @@ Description=rollout test backend %%n %[1]s
 
 [Service]
 ExecStart=/usr/bin/env FLOTILLA_ROLLOUT_ROLE=backend %[2]s %%p@%%i %[1]s ${PUBLIC_IP}:%[3]d
-ExecStartPost=%[4]s --detach --ttl 5s --endpoints %[5]s --check http://${PUBLIC_IP}:%[3]d/ --check-interval 200ms --host %%p@%%i --addr ${PUBLIC_IP}:%[3]d %[6]s%%n
+ExecStartPost=%[4]s --detach --ttl 5s --endpoints %[5]s --check http://${PUBLIC_IP}:%[3]d/ --check-interval 200ms --host %%p-%%i --addr ${PUBLIC_IP}:%[3]d %[6]s%%n
 ExecStop=%[4]s --endpoints %[5]s --delete %[6]s%%n
-ExecStop=/bin/sleep 1.5
+ExecStop=/bin/sleep 3
 TimeoutStopSec=15
 %[7]s`, version, self, c.port, ann, c.endpoint, announcePrefix, xfleet))
 }

@@ -64,7 +64,7 @@ func TestRollingUpdate(t *testing.T) {
 
 	// A body whose ExecStart fails halts the rollout at web@1.
 	bg = c.hammer.Start(c.ctx)
-	bad := strings.Replace(string(c.unitFile("v3", spread)), "ExecStart=/usr/bin/env", "ExecStart=/bin/false", 1)
+	bad := strings.Replace(string(c.unitFile("v3", spread)), "[Service]\n", "[Service]\nExecStartPre=/bin/false\n", 1)
 	c.writeUnit("web@.service", []byte(bad))
 	out, err := c.sched("roll", "--timeout", "30s", tmpl)
 	if err == nil {

@@ -241,7 +241,7 @@ func (r *Roller) check(ctx context.Context, w want) (Ready, bool, string, error)
 	case st.Hash != w.hash:
 		return Ready{}, false, fmt.Sprintf("%s still reports body %s", r.label(m), r.short(st.Hash)), nil
 	case st.Active == "failed":
-		reason := "failed (" + st.Sub + ")"
+		reason := fmt.Sprintf("failed (%s/%s; `scheduler journal %s` shows why)", st.Active, st.Sub, w.unit)
 		if st.Message != "" {
 			reason = "failed: " + st.Message
 		}
