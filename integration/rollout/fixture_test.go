@@ -249,10 +249,11 @@ func (c *cluster) mustSched(args ...string) string {
 // lbTemplate: haproxy over every announced instance, with health checks
 // (a backend gone between two renders is marked down, not hammered).
 const lbTemplate = `global
-    log stderr format raw local0 notice
+    log stderr format raw local0 info
 defaults
     mode http
     log global
+    option httplog
     option redispatch
     retries 3
     timeout connect 500ms
@@ -328,6 +329,11 @@ func (c *cluster) waitServing(names ...string) {
 // take it out before the backend is signalled (until announce --withdraw
 // lands, a fixed sleep).
 func (c *cluster) unitFile(version, xfleet string) []byte {
+	return c.unitFileAt(version, xfleet, c.port)
+}
+
+// unitFileAt is unitFile listening on port.
+func (c *cluster) unitFileAt(version, xfleet string, port int) []byte {
 	self, err := os.Executable()
 	if err != nil {
 		c.t.Fatal(err)
@@ -342,7 +348,7 @@ ExecStartPost=%[4]s --detach --ttl 5s --endpoints %[5]s --check http://${PUBLIC_
 ExecStop=%[4]s --endpoints %[5]s --delete %[6]s%%n
 ExecStop=/bin/sleep 3
 TimeoutStopSec=15
-%[7]s`, version, self, c.port, ann, c.endpoint, announcePrefix, xfleet))
+%[7]s`, version, self, port, ann, c.endpoint, announcePrefix, xfleet))
 }
 
 // writeUnit writes a unit file into the test directory and returns its path.
@@ -372,10 +378,17 @@ func (c *cluster) where(units ...string) map[string]string {
 }
 
 // checkZero asserts that the hammer saw no failed request, and logs the count.
-func checkZero(t *testing.T, what string, res lbtest.Result) {
+func checkZero(t *testing.T, hp *lbtest.Haproxy, what string, res lbtest.Result) {
 	t.Helper()
 	t.Logf("%s: failed requests %d of %d (%s)", what, res.Errors, res.Total, res)
 	if res.Errors != 0 {
 		t.Errorf("%s: %d failed requests, want 0", what, res.Errors)
+		if hp != nil {
+			for _, l := range strings.Split(hp.Output(), "\n") {
+				if strings.Contains(l, " 502 ") || strings.Contains(l, " 503 ") || strings.Contains(l, "DOWN") {
+					t.Logf("haproxy: %s", l)
+				}
+			}
+		}
 	}
 }

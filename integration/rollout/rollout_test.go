@@ -49,7 +49,7 @@ func TestRollingUpdate(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	res := bg.Stop()
-	checkZero(t, "rolling update of 3 instances", res)
+	checkZero(t, c.hp, "rolling update of 3 instances", res)
 	t.Logf("roll of 3 instances took %s", took.Round(time.Millisecond))
 	for i := 1; i <= 3; i++ {
 		for _, v := range []string{"v1", "v2"} {
@@ -83,7 +83,7 @@ func TestRollingUpdate(t *testing.T) {
 	}
 	c.waitServing("web@2 v2", "web@3 v2")
 	res = bg.Stop()
-	checkZero(t, "failing new body", res)
+	checkZero(t, c.hp, "failing new body", res)
 	if res.By["web@2 v2"] == 0 || res.By["web@3 v2"] == 0 {
 		t.Errorf("web@2, web@3 did not keep serving: %s", res)
 	}
@@ -97,8 +97,12 @@ func TestDrainMoveScaleDown(t *testing.T) {
 	c := newCluster(t)
 	c.machine("m1", 2)
 	c.startLB()
-	tmpl := c.writeUnit("app@.service", c.unitFile("v1", ""))
-	dir := tmpl[:len(tmpl)-len("app@.service")]
+	// Two instances share a machine here: each listens on a port of its own.
+	var dir string
+	for i := 1; i <= 3; i++ {
+		p := c.writeUnit(fmt.Sprintf("app@%d.service", i), c.unitFileAt("v1", "", freePort(t)))
+		dir = p[:len(p)-len("app@1.service")]
+	}
 	c.mustSched("start", dir+"app@1.service", dir+"app@2.service")
 	c.machine("m2", 3)
 	c.machine("m3", 4)
@@ -151,7 +155,7 @@ func TestDrainMoveScaleDown(t *testing.T) {
 	for bg.Snapshot().Total < 5000 && c.ctx.Err() == nil {
 		time.Sleep(100 * time.Millisecond)
 	}
-	checkZero(t, "drain, restart, undrain, move, destroy", bg.Stop())
+	checkZero(t, c.hp, "drain, restart, undrain, move, destroy", bg.Stop())
 }
 
 // TestGlobalRollsMachineByMachine rolls a global unit: at every moment at
