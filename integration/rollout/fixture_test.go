@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -65,7 +66,21 @@ func backendMain(args []string) int {
 		fmt.Fprintln(os.Stderr, "backend:", err)
 		return 1
 	}
+	// SIGUSR1 fails /health (announce's --check) while / keeps answering:
+	// the unit's ExecStop uses it to have announce withdraw the key.
+	var draining atomic.Bool
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	go func() {
+		for range usr1 {
+			draining.Store(true)
+		}
+	}()
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/health" && draining.Load() {
+			http.Error(w, "draining", http.StatusServiceUnavailable)
+			return
+		}
 		fmt.Fprintf(w, "%s %s on %s\n", name, version, addr)
 	}), ReadHeaderTimeout: 5 * time.Second}
 	done := make(chan error, 1)
@@ -326,8 +341,11 @@ func (c *cluster) waitServing(names ...string) {
 
 // unitFile is a backend unit answering "%p@%i VERSION"; xfleet is appended.
 // ExecStop withdraws the announcement and waits for render and haproxy to
-// take it out before the backend is signalled (until announce --withdraw
-// lands, a fixed sleep).
+// take it out before the backend is signalled. Until announce --withdraw
+// lands, it fails the backend's health check (announce's keeper then revokes
+// the key and does not write it again, which `announce --delete` cannot
+// ensure: the keeper restores a deleted key) and sleeps long enough for the
+// keeper's check (3 × 200ms), render and haproxy's reload.
 func (c *cluster) unitFile(version, xfleet string) []byte {
 	return c.unitFileAt(version, xfleet, c.port)
 }
@@ -344,9 +362,9 @@ Description=rollout test backend %%n %[1]s
 
 [Service]
 ExecStart=/usr/bin/env FLOTILLA_ROLLOUT_ROLE=backend %[2]s %%p@%%i %[1]s ${PUBLIC_IP}:%[3]d
-ExecStartPost=%[4]s --detach --ttl 5s --endpoints %[5]s --check http://${PUBLIC_IP}:%[3]d/ --check-interval 200ms --host %%p-%%i --addr ${PUBLIC_IP}:%[3]d %[6]s%%n
-ExecStop=%[4]s --endpoints %[5]s --delete %[6]s%%n
-ExecStop=/bin/sleep 3
+ExecStartPost=%[4]s --detach --ttl 5s --endpoints %[5]s --check http://${PUBLIC_IP}:%[3]d/health --check-interval 200ms --host %%p-%%i --addr ${PUBLIC_IP}:%[3]d %[6]s%%n
+ExecStop=/bin/kill -USR1 $MAINPID
+ExecStop=/bin/sleep 4
 TimeoutStopSec=15
 %[7]s`, version, self, port, ann, c.endpoint, announcePrefix, xfleet))
 }
