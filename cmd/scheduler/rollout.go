@@ -22,7 +22,9 @@ const rolloutUsage = `
 Planned change (one line per instance; each counts done when it is active,
 announced and applied by every render that publishes its status):
   roll FILE…               give units the body of FILE, --max-unavailable N
-                           at a time (default 1); a template file rolls every
+                           at a time (default 1; --surge: start the new one
+                           on another machine first where [X-Fleet] allows,
+                           the instance then runs there); a template file rolls every
                            submitted instance of it; a global unit rolls
                            machine by machine; halts at the first instance
                            that does not become ready (exit 1)
@@ -38,6 +40,7 @@ type rolloutFlags struct {
 	announcePrefix string
 	statusPrefix   string
 	to             string
+	surge          bool
 }
 
 func (f *rolloutFlags) register(fs *flag.FlagSet) {
@@ -46,13 +49,14 @@ func (f *rolloutFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.announcePrefix, "announce-prefix", rollout.DefaultAnnouncePrefix, `roll, move, drain: where units announce themselves ("-": do not wait for announcements)`)
 	fs.StringVar(&f.statusPrefix, "status-prefix", rollout.DefaultStatusPrefix, `roll, move, drain: where renders publish what they applied ("-": do not wait for renders)`)
 	fs.StringVar(&f.to, "to", "", "move: the machine to move the unit to (default: where the scheduler would place it)")
+	fs.BoolVar(&f.surge, "surge", false, "roll: start each instance's new body on another machine before stopping the old one, where [X-Fleet] allows (else in place)")
 }
 
 // rolloutFlagVerbs says which verbs a planned-change flag applies to (nil:
 // not one of them); any other verb refuses it.
 func rolloutFlagVerbs(flag string) []string {
 	switch flag {
-	case "max-unavailable":
+	case "max-unavailable", "surge":
 		return []string{"roll"}
 	case "timeout", "announce-prefix", "status-prefix":
 		return []string{"roll", "move", "drain"}
@@ -174,7 +178,7 @@ func (cl *client) rollCmd(ctx context.Context, args []string) error {
 		return err
 	}
 	start := time.Now()
-	if err := r.Roll(ctx, targets, cl.o.rollout.maxUnavailable); err != nil {
+	if err := r.Roll(ctx, targets, rollout.RollOptions{MaxUnavailable: cl.o.rollout.maxUnavailable, Surge: cl.o.rollout.surge}); err != nil {
 		return err
 	}
 	fmt.Fprintf(cl.stdout, "Rolled %d unit(s) in %s\n", len(targets), time.Since(start).Round(10*time.Millisecond))

@@ -432,8 +432,16 @@ func (e *Engine) plan(snap *registry.Snapshot) plan {
 	}
 	// Two-phase moves: hold a new target while another live machine still
 	// reports the unit running.
+	surge := e.surges(snap, res)
 	for name := range res.Targets {
 		target := res.Targets[name]
+		if from, ok := surge[name]; ok {
+			want[name][from] = true // started on target before stopped on from
+			if _, ok := snap.Schedule[name][target]; !ok {
+				p.moved++
+			}
+			continue
+		}
 		if _, ok := snap.Schedule[name][target]; ok {
 			continue
 		}

@@ -99,9 +99,9 @@ func (e *Engine) placeWithPlan(snap *registry.Snapshot, units []schedule.Unit, m
 	return res
 }
 
-// moveDone returns the delete of unit's move key when the move is over (the
-// unit is targeted only at its machine) or cannot be honoured (logged). e.mu
-// is held.
+// moveDone returns the delete of unit's move key when the move is over (this
+// pass targets the unit at its machine alone) or cannot be honoured (logged).
+// e.mu is held.
 func (e *Engine) moveDone(snap *registry.Snapshot, name string, want map[string]bool) []store.Op {
 	mv, ok := snap.Plan.Moves[name]
 	if !ok {
@@ -111,9 +111,35 @@ func (e *Engine) moveDone(snap *registry.Snapshot, name string, want map[string]
 		e.log.Warn("engine: dropping a move request", "unit", name, "to", mv.To, "reason", why)
 		return []store.Op{store.OpDelete(e.reg.MoveKey(name))}
 	}
-	cur := snap.Schedule[name]
-	if _, there := cur[mv.To]; there && len(cur) == 1 && len(want) == 1 && want[mv.To] {
+	if mv.Surge {
+		return nil // over when rewritten without surge
+	}
+	if len(want) == 1 && want[mv.To] {
+		// This pass targets the unit there alone (in the same transaction).
 		return []store.Op{store.OpDelete(e.reg.MoveKey(name))}
 	}
 	return nil
+}
+
+// surges returns, for each honoured surge move whose unit is placed on its
+// new machine, the present machine it runs on now (unit → machine): the
+// engine keeps it targeted there too, so that the new instance starts before
+// the old one stops. e.mu is held.
+func (e *Engine) surges(snap *registry.Snapshot, res schedule.Result) map[string]string {
+	out := map[string]string{}
+	for name, mv := range snap.Plan.Moves {
+		if !mv.Surge || res.Targets[name] != mv.To {
+			continue
+		}
+		if _, dropped := e.dropMoves[name]; dropped {
+			continue
+		}
+		for _, m := range snap.Targets(name) {
+			if _, alive := snap.Machines[m]; alive && m != mv.To {
+				out[name] = m
+				break
+			}
+		}
+	}
+	return out
 }

@@ -15,7 +15,7 @@ import (
 //
 //	<p>drain/<machine>          the machine takes no new units; value: when and
 //	                            by whom (text). Written by `scheduler drain`.
-//	<p>moves/<unit>             JSON {"to":…}: the engine places the unit on that
+//	<p>moves/<unit>             JSON {"to":…,"surge":bool}: the engine places the unit on that
 //	                            machine (withdraw first: stopped where it was,
 //	                            then started there), and deletes the key once
 //	                            the unit is targeted only there, or when the
@@ -46,6 +46,10 @@ type Move struct {
 	Unit string `json:"-"`
 	// To is the machine the unit goes to.
 	To string `json:"to"`
+	// Surge keeps the unit where it is as well until the request is
+	// rewritten without it: the new instance starts before the old one
+	// stops (the engine keeps both targets).
+	Surge bool `json:"surge,omitempty"`
 }
 
 // Plan holds the planned-change keys, read with a Snapshot.
@@ -128,9 +132,9 @@ func (r *Registry) Drained(ctx context.Context) (map[string]string, error) {
 	return out, nil
 }
 
-// RequestMove asks the engine to move unit to machine to.
-func (r *Registry) RequestMove(ctx context.Context, unit, to string) error {
-	if _, err := r.c.Put(ctx, r.MoveKey(unit), Encode(Move{To: to}), 0); err != nil {
+// RequestMove asks the engine to move unit to machine to (see Move.Surge).
+func (r *Registry) RequestMove(ctx context.Context, unit, to string, surge bool) error {
+	if _, err := r.c.Put(ctx, r.MoveKey(unit), Encode(Move{To: to, Surge: surge}), 0); err != nil {
 		return fmt.Errorf("move %s to %s: %w", unit, to, err)
 	}
 	return nil

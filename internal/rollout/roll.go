@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -12,6 +13,17 @@ import (
 	"github.com/flotilla/flotilla/internal/schedule"
 	"github.com/flotilla/flotilla/internal/unit"
 )
+
+// RollOptions says how Roll goes.
+type RollOptions struct {
+	// MaxUnavailable is how many instances are replaced at a time (< 1: 1).
+	MaxUnavailable int
+	// Surge starts each non-global instance's new body on another machine
+	// before its old one stops, where the unit's [X-Fleet] constraints allow
+	// a machine for it (the instance then moves there); where none does,
+	// the instance is replaced in place.
+	Surge bool
+}
 
 // Target is a unit and the body it should run.
 type Target struct {
@@ -30,7 +42,8 @@ type Target struct {
 // A global unit rolls machine by machine: every machine it runs on is pinned
 // to the body it runs now, the job takes the new body, and the pins are
 // lifted maxUnavailable at a time.
-func (r *Roller) Roll(ctx context.Context, targets []Target, maxUnavailable int) error {
+func (r *Roller) Roll(ctx context.Context, targets []Target, opts RollOptions) error {
+	maxUnavailable := opts.MaxUnavailable
 	if maxUnavailable < 1 {
 		maxUnavailable = 1
 	}
@@ -55,7 +68,7 @@ func (r *Roller) Roll(ctx context.Context, targets []Target, maxUnavailable int)
 		n := min(len(plain), maxUnavailable)
 		g, gctx := errgroup.WithContext(ctx)
 		for _, t := range plain[:n] {
-			g.Go(func() error { return r.rollOne(gctx, t) })
+			g.Go(func() error { return r.rollOne(gctx, t, opts.Surge) })
 		}
 		if err := g.Wait(); err != nil {
 			return fmt.Errorf("rollout halted: %w", err)
@@ -66,7 +79,7 @@ func (r *Roller) Roll(ctx context.Context, targets []Target, maxUnavailable int)
 }
 
 // rollOne replaces one non-global unit's body and waits for it.
-func (r *Roller) rollOne(ctx context.Context, t Target) error {
+func (r *Roller) rollOne(ctx context.Context, t Target, surge bool) error {
 	hash := unit.Hash(t.Body)
 	job, err := r.reg.Job(ctx, t.Unit)
 	if err != nil {
@@ -79,6 +92,12 @@ func (r *Roller) rollOne(ctx context.Context, t Target) error {
 	_, announced, err := r.announceKey(ctx, t.Unit)
 	if err != nil {
 		return err
+	}
+	if surge && job.Desired == registry.Launched {
+		done, err := r.surge(ctx, t, job, announced)
+		if done || err != nil {
+			return err
+		}
 	}
 	if _, err := r.reg.Submit(ctx, t.Unit, hash, t.Body, registry.ReplaceBody); err != nil {
 		return err
@@ -225,7 +244,7 @@ func (r *Roller) Move(ctx context.Context, name, to string) (Ready, error) {
 	if err != nil {
 		return Ready{}, err
 	}
-	if err := r.reg.RequestMove(ctx, name, to); err != nil {
+	if err := r.reg.RequestMove(ctx, name, to, false); err != nil {
 		return Ready{}, err
 	}
 	since, err := r.revision(ctx)
@@ -348,4 +367,95 @@ func choose(s *registry.Snapshot, bodies map[string][]byte, name, from string) (
 		return "", fmt.Errorf("%w: %s", ErrNoMachine, why)
 	}
 	return "", ErrNoMachine
+}
+
+// surge rolls one instance by starting its new body on another machine
+// before the old one stops: the old machine is pinned to the old body, the
+// job takes the new one, and a surge move keeps the unit on both machines
+// until the new instance is ready (its announcement, under the same key,
+// replaces the old one in the load balancer); then the old one is stopped.
+// It returns false (and no error) when no machine can take the instance
+// beside the old one; the caller then replaces it in place.
+func (r *Roller) surge(ctx context.Context, t Target, job registry.Job, announced bool) (bool, error) {
+	hash := unit.Hash(t.Body)
+	s, err := r.reg.Snapshot(ctx)
+	if err != nil {
+		return false, err
+	}
+	bodies, err := r.reg.Bodies(ctx)
+	if err != nil {
+		return false, err
+	}
+	from := ""
+	for _, m := range s.Targets(t.Unit) {
+		if _, alive := s.Machines[m]; alive {
+			from = m
+		}
+	}
+	if from == "" {
+		return false, nil
+	}
+	bodies[hash] = t.Body
+	s.Jobs[t.Unit] = registry.Job{Name: t.Unit, Hash: hash, Desired: job.Desired}
+	to, err := choose(s, bodies, t.Unit, from)
+	if err != nil {
+		fmt.Fprintf(r.o.Out, "Unit %s: no machine beside %s for a surge (%v); replacing it in place\n", t.Unit, r.label(from), err)
+		return false, nil
+	}
+	if err := r.reg.Pin(ctx, t.Unit, job.Hash, []string{from}); err != nil {
+		return false, err
+	}
+	if _, err := r.reg.Submit(ctx, t.Unit, hash, t.Body, registry.ReplaceBody); err != nil {
+		return false, err
+	}
+	if err := r.reg.RequestMove(ctx, t.Unit, to, true); err != nil {
+		return false, err
+	}
+	since, err := r.revision(ctx)
+	if err != nil {
+		return false, err
+	}
+	rd, err := r.wait(ctx, want{unit: t.Unit, hash: hash, machine: to, since: since, announce: announced, move: true})
+	if err != nil {
+		// Back to the old instance alone (still pinned to its old body).
+		if merr := r.reg.RequestMove(context.WithoutCancel(ctx), t.Unit, from, false); merr != nil {
+			err = fmt.Errorf("%w; and going back to %s: %v", err, r.label(from), merr)
+		}
+		return false, fmt.Errorf("%w (the old instance keeps running on %s)", err, r.label(from))
+	}
+	// The new instance serves: stop the old one.
+	if err := r.reg.RequestMove(ctx, t.Unit, to, false); err != nil {
+		return false, err
+	}
+	if err := r.waitGone(ctx, t.Unit, from); err != nil {
+		return false, err
+	}
+	if err := r.reg.Unpin(ctx, t.Unit, from); err != nil {
+		return false, err
+	}
+	fmt.Fprintf(r.o.Out, "Unit %s body %s → %s: surged %s → %s: %s\n", t.Unit, r.short(job.Hash), r.short(hash), r.label(from), r.label(to), r.describe(rd))
+	return true, nil
+}
+
+// waitGone waits until unit is neither targeted at machine nor reported there.
+func (r *Roller) waitGone(ctx context.Context, name, machine string) error {
+	deadline := time.Now().Add(r.o.Timeout)
+	for {
+		s, err := r.reg.Snapshot(ctx)
+		if err == nil {
+			_, targeted := s.Schedule[name][machine]
+			_, reported := s.States[name][machine]
+			if !targeted && !reported {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return &Failure{Unit: name, Machine: r.label(machine), Reason: fmt.Sprintf("old instance not stopped after %s", r.o.Timeout)}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(r.o.Poll):
+		}
+	}
 }
