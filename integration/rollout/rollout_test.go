@@ -219,3 +219,55 @@ func TestGlobalRollsMachineByMachine(t *testing.T) {
 		t.Errorf("pins left: %v", s.Plan.Pins)
 	}
 }
+
+// TestSurgeRoll rolls web@1..3 with --surge over four machines: each new
+// instance starts on the free machine before the old one stops (its
+// announcement, under the same key, replaces the old one), with 0 failed
+// requests.
+func TestSurgeRoll(t *testing.T) {
+	c := newCluster(t)
+	for i := 1; i <= 4; i++ {
+		c.machine(fmt.Sprintf("m%d", i), i+1)
+	}
+	c.startLB()
+	tmpl := c.writeUnit("web@.service", c.unitFile("v1", spread))
+	dir := tmpl[:len(tmpl)-len("web@.service")]
+	c.mustSched("start", dir+"web@1.service", dir+"web@2.service", dir+"web@3.service")
+	c.waitServing("web@1 v1", "web@2 v1", "web@3 v1")
+	before := c.where("web@1.service", "web@2.service", "web@3.service")
+
+	bg := c.hammer.Start(c.ctx)
+	time.Sleep(500 * time.Millisecond)
+	c.writeUnit("web@.service", c.unitFile("v2", spread))
+	start := time.Now()
+	out := c.mustSched("roll", "--surge", tmpl)
+	took := time.Since(start)
+	if n := strings.Count(out, ": surged "); n != 3 {
+		t.Errorf("roll --surge printed %d surges, want 3:\n%s", n, out)
+	}
+	c.waitServing("web@1 v2", "web@2 v2", "web@3 v2")
+	for bg.Snapshot().Total < 5000 && c.ctx.Err() == nil {
+		time.Sleep(100 * time.Millisecond)
+	}
+	res := bg.Stop()
+	checkZero(t, c.hp, "surge roll of 3 instances", res)
+	t.Logf("surge roll of 3 instances took %s", took.Round(time.Millisecond))
+	after := c.where("web@1.service", "web@2.service", "web@3.service")
+	for u, m := range before {
+		if after[u] == m || after[u] == "" {
+			t.Errorf("%s: on %s before, %q after; a surge moves it", u, m, after[u])
+		}
+	}
+	s, err := c.reg.Snapshot(c.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Plan.Pins) != 0 || len(s.Plan.Moves) != 0 {
+		t.Errorf("left behind: pins %v, moves %v", s.Plan.Pins, s.Plan.Moves)
+	}
+	for u := range before {
+		if len(s.States[u]) != 1 {
+			t.Errorf("%s reported on %d machines after the roll, want 1: %v", u, len(s.States[u]), s.States[u])
+		}
+	}
+}
