@@ -245,3 +245,29 @@ func (cl *client) moveCmd(ctx context.Context, args []string) error {
 	_, err = r.Move(ctx, filepath.Base(args[0]), cl.o.rollout.to)
 	return err
 }
+
+// replaceGlobal gives a launched global unit its new body machine by machine
+// (as roll does) when --replace changes it, unless --no-block asks for the
+// old all-at-once replacement. It reports whether it did.
+func (cl *client) replaceGlobal(ctx context.Context, src source) (registry.Job, bool, error) {
+	if cl.o.noBlock {
+		return registry.Job{}, false, nil
+	}
+	f, err := unit.Parse(src.name, src.body)
+	if err != nil || !f.Fleet.Global {
+		return registry.Job{}, false, nil
+	}
+	j, err := cl.reg.Job(ctx, src.name)
+	if err != nil || j.Desired != registry.Launched || j.Hash == unit.Hash(src.body) {
+		return registry.Job{}, false, nil
+	}
+	r, err := cl.roller()
+	if err != nil {
+		return registry.Job{}, false, err
+	}
+	if err := r.Roll(ctx, []rollout.Target{{Unit: src.name, Body: src.body}}, rollout.RollOptions{MaxUnavailable: 1}); err != nil {
+		return registry.Job{}, true, err
+	}
+	j, err = cl.reg.Job(ctx, src.name)
+	return j, true, err
+}

@@ -218,6 +218,13 @@ func TestGlobalRollsMachineByMachine(t *testing.T) {
 	if len(s.Plan.Pins["g.service"]) != 0 {
 		t.Errorf("pins left: %v", s.Plan.Pins)
 	}
+
+	// start --replace of a global unit rolls it the same way.
+	c.writeUnit("g.service", body("v3"))
+	out = c.mustSched("start", "--replace", p)
+	if n := strings.Count(out, "Unit g.service body "); n != 3 {
+		t.Errorf("start --replace printed %d machine lines, want 3:\n%s", n, out)
+	}
 }
 
 // TestSurgeRoll rolls web@1..3 with --surge over four machines: each new
