@@ -20,6 +20,8 @@
 //	                             agent, JSON {"hash","load","active","sub"};
 //	                             bound to the agent's presence lease
 //	<p>engine/<lease>            engine leader election (concurrency.Election)
+//	<p>drain/, moves/, pins/     planned change (drains, move requests, bodies
+//	                             pinned during a rollout): see rollout.go
 //
 // Desired state lives apart from the target so that the CLI and the engine
 // never write the same key: the CLI owns jobs/, the engine owns schedule/ and
