@@ -15,7 +15,9 @@
 // it running: a unit leaving a live machine is first untargeted there, and
 // placed on its new machine only once that machine's agent reports it
 // stopped (or the machine is gone, which removes its state keys with its
-// lease). Its unplaced reason says so meanwhile.
+// lease). Its unplaced reason says so meanwhile. The one exception is asked
+// for explicitly: a surge move (`scheduler roll --surge`, see planned.go)
+// keeps a unit on its old machine while it starts on the new one.
 package engine
 
 import (
@@ -392,7 +394,7 @@ func (e *Engine) plan(snap *registry.Snapshot) plan {
 	for _, m := range snap.Machines {
 		machines = append(machines, schedule.Machine{ID: m.ID, IP: m.IP, Metadata: m.Metadata, Capacity: m.Capacity})
 	}
-	moves := e.applyMoves(snap, &p)
+	moves := e.applyMoves(snap)
 	var units []schedule.Unit
 	for name, j := range snap.Jobs {
 		if j.Desired != registry.Loaded && j.Desired != registry.Launched {

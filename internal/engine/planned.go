@@ -24,7 +24,7 @@ func plannedChange(rest string) bool {
 // a submitted, loaded or launched, non-global unit whose body parses, to a
 // present machine. The others are recorded in e.dropMoves, so that their keys
 // are deleted. e.mu is held.
-func (e *Engine) applyMoves(snap *registry.Snapshot, _ *plan) map[string]string {
+func (e *Engine) applyMoves(snap *registry.Snapshot) map[string]string {
 	e.dropMoves = map[string]string{}
 	out := map[string]string{}
 	for name, mv := range snap.Plan.Moves {
