@@ -281,8 +281,9 @@ listen app
 {{range getvs "/clusterstate/roll/*"}}    server {{.}} check inter 300ms fall 3 rise 1
 {{end}}`
 
-// startLB starts haproxy and render -watch over the announcements.
-func (c *cluster) startLB() {
+// startLB starts haproxy and render -watch over the announcements, with
+// render's extra flags (e.g. -wait).
+func (c *cluster) startLB(extra ...string) {
 	t := c.t
 	t.Helper()
 	confdir := filepath.Join(c.dir, "confd")
@@ -300,7 +301,7 @@ func (c *cluster) startLB() {
 	c.renderLog = filepath.Join(c.dir, "render.log")
 	logf, _ := os.Create(c.renderLog)
 	defer logf.Close()
-	c.render = exec.Command(testmain.Bin("render"), "-backend", "etcdv3", "-node", c.endpoint, "-confdir", confdir, "-watch")
+	c.render = exec.Command(testmain.Bin("render"), append([]string{"-backend", "etcdv3", "-node", c.endpoint, "-confdir", confdir, "-watch"}, extra...)...)
 	c.render.Env = append(os.Environ(), "PATH="+os.Getenv("PATH")+":/usr/sbin:/sbin")
 	c.render.Stdout, c.render.Stderr = logf, logf
 	if err := c.render.Start(); err != nil {

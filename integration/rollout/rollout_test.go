@@ -230,13 +230,13 @@ func TestGlobalRollsMachineByMachine(t *testing.T) {
 // TestSurgeRoll rolls web@1..3 with --surge over four machines: each new
 // instance starts on the free machine before the old one stops (its
 // announcement, under the same key, replaces the old one), with 0 failed
-// requests.
+// requests. render runs with -wait quiescence here.
 func TestSurgeRoll(t *testing.T) {
 	c := newCluster(t)
 	for i := 1; i <= 4; i++ {
 		c.machine(fmt.Sprintf("m%d", i), i+1)
 	}
-	c.startLB()
+	c.startLB("-wait", "200ms:1s")
 	tmpl := c.writeUnit("web@.service", c.unitFile("v1", spread))
 	dir := tmpl[:len(tmpl)-len("web@.service")]
 	c.mustSched("start", dir+"web@1.service", dir+"web@2.service", dir+"web@3.service")
