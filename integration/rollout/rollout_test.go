@@ -277,4 +277,26 @@ func TestSurgeRoll(t *testing.T) {
 			t.Errorf("%s reported on %d machines after the roll, want 1: %v", u, len(s.States[u]), s.States[u])
 		}
 	}
+
+	// A failing body halts the surge at web@1, whose old instance keeps
+	// serving; a good body rolled next replaces it.
+	bg = c.hammer.Start(c.ctx)
+	bad := strings.Replace(string(c.unitFile("v3", spread)), "[Service]\n", "[Service]\nExecStartPre=/bin/false\n", 1)
+	c.writeUnit("web@.service", []byte(bad))
+	out, err = c.sched("roll", "--surge", "--timeout", "30s", tmpl)
+	if err == nil || !strings.Contains(err.Error(), "web@1.service") {
+		t.Fatalf("surge roll of a failing body: %v\n%s", err, out)
+	}
+	t.Logf("surge roll of a failing body: %v", err)
+	c.waitServing("web@1 v2", "web@2 v2", "web@3 v2")
+	c.writeUnit("web@.service", c.unitFile("v4", spread))
+	c.mustSched("roll", "--surge", tmpl)
+	c.waitServing("web@1 v4", "web@2 v4", "web@3 v4")
+	checkZero(t, c.hp, "halted surge, then a good one", bg.Stop())
+	if s, err = c.reg.Snapshot(c.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Plan.Pins) != 0 || len(s.Plan.Moves) != 0 {
+		t.Errorf("left behind: pins %v, moves %v", s.Plan.Pins, s.Plan.Moves)
+	}
 }

@@ -81,13 +81,23 @@ func (r *Roller) Roll(ctx context.Context, targets []Target, opts RollOptions) e
 // rollOne replaces one non-global unit's body and waits for it.
 func (r *Roller) rollOne(ctx context.Context, t Target, surge bool) error {
 	hash := unit.Hash(t.Body)
-	job, err := r.reg.Job(ctx, t.Unit)
+	s, err := r.reg.Snapshot(ctx)
 	if err != nil {
 		return err
 	}
-	if job.Hash == hash {
+	job, ok := s.Jobs[t.Unit]
+	if !ok {
+		return fmt.Errorf("roll %s: %w", t.Unit, registry.ErrNotFound)
+	}
+	// A surge that halted leaves the old machine pinned to its old body:
+	// that is what it runs.
+	pinned := s.Plan.Pins[t.Unit]
+	if job.Hash == hash && len(pinned) == 0 {
 		fmt.Fprintf(r.o.Out, "Unit %s already has body %s\n", t.Unit, r.short(hash))
 		return nil
+	}
+	for _, h := range pinned {
+		job.Hash = h // the body it runs, for the surge's pin and the progress line
 	}
 	_, announced, err := r.announceKey(ctx, t.Unit)
 	if err != nil {
@@ -101,6 +111,11 @@ func (r *Roller) rollOne(ctx context.Context, t Target, surge bool) error {
 	}
 	if _, err := r.reg.Submit(ctx, t.Unit, hash, t.Body, registry.ReplaceBody); err != nil {
 		return err
+	}
+	if len(pinned) > 0 {
+		if err := r.reg.UnpinAll(ctx, t.Unit); err != nil {
+			return err
+		}
 	}
 	since, err := r.revision(ctx)
 	if err != nil {
