@@ -484,9 +484,13 @@ func (e *Engine) plan(snap *registry.Snapshot) plan {
 	for _, name := range sorted {
 		var ops []store.Op
 		job := snap.Jobs[name]
+		encs := map[string]string{} // by hash: a pin (a rollout in progress) keeps a machine on its body
 		val := func(m string) string {
-			// A pin (a rollout in progress) keeps that machine on its body.
-			return registry.Encode(registry.Assignment{Hash: snap.Hash(name, m), Desired: job.Desired})
+			h := snap.Hash(name, m)
+			if _, ok := encs[h]; !ok {
+				encs[h] = registry.Encode(registry.Assignment{Hash: h, Desired: job.Desired})
+			}
+			return encs[h]
 		}
 		for m, a := range snap.Schedule[name] {
 			if !want[name][m] {

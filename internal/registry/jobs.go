@@ -119,6 +119,14 @@ func (r *Registry) Destroy(ctx context.Context, unit string) error {
 	if n == 0 {
 		return fmt.Errorf("destroy %s: %w", unit, ErrNotFound)
 	}
+	// A rollout's pins and a move request die with the unit (a unit
+	// submitted again under the name must not inherit them).
+	if _, err := r.c.DeletePrefix(ctx, r.PinPrefix(unit)); err != nil {
+		return fmt.Errorf("destroy %s: %w", unit, err)
+	}
+	if _, err := r.c.Delete(ctx, r.MoveKey(unit)); err != nil {
+		return fmt.Errorf("destroy %s: %w", unit, err)
+	}
 	return nil
 }
 
