@@ -168,11 +168,19 @@ func commonState(s *registry.Snapshot, n string, targets []string) string {
 }
 
 func (cl *client) listMachinesCmd(ctx context.Context, _ []string) error {
-	fields, err := cl.columns([]string{"machine", "ip", "metadata"}, []string{"machine", "ip", "metadata"})
+	ms, err := cl.reg.Machines(ctx)
 	if err != nil {
 		return err
 	}
-	ms, err := cl.reg.Machines(ctx)
+	drained, err := cl.reg.Drained(ctx)
+	if err != nil {
+		return err
+	}
+	defaults := []string{"machine", "ip", "metadata"}
+	if len(drained) > 0 {
+		defaults = append(defaults, "state") // shown when it says something
+	}
+	fields, err := cl.columns([]string{"machine", "ip", "metadata", "state"}, defaults)
 	if err != nil {
 		return err
 	}
@@ -183,7 +191,11 @@ func (cl *client) listMachinesCmd(ctx context.Context, _ []string) error {
 		if !cl.o.full && len(id) > 8 {
 			short = id[:8] + "..."
 		}
-		rows = append(rows, map[string]string{"machine": short, "ip": orDash(m.IP), "metadata": metadataString(m.Metadata)})
+		state := "active"
+		if _, ok := drained[id]; ok {
+			state = "drained"
+		}
+		rows = append(rows, map[string]string{"machine": short, "ip": orDash(m.IP), "metadata": metadataString(m.Metadata), "state": state})
 	}
 	return cl.print(table{fields: fields}, rows)
 }

@@ -32,7 +32,8 @@ Commands:
   journal UNIT             last log lines of a unit (-n N)
   list-units               UNIT MACHINE ACTIVE SUB
   list-unit-files          UNIT HASH DSTATE STATE TARGET
-  list-machines            MACHINE IP METADATA
+  list-machines            MACHINE IP METADATA (STATE when one is drained)
+` + rolloutUsage + `
 
 An instance path whose file does not exist (dir/foo@3.service) takes its body
 from the template dir/foo@.service. Endpoints: --endpoints, else env
@@ -51,6 +52,7 @@ type options struct {
 	fields        string
 	lines         int
 	reqTimeout    time.Duration
+	rollout       rolloutFlags
 }
 
 func (o *options) register(fs *flag.FlagSet) {
@@ -65,6 +67,7 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.IntVar(&o.lines, "lines", 10, "journal: number of lines")
 	fs.IntVar(&o.lines, "n", 10, "journal: number of lines (short for --lines)")
 	fs.DurationVar(&o.reqTimeout, "request-timeout", 5*time.Second, "journal, status: how long to wait for a machine's agent to answer")
+	o.rollout.register(fs)
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -90,6 +93,9 @@ func runEnv(ctx context.Context, args []string, getenv func(string) string, stdo
 		return cmdline.Usagef("unknown command %q (see --help)", verb)
 	}
 	if err := cmd.checkArgs(fs.Args()); err != nil {
+		return err
+	}
+	if err := checkRolloutFlags(fs, verb); err != nil {
 		return err
 	}
 	if err := o.store.FromEnv(getenv, "FLOTILLA_ENDPOINTS"); err != nil {
@@ -161,7 +167,7 @@ func commandFor(verb string) (command, bool) {
 	case "list-machines":
 		return command{0, 0, (*client).listMachinesCmd}, true
 	}
-	return command{}, false
+	return rolloutCommand(verb)
 }
 
 // splitVerb finds the command word: the first argument that is neither a

@@ -76,6 +76,9 @@ func (cl *client) submit(ctx context.Context, src source) (registry.Job, error) 
 	mode := registry.KeepExisting
 	if cl.o.replace {
 		mode = registry.ReplaceBody
+		if j, rolled, err := cl.replaceGlobal(ctx, src); rolled || err != nil {
+			return j, err
+		}
 	}
 	return cl.reg.Submit(ctx, src.name, unit.Hash(src.body), src.body, mode)
 }

@@ -15,7 +15,9 @@
 // it running: a unit leaving a live machine is first untargeted there, and
 // placed on its new machine only once that machine's agent reports it
 // stopped (or the machine is gone, which removes its state keys with its
-// lease). Its unplaced reason says so meanwhile.
+// lease). Its unplaced reason says so meanwhile. The one exception is asked
+// for explicitly: a surge move (`scheduler roll --surge`, see planned.go)
+// keeps a unit on its old machine while it starts on the new one.
 package engine
 
 import (
@@ -82,6 +84,8 @@ type Engine struct {
 	// skipped holds the undecodable keys already logged, so that each is
 	// reported once, not on every pass.
 	skipped map[string]bool
+	// dropMoves holds the move requests the last pass could not honour.
+	dropMoves map[string]string
 }
 
 type parsed struct {
@@ -185,7 +189,7 @@ func (e *Engine) lead(ctx context.Context, lead *store.Leadership) error {
 func (e *Engine) relevant(key string) bool {
 	rest := strings.TrimPrefix(key, e.reg.Prefix())
 	switch {
-	case strings.HasPrefix(rest, "jobs/"), strings.HasPrefix(rest, "machines/"):
+	case strings.HasPrefix(rest, "jobs/"), strings.HasPrefix(rest, "machines/"), plannedChange(rest):
 		return true
 	case strings.HasPrefix(rest, "states/"):
 		rest = strings.TrimPrefix(rest, "states/")
@@ -390,6 +394,7 @@ func (e *Engine) plan(snap *registry.Snapshot) plan {
 	for _, m := range snap.Machines {
 		machines = append(machines, schedule.Machine{ID: m.ID, IP: m.IP, Metadata: m.Metadata, Capacity: m.Capacity})
 	}
+	moves := e.applyMoves(snap)
 	var units []schedule.Unit
 	for name, j := range snap.Jobs {
 		if j.Desired != registry.Loaded && j.Desired != registry.Launched {
@@ -412,7 +417,7 @@ func (e *Engine) plan(snap *registry.Snapshot) plan {
 		units = append(units, u)
 	}
 	sort.Slice(units, func(i, j int) bool { return units[i].Name < units[j].Name })
-	res := schedule.Place(units, machines)
+	res := e.placeWithPlan(snap, units, machines, moves)
 	for name, why := range res.Unplaced {
 		p.unplaced[name] = why
 	}
@@ -429,8 +434,16 @@ func (e *Engine) plan(snap *registry.Snapshot) plan {
 	}
 	// Two-phase moves: hold a new target while another live machine still
 	// reports the unit running.
+	surge := e.surges(snap, res)
 	for name := range res.Targets {
 		target := res.Targets[name]
+		if from, ok := surge[name]; ok {
+			want[name][from] = true // started on target before stopped on from
+			if _, ok := snap.Schedule[name][target]; !ok {
+				p.moved++
+			}
+			continue
+		}
 		if _, ok := snap.Schedule[name][target]; ok {
 			continue
 		}
@@ -460,6 +473,9 @@ func (e *Engine) plan(snap *registry.Snapshot) plan {
 	for n := range p.unplaced {
 		names[n] = true
 	}
+	for n := range snap.Plan.Moves {
+		names[n] = true
+	}
 	sorted := make([]string, 0, len(names))
 	for n := range names {
 		sorted = append(sorted, n)
@@ -468,23 +484,24 @@ func (e *Engine) plan(snap *registry.Snapshot) plan {
 	for _, name := range sorted {
 		var ops []store.Op
 		job := snap.Jobs[name]
-		var enc string
-		val := func() string {
-			if enc == "" {
-				enc = registry.Encode(registry.Assignment{Hash: job.Hash, Desired: job.Desired})
+		encs := map[string]string{} // by hash: a pin (a rollout in progress) keeps a machine on its body
+		val := func(m string) string {
+			h := snap.Hash(name, m)
+			if _, ok := encs[h]; !ok {
+				encs[h] = registry.Encode(registry.Assignment{Hash: h, Desired: job.Desired})
 			}
-			return enc
+			return encs[h]
 		}
 		for m, a := range snap.Schedule[name] {
 			if !want[name][m] {
 				ops = append(ops, store.OpDelete(e.reg.ScheduleKey(m, name)))
-			} else if a.Hash != job.Hash || a.Desired != job.Desired {
-				ops = append(ops, store.OpPut(e.reg.ScheduleKey(m, name), val(), 0))
+			} else if a.Hash != snap.Hash(name, m) || a.Desired != job.Desired {
+				ops = append(ops, store.OpPut(e.reg.ScheduleKey(m, name), val(m), 0))
 			}
 		}
 		for m := range want[name] {
 			if _, ok := snap.Schedule[name][m]; !ok {
-				ops = append(ops, store.OpPut(e.reg.ScheduleKey(m, name), val(), 0))
+				ops = append(ops, store.OpPut(e.reg.ScheduleKey(m, name), val(m), 0))
 			}
 		}
 		why, unplaced := p.unplaced[name]
@@ -495,6 +512,7 @@ func (e *Engine) plan(snap *registry.Snapshot) plan {
 		case !unplaced && had:
 			ops = append(ops, store.OpDelete(e.reg.UnplacedKey(name)))
 		}
+		ops = append(ops, e.moveDone(snap, name, want[name])...)
 		if len(ops) > 0 {
 			p.batches = append(p.batches, ops)
 		}

@@ -119,6 +119,14 @@ func (r *Registry) Destroy(ctx context.Context, unit string) error {
 	if n == 0 {
 		return fmt.Errorf("destroy %s: %w", unit, ErrNotFound)
 	}
+	// A rollout's pins and a move request die with the unit (a unit
+	// submitted again under the name must not inherit them).
+	if _, err := r.c.DeletePrefix(ctx, r.PinPrefix(unit)); err != nil {
+		return fmt.Errorf("destroy %s: %w", unit, err)
+	}
+	if _, err := r.c.Delete(ctx, r.MoveKey(unit)); err != nil {
+		return fmt.Errorf("destroy %s: %w", unit, err)
+	}
 	return nil
 }
 
@@ -177,8 +185,8 @@ func ShortHash(hash string) string {
 // value does not decode, no body is known to be unused and none is returned
 // (nor an error: a corrupt job must not stop the engine).
 func (r *Registry) UnusedBodies(ctx context.Context) ([]store.KV, error) {
-	jobs, units := r.sub("jobs"), r.sub("units")
-	m, _, err := r.c.GetPrefixes(ctx, []string{jobs, units})
+	jobs, units, pins := r.sub("jobs"), r.sub("units"), r.sub("pins")
+	m, _, err := r.c.GetPrefixes(ctx, []string{jobs, units, pins})
 	if err != nil {
 		return nil, fmt.Errorf("find unused unit bodies: %w", err)
 	}
@@ -189,6 +197,9 @@ func (r *Registry) UnusedBodies(ctx context.Context) ([]store.KV, error) {
 			return nil, nil
 		}
 		used[j.Hash] = true
+	}
+	for _, kv := range m[pins] { // a rollout's old body, still running somewhere
+		used[string(kv.Value)] = true
 	}
 	var out []store.KV
 	for _, kv := range m[units] {

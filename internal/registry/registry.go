@@ -20,6 +20,8 @@
 //	                             agent, JSON {"hash","load","active","sub"};
 //	                             bound to the agent's presence lease
 //	<p>engine/<lease>            engine leader election (concurrency.Election)
+//	<p>drain/, moves/, pins/     planned change (drains, move requests, bodies
+//	                             pinned during a rollout): see rollout.go
 //
 // Desired state lives apart from the target so that the CLI and the engine
 // never write the same key: the CLI owns jobs/, the engine owns schedule/ and
@@ -196,6 +198,8 @@ type Snapshot struct {
 	ModRevs map[string]int64
 	// Skipped lists the keys left out because their values do not decode.
 	Skipped []error
+	// Plan holds drains, moves and pins (see rollout.go).
+	Plan Plan
 }
 
 // Snapshot reads jobs, machines, schedule, unplaced and states in one
@@ -204,7 +208,7 @@ type Snapshot struct {
 // the engine from reconciling everything else.
 func (r *Registry) Snapshot(ctx context.Context) (*Snapshot, error) {
 	prefixes := []string{r.sub("jobs"), r.sub("machines"), r.sub("schedule"), r.sub("unplaced"), r.sub("states")}
-	m, rev, err := r.c.GetPrefixes(ctx, prefixes)
+	m, rev, err := r.c.GetPrefixes(ctx, append(prefixes, r.planPrefixes()...))
 	if err != nil {
 		return nil, fmt.Errorf("read scheduler state: %w", err)
 	}
@@ -261,6 +265,7 @@ func (r *Registry) Snapshot(ctx context.Context) (*Snapshot, error) {
 		}
 		s.States[st.Unit][st.Machine] = st
 	}
+	r.decodePlan(s, m)
 	return s, nil
 }
 

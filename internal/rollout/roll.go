@@ -1,0 +1,476 @@
+package rollout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/flotilla/flotilla/internal/registry"
+	"github.com/flotilla/flotilla/internal/schedule"
+	"github.com/flotilla/flotilla/internal/unit"
+)
+
+// RollOptions says how Roll goes.
+type RollOptions struct {
+	// MaxUnavailable is how many instances are replaced at a time (< 1: 1).
+	MaxUnavailable int
+	// Surge starts each non-global instance's new body on another machine
+	// before its old one stops, where the unit's [X-Fleet] constraints allow
+	// a machine for it (the instance then moves there); where none does,
+	// the instance is replaced in place.
+	Surge bool
+}
+
+// Target is a unit and the body it should run.
+type Target struct {
+	Unit string
+	Body []byte
+}
+
+// Roll gives every target its new body, at most maxUnavailable instances
+// (machines, for a global unit) at a time (values below 1 mean 1). Each
+// instance is restarted by its agent with the new body (the unit's ExecStop
+// withdraws it first) and counted done when it is ready (see the package
+// comment); a progress line is written per instance. The first instance that
+// fails halts the rollout: the instances not yet started keep their body, and
+// the error (a *Failure) names the unit and the reason.
+//
+// A global unit rolls machine by machine: every machine it runs on is pinned
+// to the body it runs now, the job takes the new body, and the pins are
+// lifted maxUnavailable at a time.
+func (r *Roller) Roll(ctx context.Context, targets []Target, opts RollOptions) error {
+	maxUnavailable := opts.MaxUnavailable
+	if maxUnavailable < 1 {
+		maxUnavailable = 1
+	}
+	var plain []Target
+	for _, t := range targets {
+		f, err := unit.Parse(t.Unit, t.Body)
+		if err != nil {
+			return fmt.Errorf("roll %s: %w", t.Unit, err)
+		}
+		if _, err := r.reg.Job(ctx, t.Unit); err != nil {
+			return fmt.Errorf("roll %s: %w (submit and start it first)", t.Unit, err)
+		}
+		if f.Fleet.Global {
+			if err := r.rollGlobal(ctx, t, maxUnavailable); err != nil {
+				return err
+			}
+			continue
+		}
+		plain = append(plain, t)
+	}
+	for len(plain) > 0 {
+		n := min(len(plain), maxUnavailable)
+		g, gctx := errgroup.WithContext(ctx)
+		for _, t := range plain[:n] {
+			g.Go(func() error { return r.rollOne(gctx, t, opts.Surge) })
+		}
+		if err := g.Wait(); err != nil {
+			return fmt.Errorf("rollout halted: %w", err)
+		}
+		plain = plain[n:]
+	}
+	return nil
+}
+
+// rollOne replaces one non-global unit's body and waits for it.
+func (r *Roller) rollOne(ctx context.Context, t Target, surge bool) error {
+	hash := unit.Hash(t.Body)
+	s, err := r.reg.Snapshot(ctx)
+	if err != nil {
+		return err
+	}
+	job, ok := s.Jobs[t.Unit]
+	if !ok {
+		return fmt.Errorf("roll %s: %w", t.Unit, registry.ErrNotFound)
+	}
+	// A surge that halted leaves the old machine pinned to its old body:
+	// that is what it runs.
+	pinned := s.Plan.Pins[t.Unit]
+	if job.Hash == hash && len(pinned) == 0 {
+		fmt.Fprintf(r.o.Out, "Unit %s already has body %s\n", t.Unit, r.short(hash))
+		return nil
+	}
+	for _, h := range pinned {
+		job.Hash = h // the body it runs, for the surge's pin and the progress line
+	}
+	_, announced, err := r.announceKey(ctx, t.Unit)
+	if err != nil {
+		return err
+	}
+	if surge && job.Desired == registry.Launched {
+		done, err := r.surge(ctx, t, job, announced)
+		if done || err != nil {
+			return err
+		}
+	}
+	if _, err := r.reg.Submit(ctx, t.Unit, hash, t.Body, registry.ReplaceBody); err != nil {
+		return err
+	}
+	if len(pinned) > 0 {
+		if err := r.reg.UnpinAll(ctx, t.Unit); err != nil {
+			return err
+		}
+	}
+	since, err := r.revision(ctx)
+	if err != nil {
+		return err
+	}
+	if job.Desired != registry.Launched {
+		fmt.Fprintf(r.o.Out, "Unit %s body %s → %s (%s, not running)\n", t.Unit, r.short(job.Hash), r.short(hash), job.Desired)
+		return nil
+	}
+	rd, err := r.wait(ctx, want{unit: t.Unit, hash: hash, since: since, announce: announced})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(r.o.Out, "Unit %s body %s → %s: %s\n", t.Unit, r.short(job.Hash), r.short(hash), r.describe(rd))
+	return nil
+}
+
+// rollGlobal walks a global unit's machines.
+func (r *Roller) rollGlobal(ctx context.Context, t Target, maxUnavailable int) error {
+	hash := unit.Hash(t.Body)
+	s, err := r.reg.Snapshot(ctx)
+	if err != nil {
+		return err
+	}
+	job := s.Jobs[t.Unit]
+	// Pin every machine to what it runs now, then change the job.
+	byHash := map[string][]string{}
+	var todo []string
+	for _, m := range s.Targets(t.Unit) {
+		if _, alive := s.Machines[m]; !alive {
+			continue
+		}
+		if h := s.Hash(t.Unit, m); h != hash {
+			byHash[h] = append(byHash[h], m)
+			todo = append(todo, m)
+		}
+	}
+	for h, ms := range byHash {
+		if err := r.reg.Pin(ctx, t.Unit, h, ms); err != nil {
+			return err
+		}
+	}
+	if job.Hash != hash {
+		if _, err := r.reg.Submit(ctx, t.Unit, hash, t.Body, registry.ReplaceBody); err != nil {
+			return err
+		}
+	}
+	if len(todo) == 0 {
+		fmt.Fprintf(r.o.Out, "Unit %s already has body %s on every machine\n", t.Unit, r.short(hash))
+		return nil
+	}
+	if job.Desired != registry.Launched {
+		// Nothing runs: no reason to go one by one.
+		if err := r.reg.UnpinAll(ctx, t.Unit); err != nil {
+			return err
+		}
+		fmt.Fprintf(r.o.Out, "Unit %s body → %s (%s, not running)\n", t.Unit, r.short(hash), job.Desired)
+		return nil
+	}
+	sort.Strings(todo)
+	for len(todo) > 0 {
+		n := min(len(todo), maxUnavailable)
+		g, gctx := errgroup.WithContext(ctx)
+		for _, m := range todo[:n] {
+			g.Go(func() error {
+				if err := r.reg.Unpin(gctx, t.Unit, m); err != nil {
+					return err
+				}
+				rd, err := r.wait(gctx, want{unit: t.Unit, hash: hash, machine: m})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(r.o.Out, "Unit %s body %s → %s: %s\n", t.Unit, r.short(s.Hash(t.Unit, m)), r.short(hash), r.describe(rd))
+				return nil
+			})
+		}
+		if err := g.Wait(); err != nil {
+			return fmt.Errorf("rollout halted (the machines not reached keep their body): %w", err)
+		}
+		todo = todo[n:]
+	}
+	return nil
+}
+
+// ErrNoMachine is returned when a unit has nowhere to move to.
+var ErrNoMachine = errors.New("rollout: no machine to move the unit to")
+
+// Move moves a non-global launched unit from the machine it runs on to
+// machine to ("" : where the scheduler would place it if that machine were
+// gone), through the engine's two-phase move: its agent stops it (ExecStop
+// withdraws it), the new machine starts it. It blocks until the unit is
+// ready there.
+func (r *Roller) Move(ctx context.Context, name, to string) (Ready, error) {
+	s, err := r.reg.Snapshot(ctx)
+	if err != nil {
+		return Ready{}, err
+	}
+	job, ok := s.Jobs[name]
+	if !ok {
+		return Ready{}, fmt.Errorf("move %s: %w", name, registry.ErrNotFound)
+	}
+	bodies, err := r.reg.Bodies(ctx)
+	if err != nil {
+		return Ready{}, fmt.Errorf("move %s: %w", name, err)
+	}
+	f, err := unit.Parse(name, bodies[job.Hash])
+	if err != nil {
+		return Ready{}, fmt.Errorf("move %s: %w", name, err)
+	}
+	if f.Fleet.Global {
+		return Ready{}, fmt.Errorf("move %s: a global unit runs on every machine; it cannot move", name)
+	}
+	if job.Desired != registry.Launched {
+		return Ready{}, fmt.Errorf("move %s: the unit is %s, not launched", name, job.Desired)
+	}
+	from := ""
+	for _, m := range s.Targets(name) {
+		if _, alive := s.Machines[m]; alive {
+			from = m
+		}
+	}
+	if from == "" {
+		return Ready{}, fmt.Errorf("move %s: the unit is not on any present machine", name)
+	}
+	if to == "" {
+		if to, err = choose(s, bodies, name, from); err != nil {
+			return Ready{}, fmt.Errorf("move %s off %s: %w", name, r.label(from), err)
+		}
+	} else {
+		if to, err = ResolveMachine(s, to); err != nil {
+			return Ready{}, fmt.Errorf("move %s: %w", name, err)
+		}
+		if _, drained := s.Plan.Drained[to]; drained {
+			return Ready{}, fmt.Errorf("move %s: machine %s is drained", name, r.label(to))
+		}
+	}
+	if to == from {
+		return Ready{}, fmt.Errorf("move %s: the unit already runs on %s", name, r.label(to))
+	}
+	_, announced, err := r.announceKey(ctx, name)
+	if err != nil {
+		return Ready{}, err
+	}
+	if err := r.reg.RequestMove(ctx, name, to, false); err != nil {
+		return Ready{}, err
+	}
+	since, err := r.revision(ctx)
+	if err != nil {
+		return Ready{}, err
+	}
+	rd, err := r.wait(ctx, want{unit: name, hash: job.Hash, machine: to, since: since, announce: announced, move: true})
+	if err != nil {
+		return Ready{}, err
+	}
+	fmt.Fprintf(r.o.Out, "Unit %s moved %s → %s: %s\n", name, r.label(from), r.label(to), r.describe(rd))
+	return rd, nil
+}
+
+// Drain moves every non-global unit off machine, one at a time (the machine
+// must already be marked drained, so that nothing new lands there). It
+// returns how many units it moved; global units stay.
+func (r *Roller) Drain(ctx context.Context, machine string) (int, error) {
+	moved := 0
+	for {
+		s, err := r.reg.Snapshot(ctx)
+		if err != nil {
+			return moved, err
+		}
+		if _, drained := s.Plan.Drained[machine]; !drained {
+			return moved, fmt.Errorf("drain %s: the machine is not marked drained (undrained meanwhile?)", r.label(machine))
+		}
+		bodies, err := r.reg.Bodies(ctx)
+		if err != nil {
+			return moved, err
+		}
+		next := ""
+		var names []string
+		for name := range s.Schedule {
+			names = append(names, name)
+		}
+		sort.Strings(names)
+		for _, name := range names {
+			if _, there := s.Schedule[name][machine]; !there {
+				continue
+			}
+			f, err := unit.Parse(name, bodies[s.Jobs[name].Hash])
+			if err != nil || f.Fleet.Global || s.Jobs[name].Desired != registry.Launched {
+				continue
+			}
+			next = name
+			break
+		}
+		if next == "" {
+			return moved, nil
+		}
+		if _, err := r.Move(ctx, next, ""); err != nil {
+			return moved, fmt.Errorf("drain %s halted: %w", r.label(machine), err)
+		}
+		moved++
+	}
+}
+
+// ResolveMachine finds a present or drained machine by id or unique id
+// prefix, as fleetctl does.
+func ResolveMachine(s *registry.Snapshot, id string) (string, error) {
+	if _, ok := s.Machines[id]; ok {
+		return id, nil
+	}
+	var found []string
+	for m := range s.Machines {
+		if len(id) > 0 && len(m) >= len(id) && m[:len(id)] == id {
+			found = append(found, m)
+		}
+	}
+	switch len(found) {
+	case 1:
+		return found[0], nil
+	case 0:
+		return "", fmt.Errorf("machine %s: not present", id)
+	}
+	sort.Strings(found)
+	return "", fmt.Errorf("machine %s: ambiguous (matches %v)", id, found)
+}
+
+// choose picks where name goes if machine from were gone: the scheduler's own
+// placement over the present machines but from and the drained ones.
+func choose(s *registry.Snapshot, bodies map[string][]byte, name, from string) (string, error) {
+	var machines []schedule.Machine
+	for id, m := range s.Machines {
+		if id == from {
+			continue
+		}
+		c := m.Capacity
+		if _, drained := s.Plan.Drained[id]; drained {
+			c = -1
+		}
+		machines = append(machines, schedule.Machine{ID: id, IP: m.IP, Metadata: m.Metadata, Capacity: c})
+	}
+	var units []schedule.Unit
+	for n, j := range s.Jobs {
+		if j.Desired != registry.Loaded && j.Desired != registry.Launched {
+			continue
+		}
+		f, err := unit.Parse(n, bodies[j.Hash])
+		if err != nil {
+			continue
+		}
+		u := schedule.Unit{Name: n, Fleet: f.Fleet}
+		if !f.Fleet.Global && n != name {
+			for _, m := range s.Targets(n) {
+				if _, alive := s.Machines[m]; alive && m != from {
+					u.Current = m
+				}
+			}
+		}
+		units = append(units, u)
+	}
+	sort.Slice(units, func(i, j int) bool { return units[i].Name < units[j].Name })
+	res := schedule.Place(units, machines)
+	if m, ok := res.Targets[name]; ok {
+		return m, nil
+	}
+	if why := res.Unplaced[name]; why != "" {
+		return "", fmt.Errorf("%w: %s", ErrNoMachine, why)
+	}
+	return "", ErrNoMachine
+}
+
+// surge rolls one instance by starting its new body on another machine
+// before the old one stops: the old machine is pinned to the old body, the
+// job takes the new one, and a surge move keeps the unit on both machines
+// until the new instance is ready (its announcement, under the same key,
+// replaces the old one in the load balancer); then the old one is stopped.
+// It returns false (and no error) when no machine can take the instance
+// beside the old one; the caller then replaces it in place.
+func (r *Roller) surge(ctx context.Context, t Target, job registry.Job, announced bool) (bool, error) {
+	hash := unit.Hash(t.Body)
+	s, err := r.reg.Snapshot(ctx)
+	if err != nil {
+		return false, err
+	}
+	bodies, err := r.reg.Bodies(ctx)
+	if err != nil {
+		return false, err
+	}
+	from := ""
+	for _, m := range s.Targets(t.Unit) {
+		if _, alive := s.Machines[m]; alive {
+			from = m
+		}
+	}
+	if from == "" {
+		return false, nil
+	}
+	bodies[hash] = t.Body
+	s.Jobs[t.Unit] = registry.Job{Name: t.Unit, Hash: hash, Desired: job.Desired}
+	to, err := choose(s, bodies, t.Unit, from)
+	if err != nil {
+		fmt.Fprintf(r.o.Out, "Unit %s: no machine beside %s for a surge (%v); replacing it in place\n", t.Unit, r.label(from), err)
+		return false, nil
+	}
+	if err := r.reg.Pin(ctx, t.Unit, job.Hash, []string{from}); err != nil {
+		return false, err
+	}
+	if _, err := r.reg.Submit(ctx, t.Unit, hash, t.Body, registry.ReplaceBody); err != nil {
+		return false, err
+	}
+	if err := r.reg.RequestMove(ctx, t.Unit, to, true); err != nil {
+		return false, err
+	}
+	since, err := r.revision(ctx)
+	if err != nil {
+		return false, err
+	}
+	rd, err := r.wait(ctx, want{unit: t.Unit, hash: hash, machine: to, since: since, announce: announced, move: true})
+	if err != nil {
+		// Back to the old instance alone (still pinned to its old body).
+		if merr := r.reg.RequestMove(context.WithoutCancel(ctx), t.Unit, from, false); merr != nil {
+			err = fmt.Errorf("%w; and going back to %s: %v", err, r.label(from), merr)
+		}
+		return false, fmt.Errorf("%w (the old instance keeps running on %s)", err, r.label(from))
+	}
+	// The new instance serves: stop the old one.
+	if err := r.reg.RequestMove(ctx, t.Unit, to, false); err != nil {
+		return false, err
+	}
+	if err := r.waitGone(ctx, t.Unit, from); err != nil {
+		return false, err
+	}
+	if err := r.reg.Unpin(ctx, t.Unit, from); err != nil {
+		return false, err
+	}
+	fmt.Fprintf(r.o.Out, "Unit %s body %s → %s: surged %s → %s: %s\n", t.Unit, r.short(job.Hash), r.short(hash), r.label(from), r.label(to), r.describe(rd))
+	return true, nil
+}
+
+// waitGone waits until unit is neither targeted at machine nor reported there.
+func (r *Roller) waitGone(ctx context.Context, name, machine string) error {
+	deadline := time.Now().Add(r.o.Timeout)
+	for {
+		s, err := r.reg.Snapshot(ctx)
+		if err == nil {
+			_, targeted := s.Schedule[name][machine]
+			_, reported := s.States[name][machine]
+			if !targeted && !reported {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return &Failure{Unit: name, Machine: r.label(machine), Reason: fmt.Sprintf("old instance not stopped after %s", r.o.Timeout)}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(r.o.Poll):
+		}
+	}
+}
