@@ -116,6 +116,11 @@ func TestUnitsPutRules(t *testing.T) {
 		{"bad desired", "PUT", "/fleet/v1/units/a.service", jsonCT, `{"desiredState":"running"}`, 400, ""},
 		{"new without options", "PUT", "/fleet/v1/units/a.service", jsonCT, `{"desiredState":"launched"}`, 409, errBody(409, "unit does not exist and options field empty")},
 		{"bad fleet option", "PUT", "/fleet/v1/units/a.service", jsonCT, `{"options":[{"section":"Service","name":"ExecStart","value":"/bin/true"},{"section":"X-Fleet","name":"Bogus","value":"1"}]}`, 400, ""},
+		{"machine and conflicts", "PUT", "/fleet/v1/units/a.service", jsonCT, xfleet(`"MachineID","value":"m1"},{"section":"X-Fleet","name":"Conflicts","value":"b*"`), 400, errBody(400, "MachineID cannot be used with Conflicts")},
+		{"machine and peers", "PUT", "/fleet/v1/units/a.service", jsonCT, xfleet(`"MachineID","value":"m1"},{"section":"X-Fleet","name":"MachineOf","value":"b.service"`), 400, errBody(400, "MachineID cannot be used with Peers")},
+		{"global and peers", "PUT", "/fleet/v1/units/a.service", jsonCT, xfleet(`"Global","value":"true"},{"section":"X-Fleet","name":"MachineOf","value":"b.service"`), 400, errBody(400, "Global cannot be used with Peers")},
+		{"peer is a conflict", "PUT", "/fleet/v1/units/a.service", jsonCT, xfleet(`"MachineOf","value":"b.service"},{"section":"X-Fleet","name":"Conflicts","value":"b*"`), 400, errBody(400, `unresolvable requirements: peer "b.service" matches conflict "b*"`)},
+		{"conflicts and replaces", "PUT", "/fleet/v1/units/a.service", jsonCT, xfleet(`"Replaces","value":"c.service"},{"section":"X-Fleet","name":"Conflicts","value":"b*"`), 400, errBody(400, "Conflicts cannot be used with Replaces")},
 		{"create", "PUT", "/fleet/v1/units/a.service", jsonCT, v1, 201, ""},
 		{"get created", "GET", "/fleet/v1/units/a.service", "", "", 200, `{"name":"a.service","options":[{"section":"Service","name":"ExecStart","value":"/bin/true"}],"desiredState":"inactive","currentState":"inactive"}`},
 		{"same options no state", "PUT", "/fleet/v1/units/a.service", jsonCT, v1, 409, errBody(409, "must provide DesiredState to update existing unit")},
@@ -162,6 +167,12 @@ func TestUnitsPutRules(t *testing.T) {
 	if disc["id"] != "fleet:v1" || disc["schemas"] == nil {
 		t.Errorf("discovery: %v", disc)
 	}
+}
+
+// xfleet is a unit body with ExecStart and the [X-Fleet] options given
+// (a JSON fragment starting at the first option's name value).
+func xfleet(frag string) string {
+	return `{"options":[{"section":"Service","name":"ExecStart","value":"/bin/true"},{"section":"X-Fleet","name":` + frag + `}]}`
 }
 
 // TestStateAndHash checks currentState and the state list as fleet derives

@@ -305,11 +305,11 @@ func (s *Server) putUnit(w http.ResponseWriter, r *http.Request, item string) {
 		return
 	}
 	if create {
-		body := Serialize(su.Options)
-		if _, err := unit.Parse(su.Name, body); err != nil {
+		if err := ValidateOptions(su.Name, su.Options); err != nil {
 			sendError(w, http.StatusBadRequest, err)
 			return
 		}
+		body := Serialize(su.Options)
 		if _, err := s.reg.PutUnit(ctx, su.Name, unit.Hash(body), body, desired); err != nil {
 			s.fail(w, ctx, "create unit "+su.Name, err)
 			return
