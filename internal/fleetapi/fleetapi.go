@@ -38,7 +38,8 @@ type Options struct {
 	// PageLimit is the page size of lists; default DefaultPageLimit.
 	PageLimit int
 	// RequestTimeout bounds the etcd work of one request; past it the
-	// request is answered 503. Default 5s.
+	// request is answered 503. Default 2s: fleetctl gives up after its
+	// --request-timeout (3s by default), and must see the 503 first.
 	RequestTimeout time.Duration
 	// EndpointPrefixes are the etcd prefixes of announced endpoints the
 	// dashboard shows; default ["/clusterstate/"].
@@ -70,7 +71,7 @@ func New(o Options) (*Server, error) {
 		return nil, fmt.Errorf("fleetapi: page limit %d: want 1..65535", o.PageLimit)
 	}
 	if o.RequestTimeout == 0 {
-		o.RequestTimeout = 5 * time.Second
+		o.RequestTimeout = 2 * time.Second
 	}
 	if len(o.EndpointPrefixes) == 0 {
 		o.EndpointPrefixes = []string{"/clusterstate/"}
