@@ -139,6 +139,14 @@ func TestClusterThroughAPI(t *testing.T) {
 		{Section: "X-Fleet", Name: "MachineMetadata", Value: "disk=tape"}}}); err != nil {
 		t.Fatal(err)
 	}
+	// A unit that keeps failing on m1, restarted by its agent (Restart=always).
+	if _, err := cl.SetUnit(ctx, &fleetapi.Unit{Name: "flappy.service", DesiredState: "launched", Options: []*fleetapi.UnitOption{
+		{Section: "Service", Name: "ExecStart", Value: "/bin/sh -c 'sleep 0.5; exit 1'"},
+		{Section: "Service", Name: "Restart", Value: "always"},
+		{Section: "Service", Name: "RestartSec", Value: "1"},
+		{Section: "X-Fleet", Name: "MachineID", Value: "m1"}}}); err != nil {
+		t.Fatal(err)
+	}
 	first := waitRunning(t, ctx, cl, "")
 	if first != "m2" && first != "m3" {
 		t.Fatalf("hello.service runs on %s, which has no disk=ssd", first)
@@ -149,8 +157,8 @@ func TestClusterThroughAPI(t *testing.T) {
 	testmain.Eventually(t, 20*time.Second, 300*time.Millisecond, "metrics of the running cluster", func() error {
 		for metric, want := range map[string]float64{
 			"flotilla_machines":                        3,
-			`flotilla_units{state="launched"}`:         1,
-			`flotilla_units_desired{state="launched"}`: 2,
+			`flotilla_units{state="launched"}`:         2, // hello, and flappy: its agent holds it launched between restarts
+			`flotilla_units_desired{state="launched"}`: 3,
 			"flotilla_registry_up":                     1,
 		} {
 			if got := scrape(t, api.http, metric); got != want {
@@ -233,6 +241,13 @@ func TestClusterThroughAPI(t *testing.T) {
 	if got := scrape(t, api.http, "flotilla_machines"); got != 2 {
 		t.Errorf("flotilla_machines after the loss = %v, want 2", got)
 	}
+
+	testmain.Eventually(t, 30*time.Second, 300*time.Millisecond, "agent restarts counted", func() error {
+		if got := scrape(t, api.http, `flotilla_unit_restarts_total{machine="m1",unit="flappy.service"}`); got < 2 {
+			return fmt.Errorf("flappy.service restarts = %v, want >= 2", got)
+		}
+		return nil
+	})
 
 	// Destroy: the unit and its state go.
 	if err := cl.DestroyUnit(ctx, "hello.service"); err != nil {
