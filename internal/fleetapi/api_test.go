@@ -412,7 +412,7 @@ func TestEtcdUnavailable(t *testing.T) {
 		t.Errorf("/metrics with etcd down: %d, registry_up 0 missing", got.code)
 	}
 	f.etc.Start()
-	testmain.Eventually(t, 30*time.Second, 200*time.Millisecond, "API serves again", func() error {
+	testmain.Eventually(t, 60*time.Second, 200*time.Millisecond, "API serves again", func() error {
 		if got := f.do("GET", "/fleet/v1/units/a.service", "", ""); got.code != 200 {
 			return errors.New(got.body)
 		}

@@ -92,7 +92,7 @@ func scrape(t *testing.T, base, metric string) float64 {
 // scraped and checked along the way; a headless Chromium watches the
 // dashboard see the move without a reload.
 func TestClusterThroughAPI(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 240*time.Second)
 	defer cancel()
 	etc := etcdtest.New(t)
 	ms := map[string]*member{}
@@ -106,7 +106,7 @@ func TestClusterThroughAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	testmain.Eventually(t, 30*time.Second, 200*time.Millisecond, "3 machines listed", func() error {
+	testmain.Eventually(t, 60*time.Second, 200*time.Millisecond, "3 machines listed", func() error {
 		got, err := cl.Machines(ctx)
 		if err != nil || len(got) != 3 {
 			return fmt.Errorf("%d machines, %v", len(got), err)
@@ -154,7 +154,7 @@ func TestClusterThroughAPI(t *testing.T) {
 	if u, err := cl.Unit(ctx, "hello.service"); err != nil || u.CurrentState != "launched" || u.MachineID != first {
 		t.Fatalf("unit: %+v %v", u, err)
 	}
-	testmain.Eventually(t, 20*time.Second, 300*time.Millisecond, "metrics of the running cluster", func() error {
+	testmain.Eventually(t, 60*time.Second, 300*time.Millisecond, "metrics of the running cluster", func() error {
 		for metric, want := range map[string]float64{
 			"flotilla_machines":                        3,
 			`flotilla_units{state="launched"}`:         2, // hello, and flappy: its agent holds it launched between restarts
@@ -177,7 +177,7 @@ func TestClusterThroughAPI(t *testing.T) {
 		return nil
 	})
 	// The engine leader's own /metrics counts its passes.
-	testmain.Eventually(t, 20*time.Second, 300*time.Millisecond, "engine passes counted by the leader", func() error {
+	testmain.Eventually(t, 60*time.Second, 300*time.Millisecond, "engine passes counted by the leader", func() error {
 		for _, m := range ms {
 			if scrape(t, m.http, `flotilla_engine_leader{machine="`+m.id+`"}`) == 1 && scrape(t, m.http, "flotilla_engine_passes_total") > 0 {
 				return nil
@@ -205,7 +205,7 @@ func TestClusterThroughAPI(t *testing.T) {
 		}
 		return br.eval(t, `(function(){var r=document.querySelector('#units tr[data-unit="hello.service"]');return r?r.dataset.machine:"";})()`)
 	}
-	testmain.Eventually(t, 20*time.Second, 300*time.Millisecond, "dashboard shows the unit's machine", func() error {
+	testmain.Eventually(t, 60*time.Second, 300*time.Millisecond, "dashboard shows the unit's machine", func() error {
 		if got := dashMachine(); got != first {
 			return fmt.Errorf("dashboard shows hello.service on %q, want %q", got, first)
 		}
@@ -224,7 +224,7 @@ func TestClusterThroughAPI(t *testing.T) {
 	if second == "m1" {
 		t.Fatalf("hello.service moved to m1, which has no disk=ssd")
 	}
-	testmain.Eventually(t, 20*time.Second, 300*time.Millisecond, "dashboard shows the move", func() error {
+	testmain.Eventually(t, 60*time.Second, 300*time.Millisecond, "dashboard shows the move", func() error {
 		if got := dashMachine(); got != second {
 			return fmt.Errorf("dashboard shows hello.service on %q, want %q", got, second)
 		}
@@ -242,7 +242,7 @@ func TestClusterThroughAPI(t *testing.T) {
 		t.Errorf("flotilla_machines after the loss = %v, want 2", got)
 	}
 
-	testmain.Eventually(t, 30*time.Second, 300*time.Millisecond, "agent restarts counted", func() error {
+	testmain.Eventually(t, 60*time.Second, 300*time.Millisecond, "agent restarts counted", func() error {
 		if got := scrape(t, api.http, `flotilla_unit_restarts_total{machine="m1",unit="flappy.service"}`); got < 2 {
 			return fmt.Errorf("flappy.service restarts = %v, want >= 2", got)
 		}
@@ -256,7 +256,7 @@ func TestClusterThroughAPI(t *testing.T) {
 	if err := cl.DestroyUnit(ctx, "hello.service"); err == nil || err.(*fleetapi.StatusError).Code != 404 {
 		t.Errorf("second destroy: %v, want 404", err)
 	}
-	testmain.Eventually(t, 20*time.Second, 300*time.Millisecond, "destroyed unit's state gone", func() error {
+	testmain.Eventually(t, 60*time.Second, 300*time.Millisecond, "destroyed unit's state gone", func() error {
 		sts, err := cl.UnitStates(ctx, "", "hello.service")
 		if err != nil || len(sts) != 0 {
 			return fmt.Errorf("states %v, %v", sts, err)
@@ -270,7 +270,7 @@ func TestClusterThroughAPI(t *testing.T) {
 func waitRunning(t *testing.T, ctx context.Context, cl *fleetapi.Client, not string) string {
 	t.Helper()
 	var on string
-	testmain.Eventually(t, 40*time.Second, 300*time.Millisecond, "hello.service running elsewhere than "+not, func() error {
+	testmain.Eventually(t, 60*time.Second, 300*time.Millisecond, "hello.service running elsewhere than "+not, func() error {
 		sts, err := cl.UnitStates(ctx, "", "hello.service")
 		if err != nil {
 			return err
@@ -320,7 +320,7 @@ func startBrowser(t *testing.T, ctx context.Context, url string) *browser {
 		}
 	})
 	var port string
-	testmain.Eventually(t, 30*time.Second, 100*time.Millisecond, "chromium's DevTools port", func() error {
+	testmain.Eventually(t, 60*time.Second, 100*time.Millisecond, "chromium's DevTools port", func() error {
 		b, err := os.ReadFile(filepath.Join(udd, "DevToolsActivePort"))
 		if err != nil {
 			return err
@@ -329,7 +329,7 @@ func startBrowser(t *testing.T, ctx context.Context, url string) *browser {
 		return nil
 	})
 	var wsURL string
-	testmain.Eventually(t, 30*time.Second, 200*time.Millisecond, "the dashboard page target", func() error {
+	testmain.Eventually(t, 60*time.Second, 200*time.Millisecond, "the dashboard page target", func() error {
 		resp, err := http.Get("http://127.0.0.1:" + port + "/json/list")
 		if err != nil {
 			return err

@@ -48,7 +48,7 @@ func TestMetricsWatches(t *testing.T) {
 	}
 	wait := func(metric string, want float64) {
 		t.Helper()
-		testmain.Eventually(t, 20*time.Second, 100*time.Millisecond, metric, func() error {
+		testmain.Eventually(t, 60*time.Second, 100*time.Millisecond, metric, func() error {
 			if got := scrape(t, hs, metric); got != want {
 				return fmt.Errorf("%s = %v, want %v", metric, got, want)
 			}
