@@ -7,7 +7,7 @@ CMDS    := announce render scheduler
 # Debian packages the tests and the demo use: a real etcd (3.4, as CoreOS-era
 # clusters run), haproxy and nginx for the load balancer, systemd and a user bus
 # for the systemd executor, iproute2 for network namespaces.
-DEBS    := etcd-server etcd-client haproxy nginx-light systemd dbus-user-session iproute2 procps util-linux curl ca-certificates
+DEBS    := etcd-server etcd-client haproxy nginx-light systemd dbus-user-session iproute2 procps util-linux curl ca-certificates chromium
 TESTFLAGS ?=
 export GOFLAGS ?= -mod=mod
 

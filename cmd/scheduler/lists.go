@@ -252,6 +252,9 @@ func (cl *client) statusCmd(ctx context.Context, args []string) error {
 		for m := range s.States[n] {
 			machines[m] = true
 		}
+		if machines, err = cl.onMachine(s, n, machines); err != nil {
+			return err
+		}
 		if len(machines) == 0 {
 			fmt.Fprintf(cl.stdout, "    Active: inactive (not on any machine)\n")
 		}
@@ -297,8 +300,14 @@ func (cl *client) journalCmd(ctx context.Context, args []string) error {
 	for m := range s.States[n] {
 		machines[m] = true
 	}
+	if machines, err = cl.onMachine(s, n, machines); err != nil {
+		return err
+	}
 	if len(machines) == 0 {
 		return fmt.Errorf("journal %s: the unit is not on any machine", n)
+	}
+	if cl.o.follow {
+		return cl.follow(ctx, s, n, sortedKeys(machines)[0])
 	}
 	var errs []error
 	for _, m := range sortedKeys(machines) {

@@ -28,8 +28,9 @@ Commands:
   destroy UNIT…            stop, unschedule and remove
   restart UNIT…            stop, then start again
   cat UNIT                 print a unit file
-  status UNIT…             state of units on their machines
-  journal UNIT             last log lines of a unit (-n N)
+  status UNIT…             state of units on their machines (--machine ID)
+  journal UNIT             last log lines of a unit (-n N, -f to follow,
+                           --machine ID for one machine of a global unit)
   list-units               UNIT MACHINE ACTIVE SUB
   list-unit-files          UNIT HASH DSTATE STATE TARGET
   list-machines            MACHINE IP METADATA (STATE when one is drained)
@@ -53,6 +54,8 @@ type options struct {
 	lines         int
 	reqTimeout    time.Duration
 	rollout       rolloutFlags
+	follow        bool
+	machine       string
 }
 
 func (o *options) register(fs *flag.FlagSet) {
@@ -68,6 +71,7 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.IntVar(&o.lines, "n", 10, "journal: number of lines (short for --lines)")
 	fs.DurationVar(&o.reqTimeout, "request-timeout", 5*time.Second, "journal, status: how long to wait for a machine's agent to answer")
 	o.rollout.register(fs)
+	o.registerFollow(fs)
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -96,6 +100,9 @@ func runEnv(ctx context.Context, args []string, getenv func(string) string, stdo
 		return err
 	}
 	if err := checkRolloutFlags(fs, verb); err != nil {
+		return err
+	}
+	if err := o.checkFollow(verb); err != nil {
 		return err
 	}
 	if err := o.store.FromEnv(getenv, "FLOTILLA_ENDPOINTS"); err != nil {

@@ -55,6 +55,7 @@ type serveOptions struct {
 	enginePeriod time.Duration
 	capacity     int
 	logLevel     string
+	api          apiOptions
 }
 
 func serve(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -75,6 +76,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	fs.DurationVar(&o.enginePeriod, "engine-period", 30*time.Second, "engine: longest time between two reconcile passes")
 	fs.IntVar(&o.capacity, "capacity", 0, "most non-global units this machine takes (0: no limit)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	o.api.register(fs)
 	if err := cmdline.Parse(fs, args, stdout, serveUsage); err != nil {
 		return err
 	}
@@ -94,6 +96,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	case "auto", "systemd", "process":
 	default:
 		return cmdline.Usagef("--executor %q: want auto, systemd or process", o.executor)
+	}
+	if err := o.api.check(); err != nil {
+		return err
 	}
 	if o.ttl < store.MinTTL {
 		return cmdline.Usagef("--ttl %s: at least %s", o.ttl, store.MinTTL)
@@ -138,6 +143,11 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	defer c.Close()
 	reg := registry.New(c, o.prefix)
+	api, err := o.api.start(reg, log.With("component", "api"))
+	if err != nil {
+		return err
+	}
+	defer api.close()
 
 	machine := registry.Machine{ID: id, IP: ip, Metadata: md, Version: cmdline.Version(), Capacity: o.capacity}
 	ex, err := newExecutor(ctx, o, log, &machine)
@@ -155,6 +165,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	en, err := engine.New(engine.Options{
 		Registry: reg, ID: id, TTL: o.ttl, Period: o.enginePeriod, Logger: log.With("component", "engine"),
+		OnPass: api.onPass,
 	})
 	if err != nil {
 		return err
@@ -163,6 +174,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return ag.Run(gctx) })
 	g.Go(func() error { return en.Run(gctx) })
+	g.Go(func() error { return api.run(gctx) })
 	return g.Wait()
 }
 

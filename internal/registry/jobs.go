@@ -157,18 +157,20 @@ func (r *Registry) Bodies(ctx context.Context) (map[string][]byte, error) {
 
 // Machines reads every present machine, by id.
 func (r *Registry) Machines(ctx context.Context) (map[string]Machine, error) {
-	kvs, _, err := r.c.GetPrefix(ctx, r.sub("machines"))
+	mp := []string{r.sub("machines"), r.MetadataPrefix("")}
+	all, _, err := r.c.GetPrefixes(ctx, mp)
 	if err != nil {
 		return nil, err
 	}
-	out := make(map[string]Machine, len(kvs))
-	for _, kv := range kvs {
+	out := make(map[string]Machine, len(all[mp[0]]))
+	for _, kv := range all[mp[0]] {
 		m, err := r.DecodeMachine(kv)
 		if err != nil {
 			return nil, err
 		}
 		out[m.ID] = m
 	}
+	r.mergeMetadata(out, all[mp[1]])
 	return out, nil
 }
 

@@ -207,7 +207,7 @@ type Snapshot struct {
 // Skipped (each error names the key): one hostile or corrupt key must not stop
 // the engine from reconciling everything else.
 func (r *Registry) Snapshot(ctx context.Context) (*Snapshot, error) {
-	prefixes := []string{r.sub("jobs"), r.sub("machines"), r.sub("schedule"), r.sub("unplaced"), r.sub("states")}
+	prefixes := []string{r.sub("jobs"), r.sub("machines"), r.sub("schedule"), r.sub("unplaced"), r.sub("states"), r.MetadataPrefix("")}
 	m, rev, err := r.c.GetPrefixes(ctx, append(prefixes, r.planPrefixes()...))
 	if err != nil {
 		return nil, fmt.Errorf("read scheduler state: %w", err)
@@ -237,6 +237,7 @@ func (r *Registry) Snapshot(ctx context.Context) (*Snapshot, error) {
 		}
 		s.Machines[mc.ID] = mc
 	}
+	r.mergeMetadata(s.Machines, m[prefixes[5]])
 	for _, kv := range m[prefixes[2]] {
 		a, err := r.DecodeAssignment(kv)
 		if err != nil {
