@@ -112,13 +112,17 @@ func (c *Config) Validate() error {
 	if len(c.Endpoints) == 0 {
 		return errors.New("etcd: no endpoints")
 	}
+	// A new slice: copies of a Config share the caller's, and may be
+	// validated at the same time (one Open per goroutine).
+	eps := make([]string, len(c.Endpoints))
 	for i, ep := range c.Endpoints {
 		norm, err := normalizeEndpoint(ep)
 		if err != nil {
 			return fmt.Errorf("etcd endpoint %q: %w", ep, err)
 		}
-		c.Endpoints[i] = norm
+		eps[i] = norm
 	}
+	c.Endpoints = eps
 	if c.DialTimeout <= 0 {
 		return fmt.Errorf("etcd dial timeout %s: must be positive", c.DialTimeout)
 	}

@@ -451,3 +451,24 @@ func TestCloseTwice(t *testing.T) {
 		t.Fatalf("second Close: %v", err)
 	}
 }
+
+// Copies of one Config opened at once share nothing they write (run with -race).
+func TestOpenConcurrentCopiesOfOneConfig(t *testing.T) {
+	cfg := etcdtest.New(t).Config()
+	cfg.Endpoints = append(cfg.Endpoints, cfg.Endpoints[0]) // two, to normalise
+	errs := make(chan error, 8)
+	for range 8 {
+		go func() {
+			c, err := store.Open(ctxT(t), cfg)
+			if err == nil {
+				c.Close()
+			}
+			errs <- err
+		}()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+}
