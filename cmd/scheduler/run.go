@@ -33,10 +33,14 @@ Commands:
   list-units               UNIT MACHINE ACTIVE SUB
   list-unit-files          UNIT HASH DSTATE STATE TARGET
   list-machines            MACHINE IP METADATA
+  token [--rotate]         print this cluster's join token (on the machine
+                           holding the CA); --rotate replaces it
+  revoke MACHINE           revoke a machine's certificates, remove its etcd member
 
 An instance path whose file does not exist (dir/foo@3.service) takes its body
 from the template dir/foo@.service. Endpoints: --endpoints, else env
-FLOTILLA_ENDPOINTS, else ETCDCTL_ENDPOINTS, else ` + store.DefaultEndpoint + `.
+FLOTILLA_ENDPOINTS, else ETCDCTL_ENDPOINTS, else the credentials and endpoints
+of a machine that runs serve (--data-dir/pki), else ` + store.DefaultEndpoint + `.
 "scheduler serve --help" lists the flags of serve.`
 
 // options are the flags every client command shares.
@@ -51,6 +55,9 @@ type options struct {
 	fields        string
 	lines         int
 	reqTimeout    time.Duration
+	dataDir       string
+	rotate        bool
+	tokenTTL      time.Duration
 }
 
 func (o *options) register(fs *flag.FlagSet) {
@@ -65,6 +72,9 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.IntVar(&o.lines, "lines", 10, "journal: number of lines")
 	fs.IntVar(&o.lines, "n", 10, "journal: number of lines (short for --lines)")
 	fs.DurationVar(&o.reqTimeout, "request-timeout", 5*time.Second, "journal, status: how long to wait for a machine's agent to answer")
+	fs.StringVar(&o.dataDir, "data-dir", defaultDataDir, "a serve machine's data dir: its credentials are used when no endpoint is given")
+	fs.BoolVar(&o.rotate, "rotate", false, "token: replace the join token (the old one stops working)")
+	fs.DurationVar(&o.tokenTTL, "token-ttl", 24*time.Hour, "token --rotate: validity of the new token")
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -91,6 +101,17 @@ func runEnv(ctx context.Context, args []string, getenv func(string) string, stdo
 	}
 	if err := cmd.checkArgs(fs.Args()); err != nil {
 		return err
+	}
+	if o.rotate && verb != "token" {
+		return cmdline.Usagef("--rotate: only for the token command")
+	}
+	if verb == "token" {
+		return tokenCmd(o, stdout)
+	}
+	if len(o.store.Endpoints) == 0 && getenv("FLOTILLA_ENDPOINTS") == "" && getenv("ETCDCTL_ENDPOINTS") == "" {
+		if _, err := o.store.FromMachineDir(string(pkiDir(o.dataDir))); err != nil {
+			return err
+		}
 	}
 	if err := o.store.FromEnv(getenv, "FLOTILLA_ENDPOINTS"); err != nil {
 		return cmdline.Usagef("%v", err)
@@ -160,6 +181,10 @@ func commandFor(verb string) (command, bool) {
 		return command{0, 0, (*client).listUnitFilesCmd}, true
 	case "list-machines":
 		return command{0, 0, (*client).listMachinesCmd}, true
+	case "token":
+		return command{0, 0, nil}, true
+	case "revoke":
+		return command{1, 1, (*client).revokeCmd}, true
 	}
 	return command{}, false
 }

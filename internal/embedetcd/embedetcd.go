@@ -192,6 +192,7 @@ func (s *Server) start(ctx context.Context, opts Options) error {
 		cfg.AutoCompactionRetention = opts.CompactionRetention.String()
 	}
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(newLogger(opts.LogOutput))
+	cfg.WarningUnaryRequestDuration = embed.DefaultWarningUnaryRequestDuration // zero: every request logged as slow
 	if opts.TLS.CertFile != "" {
 		cfg.ClientTLSInfo.CertFile = opts.TLS.CertFile
 		cfg.ClientTLSInfo.KeyFile = opts.TLS.KeyFile
@@ -321,3 +322,6 @@ func newLogger(w io.Writer) *zap.Logger {
 	enc := zapcore.NewConsoleEncoder(zap.NewProductionEncoderConfig())
 	return zap.New(zapcore.NewCore(enc, zapcore.AddSync(w), zap.WarnLevel))
 }
+
+// MemberID returns this member's etcd id.
+func (s *Server) MemberID() uint64 { return uint64(s.etcd.Server.MemberID()) }

@@ -110,10 +110,14 @@ func TestMutualTLSOnAllAddresses(t *testing.T) {
 		scheme string
 		mod    func(*store.Config)
 	}{
-		"plain http":            {"http", func(*store.Config) {}},
-		"TLS without client":    {"https", func(c *store.Config) { c.CACert = d.Path(pki.CAFile) }},
-		"client of another CA":  {"https", func(c *store.Config) { c.CACert, c.Cert, c.Key = d.Path(pki.CAFile), other.Path(pki.ClientCertFile), other.Path(pki.ClientKeyFile) }},
-		"server not verifiable": {"https", func(c *store.Config) { c.CACert, c.Cert, c.Key = other.Path(pki.CAFile), d.Path(pki.ClientCertFile), d.Path(pki.ClientKeyFile) }},
+		"plain http":         {"http", func(*store.Config) {}},
+		"TLS without client": {"https", func(c *store.Config) { c.CACert = d.Path(pki.CAFile) }},
+		"client of another CA": {"https", func(c *store.Config) {
+			c.CACert, c.Cert, c.Key = d.Path(pki.CAFile), other.Path(pki.ClientCertFile), other.Path(pki.ClientKeyFile)
+		}},
+		"server not verifiable": {"https", func(c *store.Config) {
+			c.CACert, c.Cert, c.Key = other.Path(pki.CAFile), d.Path(pki.ClientCertFile), d.Path(pki.ClientKeyFile)
+		}},
 	} {
 		if err := open(tc.scheme, tc.mod); err == nil {
 			t.Errorf("%s: connected", name)
