@@ -416,8 +416,22 @@ func (s *secureEtcd) serveJoin(ctx context.Context, o *serveOptions, c *store.Cl
 					parts = append(parts, m.Name+"="+m.PeerURLs[0])
 				}
 			}
-			if _, err := c.AddLearner(ctx, peerURL); err != nil {
-				return "", err
+			// etcd refuses a reconfiguration until the leader has been
+			// connected to a quorum for a while (e.g. right after the
+			// previous member joined): retry for a bounded time.
+			for tries := 0; ; tries++ {
+				_, err := c.AddLearner(ctx, peerURL)
+				if err == nil {
+					break
+				}
+				if !strings.Contains(err.Error(), "unhealthy cluster") || tries >= 60 {
+					return "", err
+				}
+				select {
+				case <-ctx.Done():
+					return "", ctx.Err()
+				case <-time.After(500 * time.Millisecond):
+				}
 			}
 			return strings.Join(append(parts, name+"="+peerURL), ","), nil
 		},
