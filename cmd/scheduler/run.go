@@ -36,6 +36,9 @@ Commands:
   token [--rotate]         print this cluster's join token (on the machine
                            holding the CA); --rotate replaces it
   revoke MACHINE           revoke a machine's certificates, remove its etcd member
+  roles                    on an etcd with auth (run as root): least-privilege
+                           roles and users for operators, engine, agents
+                           (--machines), render and announce (--password-dir)
 
 An instance path whose file does not exist (dir/foo@3.service) takes its body
 from the template dir/foo@.service. Endpoints: --endpoints, else env
@@ -58,6 +61,10 @@ type options struct {
 	dataDir       string
 	rotate        bool
 	tokenTTL      time.Duration
+	machines      string
+	passwordDir   string
+	announcePref  string
+	renderPref    string
 }
 
 func (o *options) register(fs *flag.FlagSet) {
@@ -75,6 +82,10 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.dataDir, "data-dir", defaultDataDir, "a serve machine's data dir: its credentials are used when no endpoint is given")
 	fs.BoolVar(&o.rotate, "rotate", false, "token: replace the join token (the old one stops working)")
 	fs.DurationVar(&o.tokenTTL, "token-ttl", 24*time.Hour, "token --rotate: validity of the new token")
+	fs.StringVar(&o.machines, "machines", "", "roles: comma-separated machine ids to make agent users for")
+	fs.StringVar(&o.passwordDir, "password-dir", "", "roles: directory for the new users' password files")
+	fs.StringVar(&o.announcePref, "announce-prefix", "/clusterstate/", "roles: the prefix announce may write")
+	fs.StringVar(&o.renderPref, "render-prefixes", "/clusterstate/", "roles: comma-separated prefixes render may read")
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -185,6 +196,8 @@ func commandFor(verb string) (command, bool) {
 		return command{0, 0, nil}, true
 	case "revoke":
 		return command{1, 1, (*client).revokeCmd}, true
+	case "roles":
+		return command{0, 0, (*client).rolesCmd}, true
 	}
 	return command{}, false
 }
