@@ -469,33 +469,52 @@ func tokenCmd(o *options, stdout io.Writer) error {
 	return nil
 }
 
-// revokeCmd revokes every certificate issued to a machine, publishes the
-// revocation list for every member, and removes the machine's etcd member.
+// revokeCmd removes a machine's etcd member (first, while its peer
+// connection still works), then revokes every certificate issued to it and
+// publishes the revocation list for every member to install.
 func (cl *client) revokeCmd(ctx context.Context, args []string) error {
 	machine := args[0]
 	d := pkiDir(cl.o.dataDir)
 	if !d.Exists(pki.CAKeyFile) {
 		return fmt.Errorf("revoke %s: %s holds no cluster CA: run this on the first machine of the cluster", machine, d)
 	}
-	crl, n, err := pki.Revoke(d, machine)
-	if err != nil {
-		return err
+	if issued, err := pki.Issued(d, machine); err != nil || len(issued) == 0 {
+		return fmt.Errorf("revoke %s: no certificate was issued to that machine here (%v)", machine, err)
 	}
-	if _, err := cl.reg.Client().Put(ctx, crlKey(cl.o.prefix), string(crl), 0); err != nil {
-		return fmt.Errorf("revoke %s: publish revocation list: %w", machine, err)
-	}
-	fmt.Fprintf(cl.stdout, "revoked %d certificate(s) of %s\n", n, machine)
-	ms, err := cl.reg.Client().Members(ctx)
+	c := cl.reg.Client()
+	ms, err := c.Members(ctx)
 	if err != nil {
 		return err
 	}
 	for _, m := range ms {
-		if m.Name == machine {
-			if err := cl.reg.Client().RemoveMember(ctx, m.ID); err != nil {
+		if m.Name != machine {
+			continue
+		}
+		// etcd refuses a reconfiguration until its leader has been connected
+		// to a quorum for a few seconds (e.g. just after a restart): retry.
+		for tries := 0; ; tries++ {
+			err := c.RemoveMember(ctx, m.ID)
+			if err == nil {
+				break
+			}
+			if !strings.Contains(err.Error(), "unhealthy cluster") || tries >= 60 {
 				return err
 			}
-			fmt.Fprintf(cl.stdout, "removed etcd member %s\n", machine)
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(500 * time.Millisecond):
+			}
 		}
+		fmt.Fprintf(cl.stdout, "removed etcd member %s\n", machine)
 	}
+	crl, n, err := pki.Revoke(d, machine)
+	if err != nil {
+		return err
+	}
+	if _, err := c.Put(ctx, crlKey(cl.o.prefix), string(crl), 0); err != nil {
+		return fmt.Errorf("revoke %s: publish revocation list: %w", machine, err)
+	}
+	fmt.Fprintf(cl.stdout, "revoked %d certificate(s) of %s\n", n, machine)
 	return nil
 }

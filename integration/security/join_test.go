@@ -111,8 +111,10 @@ func TestJoinWithToken(t *testing.T) {
 	}
 
 	// The right one, through the environment.
-	b := start(t, []string{"FLOTILLA_TOKEN=" + token}, bin("scheduler"), "serve", "--data-dir", dirB, "--machine-id", "m2",
-		"--public-ip", "127.0.0.1", "--join", joinAddr, "--executor", "process")
+	// m2 listens off loopback: it becomes the second etcd member.
+	listenB := []string{"--etcd-listen", "0.0.0.0:" + freePort(t), "--etcd-peer-listen", "0.0.0.0:" + freePort(t)}
+	b := start(t, []string{"FLOTILLA_TOKEN=" + token}, append([]string{bin("scheduler"), "serve", "--data-dir", dirB, "--machine-id", "m2",
+		"--public-ip", "127.0.0.1", "--join", joinAddr, "--executor", "process"}, listenB...)...)
 	waitMachines(t, dirB, "m1", "m2")
 	if st, err := os.Stat(filepath.Join(dirB, "pki", "client-key.pem")); err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("client key: %v %v", st, err)
@@ -120,7 +122,7 @@ func TestJoinWithToken(t *testing.T) {
 
 	// Restart without a token.
 	b.stop()
-	b = start(t, nil, bin("scheduler"), "serve", "--data-dir", dirB, "--machine-id", "m2", "--public-ip", "127.0.0.1", "--executor", "process")
+	b = start(t, nil, append([]string{bin("scheduler"), "serve", "--data-dir", dirB, "--machine-id", "m2", "--public-ip", "127.0.0.1", "--executor", "process"}, listenB...)...)
 	eventually(t, 30*time.Second, "m2 serving again", func() error {
 		if !strings.Contains(b.out.String(), "machine registered") {
 			return fmt.Errorf("not yet")
@@ -138,11 +140,18 @@ func TestJoinWithToken(t *testing.T) {
 		t.Fatalf("old token after rotation: %v\n%s", err, out)
 	}
 
-	// Revocation: m2 stops; once revoked, neither its serve nor its CLI connects.
-	b.stop()
-	if out, err := sched(t, "--data-dir", dirA, "revoke", "m2"); err != nil || !strings.Contains(out, "revoked 2 certificate(s) of m2") {
+	if n := members(t, dirA); n != 2 {
+		t.Fatalf("%d etcd members, want 2", n)
+	}
+	// Revocation: removes m2's member; once m2 stops, neither its serve nor its CLI connects.
+	if out, err := sched(t, "--data-dir", dirA, "revoke", "m2"); err != nil || !strings.Contains(out, "revoked 2 certificate(s) of m2") ||
+		!strings.Contains(out, "removed etcd member m2") {
 		t.Fatalf("revoke: %q %v", out, err)
 	}
+	if n := members(t, dirA); n != 1 {
+		t.Fatalf("%d etcd members after revoking m2, want 1", n)
+	}
+	b.stop()
 	if _, err := sched(t, "--data-dir", dirB, "list-machines"); err == nil {
 		t.Fatal("revoked machine's CLI connected")
 	}
@@ -204,14 +213,8 @@ func TestThreeMembersSurviveTheFirst(t *testing.T) {
 			"--join", joinAddr, "--token", token, "--executor", "process")
 		waitMachines(t, dir("m1"), id)
 	}
-	out, err := exec.Command("etcdctl", "--endpoints", mustRead(t, filepath.Join(dir("m2"), "pki", "endpoints"))[0],
-		"--cacert", filepath.Join(dir("m2"), "pki", "ca.pem"), "--cert", filepath.Join(dir("m2"), "pki", "client.pem"),
-		"--key", filepath.Join(dir("m2"), "pki", "client-key.pem"), "member", "list").CombinedOutput()
-	if err != nil {
-		t.Fatalf("etcdctl member list: %v\n%s", err, out)
-	}
-	if n := strings.Count(strings.TrimSpace(string(out)), "\n") + 1; n != 3 || strings.Contains(string(out), "true") {
-		t.Fatalf("want 3 voting members, got:\n%s", out)
+	if n := members(t, dir("m2")); n != 3 {
+		t.Fatalf("%d voting etcd members, want 3", n)
 	}
 	if _, err := sched(t, "--data-dir", dir("m2"), "start", "--no-block", filepath.Join(base, "web@2.service"), filepath.Join(base, "web@3.service")); err != nil {
 		t.Fatal(err)
@@ -291,4 +294,24 @@ func mustRead(t testing.TB, path string) []string {
 		t.Fatal(err)
 	}
 	return strings.Fields(string(b))
+}
+
+// members counts the voting etcd members, asked with etcdctl and the
+// credentials in a machine's data dir.
+func members(t testing.TB, dataDir string) int {
+	t.Helper()
+	pk := filepath.Join(dataDir, "pki")
+	out, err := exec.Command("etcdctl", "--endpoints", mustRead(t, filepath.Join(pk, "endpoints"))[0],
+		"--cacert", filepath.Join(pk, "ca.pem"), "--cert", filepath.Join(pk, "client.pem"),
+		"--key", filepath.Join(pk, "client-key.pem"), "member", "list").CombinedOutput()
+	if err != nil {
+		t.Fatalf("etcdctl member list: %v\n%s", err, out)
+	}
+	n := 0
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if strings.HasSuffix(strings.TrimSpace(l), "false") { // the last column: is learner
+			n++
+		}
+	}
+	return n
 }
