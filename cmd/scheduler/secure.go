@@ -49,11 +49,14 @@ func (o *serveOptions) checkSecureFlags(getenv func(string) string) error {
 	if o.sec.token == "" && o.sec.join != "" {
 		o.sec.token = getenv("FLOTILLA_TOKEN")
 	}
+	endpoints := len(o.store.Endpoints) > 0 || getenv("FLOTILLA_ENDPOINTS") != "" || getenv("ETCDCTL_ENDPOINTS") != ""
 	switch {
+	case o.sec.insecure && endpoints:
+		return cmdline.Usagef("--insecure: only for the embedded etcd (no --endpoints, FLOTILLA_ENDPOINTS or ETCDCTL_ENDPOINTS)")
 	case o.sec.token != "" && o.sec.join == "":
 		return cmdline.Usagef("--token: only with --join HOST:PORT")
-	case o.sec.join != "" && len(o.store.Endpoints) > 0:
-		return cmdline.Usagef("--join and --endpoints: pick one (a joined machine learns its endpoints from the cluster)")
+	case o.sec.join != "" && endpoints:
+		return cmdline.Usagef("--join and --endpoints (or FLOTILLA_ENDPOINTS, ETCDCTL_ENDPOINTS): pick one (a joined machine learns its endpoints from the cluster)")
 	case o.sec.join != "" && o.sec.insecure:
 		return cmdline.Usagef("--join and --insecure: joining is over TLS only")
 	case o.sec.tokenTTL <= 0:
@@ -181,9 +184,6 @@ func (s *secureEtcd) Close() {
 func startEtcd(ctx context.Context, o *serveOptions, id, ip string, joined *pki.Joined, log *slog.Logger, stdout, stderr io.Writer) (*secureEtcd, error) {
 	s := &secureEtcd{dir: pkiDir(o.dataDir), log: log}
 	if len(o.store.Endpoints) > 0 {
-		if o.sec.insecure {
-			return nil, cmdline.Usagef("--insecure: only for the embedded etcd (no --endpoints)")
-		}
 		return s, nil
 	}
 	etcdDir := filepath.Join(o.dataDir, "etcd")
@@ -351,9 +351,14 @@ func (s *secureEtcd) run(ctx context.Context, o *serveOptions, c *store.Client) 
 		return nil
 	}
 	if s.signer && s.srv != nil {
-		if err := s.serveJoin(ctx, o, c); err != nil {
+		hs, l, err := s.joinServer(o, c)
+		if err != nil {
 			return err
 		}
+		done := make(chan struct{})
+		go func() { defer close(done); hs.ServeTLS(l, "", "") }()
+		defer func() { hs.Close(); <-done }()
+		s.log.Info("join endpoint serving", "addr", l.Addr().String())
 	}
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
@@ -371,7 +376,8 @@ func (s *secureEtcd) run(ctx context.Context, o *serveOptions, c *store.Client) 
 	}
 }
 
-func (s *secureEtcd) serveJoin(ctx context.Context, o *serveOptions, c *store.Client) error {
+// joinServer makes the join endpoint's server and listener.
+func (s *secureEtcd) joinServer(o *serveOptions, c *store.Client) (*http.Server, net.Listener, error) {
 	addr := o.sec.joinListen
 	if addr == "" {
 		host, _, _ := net.SplitHostPort(o.etcdListen)
@@ -379,11 +385,11 @@ func (s *secureEtcd) serveJoin(ctx context.Context, o *serveOptions, c *store.Cl
 	}
 	tcfg, err := pki.ServerTLS(s.dir)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("join endpoint: %w", err)
+		return nil, nil, fmt.Errorf("join endpoint: %w", err)
 	}
 	h := &pki.JoinHandler{Dir: s.dir, Logger: s.log.With("component", "join"),
 		Endpoints: func(ctx context.Context) ([]string, error) {
@@ -438,10 +444,7 @@ func (s *secureEtcd) serveJoin(ctx context.Context, o *serveOptions, c *store.Cl
 	}
 	hs := &http.Server{Handler: h, TLSConfig: tcfg, ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
-	go hs.ServeTLS(l, "", "")
-	s.closers = append(s.closers, func() { hs.Close() })
-	s.log.Info("join endpoint serving", "addr", l.Addr().String())
-	return nil
+	return hs, l, nil
 }
 
 // tokenCmd prints the join token, after replacing it with --rotate.
