@@ -362,11 +362,14 @@ func (s *secureEtcd) run(ctx context.Context, o *serveOptions, c *store.Client) 
 	}
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
-	for {
+	for i := 0; ; i++ {
 		if kv, ok, _, err := c.Get(ctx, crlKey(o.prefix)); err == nil && ok {
 			if err := pki.WriteCRL(s.dir, kv.Value); err != nil {
 				s.log.Warn("revocation list from the cluster refused", "err", err)
 			}
+		}
+		if i%5 == 0 {
+			s.syncEndpoints(ctx, c)
 		}
 		select {
 		case <-ctx.Done():
@@ -377,6 +380,32 @@ func (s *secureEtcd) run(ctx context.Context, o *serveOptions, c *store.Client) 
 }
 
 // joinServer makes the join endpoint's server and listener.
+// syncEndpoints follows the cluster's membership: the client talks to every
+// voting member, and the endpoints file (what this machine's CLI and its next
+// start use) lists them, this machine's own member first.
+func (s *secureEtcd) syncEndpoints(ctx context.Context, c *store.Client) {
+	eps, err := c.SyncEndpoints(ctx)
+	if err != nil || len(eps) == 0 {
+		return
+	}
+	if s.srv != nil {
+		own := []string{s.srv.Endpoint()}
+		for _, e := range eps {
+			if e != own[0] {
+				own = append(own, e)
+			}
+		}
+		eps = own
+	}
+	if old, _ := pki.Endpoints(s.dir); strings.Join(old, ",") != strings.Join(eps, ",") {
+		if err := pki.WriteEndpoints(s.dir, eps); err != nil {
+			s.log.Warn("update endpoints file", "err", err)
+			return
+		}
+		s.log.Info("etcd endpoints updated", "endpoints", strings.Join(eps, ","))
+	}
+}
+
 func (s *secureEtcd) joinServer(o *serveOptions, c *store.Client) (*http.Server, net.Listener, error) {
 	addr := o.sec.joinListen
 	if addr == "" {

@@ -216,6 +216,15 @@ func TestThreeMembersSurviveTheFirst(t *testing.T) {
 	if n := members(t, dir("m2")); n != 3 {
 		t.Fatalf("%d voting etcd members, want 3", n)
 	}
+	// Machines that joined early learn of later members.
+	eventually(t, 60*time.Second, "every endpoints file lists the three members", func() error {
+		for _, id := range []string{"m1", "m2", "m3", "m4"} {
+			if eps := mustRead(t, filepath.Join(dir(id), "pki", "endpoints")); len(eps) != 3 {
+				return fmt.Errorf("%s: %v", id, eps)
+			}
+		}
+		return nil
+	})
 	if _, err := sched(t, "--data-dir", dir("m2"), "start", "--no-block", filepath.Join(base, "web@2.service"), filepath.Join(base, "web@3.service")); err != nil {
 		t.Fatal(err)
 	}

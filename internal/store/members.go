@@ -59,3 +59,13 @@ func (c *Client) RemoveMember(ctx context.Context, id uint64) error {
 func IsNotReadyToPromote(err error) bool {
 	return err != nil && strings.Contains(err.Error(), "in sync with leader")
 }
+
+// SyncEndpoints replaces the client's endpoints by the client URLs of the
+// cluster's started voting members and returns them, so that a client
+// opened with one member's address survives that member's loss.
+func (c *Client) SyncEndpoints(ctx context.Context) ([]string, error) {
+	if err := c.cli.Sync(ctx); err != nil {
+		return nil, fmt.Errorf("sync etcd endpoints: %w", err)
+	}
+	return c.cli.Endpoints(), nil
+}
