@@ -64,7 +64,13 @@ func (o *serveOptions) checkSecureFlags(getenv func(string) string) error {
 	}
 	if o.sec.join != "" {
 		if _, _, err := net.SplitHostPort(o.sec.join); err != nil {
-			return cmdline.Usagef("--join %q: want HOST:PORT: %v", o.sec.join, err)
+			if strings.ContainsAny(o.sec.join, ":/ ") {
+				return cmdline.Usagef("--join %q: want HOST or HOST:PORT: %v", o.sec.join, err)
+			}
+			o.sec.join = net.JoinHostPort(o.sec.join, defaultJoinPort)
+		}
+		if _, port, _ := net.SplitHostPort(o.sec.join); port == "" || strings.Trim(port, "0123456789") != "" {
+			return cmdline.Usagef("--join %q: want HOST or HOST:PORT", o.sec.join)
 		}
 	}
 	return nil

@@ -12,7 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/flotilla/flotilla/internal/pki"
+	"github.com/flotilla/flotilla/internal/testmain"
 )
 
 func TestTokenRoundTrip(t *testing.T) {
@@ -186,3 +189,5 @@ func mustRead(t *testing.T, p string) []byte {
 	}
 	return b
 }
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, testmain.LeakOptions()...) }
