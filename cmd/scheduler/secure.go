@@ -211,6 +211,9 @@ func startEtcd(ctx context.Context, o *serveOptions, id, ip string, joined *pki.
 			return s, s.useClient(o)
 		}
 	case s.dir.Exists(pki.ClientCertFile):
+		if o.sec.insecure {
+			return nil, cmdline.Usagef("--insecure: this machine has cluster credentials in %s and serves mutual TLS; drop --insecure", s.dir)
+		}
 		s.secure = true
 		s.others, _ = pki.Endpoints(s.dir)
 		if !hasData {
