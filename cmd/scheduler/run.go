@@ -34,11 +34,18 @@ Commands:
   list-units               UNIT MACHINE ACTIVE SUB
   list-unit-files          UNIT HASH DSTATE STATE TARGET
   list-machines            MACHINE IP METADATA (STATE when one is drained)
+  token [--rotate]         print this cluster's join token (on the machine
+                           holding the CA); --rotate replaces it
+  revoke MACHINE           revoke a machine's certificates, remove its etcd member
+  roles                    on an etcd with auth (run as root): least-privilege
+                           roles and users for operators, engine, agents
+                           (--machines), render and announce (--password-dir)
 ` + rolloutUsage + `
 
 An instance path whose file does not exist (dir/foo@3.service) takes its body
 from the template dir/foo@.service. Endpoints: --endpoints, else env
-FLOTILLA_ENDPOINTS, else ETCDCTL_ENDPOINTS, else ` + store.DefaultEndpoint + `.
+FLOTILLA_ENDPOINTS, else ETCDCTL_ENDPOINTS, else the credentials and endpoints
+of a machine that runs serve (--data-dir/pki), else ` + store.DefaultEndpoint + `.
 "scheduler serve --help" lists the flags of serve.`
 
 // options are the flags every client command shares.
@@ -56,6 +63,13 @@ type options struct {
 	rollout       rolloutFlags
 	follow        bool
 	machine       string
+	dataDir       string
+	rotate        bool
+	tokenTTL      time.Duration
+	machines      string
+	passwordDir   string
+	announcePref  string
+	renderPref    string
 }
 
 func (o *options) register(fs *flag.FlagSet) {
@@ -72,6 +86,13 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.DurationVar(&o.reqTimeout, "request-timeout", 5*time.Second, "journal, status: how long to wait for a machine's agent to answer")
 	o.rollout.register(fs)
 	o.registerFollow(fs)
+	fs.StringVar(&o.dataDir, "data-dir", defaultDataDir, "a serve machine's data dir: its credentials are used when no endpoint is given")
+	fs.BoolVar(&o.rotate, "rotate", false, "token: replace the join token (the old one stops working)")
+	fs.DurationVar(&o.tokenTTL, "token-ttl", 24*time.Hour, "token --rotate: validity of the new token")
+	fs.StringVar(&o.machines, "machines", "", "roles: comma-separated machine ids to make agent users for")
+	fs.StringVar(&o.passwordDir, "password-dir", "", "roles: directory for the new users' password files")
+	fs.StringVar(&o.announcePref, "announce-prefix", "/clusterstate/", "roles: the prefix announce may write")
+	fs.StringVar(&o.renderPref, "render-prefixes", "/clusterstate/", "roles: comma-separated prefixes render may read")
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -104,6 +125,17 @@ func runEnv(ctx context.Context, args []string, getenv func(string) string, stdo
 	}
 	if err := o.checkFollow(verb); err != nil {
 		return err
+	}
+	if o.rotate && verb != "token" {
+		return cmdline.Usagef("--rotate: only for the token command")
+	}
+	if verb == "token" {
+		return tokenCmd(o, stdout)
+	}
+	if len(o.store.Endpoints) == 0 && getenv("FLOTILLA_ENDPOINTS") == "" && getenv("ETCDCTL_ENDPOINTS") == "" {
+		if _, err := o.store.FromMachineDir(string(pkiDir(o.dataDir))); err != nil {
+			return err
+		}
 	}
 	if err := o.store.FromEnv(getenv, "FLOTILLA_ENDPOINTS"); err != nil {
 		return cmdline.Usagef("%v", err)
@@ -173,6 +205,12 @@ func commandFor(verb string) (command, bool) {
 		return command{0, 0, (*client).listUnitFilesCmd}, true
 	case "list-machines":
 		return command{0, 0, (*client).listMachinesCmd}, true
+	case "token":
+		return command{0, 0, nil}, true
+	case "revoke":
+		return command{1, 1, (*client).revokeCmd}, true
+	case "roles":
+		return command{0, 0, (*client).rolesCmd}, true
 	}
 	return rolloutCommand(verb)
 }

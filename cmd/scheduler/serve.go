@@ -18,7 +18,6 @@ import (
 
 	"github.com/flotilla/flotilla/internal/agent"
 	"github.com/flotilla/flotilla/internal/cmdline"
-	"github.com/flotilla/flotilla/internal/embedetcd"
 	"github.com/flotilla/flotilla/internal/engine"
 	"github.com/flotilla/flotilla/internal/executor"
 	"github.com/flotilla/flotilla/internal/process"
@@ -34,7 +33,15 @@ units the engine targets at it through the executor, and stands as an engine
 candidate. Without --endpoints (or FLOTILLA_ENDPOINTS / ETCDCTL_ENDPOINTS) it
 starts an embedded single-node etcd listening on --etcd-listen, with its data
 under --data-dir: one command brings up a cluster of one, and other machines
-join it with --endpoints http://<that address>.`
+join it with --endpoints http://<that address>.
+
+Off loopback (--etcd-listen 0.0.0.0:2379) the embedded etcd serves mutual TLS
+only: the first start creates a cluster CA and certificates under
+--data-dir/pki and prints a join token (again: scheduler token). Another
+machine joins with --join HOST:2378 --token TOKEN (or FLOTILLA_TOKEN); the
+first three machines become etcd members, later ones clients. A restart needs
+no token. --insecure serves plain http off loopback instead (never do this
+on a network others reach).`
 
 // defaultDataDir is where serve keeps its state unless told otherwise.
 const defaultDataDir = "/var/lib/flotilla"
@@ -56,6 +63,7 @@ type serveOptions struct {
 	capacity     int
 	logLevel     string
 	api          apiOptions
+	sec          secureOptions
 }
 
 func serve(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -77,6 +85,11 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	fs.IntVar(&o.capacity, "capacity", 0, "most non-global units this machine takes (0: no limit)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	o.api.register(fs)
+	fs.BoolVar(&o.sec.insecure, "insecure", false, "embedded etcd: serve plain http without authentication off loopback (dangerous; logged at every start)")
+	fs.StringVar(&o.sec.join, "join", "", "join the cluster whose first machine serves its join endpoint at HOST:PORT (port 2378 by default)")
+	fs.StringVar(&o.sec.token, "token", "", "join token for --join (env FLOTILLA_TOKEN); needed only the first time")
+	fs.StringVar(&o.sec.joinListen, "join-listen", "", "join endpoint address on the machine holding the CA (default: --etcd-listen's host, port "+defaultJoinPort+")")
+	fs.DurationVar(&o.sec.tokenTTL, "token-ttl", 24*time.Hour, "validity of the join token created on the first start")
 	if err := cmdline.Parse(fs, args, stdout, serveUsage); err != nil {
 		return err
 	}
@@ -103,6 +116,19 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if o.ttl < store.MinTTL {
 		return cmdline.Usagef("--ttl %s: at least %s", o.ttl, store.MinTTL)
 	}
+	ip := o.publicIP
+	if ip == "" {
+		ip = defaultIP()
+	} else if net.ParseIP(ip) == nil {
+		return cmdline.Usagef("--public-ip %q: not an IP address", ip)
+	}
+	if err := o.checkSecureFlags(getenv); err != nil {
+		return err
+	}
+	joined, err := joinFirst(ctx, &o, ip)
+	if err != nil {
+		return err
+	}
 	if err := os.MkdirAll(o.dataDir, 0o755); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
@@ -110,30 +136,17 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err != nil {
 		return err
 	}
-	ip := o.publicIP
-	if ip == "" {
-		ip = defaultIP()
-	} else if net.ParseIP(ip) == nil {
-		return cmdline.Usagef("--public-ip %q: not an IP address", ip)
-	}
 	log = log.With("machine", id)
 
 	// etcd: given, or embedded.
 	if len(o.store.Endpoints) == 0 {
 		o.store.Endpoints = store.EnvEndpoints(getenv, "FLOTILLA_ENDPOINTS", "ETCDCTL_ENDPOINTS")
 	}
-	if len(o.store.Endpoints) == 0 {
-		srv, err := embedetcd.Start(ctx, embedetcd.Options{
-			Name: "flotilla", DataDir: filepath.Join(o.dataDir, "etcd"),
-			ClientAddr: o.etcdListen, PeerAddr: o.etcdPeer, LogOutput: stderr,
-		})
-		if err != nil {
-			return err
-		}
-		defer srv.Close()
-		o.store.Endpoints = []string{srv.Endpoint()}
-		log.Info("embedded etcd serving", "endpoint", srv.Endpoint(), "data", srv.DataDir())
+	sec, err := startEtcd(ctx, &o, id, ip, joined, log, stdout, stderr)
+	if err != nil {
+		return err
 	}
+	defer sec.Close()
 	if err := o.store.FromEnv(getenv, "FLOTILLA_ENDPOINTS"); err != nil {
 		return cmdline.Usagef("%v", err)
 	}
@@ -175,6 +188,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	g.Go(func() error { return ag.Run(gctx) })
 	g.Go(func() error { return en.Run(gctx) })
 	g.Go(func() error { return api.run(gctx) })
+	g.Go(func() error { return sec.run(gctx, &o, c) })
 	return g.Wait()
 }
 

@@ -42,16 +42,60 @@ type Options struct {
 	// nil discards them.
 	LogOutput io.Writer
 	// TLS, when CertFile is set, serves clients over https; with ClientCAFile
-	// set, clients must present a certificate signed by it.
+	// set, clients must present a certificate signed by it. When TLS.CertFile
+	// is set, the peer listener uses the same pair and requires peers to
+	// present a certificate of ClientCAFile too.
 	TLS TLS
+	// AdvertiseHost is the host other machines reach this server at, used in
+	// the advertised client and peer URLs when a listen address has an
+	// unspecified host (0.0.0.0 or ::); default 127.0.0.1.
+	AdvertiseHost string
+	// Insecure allows plain http on an address that is not loopback. Without
+	// it, Start refuses such an address unless TLS with client certificates
+	// is configured: anyone who can reach the port could otherwise change
+	// what every machine runs.
+	Insecure bool
+	// InitialCluster, when set, joins an existing cluster: it is etcd's
+	// --initial-cluster (name=peerURL,...) including this member, which must
+	// already have been added (as a learner or voter) by a member.
+	InitialCluster string
+	// CompactionRetention is how much revision history the server keeps
+	// (periodic auto-compaction); default DefaultCompactionRetention.
+	// Negative disables compaction.
+	CompactionRetention time.Duration
 	// ReadyTimeout bounds how long Start waits for the server to serve; default 30s.
 	ReadyTimeout time.Duration
 }
 
-// TLS names PEM files for the client listener.
+// DefaultCompactionRetention is the revision history an embedded server
+// keeps: older revisions are compacted, so the store does not grow forever
+// with every lease renewal and status write.
+const DefaultCompactionRetention = 10 * time.Minute
+
+// TLS names PEM files for the client (and peer) listeners.
 type TLS struct {
 	CertFile, KeyFile string
 	ClientCAFile      string
+	// CRLFile, if set, is a PEM revocation list consulted at every TLS
+	// handshake (clients and peers): a revoked certificate cannot connect.
+	CRLFile string
+}
+
+// ErrInsecureAddress is returned by Start for plain http off loopback.
+var ErrInsecureAddress = errors.New("refusing to serve etcd in plain http on a non-loopback address: anyone reaching it could change what runs; " +
+	"serve with TLS and client certificates (scheduler serve creates them in --data-dir), listen on 127.0.0.1, or pass --insecure")
+
+// IsLoopback reports whether host:port listens on loopback only.
+func IsLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		host = addr
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // Server is a running embedded etcd. Close is safe to call more than once and
@@ -73,6 +117,17 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	}
 	if opts.ReadyTimeout == 0 {
 		opts.ReadyTimeout = 30 * time.Second
+	}
+	secure := opts.TLS.CertFile != "" && opts.TLS.ClientCAFile != ""
+	if !secure && !opts.Insecure {
+		for _, a := range []string{opts.ClientAddr, opts.PeerAddr} {
+			if a != "" && !IsLoopback(a) {
+				return nil, fmt.Errorf("embedded etcd on %s: %w", a, ErrInsecureAddress)
+			}
+		}
+	}
+	if opts.CompactionRetention == 0 {
+		opts.CompactionRetention = DefaultCompactionRetention
 	}
 	s := &Server{closed: make(chan struct{})}
 	if opts.DataDir == "" {
@@ -114,22 +169,38 @@ func (s *Server) start(ctx context.Context, opts Options) error {
 		clientURL.Scheme = "https"
 	}
 	peerURL := url.URL{Scheme: "http", Host: peerAddr}
+	if opts.TLS.CertFile != "" {
+		peerURL.Scheme = "https"
+	}
 
 	cfg := embed.NewConfig()
 	cfg.Name = opts.Name
 	cfg.Dir = opts.DataDir
 	cfg.ListenClientUrls = []url.URL{clientURL}
-	cfg.AdvertiseClientUrls = []url.URL{clientURL}
 	cfg.ListenPeerUrls = []url.URL{peerURL}
+	clientURL, peerURL = advertised(clientURL, opts.AdvertiseHost), advertised(peerURL, opts.AdvertiseHost)
+	cfg.AdvertiseClientUrls = []url.URL{clientURL}
 	cfg.AdvertisePeerUrls = []url.URL{peerURL}
 	cfg.InitialCluster = opts.Name + "=" + peerURL.String()
 	cfg.InitialClusterToken = "flotilla-" + opts.Name
+	if opts.InitialCluster != "" {
+		cfg.InitialCluster = opts.InitialCluster
+		cfg.ClusterState = embed.ClusterStateFlagExisting
+	}
+	if opts.CompactionRetention > 0 {
+		cfg.AutoCompactionMode = "periodic"
+		cfg.AutoCompactionRetention = opts.CompactionRetention.String()
+	}
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(newLogger(opts.LogOutput))
+	cfg.WarningUnaryRequestDuration = embed.DefaultWarningUnaryRequestDuration // zero: every request logged as slow
 	if opts.TLS.CertFile != "" {
 		cfg.ClientTLSInfo.CertFile = opts.TLS.CertFile
 		cfg.ClientTLSInfo.KeyFile = opts.TLS.KeyFile
 		cfg.ClientTLSInfo.TrustedCAFile = opts.TLS.ClientCAFile
 		cfg.ClientTLSInfo.ClientCertAuth = opts.TLS.ClientCAFile != ""
+		cfg.ClientTLSInfo.CRLFile = opts.TLS.CRLFile
+		cfg.PeerTLSInfo = cfg.ClientTLSInfo
+		cfg.PeerTLSInfo.ClientCertAuth = true
 	}
 	if opts.Fast {
 		cfg.UnsafeNoFsync = true
@@ -172,6 +243,18 @@ func (s *Server) ClientAddr() string {
 // PeerAddr returns the host:port of the peer listener.
 func (s *Server) PeerAddr() string { return s.peerAddr }
 
+// PeerURL returns the advertised peer URL, e.g. "https://10.0.0.1:2380".
+func (s *Server) PeerURL() string {
+	if len(s.etcd.Config().AdvertisePeerUrls) == 0 {
+		return ""
+	}
+	u := s.etcd.Config().AdvertisePeerUrls[0]
+	return u.String()
+}
+
+// IsLearner reports whether this member is still a non-voting learner.
+func (s *Server) IsLearner() bool { return s.etcd.Server.IsLearner() }
+
 // DataDir returns the server's data directory.
 func (s *Server) DataDir() string { return s.dataDir }
 
@@ -191,6 +274,21 @@ func (s *Server) Close() error {
 		close(s.closed)
 	})
 	return nil
+}
+
+// advertised replaces an unspecified host in u by host (default 127.0.0.1).
+func advertised(u url.URL, host string) url.URL {
+	h, port, err := net.SplitHostPort(u.Host)
+	if err != nil {
+		return u
+	}
+	if ip := net.ParseIP(h); ip != nil && ip.IsUnspecified() {
+		if host == "" {
+			host = "127.0.0.1"
+		}
+		u.Host = net.JoinHostPort(host, port)
+	}
+	return u
 }
 
 func resolveAddr(addr string) (string, error) {
@@ -224,3 +322,6 @@ func newLogger(w io.Writer) *zap.Logger {
 	enc := zapcore.NewConsoleEncoder(zap.NewProductionEncoderConfig())
 	return zap.New(zapcore.NewCore(enc, zapcore.AddSync(w), zap.WarnLevel))
 }
+
+// MemberID returns this member's etcd id.
+func (s *Server) MemberID() uint64 { return uint64(s.etcd.Server.MemberID()) }

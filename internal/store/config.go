@@ -8,6 +8,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/flotilla/flotilla/internal/pki"
 )
 
 // DefaultEndpoint is used when no endpoint is configured anywhere.
@@ -197,4 +199,25 @@ func setIfEmpty(dst *string, v string) {
 	if *dst == "" {
 		*dst = v
 	}
+}
+
+// FromMachineDir fills TLS files and endpoints from a machine's credentials
+// directory (what `scheduler serve` writes under <data-dir>/pki: ca.pem,
+// client.pem, client-key.pem, endpoints), when nothing else configured them:
+// no endpoint and no TLS option set. It reports whether it used the directory.
+func (c *Config) FromMachineDir(dir string) (bool, error) {
+	if len(c.Endpoints) > 0 || c.TLSEnabled() || c.Key != "" {
+		return false, nil
+	}
+	d := pki.Dir(dir)
+	if !d.Exists(pki.ClientCertFile) {
+		return false, nil
+	}
+	eps, err := pki.Endpoints(d)
+	if err != nil || len(eps) == 0 {
+		return false, fmt.Errorf("machine credentials in %s: no endpoints file: %v", dir, err)
+	}
+	c.Endpoints = eps
+	c.CACert, c.Cert, c.Key = d.Path(pki.CAFile), d.Path(pki.ClientCertFile), d.Path(pki.ClientKeyFile)
+	return true, nil
 }
