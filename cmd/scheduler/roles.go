@@ -72,9 +72,12 @@ func (cl *client) rolesCmd(ctx context.Context, _ []string) error {
 	if !strings.HasSuffix(prefix, "/") {
 		prefix += "/"
 	}
+	if o.rollout.announcePrefix == "-" || o.rollout.announcePrefix == "" {
+		return cmdline.Usagef("roles: --announce-prefix %q: name the prefix announce may write", o.rollout.announcePrefix)
+	}
 	renderPrefixes := strings.Split(o.renderPref, ",")
 	c := cl.reg.Client()
-	for name, perms := range roleSet(prefix, machines, renderPrefixes, o.announcePref) {
+	for name, perms := range roleSet(prefix, machines, renderPrefixes, o.rollout.announcePrefix) {
 		if err := c.EnsureRole(ctx, name, perms); err != nil {
 			return err
 		}

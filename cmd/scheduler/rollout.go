@@ -46,7 +46,7 @@ type rolloutFlags struct {
 func (f *rolloutFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.maxUnavailable, "max-unavailable", 1, "roll: instances restarted at a time")
 	fs.DurationVar(&f.timeout, "timeout", rollout.DefaultTimeout, "roll, move, drain: how long one instance may take to become ready")
-	fs.StringVar(&f.announcePrefix, "announce-prefix", rollout.DefaultAnnouncePrefix, `roll, move, drain: where units announce themselves ("-": do not wait for announcements)`)
+	fs.StringVar(&f.announcePrefix, "announce-prefix", rollout.DefaultAnnouncePrefix, `roll, move, drain: where units announce themselves ("-": do not wait for announcements); roles: the prefix announce may write`)
 	fs.StringVar(&f.statusPrefix, "status-prefix", rollout.DefaultStatusPrefix, `roll, move, drain: where renders publish what they applied ("-": do not wait for renders)`)
 	fs.StringVar(&f.to, "to", "", "move: the machine to move the unit to (default: where the scheduler would place it)")
 	fs.BoolVar(&f.surge, "surge", false, "roll: start each instance's new body on another machine before stopping the old one, where [X-Fleet] allows (else in place)")
@@ -58,7 +58,9 @@ func rolloutFlagVerbs(flag string) []string {
 	switch flag {
 	case "max-unavailable", "surge":
 		return []string{"roll"}
-	case "timeout", "announce-prefix", "status-prefix":
+	case "announce-prefix":
+		return []string{"roll", "move", "drain", "roles"}
+	case "timeout", "status-prefix":
 		return []string{"roll", "move", "drain"}
 	case "to":
 		return []string{"move"}

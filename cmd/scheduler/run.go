@@ -68,7 +68,6 @@ type options struct {
 	tokenTTL      time.Duration
 	machines      string
 	passwordDir   string
-	announcePref  string
 	renderPref    string
 }
 
@@ -91,7 +90,6 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.DurationVar(&o.tokenTTL, "token-ttl", 24*time.Hour, "token --rotate: validity of the new token")
 	fs.StringVar(&o.machines, "machines", "", "roles: comma-separated machine ids to make agent users for")
 	fs.StringVar(&o.passwordDir, "password-dir", "", "roles: directory for the new users' password files")
-	fs.StringVar(&o.announcePref, "announce-prefix", "/clusterstate/", "roles: the prefix announce may write")
 	fs.StringVar(&o.renderPref, "render-prefixes", "/clusterstate/", "roles: comma-separated prefixes render may read")
 }
 
