@@ -2,7 +2,8 @@
 # dist.sh VERSION OUTDIR — a release: static binaries (CGO_ENABLED=0) for
 # linux/amd64 and linux/arm64 with VERSION stamped in (--version), a tarball
 # per architecture, man pages, the Debian packages (scripts/mkdeb.sh) and
-# SHA256SUMS over all of them. DIST_ARCHES limits the architectures.
+# SHA256SUMS over all of them. DIST_ARCHES limits the architectures;
+# DIST_COMPRESS=fast trades size for time (gzip -1; the tests use it).
 set -euo pipefail
 [ $# -eq 2 ] || { echo "usage: dist.sh VERSION OUTDIR" >&2; exit 2; }
 version=$1 out=$2
@@ -21,7 +22,9 @@ for arch in $arches; do
 	d=$out/flotilla_${version}_linux_$arch
 	rm -rf "$d" && mkdir -p "$d"
 	CGO_ENABLED=0 GOOS=linux GOARCH=$arch "$go" build -trimpath -ldflags "$ldflags" -o "$d/" ./cmd/announce ./cmd/render ./cmd/scheduler
-	tar -C "$out" --owner=0 --group=0 --numeric-owner -czf "$d.tar.gz" "$(basename "$d")"
+	gz="gzip -9n"
+	[ "${DIST_COMPRESS:-}" = fast ] && gz="gzip -1n"
+	tar -C "$out" --owner=0 --group=0 --numeric-owner -I "$gz" -cf "$d.tar.gz" "$(basename "$d")"
 done
 # Man pages come from the binaries' own --help: run the ones this machine can run.
 host=$("$go" env GOHOSTARCH)

@@ -8,6 +8,7 @@
 #   description   Description: field (first line synopsis)
 #   postinst prerm postrm   maintainer scripts
 #   lintian-overrides       optional
+# DIST_COMPRESS=fast: gzip -1 instead of xz (the tests use it).
 set -euo pipefail
 [ $# -eq 5 ] || { echo "usage: mkdeb.sh VERSION ARCH BINDIR MANDIR OUTDIR" >&2; exit 2; }
 version=$1 arch=$2 bindir=$3 mandir=$4 out=$5
@@ -17,6 +18,8 @@ maintainer=${DEB_MAINTAINER:-flotilla maintainers <maintainers@users.noreply.r-s
 # Reproducible: every file dated from the last commit (or now outside a checkout).
 epoch=${SOURCE_DATE_EPOCH:-$(git -C "$here" log -1 --format=%ct 2>/dev/null || date +%s)}
 umask 022
+compress="-Zxz"
+[ "${DIST_COMPRESS:-}" = fast ] && compress="-Zgzip -z1"
 mkdir -p "$out"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -59,6 +62,6 @@ for bin in scheduler render announce; do
 		sed -n '2,$p' "$src/$pkg/description"
 	} >"$root/DEBIAN/control"
 	find "$root" -exec touch -h -d "@$epoch" {} +
-	dpkg-deb --root-owner-group -Zxz --build "$root" "$out/${pkg}_${version}_${arch}.deb" >/dev/null
+	dpkg-deb --root-owner-group $compress --build "$root" "$out/${pkg}_${version}_${arch}.deb" >/dev/null
 	echo "$out/${pkg}_${version}_${arch}.deb"
 done
