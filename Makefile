@@ -15,7 +15,12 @@ TESTFLAGS ?=
 export GOFLAGS ?= -mod=mod
 # Release version stamped into --version (internal/version); unset: "devel".
 VERSION ?=
-LDFLAGS := -s -w $(if $(VERSION),-X github.com/flotilla/flotilla/internal/version.version=$(VERSION))
+# The commit too, for checkouts the go command does not stamp (git worktrees).
+VERSION_PKG := github.com/flotilla/flotilla/internal/version
+GIT_COMMIT  := $(shell git rev-parse HEAD 2>/dev/null)
+GIT_DIRTY   := $(shell git status --porcelain 2>/dev/null | head -1)
+LDFLAGS := -s -w $(if $(VERSION),-X $(VERSION_PKG).version=$(VERSION)) \
+	$(if $(GIT_COMMIT),-X $(VERSION_PKG).commit=$(GIT_COMMIT)) $(if $(GIT_DIRTY),-X $(VERSION_PKG).modified=true)
 DIST    ?= $(BIN)/dist
 
 .PHONY: all build test unit store-binary vet fmt-check deps demo bench faults clean dist image package-test

@@ -16,7 +16,13 @@ cd "$here"
 go=${GO:-go}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-ldflags="-s -w -X github.com/flotilla/flotilla/internal/version.version=$version"
+vpkg=github.com/flotilla/flotilla/internal/version
+ldflags="-s -w -X $vpkg.version=$version"
+# The commit from git as well: the go command does not stamp it in a worktree.
+if rev=$(git rev-parse HEAD 2>/dev/null); then
+	ldflags+=" -X $vpkg.commit=$rev"
+	[ -z "$(git status --porcelain 2>/dev/null)" ] || ldflags+=" -X $vpkg.modified=true"
+fi
 arches=${DIST_ARCHES:-amd64 arm64}
 for arch in $arches; do
 	d=$out/flotilla_${version}_linux_$arch

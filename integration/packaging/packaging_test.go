@@ -103,9 +103,13 @@ func TestRelease(t *testing.T) {
 		if _, err := os.Stat(dir); err != nil {
 			t.Skipf("no binaries for this machine's architecture %s", runtime.GOARCH)
 		}
+		rev := ""
+		if out, err := exec.Command("git", "-C", root, "rev-parse", "--short=12", "HEAD").Output(); err == nil {
+			rev = strings.TrimSpace(string(out)) // the commit the release was built from
+		}
 		for _, cmd := range []string{"announce", "render", "scheduler"} {
 			out := command(t, dir, nil, filepath.Join(dir, cmd), "--version")
-			want := fmt.Sprintf("%s %s (commit ", cmd, version)
+			want := fmt.Sprintf("%s %s (commit %s", cmd, version, rev)
 			if !strings.HasPrefix(out, want) || !strings.Contains(out, runtime.Version()) {
 				t.Errorf("%s --version = %q, want %q… with %s", cmd, out, want, runtime.Version())
 			}
@@ -163,7 +167,10 @@ func TestRelease(t *testing.T) {
 		}
 	})
 
+	// The slow checks share the machine: lintian is mostly CPU, the others
+	// mostly wait for Docker.
 	t.Run("lintian", func(t *testing.T) {
+		t.Parallel()
 		if _, err := exec.LookPath("lintian"); err != nil {
 			t.Skip("no lintian (make deps installs it)")
 		}
@@ -181,10 +188,12 @@ func TestRelease(t *testing.T) {
 	})
 
 	t.Run("image", func(t *testing.T) {
+		t.Parallel()
 		testImage(t, root, bins(runtime.GOARCH))
 	})
 
 	t.Run("debian", func(t *testing.T) {
+		t.Parallel()
 		if os.Getenv("FLOTILLA_PACKAGE_TEST") != "1" {
 			t.Skip("installing into a clean Debian runs with FLOTILLA_PACKAGE_TEST=1 (make package-test)")
 		}

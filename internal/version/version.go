@@ -12,9 +12,12 @@ import (
 //
 //	go build -ldflags "-X github.com/flotilla/flotilla/internal/version.version=1.2.3"
 //
-// It is the only package-level variable of the module, and only the linker
-// writes it. Empty means a development build.
-var version string
+// These are the module's only package-level variables, and only the linker
+// writes them. Empty version means a development build. commit and modified
+// stand in for the build info's vcs.revision and vcs.modified where the go
+// command does not stamp them (a git worktree, whose .git is a file; builds
+// with -buildvcs=false): make build and scripts/dist.sh set them from git.
+var version, commit, modified string
 
 // Info is what a binary knows about its own build. The zero value is a
 // development build of unknown origin.
@@ -28,11 +31,13 @@ type Info struct {
 // Read returns this binary's build information.
 func Read() Info {
 	bi, _ := debug.ReadBuildInfo()
-	return fromBuildInfo(version, bi)
+	return fromBuildInfo(version, bi, commit, modified == "true")
 }
 
-func fromBuildInfo(stamped string, bi *debug.BuildInfo) Info {
-	in := Info{Version: stamped}
+// fromBuildInfo prefers what the go command recorded to the linker's
+// stampCommit and stampModified.
+func fromBuildInfo(stamped string, bi *debug.BuildInfo, stampCommit string, stampModified bool) Info {
+	in := Info{Version: stamped, Commit: stampCommit, Modified: stampModified}
 	if bi != nil {
 		in.GoVersion = bi.GoVersion
 		if in.Version == "" && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
@@ -41,7 +46,7 @@ func fromBuildInfo(stamped string, bi *debug.BuildInfo) Info {
 		for _, s := range bi.Settings {
 			switch s.Key {
 			case "vcs.revision":
-				in.Commit = s.Value
+				in.Commit, in.Modified = s.Value, false
 			case "vcs.modified":
 				in.Modified = s.Value == "true"
 			}

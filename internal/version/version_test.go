@@ -11,9 +11,10 @@ func TestFromBuildInfo(t *testing.T) {
 		return &debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Version: mainVersion}, Settings: settings}
 	}
 	tests := map[string]struct {
-		stamped string
-		bi      *debug.BuildInfo
-		want    string
+		stamped, commit string
+		modified        bool
+		bi              *debug.BuildInfo
+		want            string
 	}{
 		"release build from a checkout": {
 			stamped: "1.2.3", bi: bi("(devel)", debug.BuildSetting{Key: "vcs.revision", Value: rev}),
@@ -31,13 +32,21 @@ func TestFromBuildInfo(t *testing.T) {
 			stamped: "2.0.0", bi: bi("v1.4.0"),
 			want: "2.0.0 (commit unknown, go1.26.8)",
 		},
+		"commit from the linker in a worktree": {
+			stamped: "1.2.3", commit: rev, modified: true, bi: bi("(devel)"),
+			want: "1.2.3 (commit 0123456789ab-dirty, go1.26.8)",
+		},
+		"build info wins over the linker's commit": {
+			commit: "fedcba9876543210", modified: true, bi: bi("(devel)", debug.BuildSetting{Key: "vcs.revision", Value: rev}),
+			want: "devel (commit 0123456789ab, go1.26.8)",
+		},
 		"no build info": {
 			want: "devel (commit unknown, unknown Go)",
 		},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			if got := fromBuildInfo(tc.stamped, tc.bi).String(); got != tc.want {
+			if got := fromBuildInfo(tc.stamped, tc.bi, tc.commit, tc.modified).String(); got != tc.want {
 				t.Errorf("got %q, want %q", got, tc.want)
 			}
 		})
