@@ -6,6 +6,7 @@
 #   root/         installed as is (everything under root/etc is a conffile)
 #   dirs          extra (empty) directories to ship
 #   description   Description: field (first line synopsis)
+#   fields        optional control fields (Recommends:, Suggests:, …)
 #   postinst prerm postrm   maintainer scripts
 #   lintian-overrides       optional
 # DIST_COMPRESS=fast: gzip -1 instead of xz (the tests use it).
@@ -58,7 +59,9 @@ for bin in scheduler render announce; do
 	desc=$(sed -n 1p "$src/$pkg/description")
 	{
 		sed -e "s|@PACKAGE@|$pkg|" -e "s|@VERSION@|$version|" -e "s|@ARCH@|$arch|" \
-			-e "s|@MAINTAINER@|$maintainer|" -e "s|@SIZE@|$size|" -e "s|@DESCRIPTION@|$desc|" "$src/control.in"
+			-e "s|@MAINTAINER@|$maintainer|" -e "s|@SIZE@|$size|" -e '/^Description:/,$d' "$src/control.in"
+		[ -f "$src/$pkg/fields" ] && cat "$src/$pkg/fields"
+		echo "Description: $desc"
 		sed -n '2,$p' "$src/$pkg/description"
 	} >"$root/DEBIAN/control"
 	find "$root" -exec touch -h -d "@$epoch" {} +
