@@ -6,7 +6,8 @@
 // --version, the ELF headers of both architectures (static, right machine),
 // the packages' contents and conffiles, lintian without errors, and the image:
 // non-root, `render --help`, and `render -onetime` against a real etcd
-// rendering into a mounted directory. It skips where there is no dpkg-deb or no
+// rendering into a mounted directory; and the packaged flotilla-render.service
+// under a real systemd (Type=notify, its condition, reload). It skips where there is no dpkg-deb or no
 // Docker engine.
 //
 // With FLOTILLA_PACKAGE_TEST=1 (make package-test) it also installs the
@@ -196,6 +197,11 @@ func TestRelease(t *testing.T) {
 	t.Run("image", func(t *testing.T) {
 		t.Parallel()
 		testImage(t, root, bins(runtime.GOARCH))
+	})
+
+	t.Run("render unit", func(t *testing.T) {
+		t.Parallel()
+		testRenderUnit(t, root, filepath.Join(bins(runtime.GOARCH), "render"))
 	})
 
 	t.Run("debian", func(t *testing.T) {
