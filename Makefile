@@ -8,16 +8,29 @@ CMDS    := announce render scheduler
 # clusters run), haproxy and nginx for the load balancer, systemd and a user bus
 # for the systemd executor, iproute2 for network namespaces.
 DEBS    := etcd-server etcd-client haproxy nginx-light systemd dbus-user-session iproute2 procps util-linux curl ca-certificates chromium
+# Packaging: lintian checks the .deb files, debootstrap builds the clean Debian
+# the package test installs them into (make package-test).
+DEBS    += lintian debootstrap
 TESTFLAGS ?=
 export GOFLAGS ?= -mod=mod
+# Release version stamped into --version (internal/version); unset: "devel".
+VERSION ?=
+# The commit too, for checkouts the go command does not stamp (git worktrees).
+VERSION_PKG := github.com/flotilla/flotilla/internal/version
+GIT_COMMIT  := $(shell git rev-parse HEAD 2>/dev/null)
+GIT_DIRTY   := $(shell git status --porcelain 2>/dev/null | head -1)
+LDFLAGS := -s -w $(if $(VERSION),-X $(VERSION_PKG).version=$(VERSION)) \
+	$(if $(GIT_COMMIT),-X $(VERSION_PKG).commit=$(GIT_COMMIT)) $(if $(GIT_DIRTY),-X $(VERSION_PKG).modified=true)
+DIST    ?= $(BIN)/dist
 
-.PHONY: all build test unit store-binary vet fmt-check deps demo bench faults scale clean
+.PHONY: all build test unit store-binary vet fmt-check deps demo bench faults scale clean dist image package-test
 
 all: build
 
+# Static binaries (no cgo, no glibc), as docs/deploy.md says.
 build:
 	@mkdir -p $(BIN)
-	$(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/ $(addprefix ./cmd/,$(CMDS))
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ $(addprefix ./cmd/,$(CMDS))
 
 deps:
 	@./scripts/deps.sh $(DEBS)
@@ -64,3 +77,20 @@ faults: deps build
 	@mkdir -p $(BIN)
 	FLOTILLA_FAULTS_LONG=1 $(GO) test -race -count=1 -timeout 30m -v ./integration/faults/ >$(BIN)/faults.log 2>&1; \
 	rc=$$?; grep -E '^(--- |ok|FAIL)|FIGURE' $(BIN)/faults.log; echo "full log: $(BIN)/faults.log"; exit $$rc
+
+# A release in $(DIST): static linux/amd64 and linux/arm64 binaries, tarballs,
+# the Debian packages (flotilla-scheduler, flotilla-render, flotilla-announce)
+# and SHA256SUMS.
+dist: deps
+	@test -n "$(VERSION)" || { echo "make dist: set VERSION=x.y.z" >&2; exit 2; }
+	./scripts/dist.sh $(VERSION) $(DIST)
+
+# The container image flotilla:$(VERSION) (FROM scratch, non-root) from the
+# release's amd64 binaries; no registry needed.
+image: dist
+	./scripts/image.sh $(VERSION) $(DIST)/flotilla_$(VERSION)_linux_$$($(GO) env GOARCH)
+
+# The packages installed, upgraded and purged in a clean Debian (debootstrap,
+# cached in $(BIN)/package-test; docker import); `make test` runs the light part.
+package-test: deps build
+	FLOTILLA_PACKAGE_TEST=1 $(GO) test -count=1 -timeout 30m -v ./integration/packaging/

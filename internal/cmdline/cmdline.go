@@ -11,9 +11,10 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strings"
 	"syscall"
+
+	"github.com/flotilla/flotilla/internal/version"
 )
 
 // ErrHelp is returned by Parse when --help or --version was answered; the
@@ -88,33 +89,6 @@ func PrintUsage(fs *flag.FlagSet, w io.Writer, usage string) {
 	fs.SetOutput(io.Discard)
 }
 
-// Version returns the module version from the build info, with the VCS
-// revision when the binary was built from a checkout.
-func Version() string {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "unknown"
-	}
-	v := bi.Main.Version
-	if v == "" || v == "(devel)" {
-		v = "devel"
-	}
-	var rev, dirty string
-	for _, s := range bi.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			rev = s.Value
-		case "vcs.modified":
-			if s.Value == "true" {
-				dirty = "-dirty"
-			}
-		}
-	}
-	if rev != "" {
-		if len(rev) > 12 {
-			rev = rev[:12]
-		}
-		v += " (" + rev + dirty + ")"
-	}
-	return v + " " + bi.GoVersion
-}
+// Version returns this build's version, commit and Go version (see
+// internal/version).
+func Version() string { return version.Read().String() }
