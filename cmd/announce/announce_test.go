@@ -153,7 +153,18 @@ func TestBadInputExits2AndWritesNothing(t *testing.T) {
 		"bad threshold":         {args: []string{ep, "--check", "tcp://x:1", "--check-threshold", "0", "/k", "v"}, want: "at least 1"},
 		"unknown flag":          {args: []string{ep, "--nope", "/k", "v"}, want: "not defined"},
 		"bad endpoint":          {args: []string{"--endpoints", "ftp://x:1", "/k", "v"}, want: `scheme "ftp"`},
-		"delete no key":         {args: []string{ep, "--delete"}, want: "exactly one KEY"},
+		"delete no key":         {args: []string{ep, "--delete"}, want: "missing KEY"},
+		"delete no value":       {args: []string{ep, "--delete", "/k"}, want: "--delete needs the registration's VALUE or --addr"},
+		"withdraw no value":     {args: []string{ep, "--withdraw", "/k"}, want: "--withdraw needs the registration's VALUE or --addr"},
+		"delete with ttl":       {args: []string{ep, "--delete", "--ttl", "5s", "/k", "v"}, want: "--ttl has no effect with --delete"},
+		"delete with drain":     {args: []string{ep, "--delete", "--drain-timeout", "5s", "/k", "v"}, want: "--drain-timeout has no effect with --delete"},
+		"withdraw with check":   {args: []string{ep, "--withdraw", "--check", "tcp://x:1", "/k", "v"}, want: "--check has no effect with --withdraw"},
+		"withdraw and detach":   {args: []string{ep, "--withdraw", "--detach", "/k", "v"}, want: "exclude each other"},
+		"detach-timeout alone":  {args: []string{ep, "--detach-timeout", "1s", "/k", "v"}, want: "--detach-timeout has no effect"},
+		"format with value":     {args: []string{ep, "--format", "json", "/k", "h 10.0.0.1:80"}, want: "--format shapes the value made from --addr"},
+		"host with value":       {args: []string{ep, "--host", "h", "/k", "h 10.0.0.1:80"}, want: "--host shapes the value"},
+		"bad status prefix":     {args: []string{ep, "--withdraw", "--status-prefix", "/x", "/k", "v"}, want: "must start and end with '/'"},
+		"negative drain":        {args: []string{ep, "--drain-delay", "-1s", "/k", "v"}, want: "must not be negative"},
 		"delete bad key":        {args: []string{ep, "--delete", "k"}, want: "must start with '/'"},
 		"missing password file": {args: []string{ep, "--user", "u", "--password-file", "/nonexistent/pw", "/k", "v"}, want: "password file"},
 	}
@@ -307,7 +318,19 @@ func TestDelete(t *testing.T) {
 	if _, err := l.Put(ctx, "/del/x", "h 10.0.0.1:1"); err != nil {
 		t.Fatal(err)
 	}
-	p := start(t, env(srv), "--delete", "/del/x")
+	// Another registration under the key (a replacement on another
+	// machine): a late stop leaves it alone.
+	p := start(t, env(srv), "--delete", "/del/x", "h2 10.0.0.2:1")
+	if err := p.wait(t, 10*time.Second); err != nil {
+		t.Fatalf("announce --delete of another's key: %v", err)
+	}
+	if kv, found, _, _ := c.Get(ctx, "/del/x"); !found || kv.Lease != l.ID() {
+		t.Fatal("--delete removed a registration that was not its own")
+	}
+	if alive, err := l.Alive(ctx); err != nil || !alive {
+		t.Fatalf("--delete revoked another registration's lease (alive=%v, %v)", alive, err)
+	}
+	p = start(t, env(srv), "--delete", "/del/x", "h 10.0.0.1:1")
 	if err := p.wait(t, 10*time.Second); err != nil {
 		t.Fatalf("announce --delete: %v", err)
 	}
@@ -318,7 +341,7 @@ func TestDelete(t *testing.T) {
 		t.Fatalf("lease alive=%v (%v) after --delete; want revoked", alive, err)
 	}
 	// A second delete of a missing key is fine (ExecStopPost after a clean stop).
-	p = start(t, env(srv), "--delete", "/del/x")
+	p = start(t, env(srv), "--delete", "--host", "h", "--addr", "10.0.0.1:1", "/del/x")
 	if err := p.wait(t, 10*time.Second); err != nil {
 		t.Fatalf("announce --delete of a missing key: %v", err)
 	}

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/flotilla/flotilla/internal/announce"
+	"github.com/flotilla/flotilla/internal/applied"
 	"github.com/flotilla/flotilla/internal/cmdline"
 	"github.com/flotilla/flotilla/internal/endpoint"
 	"github.com/flotilla/flotilla/internal/store"
@@ -27,7 +28,8 @@ import (
 
 const usage = `usage: announce [flags] KEY [VALUE]
        announce --detach [flags] KEY [VALUE]
-       announce --delete [flags] KEY
+       announce --delete [flags] KEY VALUE|--addr ip:port
+       announce --withdraw [flags] KEY VALUE|--addr ip:port
 
 Writes KEY=VALUE to etcd bound to a lease and keeps the lease alive until
 SIGTERM/SIGINT, which revokes it: the key disappears at once, and at most
@@ -43,7 +45,22 @@ confd/render templates as "server <host> <ip>:<port>") or, with --format json,
 
 --detach returns once the key is written, leaving a keeper process in the
 same process group (and cgroup): stopping the unit stops the keeper, which
-revokes the lease. --delete removes KEY and revokes its lease.
+revokes the lease. When the key is not written within --detach-timeout (etcd
+unreachable, the check failing), it returns anyway, so that the unit starts:
+the keeper writes the key as soon as it can, and says so in the log.
+
+On SIGTERM/SIGINT (the foreground process or the keeper), the withdrawal is
+acknowledged: the key is deleted first, then announce waits until every live
+render publishing a status under --status-prefix (render -publish-status)
+whose prefixes cover KEY has applied the deletion (at most --drain-timeout),
+then --drain-delay, then revokes the lease and exits.
+
+--withdraw does the same from outside, for ExecStop= (which runs before the
+main process is signalled): it deletes KEY if it holds this registration's
+VALUE (the keeper then leaves it deleted), waits for the renders, then
+--drain-delay. --delete (for ExecStopPost=) removes KEY and revokes its lease
+only if KEY holds this registration's VALUE: a late stop never removes the
+registration of a replacement on another machine.
 
 Environment: ANNOUNCE_ENDPOINTS, then ETCDCTL_ENDPOINTS (and etcdctl's
 ETCDCTL_* TLS/auth variables); NOTIFY_SOCKET and WATCHDOG_USEC from systemd
@@ -64,6 +81,9 @@ type options struct {
 	cfg       announce.Config
 	detach    bool
 	delete    bool
+	withdraw  bool
+	// detachTimeout bounds how long --detach waits for the key to be written.
+	detachTimeout time.Duration
 	logLevel  slog.Level
 	checkURL  string
 	checkOpts announce.CheckOptions
@@ -79,8 +99,10 @@ func runEnv(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 	switch {
 	case o.delete:
 		return deleteKey(ctx, o, log)
+	case o.withdraw:
+		return withdrawKey(ctx, o, log)
 	case o.detach && getenv(keeperEnv) == "":
-		return detach(ctx, args, stderr)
+		return detach(ctx, args, stderr, o.cfg.Key, o.detachTimeout)
 	}
 	var report *os.File
 	if fd := getenv(keeperEnv); fd != "" {
@@ -112,7 +134,12 @@ func parse(args []string, stdout io.Writer, getenv func(string) string) (*option
 	fs.IntVar(&o.cfg.CheckThreshold, "check-threshold", 3, "failed checks in a row that withdraw the key")
 	fs.BoolVar(&o.checkOpts.InsecureSkipVerify, "check-insecure", false, "accept any certificate from an https check")
 	fs.BoolVar(&o.detach, "detach", false, "return once the key is written, leaving a keeper process (for ExecStartPost=)")
-	fs.BoolVar(&o.delete, "delete", false, "delete KEY and revoke its lease (for ExecStopPost=)")
+	fs.BoolVar(&o.delete, "delete", false, "delete KEY and revoke its lease if KEY holds VALUE (for ExecStopPost=)")
+	fs.BoolVar(&o.withdraw, "withdraw", false, "delete KEY if it holds VALUE, wait for the renders to apply that, then exit (for ExecStop=)")
+	fs.DurationVar(&o.detachTimeout, "detach-timeout", 10*time.Second, "with --detach: return after this long even if the key is not written yet (0: wait until it is)")
+	fs.DurationVar(&o.cfg.Drain.Timeout, "drain-timeout", 10*time.Second, "on stop and with --withdraw: longest wait for the renders to apply the deletion (0: no wait)")
+	fs.DurationVar(&o.cfg.Drain.Delay, "drain-delay", 0, "on stop and with --withdraw: wait this long more, for connections in flight")
+	fs.StringVar(&o.cfg.Drain.StatusPrefix, "status-prefix", applied.DefaultPrefix, "where renders publish what they applied (render -status-prefix)")
 	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	if err := cmdline.Parse(fs, args, stdout, usage); err != nil {
 		return nil, err
@@ -127,18 +154,10 @@ func parse(args []string, stdout io.Writer, getenv func(string) string) (*option
 		return nil, cmdline.Usagef("%v", err)
 	}
 	rest := fs.Args()
-	if o.delete {
-		if len(rest) != 1 {
-			return nil, cmdline.Usagef("--delete takes exactly one KEY (see --help)")
-		}
-		if o.detach {
-			return nil, cmdline.Usagef("--delete and --detach exclude each other")
-		}
-		o.cfg.Key = rest[0]
-		if err := announce.ValidateKey(o.cfg.Key); err != nil {
-			return nil, cmdline.Usagef("%v", err)
-		}
-		return o, nil
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if err := refuseIrrelevant(o, set); err != nil {
+		return nil, err
 	}
 	switch len(rest) {
 	case 0:
@@ -164,6 +183,11 @@ func parse(args []string, stdout io.Writer, getenv func(string) string) (*option
 		if *addr != "" || *ipSpec != "" {
 			return nil, cmdline.Usagef("give VALUE or --addr/--ip, not both")
 		}
+		for _, name := range []string{"format", "host", "unit", "machine"} {
+			if set[name] {
+				return nil, cmdline.Usagef("--%s shapes the value made from --addr; a VALUE is written as given: drop one", name)
+			}
+		}
 		if strings.TrimSpace(rest[1]) == "" {
 			return nil, cmdline.Usagef("key %s: empty value", o.cfg.Key)
 		}
@@ -171,9 +195,21 @@ func parse(args []string, stdout io.Writer, getenv func(string) string) (*option
 	} else {
 		v, err := buildValue(*addr, *ipSpec, *host, *unit, *machine, f, getenv)
 		if err != nil {
+			if (o.delete || o.withdraw) && *addr == "" {
+				return nil, cmdline.Usagef("--%s needs the registration's VALUE or --addr, to remove only its own (see --help)", map[bool]string{true: "delete", false: "withdraw"}[o.delete])
+			}
 			return nil, cmdline.Usagef("%v", err)
 		}
 		o.cfg.Value = v
+	}
+	if o.delete || o.withdraw {
+		if err := applied.ValidatePrefix(o.cfg.Drain.StatusPrefix); err != nil {
+			return nil, cmdline.Usagef("--%v", err)
+		}
+		if o.cfg.Drain.Timeout < 0 || o.cfg.Drain.Delay < 0 {
+			return nil, cmdline.Usagef("--drain-timeout and --drain-delay must not be negative")
+		}
+		return o, nil
 	}
 	if o.checkURL != "" {
 		if o.cfg.CheckInterval <= 0 {
@@ -196,6 +232,42 @@ func parse(args []string, stdout io.Writer, getenv func(string) string) (*option
 		return nil, cmdline.Usagef("ttl %s: etcd leases are whole seconds", o.cfg.TTL)
 	}
 	return o, nil
+}
+
+// refuseIrrelevant refuses the modes that exclude each other and the flags
+// the chosen mode would silently ignore.
+func refuseIrrelevant(o *options, set map[string]bool) error {
+	modes := 0
+	for _, m := range []bool{o.detach, o.delete, o.withdraw} {
+		if m {
+			modes++
+		}
+	}
+	if modes > 1 {
+		return cmdline.Usagef("--detach, --delete and --withdraw exclude each other")
+	}
+	var irrelevant []string
+	mode := ""
+	switch {
+	case o.delete:
+		mode = "--delete"
+		irrelevant = []string{"ttl", "check", "check-interval", "check-threshold", "check-insecure", "detach-timeout", "drain-timeout", "drain-delay", "status-prefix"}
+	case o.withdraw:
+		mode = "--withdraw"
+		irrelevant = []string{"ttl", "check", "check-interval", "check-threshold", "check-insecure", "detach-timeout"}
+	case !o.detach:
+		mode = "announce without --detach"
+		irrelevant = []string{"detach-timeout"}
+	}
+	for _, name := range irrelevant {
+		if set[name] {
+			return cmdline.Usagef("--%s has no effect with %s: drop it", name, mode)
+		}
+	}
+	if o.detachTimeout < 0 {
+		return cmdline.Usagef("--detach-timeout %s: must not be negative", o.detachTimeout)
+	}
+	return nil
 }
 
 // buildValue makes the default value from --addr/--ip and the machine's facts.
@@ -337,7 +409,7 @@ func keep(ctx context.Context, o *options, log *slog.Logger, report *os.File) er
 
 // detach re-executes this program as the keeper, in the same process group,
 // and returns once the keeper reports the key written (or fails).
-func detach(ctx context.Context, args []string, stderr io.Writer) error {
+func detach(ctx context.Context, args []string, stderr io.Writer, key string, timeout time.Duration) error {
 	self, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("detach: find own executable: %w", err)
@@ -376,7 +448,18 @@ func detach(ctx context.Context, args []string, stderr io.Writer) error {
 		s, _ := bufio.NewReader(r).ReadString('\n')
 		line <- s
 	}()
+	var expired <-chan time.Time
+	if timeout > 0 {
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		expired = t.C
+	}
 	select {
+	case <-expired:
+		// An instance restarted while etcd is down must still start: the
+		// keeper goes on trying and writes the key as soon as it can.
+		fmt.Fprintf(stderr, "announce: %s not written within --detach-timeout %s (etcd unreachable or the check failing); starting anyway: the keeper (pid %d) writes it as soon as it can\n", key, timeout, cmd.Process.Pid)
+		return cmd.Process.Release()
 	case s := <-line:
 		if strings.HasPrefix(s, "written ") {
 			// The keeper lives on; the process is released, never waited for.
@@ -393,7 +476,9 @@ func detach(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 }
 
-// deleteKey removes the key and revokes the lease it was bound to.
+// deleteKey removes the key if it holds this registration's value, and
+// revokes the lease it was bound to; comparing and deleting are one
+// transaction.
 func deleteKey(ctx context.Context, o *options, log *slog.Logger) error {
 	octx, cancel := context.WithTimeout(ctx, o.store.DialTimeout+10*time.Second)
 	defer cancel()
@@ -402,20 +487,32 @@ func deleteKey(ctx context.Context, o *options, log *slog.Logger) error {
 		return fmt.Errorf("delete %s: %w", o.cfg.Key, err)
 	}
 	defer c.Close()
-	kv, found, _, err := c.Get(octx, o.cfg.Key)
-	if err != nil {
+	found, lease, _, err := announce.DeleteOwn(octx, c, o.cfg.Key, o.cfg.Value, 0, false)
+	switch {
+	case errors.Is(err, announce.ErrNotOwn):
+		log.Warn("not deleted: the key holds another registration", "key", o.cfg.Key, "err", err)
+		return nil
+	case err != nil:
 		return fmt.Errorf("delete %s: %w", o.cfg.Key, err)
-	}
-	if !found {
+	case !found:
 		log.Info("nothing to delete", "key", o.cfg.Key)
 		return nil
 	}
-	if err := c.RevokeLease(octx, kv.Lease); err != nil {
+	if err := c.RevokeLease(octx, lease); err != nil {
 		return fmt.Errorf("delete %s: %w", o.cfg.Key, err)
 	}
-	if _, err := c.Delete(octx, o.cfg.Key); err != nil {
-		return fmt.Errorf("delete %s: %w", o.cfg.Key, err)
-	}
-	log.Info("deleted", "key", o.cfg.Key, "lease", fmt.Sprintf("%x", int64(kv.Lease)))
+	log.Info("deleted", "key", o.cfg.Key, "lease", fmt.Sprintf("%x", int64(lease)))
 	return nil
+}
+
+// withdrawKey is --withdraw: the acknowledged withdrawal, from ExecStop=.
+func withdrawKey(ctx context.Context, o *options, log *slog.Logger) error {
+	octx, cancel := context.WithTimeout(ctx, o.store.DialTimeout+10*time.Second)
+	c, err := store.Open(octx, o.store)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("withdraw %s: %w", o.cfg.Key, err)
+	}
+	defer c.Close()
+	return announce.Withdraw(ctx, c, o.cfg.Key, o.cfg.Value, o.cfg.Drain, log)
 }

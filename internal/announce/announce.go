@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/flotilla/flotilla/internal/applied"
 	"github.com/flotilla/flotilla/internal/store"
 )
 
@@ -47,6 +48,10 @@ type Config struct {
 	// OnPut, if set, is called after every successful write of the key, from
 	// Run's goroutine: a slow OnPut delays the registration loop.
 	OnPut func(store.LeaseID)
+	// Drain is the acknowledged withdrawal when ctx ends: the key is deleted
+	// first, the renders are waited for (Drain.Timeout, zero: not at all),
+	// then Drain.Delay, and only then is the lease revoked.
+	Drain Drain
 }
 
 // Validate fills defaults and checks the configuration. Its messages are one
@@ -84,6 +89,15 @@ func (c *Config) Validate() error {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Drain.Timeout < 0 || c.Drain.Delay < 0 {
+		return fmt.Errorf("drain timeout %s, delay %s: must not be negative", c.Drain.Timeout, c.Drain.Delay)
+	}
+	if c.Drain.StatusPrefix == "" {
+		c.Drain.StatusPrefix = applied.DefaultPrefix
+	}
+	if err := applied.ValidatePrefix(c.Drain.StatusPrefix); err != nil {
+		return err
 	}
 	return nil
 }
@@ -129,6 +143,11 @@ func register(ctx context.Context, c *store.Client, cfg *Config, health <-chan b
 	healthy := health == nil
 	backoff := cfg.MinBackoff
 	failures := 0
+	// Leases given up on (their keepalive ended) that may still exist in
+	// etcd: revoked once the key is written with a new one, and on exit, so
+	// that nothing lingers on an old lease.
+	var stale []store.LeaseID
+	defer func() { revokeStale(context.Background(), c, &stale, log) }()
 	for {
 		for !healthy {
 			select {
@@ -161,14 +180,51 @@ func register(ctx context.Context, c *store.Client, cfg *Config, health <-chan b
 			log.Info("announced", "lease", fmt.Sprintf("%x", int64(lease.ID())), "ttl", lease.TTL())
 		}
 		failures, backoff = 0, cfg.MinBackoff
+		revokeStale(ctx, c, &stale, log)
 		if cfg.OnPut != nil {
 			cfg.OnPut(lease.ID())
 		}
-		if healthy = hold(ctx, c, cfg, lease, rev, health, log); ctx.Err() != nil {
+		var out outcome
+		out, healthy = hold(ctx, c, cfg, lease, rev, health, log)
+		if out == leaseLost {
+			stale = append(stale, lease.ID())
+		}
+		if ctx.Err() != nil || out == withdrawnDone {
 			return nil
 		}
 	}
 }
+
+// revokeStale revokes the leases in *stale, each bounded by 2s, keeping
+// those etcd did not answer for.
+func revokeStale(ctx context.Context, c *store.Client, stale *[]store.LeaseID, log *slog.Logger) {
+	if len(*stale) == 0 {
+		return
+	}
+	ctx = context.WithoutCancel(ctx)
+	kept := (*stale)[:0]
+	for _, id := range *stale {
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := c.RevokeLease(rctx, id)
+		cancel()
+		if err != nil {
+			kept = append(kept, id)
+			continue
+		}
+		log.Info("revoked an abandoned lease", "lease", fmt.Sprintf("%x", int64(id)))
+	}
+	*stale = kept
+}
+
+// outcome is how hold ended.
+type outcome int
+
+const (
+	done          outcome = iota // ctx ended; withdrawn
+	leaseLost                    // grant a new lease
+	unhealthy                    // the check failed; withdrawn
+	withdrawnDone                // withdrawn by announce --withdraw, then ctx ended
+)
 
 // hold keeps lease until ctx ends (it then withdraws the key), the lease is
 // lost, or the health check fails (it then withdraws the key). Meanwhile it
@@ -176,25 +232,25 @@ func register(ctx context.Context, c *store.Client, cfg *Config, health <-chan b
 // deletes it (etcdctl del, a cleanup script), it is written again with the
 // same lease; when someone else overwrites it, that is logged, not fought. It
 // reports whether the service is still healthy.
-func hold(ctx context.Context, c *store.Client, cfg *Config, lease *store.Lease, rev int64, health <-chan bool, log *slog.Logger) (healthy bool) {
+func hold(ctx context.Context, c *store.Client, cfg *Config, lease *store.Lease, rev int64, health <-chan bool, log *slog.Logger) (outcome, bool) {
 	w := c.WatchPrefix(ctx, cfg.Key, rev+1)
 	defer func() { w.Close() }()
 	for {
 		select {
 		case <-ctx.Done():
-			withdraw(c, lease, cfg.TTL, log)
-			return true
+			drain(c, cfg, lease, log)
+			return done, true
 		case <-lease.Done():
 			log.Warn("lease lost; granting a new one", "lease", fmt.Sprintf("%x", int64(lease.ID())))
 			lease.Abandon()
-			return true
+			return leaseLost, true
 		case h := <-health:
 			if h {
 				continue
 			}
 			log.Warn("health check failing; withdrawing the key")
 			withdraw(c, lease, cfg.TTL, log)
-			return false
+			return unhealthy, false
 		case b, ok := <-w.C:
 			if ctx.Err() != nil {
 				continue // ctx.Done is ready too
@@ -203,8 +259,11 @@ func hold(ctx context.Context, c *store.Client, cfg *Config, lease *store.Lease,
 				// The watch ended (history compacted): look, then watch afresh.
 				w.Close()
 				missing, next := keyMissing(ctx, c, cfg.Key)
+				if missing && markedWithdrawn(ctx, c, cfg.Key, lease) {
+					return stayWithdrawn(ctx, c, cfg, lease, log), true
+				}
 				if missing && !restore(ctx, c, cfg, lease, log) {
-					return true
+					return leaseLost, true
 				}
 				w = c.WatchPrefix(ctx, cfg.Key, next)
 				continue
@@ -215,9 +274,12 @@ func hold(ctx context.Context, c *store.Client, cfg *Config, lease *store.Lease,
 				}
 				switch {
 				case ev.Type == store.EventDelete:
+					if markedWithdrawn(ctx, c, cfg.Key, lease) {
+						return stayWithdrawn(ctx, c, cfg, lease, log), true
+					}
 					log.Warn("key deleted by someone else; writing it again")
 					if !restore(ctx, c, cfg, lease, log) {
-						return true
+						return leaseLost, true
 					}
 				case ev.KV.Lease != lease.ID():
 					log.Warn("key overwritten by another writer; leaving it to them",
@@ -226,6 +288,49 @@ func hold(ctx context.Context, c *store.Client, cfg *Config, lease *store.Lease,
 			}
 		}
 	}
+}
+
+// markedWithdrawn reports whether key's withdrawn marker exists bound to
+// lease: announce --withdraw deleted the key (then it must not be written
+// again).
+func markedWithdrawn(ctx context.Context, c *store.Client, key string, lease *store.Lease) bool {
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	kv, found, _, err := c.Get(rctx, WithdrawnMarker(key))
+	return err == nil && found && kv.Lease == lease.ID()
+}
+
+// stayWithdrawn keeps the lease (and the marker bound to it) without the key
+// until ctx ends, then revokes it.
+func stayWithdrawn(ctx context.Context, c *store.Client, cfg *Config, lease *store.Lease, log *slog.Logger) outcome {
+	log.Info("key withdrawn by announce --withdraw; not writing it again until stopped")
+	select {
+	case <-ctx.Done():
+		withdraw(c, lease, cfg.TTL, log)
+	case <-lease.Done():
+		lease.Abandon()
+		<-ctx.Done()
+	}
+	return withdrawnDone
+}
+
+// drain is the acknowledged withdrawal on stop: delete the key if it is
+// still bound to lease, wait for the renders to apply the deletion (bounded
+// by cfg.Drain.Timeout) and cfg.Drain.Delay, then revoke the lease.
+func drain(c *store.Client, cfg *Config, lease *store.Lease, log *slog.Logger) {
+	ctx := context.Background()
+	dctx, cancel := context.WithTimeout(ctx, min(cfg.TTL, 5*time.Second))
+	found, _, rev, err := DeleteOwn(dctx, c, cfg.Key, "", lease.ID(), false)
+	cancel()
+	switch {
+	case err != nil && !errors.Is(err, ErrNotOwn):
+		log.Warn("withdraw: delete the key", "err", err)
+	case err == nil && found:
+		log.Info("key deleted; waiting for the load balancers", "rev", rev, "drain_timeout", cfg.Drain.Timeout)
+		WaitApplied(ctx, c, cfg.Key, rev, cfg.Drain, log)
+		cfg.Drain.sleep(ctx, cfg.Key, log)
+	}
+	withdraw(c, lease, cfg.TTL, log)
 }
 
 // keyMissing reads key; on error it answers false (nothing to restore) and

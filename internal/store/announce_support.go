@@ -39,3 +39,9 @@ func IsAuthError(err error) bool {
 	}
 	return false
 }
+
+// LeaseIs holds when key exists bound to lease id (0: key absent or bound
+// to no lease).
+func LeaseIs(key string, id LeaseID) Cmp {
+	return Cmp{clientv3.Compare(clientv3.LeaseValue(key), "=", clientv3.LeaseID(id))}
+}
