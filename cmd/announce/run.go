@@ -77,16 +77,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 // options is the parsed command line.
 type options struct {
-	store     store.Config
-	cfg       announce.Config
-	detach    bool
-	delete    bool
-	withdraw  bool
+	store    store.Config
+	cfg      announce.Config
+	detach   bool
+	delete   bool
+	withdraw bool
 	// detachTimeout bounds how long --detach waits for the key to be written.
 	detachTimeout time.Duration
-	logLevel  slog.Level
-	checkURL  string
-	checkOpts announce.CheckOptions
+	logLevel      slog.Level
+	checkURL      string
+	checkOpts     announce.CheckOptions
 }
 
 func runEnv(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {

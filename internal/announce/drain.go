@@ -88,7 +88,7 @@ func WaitApplied(ctx context.Context, c *store.Client, key string, rev int64, d 
 		log.Warn("drain: cannot read the render statuses; not waiting for them", "key", key, "err", err)
 		return nil
 	}
-	covering := map[string]string{}          // status key → host/resource
+	covering := map[string]string{}        // status key → host/resource
 	pending := map[string]applied.Status{} // not yet at rev
 	note := func(k string, v []byte) {
 		s, err := applied.Decode(v)
