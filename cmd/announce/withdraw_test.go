@@ -204,3 +204,50 @@ func TestDetachTimeoutStartsAnyway(t *testing.T) {
 	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
 	waitKey(t, c, "/late", false, 10*time.Second)
 }
+
+// TestAbandonedLeaseRevoked: etcd down longer than the TTL ends the
+// keepalive, yet etcd restores the old lease for a TTL when it restarts; the
+// lease announce gave up on is revoked once the key is written with a new
+// one, so nothing lingers on it.
+func TestAbandonedLeaseRevoked(t *testing.T) {
+	srv := processEtcd(t)
+	c := srv.Client()
+	const ttl = 5 * time.Second
+	p := start(t, env(srv), "--ttl", ttl.String(), "/ab", "h 10.0.0.1:1")
+	before, _ := waitKey(t, c, "/ab", true, 10*time.Second)
+	srv.Stop()
+	time.Sleep(ttl + 2*time.Second)
+	srv.Start()
+	var now store.KV
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		kv, found, _, err := c.Get(ctx, "/ab")
+		cancel()
+		if err == nil && found && kv.Lease != before.Lease {
+			now = kv
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("key not written with a new lease within 20s (found=%v err=%v)", found, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	rewritten := time.Now()
+	// Well before the old lease could expire by itself (a TTL after the
+	// restart), it is gone: revoked.
+	for {
+		alive, _ := (leaseProbe{c}).alive(t, before.Lease)
+		if !alive {
+			break
+		}
+		if time.Since(rewritten) > ttl/2 {
+			t.Fatalf("old lease %x still alive %s after the key was written with %x", int64(before.Lease), time.Since(rewritten), int64(now.Lease))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("old lease %x gone %s after the key was written with lease %x", int64(before.Lease), time.Since(rewritten).Round(time.Millisecond), int64(now.Lease))
+	if !strings.Contains(readLog(p), "revoked an abandoned lease") {
+		t.Errorf("log does not say the abandoned lease was revoked:\n%s", readLog(p))
+	}
+}
