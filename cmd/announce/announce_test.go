@@ -19,7 +19,7 @@ import (
 	"github.com/flotilla/flotilla/internal/store"
 )
 
-func TestMain(m *testing.M) { testmain.Run(m, "announce") }
+func TestMain(m *testing.M) { testmain.Run(m, "announce", "render") }
 
 // binary returns the announce command built once for the subprocess tests.
 func binary() string { return testmain.Bin("announce") }
