@@ -330,6 +330,16 @@ func TestDelete(t *testing.T) {
 	if alive, err := l.Alive(ctx); err != nil || !alive {
 		t.Fatalf("--delete revoked another registration's lease (alive=%v, %v)", alive, err)
 	}
+	p = start(t, env(srv), "--withdraw", "/del/x", "h2 10.0.0.2:1")
+	if err := p.wait(t, 10*time.Second); err != nil {
+		t.Fatalf("announce --withdraw of another's key: %v", err)
+	}
+	if kv, found, _, _ := c.Get(ctx, "/del/x"); !found || kv.Lease != l.ID() {
+		t.Fatal("--withdraw removed a registration that was not its own")
+	}
+	if _, found, _, _ := c.Get(ctx, "/flotilla/announce/withdrawn/del/x"); found {
+		t.Fatal("--withdraw marked another registration withdrawn")
+	}
 	p = start(t, env(srv), "--delete", "/del/x", "h 10.0.0.1:1")
 	if err := p.wait(t, 10*time.Second); err != nil {
 		t.Fatalf("announce --delete: %v", err)
