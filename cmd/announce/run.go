@@ -129,6 +129,10 @@ func parse(args []string, stdout io.Writer, getenv func(string) string) (*option
 	unit := fs.String("unit", "", "unit name for --format json (default: the systemd unit this runs in)")
 	machine := fs.String("machine", "", "machine id for --format json (default: $FLOTILLA_MACHINE_ID, else /etc/machine-id)")
 	format := fs.String("format", "plain", "value format: plain (\"<host> <ip>:<port>\") or json")
+	var md metadata
+	fs.Var(&stringsFlag{&md.tags}, "tag", "with --format json: a tag in the value (repeatable)")
+	fs.Var(&stringsFlag{&md.meta}, "meta", "with --format json: key=value in the value's meta (repeatable)")
+	fs.IntVar(&md.weight, "weight", 0, "with --format json: the weight a load balancer gives this instance (0-256; not in the value unless given)")
 	fs.StringVar(&o.checkURL, "check", "", "health check gating the key: tcp://host:port or http(s)://host:port/path (2xx/3xx healthy)")
 	fs.DurationVar(&o.cfg.CheckInterval, "check-interval", 5*time.Second, "time between health checks (also each check's timeout)")
 	fs.IntVar(&o.cfg.CheckThreshold, "check-threshold", 3, "failed checks in a row that withdraw the key")
@@ -183,7 +187,7 @@ func parse(args []string, stdout io.Writer, getenv func(string) string) (*option
 		if *addr != "" || *ipSpec != "" {
 			return nil, cmdline.Usagef("give VALUE or --addr/--ip, not both")
 		}
-		for _, name := range []string{"format", "host", "unit", "machine"} {
+		for _, name := range []string{"format", "host", "unit", "machine", "tag", "meta", "weight"} {
 			if set[name] {
 				return nil, cmdline.Usagef("--%s shapes the value made from --addr; a VALUE is written as given: drop one", name)
 			}
@@ -191,9 +195,27 @@ func parse(args []string, stdout io.Writer, getenv func(string) string) (*option
 		if strings.TrimSpace(rest[1]) == "" {
 			return nil, cmdline.Usagef("key %s: empty value", o.cfg.Key)
 		}
+		if strings.ContainsFunc(rest[1], func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+			return nil, cmdline.Usagef("key %s: value %q contains a control character", o.cfg.Key, rest[1])
+		}
+		if len(rest[1]) > endpoint.MaxValueLen {
+			return nil, cmdline.Usagef("key %s: value of %d bytes, at most %d", o.cfg.Key, len(rest[1]), endpoint.MaxValueLen)
+		}
 		o.cfg.Value = rest[1]
 	} else {
-		v, err := buildValue(*addr, *ipSpec, *host, *unit, *machine, f, getenv)
+		if f != endpoint.JSON {
+			for _, name := range []string{"tag", "meta", "weight"} {
+				if set[name] {
+					return nil, cmdline.Usagef("--%s needs --format json (the plain value stays the seed's \"<host> <ip>:<port>\")", name)
+				}
+			}
+		}
+		md.weightSet = set["weight"]
+		e, err := md.apply()
+		if err != nil {
+			return nil, cmdline.Usagef("%v", err)
+		}
+		v, err := buildValue(*addr, *ipSpec, *host, *unit, *machine, f, getenv, e)
 		if err != nil {
 			if (o.delete || o.withdraw) && *addr == "" {
 				return nil, cmdline.Usagef("--%s needs the registration's VALUE or --addr, to remove only its own (see --help)", map[bool]string{true: "delete", false: "withdraw"}[o.delete])
@@ -234,6 +256,49 @@ func parse(args []string, stdout io.Writer, getenv func(string) string) (*option
 	return o, nil
 }
 
+// stringsFlag is a repeatable string flag.
+type stringsFlag struct{ v *[]string }
+
+func (f *stringsFlag) String() string {
+	if f.v == nil {
+		return ""
+	}
+	return strings.Join(*f.v, ",")
+}
+
+func (f *stringsFlag) Set(s string) error { *f.v = append(*f.v, s); return nil }
+
+// metadata is --tag, --meta and --weight as given.
+type metadata struct {
+	tags, meta []string
+	weight     int
+	weightSet  bool
+}
+
+// apply returns an Endpoint holding the metadata (validated when encoded).
+func (m metadata) apply() (endpoint.Endpoint, error) {
+	var e endpoint.Endpoint
+	e.Tags = m.tags
+	for _, kv := range m.meta {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return e, fmt.Errorf("--meta %q: want key=value", kv)
+		}
+		if e.Meta == nil {
+			e.Meta = map[string]string{}
+		}
+		if _, dup := e.Meta[k]; dup {
+			return e, fmt.Errorf("--meta %s given twice", k)
+		}
+		e.Meta[k] = v
+	}
+	if m.weightSet {
+		w := m.weight
+		e.Weight = &w
+	}
+	return e, nil
+}
+
 // refuseIrrelevant refuses the modes that exclude each other and the flags
 // the chosen mode would silently ignore.
 func refuseIrrelevant(o *options, set map[string]bool) error {
@@ -271,7 +336,7 @@ func refuseIrrelevant(o *options, set map[string]bool) error {
 }
 
 // buildValue makes the default value from --addr/--ip and the machine's facts.
-func buildValue(addr, ipSpec, host, unit, machine string, f endpoint.Format, getenv func(string) string) (string, error) {
+func buildValue(addr, ipSpec, host, unit, machine string, f endpoint.Format, getenv func(string) string, e endpoint.Endpoint) (string, error) {
 	if addr == "" {
 		return "", errors.New("missing VALUE or --addr ip:port (see --help)")
 	}
@@ -300,7 +365,7 @@ func buildValue(addr, ipSpec, host, unit, machine string, f endpoint.Format, get
 			return "", fmt.Errorf("host name: %w (give --host)", err)
 		}
 	}
-	e := endpoint.Endpoint{Host: host, Addr: addr}
+	e.Host, e.Addr = host, addr
 	if f == endpoint.JSON {
 		e.Unit, e.Machine = unit, machine
 		if e.Unit == "" {
