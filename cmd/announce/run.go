@@ -24,6 +24,7 @@ import (
 	"github.com/flotilla/flotilla/internal/cmdline"
 	"github.com/flotilla/flotilla/internal/endpoint"
 	"github.com/flotilla/flotilla/internal/store"
+	"github.com/flotilla/flotilla/internal/unit"
 )
 
 const usage = `usage: announce [flags] KEY [VALUE]
@@ -87,6 +88,10 @@ type options struct {
 	logLevel      slog.Level
 	checkURL      string
 	checkOpts     announce.CheckOptions
+	// checkCmd is --check-cmd; checkShell runs it with sh -c.
+	checkCmd     string
+	checkShell   bool
+	checkTimeout time.Duration
 }
 
 func runEnv(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
@@ -137,6 +142,12 @@ func parse(args []string, stdout io.Writer, getenv func(string) string) (*option
 	fs.DurationVar(&o.cfg.CheckInterval, "check-interval", 5*time.Second, "time between health checks (also each check's timeout)")
 	fs.IntVar(&o.cfg.CheckThreshold, "check-threshold", 3, "failed checks in a row that withdraw the key")
 	fs.BoolVar(&o.checkOpts.InsecureSkipVerify, "check-insecure", false, "accept any certificate from an https check")
+	fs.StringVar(&o.checkCmd, "check-cmd", "", "health check gating the key: a command, healthy when it exits 0 (run without a shell; its output goes to the log)")
+	fs.BoolVar(&o.checkShell, "check-shell", false, "run --check-cmd with /bin/sh -c")
+	fs.DurationVar(&o.checkTimeout, "check-timeout", 0, "bound of one check (default: --check-interval)")
+	fs.IntVar(&o.cfg.CheckRise, "check-rise", 1, "passed checks in a row that (re)write the key (beside --check-threshold's failures)")
+	fs.Var(&intsFlag{&o.checkOpts.ExpectStatus}, "check-status", "with an http(s) --check: the healthy status codes (repeatable or comma list; default any 2xx/3xx)")
+	fs.StringVar(&o.checkOpts.ExpectHeader, "check-header", "", "with an http(s) --check: a header the answer must carry, \"Name: value\"")
 	fs.BoolVar(&o.detach, "detach", false, "return once the key is written, leaving a keeper process (for ExecStartPost=)")
 	fs.BoolVar(&o.delete, "delete", false, "delete KEY and revoke its lease if KEY holds VALUE (for ExecStopPost=)")
 	fs.BoolVar(&o.withdraw, "withdraw", false, "delete KEY if it holds VALUE, wait for the renders to apply that, then exit (for ExecStop=)")
@@ -233,19 +244,8 @@ func parse(args []string, stdout io.Writer, getenv func(string) string) (*option
 		}
 		return o, nil
 	}
-	if o.checkURL != "" {
-		if o.cfg.CheckInterval <= 0 {
-			return nil, cmdline.Usagef("--check-interval %s: must be positive", o.cfg.CheckInterval)
-		}
-		if o.cfg.CheckThreshold < 1 {
-			return nil, cmdline.Usagef("--check-threshold %d: must be at least 1", o.cfg.CheckThreshold)
-		}
-		o.checkOpts.Timeout = o.cfg.CheckInterval
-		c, err := announce.ParseCheck(o.checkURL, o.checkOpts)
-		if err != nil {
-			return nil, cmdline.Usagef("--%v", err)
-		}
-		o.cfg.Check = c
+	if err := parseCheck(o, set); err != nil {
+		return nil, err
 	}
 	if err := o.cfg.Validate(); err != nil {
 		return nil, cmdline.Usagef("%v", err)
@@ -254,6 +254,88 @@ func parse(args []string, stdout io.Writer, getenv func(string) string) (*option
 		return nil, cmdline.Usagef("ttl %s: etcd leases are whole seconds", o.cfg.TTL)
 	}
 	return o, nil
+}
+
+// parseCheck makes o.cfg.Check from --check or --check-cmd and their flags.
+func parseCheck(o *options, set map[string]bool) error {
+	if o.checkURL != "" && o.checkCmd != "" {
+		return cmdline.Usagef("--check and --check-cmd exclude each other")
+	}
+	if o.checkURL == "" && o.checkCmd == "" {
+		for _, name := range []string{"check-interval", "check-threshold", "check-rise", "check-timeout", "check-insecure", "check-status", "check-header", "check-shell"} {
+			if set[name] {
+				return cmdline.Usagef("--%s needs --check or --check-cmd", name)
+			}
+		}
+		return nil
+	}
+	if o.cfg.CheckInterval <= 0 {
+		return cmdline.Usagef("--check-interval %s: must be positive", o.cfg.CheckInterval)
+	}
+	if o.cfg.CheckThreshold < 1 {
+		return cmdline.Usagef("--check-threshold %d: must be at least 1", o.cfg.CheckThreshold)
+	}
+	if o.cfg.CheckRise < 1 {
+		return cmdline.Usagef("--check-rise %d: must be at least 1", o.cfg.CheckRise)
+	}
+	if o.checkTimeout < 0 {
+		return cmdline.Usagef("--check-timeout %s: must be positive", o.checkTimeout)
+	}
+	timeout := o.checkTimeout
+	if timeout == 0 || timeout > o.cfg.CheckInterval {
+		timeout = o.cfg.CheckInterval // a check never outlasts its interval
+	}
+	if o.checkCmd != "" {
+		for _, name := range []string{"check-insecure", "check-status", "check-header"} {
+			if set[name] {
+				return cmdline.Usagef("--%s applies to an http(s) --check, not --check-cmd", name)
+			}
+		}
+		argv := []string{"/bin/sh", "-c", o.checkCmd}
+		if !o.checkShell {
+			var err error
+			if argv, err = unit.SplitWords(o.checkCmd); err != nil || len(argv) == 0 {
+				return cmdline.Usagef("--check-cmd %q: cannot split into words (%v); quote it, or use --check-shell", o.checkCmd, err)
+			}
+		}
+		c, err := announce.CommandCheck(argv, timeout, nil)
+		if err != nil {
+			return cmdline.Usagef("--%v", err)
+		}
+		o.cfg.Check = c
+		return nil
+	}
+	if set["check-shell"] {
+		return cmdline.Usagef("--check-shell applies to --check-cmd")
+	}
+	o.checkOpts.Timeout = timeout
+	c, err := announce.ParseCheck(o.checkURL, o.checkOpts)
+	if err != nil {
+		return cmdline.Usagef("--%v", err)
+	}
+	o.cfg.Check = c
+	return nil
+}
+
+// intsFlag is a repeatable integer flag that also takes comma lists.
+type intsFlag struct{ v *[]int }
+
+func (f *intsFlag) String() string {
+	if f.v == nil {
+		return ""
+	}
+	return fmt.Sprint(*f.v)
+}
+
+func (f *intsFlag) Set(s string) error {
+	for _, x := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(x))
+		if err != nil {
+			return fmt.Errorf("%q: not a number", x)
+		}
+		*f.v = append(*f.v, n)
+	}
+	return nil
 }
 
 // stringsFlag is a repeatable string flag.
@@ -316,10 +398,10 @@ func refuseIrrelevant(o *options, set map[string]bool) error {
 	switch {
 	case o.delete:
 		mode = "--delete"
-		irrelevant = []string{"ttl", "check", "check-interval", "check-threshold", "check-insecure", "detach-timeout", "drain-timeout", "drain-delay", "status-prefix"}
+		irrelevant = []string{"ttl", "check", "check-interval", "check-threshold", "check-insecure", "check-cmd", "check-shell", "check-timeout", "check-rise", "check-status", "check-header", "detach-timeout", "drain-timeout", "drain-delay", "status-prefix"}
 	case o.withdraw:
 		mode = "--withdraw"
-		irrelevant = []string{"ttl", "check", "check-interval", "check-threshold", "check-insecure", "detach-timeout"}
+		irrelevant = []string{"ttl", "check", "check-interval", "check-threshold", "check-insecure", "check-cmd", "check-shell", "check-timeout", "check-rise", "check-status", "check-header", "detach-timeout"}
 	case !o.detach:
 		mode = "announce without --detach"
 		irrelevant = []string{"detach-timeout"}

@@ -40,6 +40,8 @@ type Config struct {
 	CheckInterval time.Duration
 	// CheckThreshold is how many failures in a row withdraw the key; default 3.
 	CheckThreshold int
+	// CheckRise is how many passes in a row (re)write the key; default 1.
+	CheckRise int
 	// MinBackoff and MaxBackoff bound the wait between failed attempts to
 	// (re-)register; defaults 100ms and 2s.
 	MinBackoff, MaxBackoff time.Duration
@@ -80,6 +82,12 @@ func (c *Config) Validate() error {
 	}
 	if c.CheckThreshold < 0 {
 		return fmt.Errorf("check threshold %d: must be at least 1", c.CheckThreshold)
+	}
+	if c.CheckRise == 0 {
+		c.CheckRise = 1
+	}
+	if c.CheckRise < 0 {
+		return fmt.Errorf("check rise %d: must be at least 1", c.CheckRise)
 	}
 	if c.MinBackoff <= 0 {
 		c.MinBackoff = 100 * time.Millisecond
@@ -128,6 +136,9 @@ func Run(ctx context.Context, c *store.Client, cfg Config) error {
 	}
 	if cfg.Check == nil {
 		return register(ctx, c, &cfg, nil)
+	}
+	if l, ok := cfg.Check.(interface{ setLogger(*slog.Logger) }); ok {
+		l.setLogger(cfg.Logger.With("key", cfg.Key))
 	}
 	health := make(chan bool, 1)
 	g, gctx := errgroup.WithContext(ctx)
