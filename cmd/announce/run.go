@@ -31,6 +31,7 @@ const usage = `usage: announce [flags] KEY [VALUE]
        announce --detach [flags] KEY [VALUE]
        announce --delete [flags] KEY VALUE|--addr ip:port
        announce --withdraw [flags] KEY VALUE|--addr ip:port
+       announce --list [--json] PREFIX
 
 Writes KEY=VALUE to etcd bound to a lease and keeps the lease alive until
 SIGTERM/SIGINT, which revokes it: the key disappears at once, and at most
@@ -83,6 +84,8 @@ type options struct {
 	detach   bool
 	delete   bool
 	withdraw bool
+	list     bool
+	json     bool
 	// detachTimeout bounds how long --detach waits for the key to be written.
 	detachTimeout time.Duration
 	logLevel      slog.Level
@@ -102,6 +105,8 @@ func runEnv(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
 	o.cfg.Logger = log
 	switch {
+	case o.list:
+		return listKeys(ctx, o, o.cfg.Key, o.json, stdout)
 	case o.delete:
 		return deleteKey(ctx, o, log)
 	case o.withdraw:
@@ -155,6 +160,8 @@ func parse(args []string, stdout io.Writer, getenv func(string) string) (*option
 	fs.DurationVar(&o.cfg.Drain.Timeout, "drain-timeout", 10*time.Second, "on stop and with --withdraw: longest wait for the renders to apply the deletion (0: no wait)")
 	fs.DurationVar(&o.cfg.Drain.Delay, "drain-delay", 0, "on stop and with --withdraw: wait this long more, for connections in flight")
 	fs.StringVar(&o.cfg.Drain.StatusPrefix, "status-prefix", applied.DefaultPrefix, "where renders publish what they applied (render -status-prefix)")
+	fs.BoolVar(&o.list, "list", false, "list what is announced under PREFIX: key, state, lease time left, value")
+	fs.BoolVar(&o.json, "json", false, "with --list: JSON instead of a table")
 	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	if err := cmdline.Parse(fs, args, stdout, usage); err != nil {
 		return nil, err
@@ -171,6 +178,9 @@ func parse(args []string, stdout io.Writer, getenv func(string) string) (*option
 	rest := fs.Args()
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if o.list || set["json"] {
+		return parseList(o, set, rest)
+	}
 	if err := refuseIrrelevant(o, set); err != nil {
 		return nil, err
 	}
@@ -253,6 +263,29 @@ func parse(args []string, stdout io.Writer, getenv func(string) string) (*option
 	if o.cfg.TTL%time.Second != 0 {
 		return nil, cmdline.Usagef("ttl %s: etcd leases are whole seconds", o.cfg.TTL)
 	}
+	return o, nil
+}
+
+// parseList checks --list PREFIX [--json]: only the etcd flags go with it.
+func parseList(o *options, set map[string]bool, rest []string) (*options, error) {
+	if !o.list {
+		return nil, cmdline.Usagef("--json goes with --list")
+	}
+	for _, name := range []string{"ttl", "addr", "ip", "host", "unit", "machine", "format", "tag", "meta", "weight",
+		"check", "check-interval", "check-threshold", "check-insecure", "check-cmd", "check-shell", "check-timeout",
+		"check-rise", "check-status", "check-header", "detach", "delete", "withdraw", "detach-timeout",
+		"drain-timeout", "drain-delay", "status-prefix"} {
+		if set[name] {
+			return nil, cmdline.Usagef("--%s has no effect with --list: drop it", name)
+		}
+	}
+	if len(rest) != 1 {
+		return nil, cmdline.Usagef("--list takes exactly one PREFIX (see --help)")
+	}
+	if !strings.HasPrefix(rest[0], "/") {
+		return nil, cmdline.Usagef("--list %q: the prefix must start with '/'", rest[0])
+	}
+	o.cfg.Key = rest[0]
 	return o, nil
 }
 
