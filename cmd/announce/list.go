@@ -21,8 +21,10 @@ type listEntry struct {
 	Lease string `json:"lease,omitempty"`
 	// TTL is the lease's time left in seconds (0: no lease).
 	TTL int64 `json:"ttl_seconds"`
-	// State is "announced" (the key is there: its check, if any, passes)
-	// or "withdrawn" (announce --withdraw removed it; its keeper still runs).
+	// State is "announced" (the key is there: its check, if any, passes),
+	// "withdrawn" (announce --withdraw removed it; its keeper still runs) or
+	// "maintenance" (announce --maintenance on: withdrawn until off; a key
+	// still there beside it is being withdrawn).
 	State string `json:"state"`
 }
 
@@ -41,6 +43,10 @@ func listKeys(ctx context.Context, o *options, prefix string, asJSON bool, stdou
 		return fmt.Errorf("list %s: %w", prefix, err)
 	}
 	marks, _, err := c.GetPrefix(octx, announce.WithdrawnMarker(prefix))
+	if err != nil {
+		return fmt.Errorf("list %s: %w", prefix, err)
+	}
+	maint, _, err := c.GetPrefix(octx, announce.MaintenanceMarker(prefix))
 	if err != nil {
 		return fmt.Errorf("list %s: %w", prefix, err)
 	}
@@ -73,6 +79,11 @@ func listKeys(ctx context.Context, o *options, prefix string, asJSON bool, stdou
 	}
 	for _, m := range marks {
 		if err := add(strings.TrimPrefix(m.Key, announce.WithdrawnPrefix), "", "withdrawn", m.Lease); err != nil {
+			return err
+		}
+	}
+	for _, m := range maint {
+		if err := add(strings.TrimPrefix(m.Key, announce.MaintenancePrefix), "", "maintenance", 0); err != nil {
 			return err
 		}
 	}

@@ -32,6 +32,7 @@ const usage = `usage: announce [flags] KEY [VALUE]
        announce --delete [flags] KEY VALUE|--addr ip:port
        announce --withdraw [flags] KEY VALUE|--addr ip:port
        announce --list [--json] PREFIX
+       announce --maintenance on|off KEY
 
 Writes KEY=VALUE to etcd bound to a lease and keeps the lease alive until
 SIGTERM/SIGINT, which revokes it: the key disappears at once, and at most
@@ -86,6 +87,7 @@ type options struct {
 	withdraw bool
 	list     bool
 	json     bool
+	maint    string
 	// detachTimeout bounds how long --detach waits for the key to be written.
 	detachTimeout time.Duration
 	logLevel      slog.Level
@@ -107,6 +109,8 @@ func runEnv(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 	switch {
 	case o.list:
 		return listKeys(ctx, o, o.cfg.Key, o.json, stdout)
+	case o.maint != "":
+		return maintenance(ctx, o, log)
 	case o.delete:
 		return deleteKey(ctx, o, log)
 	case o.withdraw:
@@ -162,6 +166,7 @@ func parse(args []string, stdout io.Writer, getenv func(string) string) (*option
 	fs.StringVar(&o.cfg.Drain.StatusPrefix, "status-prefix", applied.DefaultPrefix, "where renders publish what they applied (render -status-prefix)")
 	fs.BoolVar(&o.list, "list", false, "list what is announced under PREFIX: key, state, lease time left, value")
 	fs.BoolVar(&o.json, "json", false, "with --list: JSON instead of a table")
+	fs.StringVar(&o.maint, "maintenance", "", "on: the running announce of KEY withdraws it (acknowledged; lease and process kept) until off; survives restarts")
 	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	if err := cmdline.Parse(fs, args, stdout, usage); err != nil {
 		return nil, err
@@ -180,6 +185,9 @@ func parse(args []string, stdout io.Writer, getenv func(string) string) (*option
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	if o.list || set["json"] {
 		return parseList(o, set, rest)
+	}
+	if set["maintenance"] {
+		return parseMaintenance(o, set, rest)
 	}
 	if err := refuseIrrelevant(o, set); err != nil {
 		return nil, err
@@ -287,6 +295,43 @@ func parseList(o *options, set map[string]bool, rest []string) (*options, error)
 	}
 	o.cfg.Key = rest[0]
 	return o, nil
+}
+
+// parseMaintenance checks --maintenance on|off KEY.
+func parseMaintenance(o *options, set map[string]bool, rest []string) (*options, error) {
+	if o.maint != "on" && o.maint != "off" {
+		return nil, cmdline.Usagef("--maintenance %q: want on or off", o.maint)
+	}
+	for _, name := range []string{"ttl", "addr", "ip", "host", "unit", "machine", "format", "tag", "meta", "weight",
+		"check", "check-interval", "check-threshold", "check-insecure", "check-cmd", "check-shell", "check-timeout",
+		"check-rise", "check-status", "check-header", "detach", "delete", "withdraw", "detach-timeout"} {
+		if set[name] {
+			return nil, cmdline.Usagef("--%s has no effect with --maintenance: drop it", name)
+		}
+	}
+	if len(rest) != 1 {
+		return nil, cmdline.Usagef("--maintenance takes exactly one KEY (see --help)")
+	}
+	o.cfg.Key = rest[0]
+	if err := announce.ValidateKey(o.cfg.Key); err != nil {
+		return nil, cmdline.Usagef("%v", err)
+	}
+	if err := applied.ValidatePrefix(o.cfg.Drain.StatusPrefix); err != nil {
+		return nil, cmdline.Usagef("--%v", err)
+	}
+	return o, nil
+}
+
+// maintenance is --maintenance on|off KEY.
+func maintenance(ctx context.Context, o *options, log *slog.Logger) error {
+	octx, cancel := context.WithTimeout(ctx, o.store.DialTimeout+10*time.Second)
+	c, err := store.Open(octx, o.store)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("maintenance %s: %w", o.cfg.Key, err)
+	}
+	defer c.Close()
+	return announce.Maintenance(ctx, c, o.cfg.Key, o.maint == "on", o.cfg.Drain, log)
 }
 
 // parseCheck makes o.cfg.Check from --check or --check-cmd and their flags.

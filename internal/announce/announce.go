@@ -167,6 +167,10 @@ func register(ctx context.Context, c *store.Client, cfg *Config, health <-chan b
 			case healthy = <-health:
 			}
 		}
+		mrev, ok := waitMaintenanceOff(ctx, c, cfg.Key, log)
+		if !ok {
+			return nil
+		}
 		lease, rev, err := put(ctx, c, cfg)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -196,7 +200,7 @@ func register(ctx context.Context, c *store.Client, cfg *Config, health <-chan b
 			cfg.OnPut(lease.ID())
 		}
 		var out outcome
-		out, healthy = hold(ctx, c, cfg, lease, rev, health, log)
+		out, healthy = hold(ctx, c, cfg, lease, rev, min(rev, mrev), health, log)
 		if out == leaseLost {
 			stale = append(stale, lease.ID())
 		}
@@ -243,11 +247,58 @@ const (
 // deletes it (etcdctl del, a cleanup script), it is written again with the
 // same lease; when someone else overwrites it, that is logged, not fought. It
 // reports whether the service is still healthy.
-func hold(ctx context.Context, c *store.Client, cfg *Config, lease *store.Lease, rev int64, health <-chan bool, log *slog.Logger) (outcome, bool) {
+func hold(ctx context.Context, c *store.Client, cfg *Config, lease *store.Lease, rev, mrev int64, health <-chan bool, log *slog.Logger) (outcome, bool) {
 	w := c.WatchPrefix(ctx, cfg.Key, rev+1)
 	defer func() { w.Close() }()
+	from := mrev + 1
+	if mrev == 0 {
+		from = 0 // unknown: from now
+	}
+	mw := c.WatchPrefix(ctx, MaintenanceMarker(cfg.Key), from)
+	defer func() { mw.Close() }()
+	inMaint := false
+	setMaint := func(on bool) bool {
+		switch {
+		case on && !inMaint:
+			log.Info("maintenance on: withdrawing the key, keeping the lease")
+			dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			_, _, _, err := DeleteOwn(dctx, c, cfg.Key, "", lease.ID(), false)
+			cancel()
+			if err != nil && !errors.Is(err, ErrNotOwn) {
+				log.Warn("maintenance: delete the key", "err", err)
+			}
+			inMaint = true
+		case !on && inMaint:
+			log.Info("maintenance off: announcing again")
+			inMaint = false
+			if !restore(ctx, c, cfg, lease, log) {
+				return false
+			}
+		}
+		return true
+	}
 	for {
 		select {
+		case b, ok := <-mw.C:
+			if ctx.Err() != nil {
+				continue
+			}
+			on := inMaint
+			if !ok || b.Err != nil {
+				mw.Close()
+				var next int64
+				on, next = maintenanceOn(ctx, c, cfg.Key)
+				mw = c.WatchPrefix(ctx, MaintenanceMarker(cfg.Key), next)
+			} else {
+				for _, ev := range b.Events {
+					if ev.KV.Key == MaintenanceMarker(cfg.Key) {
+						on = ev.Type == store.EventPut
+					}
+				}
+			}
+			if !setMaint(on) {
+				return leaseLost, true
+			}
 		case <-ctx.Done():
 			drain(c, cfg, lease, log)
 			return done, true
@@ -270,6 +321,7 @@ func hold(ctx context.Context, c *store.Client, cfg *Config, lease *store.Lease,
 				// The watch ended (history compacted): look, then watch afresh.
 				w.Close()
 				missing, next := keyMissing(ctx, c, cfg.Key)
+				missing = missing && !inMaint
 				if missing && markedWithdrawn(ctx, c, cfg.Key, lease) {
 					return stayWithdrawn(ctx, c, cfg, lease, log), true
 				}
@@ -284,6 +336,8 @@ func hold(ctx context.Context, c *store.Client, cfg *Config, lease *store.Lease,
 					continue // a longer key under the same prefix
 				}
 				switch {
+				case ev.Type == store.EventDelete && inMaint:
+					// Our own withdrawal for maintenance.
 				case ev.Type == store.EventDelete:
 					if markedWithdrawn(ctx, c, cfg.Key, lease) {
 						return stayWithdrawn(ctx, c, cfg, lease, log), true
@@ -295,6 +349,109 @@ func hold(ctx context.Context, c *store.Client, cfg *Config, lease *store.Lease,
 				case ev.KV.Lease != lease.ID():
 					log.Warn("key overwritten by another writer; leaving it to them",
 						"their_lease", fmt.Sprintf("%x", int64(ev.KV.Lease)), "value", string(ev.KV.Value))
+				}
+			}
+		}
+	}
+}
+
+// MaintenancePrefix holds the maintenance markers: announce --maintenance on
+// writes MaintenancePrefix+KEY (no lease: it survives a restart of announce)
+// and the announce keeping KEY withdraws it, keeping its lease and process,
+// until --maintenance off deletes the marker.
+const MaintenancePrefix = "/flotilla/announce/maintenance"
+
+// MaintenanceMarker returns the maintenance marker key of key.
+func MaintenanceMarker(key string) string { return MaintenancePrefix + key }
+
+// maintenanceOn reads key's marker; on error it answers false (announce) and
+// watches from now.
+func maintenanceOn(ctx context.Context, c *store.Client, key string) (on bool, next int64) {
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, found, rev, err := c.Get(rctx, MaintenanceMarker(key))
+	if err != nil {
+		return false, 0
+	}
+	return found, rev + 1
+}
+
+// Maintenance turns key's maintenance on (the announce keeping it
+// withdraws it; Maintenance then waits for that deletion, at most
+// d.Timeout, and for the renders to apply it, as Withdraw does) or off (the
+// key comes back).
+func Maintenance(ctx context.Context, c *store.Client, key string, on bool, d Drain, log *slog.Logger) error {
+	mctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if !on {
+		if _, err := c.Delete(mctx, MaintenanceMarker(key)); err != nil {
+			return fmt.Errorf("maintenance off %s: %w", key, err)
+		}
+		log.Info("maintenance off; the announce keeping the key writes it again", "key", key)
+		return nil
+	}
+	rev, err := c.Put(mctx, MaintenanceMarker(key), "on", 0)
+	if err != nil {
+		return fmt.Errorf("maintenance on %s: %w", key, err)
+	}
+	_, found, _, err := c.Get(mctx, key)
+	if err != nil {
+		return fmt.Errorf("maintenance on %s: %w", key, err)
+	}
+	if !found {
+		log.Info("maintenance on; the key is not announced", "key", key)
+		return nil
+	}
+	wctx, wcancel := context.WithTimeout(ctx, max(d.Timeout, 5*time.Second))
+	defer wcancel()
+	w := c.WatchPrefix(wctx, key, rev+1)
+	defer w.Close()
+	for {
+		select {
+		case <-wctx.Done():
+			log.Warn("maintenance on; the key is still there (is its announce running?)", "key", key)
+			return nil
+		case b, ok := <-w.C:
+			if !ok || b.Err != nil {
+				continue
+			}
+			for _, ev := range b.Events {
+				if ev.KV.Key == key && ev.Type == store.EventDelete {
+					log.Info("maintenance on; key withdrawn, waiting for the load balancers", "key", key, "rev", ev.KV.ModRevision)
+					WaitApplied(ctx, c, key, ev.KV.ModRevision, d, log)
+					d.sleep(ctx, key, log)
+					return nil
+				}
+			}
+		}
+	}
+}
+
+// waitMaintenanceOff returns once key is not in maintenance, with the
+// revision it saw that at (0: unknown); false when ctx ended first.
+func waitMaintenanceOff(ctx context.Context, c *store.Client, key string, log *slog.Logger) (int64, bool) {
+	on, next := maintenanceOn(ctx, c, key)
+	if !on {
+		return max(next-1, 0), ctx.Err() == nil
+	}
+	log.Info("in maintenance: not announcing until announce --maintenance off", "marker", MaintenanceMarker(key))
+	w := c.WatchPrefix(ctx, MaintenanceMarker(key), next)
+	defer w.Close()
+	for {
+		select {
+		case <-ctx.Done():
+			return 0, false
+		case b, ok := <-w.C:
+			if !ok || b.Err != nil {
+				if ctx.Err() != nil {
+					return 0, false
+				}
+				return waitMaintenanceOff(ctx, c, key, log)
+			}
+			for _, ev := range b.Events {
+				if ev.KV.Key == MaintenanceMarker(key) && ev.Type == store.EventDelete {
+					log.Info("maintenance off")
+					return ev.KV.ModRevision, true
 				}
 			}
 		}
