@@ -33,7 +33,8 @@ listen app
 {{end}}`
 
 // TestAcknowledgedWithdrawalUnderHaproxy: three instances behind a real
-// haproxy that render (-publish-status) reloads, traffic all along. One
+// haproxy that render (-publish-status) reloads, traffic all along. One goes
+// into maintenance and back (announce --maintenance on/off). One
 // stops the ExecStop= way (announce --withdraw, then the process), one by
 // SIGTERM to its foreground announce (which withdraws first, then exits,
 // then the process stops): not one request fails. A backend killed while
@@ -105,6 +106,32 @@ func TestAcknowledgedWithdrawalUnderHaproxy(t *testing.T) {
 
 	run := h.Start(ctx)
 	time.Sleep(300 * time.Millisecond)
+	// Maintenance of web1 and back, its announce and backend running all along.
+	m := start(t, env(srv), "--maintenance", "on", "--drain-timeout", "20s", key(0))
+	if err := m.wait(t, 30*time.Second); err != nil {
+		t.Fatalf("--maintenance on: %v", err)
+	}
+	if log := readLog(m); !strings.Contains(log, "renders applied the withdrawal") {
+		t.Errorf("--maintenance on log:\n%s", log)
+	}
+	inMaint := run.Snapshot().By["web1"]
+	time.Sleep(500 * time.Millisecond)
+	if n := run.Snapshot().By["web1"]; n != inMaint {
+		t.Errorf("web1 answered %d requests while in maintenance", n-inMaint)
+	}
+	m = start(t, env(srv), "--maintenance", "off", key(0))
+	if err := m.wait(t, 30*time.Second); err != nil {
+		t.Fatalf("--maintenance off: %v", err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); run.Snapshot().By["web1"] == inMaint; {
+		if time.Now().After(deadline) {
+			t.Fatal("web1 never served again after --maintenance off")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if res := run.Snapshot(); res.Errors != 0 {
+		t.Errorf("%d failed requests through maintenance on/off: %s", res.Errors, res)
+	}
 	// web1 the ExecStop= way: withdraw, then stop the service and its
 	// announce (the unit's processes, signalled after ExecStop=).
 	began := time.Now()
@@ -136,7 +163,7 @@ func TestAcknowledgedWithdrawalUnderHaproxy(t *testing.T) {
 	backends[1].Close()
 	time.Sleep(300 * time.Millisecond)
 	res := run.Stop()
-	t.Logf("acknowledged withdrawal of 2 of 3 instances under traffic: %s (--withdraw took %s, SIGTERM drain %s)",
+	t.Logf("maintenance on/off of one, then acknowledged withdrawal of 2 of 3 instances under traffic: %s (--withdraw took %s, SIGTERM drain %s)",
 		res, withdrawTook.Round(time.Millisecond), termTook.Round(time.Millisecond))
 	if res.Errors != 0 {
 		t.Errorf("%d failed requests during the acknowledged withdrawals, want 0", res.Errors)
