@@ -8,6 +8,7 @@ import (
 	"flag"
 	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -21,13 +22,32 @@ import (
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden")
 
-func renderWith(t *testing.T, kvs map[string]string, bind string) []byte {
+func loadResources(t *testing.T) []*resources.Resource {
 	t.Helper()
 	res, errs := resources.LoadDir("conf.d", resources.LoadOptions{Strict: true, TemplatesDir: "templates"})
-	if len(errs) > 0 || len(res) != 1 {
-		t.Fatalf("conf.d: %v (%d resources)", errs, len(res))
+	if len(errs) > 0 || len(res) != 2 {
+		t.Fatalf("conf.d: %v (%d resources, want haproxy and nginx-zones)", errs, len(res))
 	}
-	r := res[0]
+	return res
+}
+
+func haproxyResource(t *testing.T) *resources.Resource {
+	for _, r := range loadResources(t) {
+		if r.Name == "haproxy.toml" {
+			return r
+		}
+	}
+	t.Fatal("no haproxy.toml")
+	return nil
+}
+
+func renderWith(t *testing.T, kvs map[string]string, bind string) []byte {
+	t.Helper()
+	return renderResource(t, haproxyResource(t), kvs, bind)
+}
+
+func renderResource(t *testing.T, r *resources.Resource, kvs map[string]string, bind string) []byte {
+	t.Helper()
 	m := map[string]string{}
 	for k, v := range kvs {
 		if r.Match(k) {
@@ -67,18 +87,21 @@ func TestWeightedGoldenAndHaproxyCheck(t *testing.T) {
 	for _, c := range cs {
 		kvs[c.Key] = c.Value
 	}
+	for _, r := range loadResources(t) {
+		got := renderResource(t, r, kvs, "")
+		golden := filepath.Join("testdata", filepath.Base(r.Dest)+".golden")
+		if *update {
+			os.WriteFile(golden, got, 0o644)
+		}
+		want, err := os.ReadFile(golden)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != string(want) {
+			t.Errorf("rendered %s differs from %s (-update rewrites it):\n%s", r.Name, golden, got)
+		}
+	}
 	got := renderWith(t, kvs, "")
-	golden := filepath.Join("testdata", "haproxy.cfg.golden")
-	if *update {
-		os.WriteFile(golden, got, 0o644)
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if string(got) != string(want) {
-		t.Errorf("rendered config differs from %s (-update rewrites it):\n%s", golden, got)
-	}
 	lbtest.Need(t, "haproxy")
 	cfg := filepath.Join(t.TempDir(), "haproxy.cfg")
 	os.WriteFile(cfg, got, 0o644)
@@ -118,5 +141,26 @@ func TestTrafficSplitsByWeight(t *testing.T) {
 	t.Logf("weights 3:1 → %s, ratio %.2f", res, ratio)
 	if math.Abs(ratio-3)/3 > 0.10 {
 		t.Errorf("split %s: ratio %.2f, want 3 within 10%%", res, ratio)
+	}
+}
+
+// TestNginxZonesPassNginxT: the zone upstreams, included in a minimal
+// nginx.conf, pass nginx -t.
+func TestNginxZonesPassNginxT(t *testing.T) {
+	bin := lbtest.Need(t, "nginx")
+	frag, err := os.ReadFile(filepath.Join("testdata", "flotilla-zones.conf.golden"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "zones.conf"), frag, 0o644)
+	conf := filepath.Join(dir, "nginx.conf")
+	os.WriteFile(conf, []byte("pid "+filepath.Join(dir, "nginx.pid")+";\nerror_log stderr;\nevents {}\nhttp {\n"+
+		"    access_log off;\n    client_body_temp_path "+dir+"/body;\n    proxy_temp_path "+dir+"/proxy;\n"+
+		"    include "+filepath.Join(dir, "zones.conf")+";\n"+
+		"    server { listen 127.0.0.1:1; location /a { proxy_pass http://zone_a; } location /b { proxy_pass http://zone_b; } }\n}\n"), 0o644)
+	out, err := exec.Command(bin, "-t", "-p", dir, "-e", "stderr", "-c", conf).CombinedOutput()
+	if err != nil {
+		t.Fatalf("nginx -t: %v\n%s", err, out)
 	}
 }
