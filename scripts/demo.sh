@@ -283,8 +283,10 @@ EOF
 say "conf.d/haproxy.toml is examples/lb's with dest and reload_cmd pointing into .demo/lb/;"
 say "the template is examples/lb/templates/haproxy.cfg.tmpl reading $NS instead of /clusterstate/cruwe_de."
 show cat "$D/lb/conf.d/haproxy.toml"
-say "\$ HAPROXY_BIND=127.0.0.1:$PORT bin/render -backend etcdv3 -node $ENDPOINT -confdir .demo/lb -watch"
-bg render env HAPROXY_BIND="127.0.0.1:$PORT" "$BIN/render" -backend etcdv3 -node "$ENDPOINT" -confdir "$D/lb" -watch -log-level info
+say "\$ HAPROXY_BIND=127.0.0.1:$PORT bin/render -backend etcdv3 -node $ENDPOINT -confdir .demo/lb -watch -publish-status"
+say "  (-publish-status: render tells etcd which revision haproxy has loaded, so that a stopping"
+say "   instance's announce --withdraw waits until haproxy no longer sends it requests)"
+bg render env HAPROXY_BIND="127.0.0.1:$PORT" "$BIN/render" -backend etcdv3 -node "$ENDPOINT" -confdir "$D/lb" -watch -publish-status -log-level info
 wait_for 15 "render to write .demo/lb/haproxy.cfg" test -s "$D/lb/haproxy.cfg" ||
 	die "render wrote nothing; its log (.demo/render.log):$(tail -n 20 "$D/render.log" | sed 's/^/\n    /')"
 say "\$ haproxy -W -db -f .demo/lb/haproxy.cfg      (master-worker; render's reload_cmd sends SIGUSR2)"

@@ -19,6 +19,8 @@ func FuzzFlags(f *testing.F) {
 		"--ttl\x002s\x00--addr\x00127.0.0.1:8080\x00--host\x00h\x00/k",
 		"--format\x00json\x00--addr\x00127.0.0.1:1\x00--unit\x00u.service\x00--machine\x00m\x00/k",
 		"--delete\x00/k",
+		"--delete\x00/k\x00h 127.0.0.1:1",
+		"--withdraw\x00--drain-timeout\x001s\x00/k\x00h 127.0.0.1:1",
 		"--detach\x00--delete\x00/k",
 		"--ttl\x001500ms\x00/k\x00v",
 		"--ttl\x00-1s\x00/k\x00v",
@@ -44,11 +46,11 @@ func FuzzFlags(f *testing.F) {
 		if err := announce.ValidateKey(o.cfg.Key); err != nil {
 			t.Fatalf("accepted an invalid key %q: %v", o.cfg.Key, err)
 		}
-		if o.delete {
-			return
-		}
 		if strings.TrimSpace(o.cfg.Value) == "" {
 			t.Fatalf("accepted an empty value for %q", args)
+		}
+		if o.delete || o.withdraw {
+			return
 		}
 		if o.cfg.TTL < time.Second || o.cfg.TTL%time.Second != 0 {
 			t.Fatalf("accepted ttl %s", o.cfg.TTL)

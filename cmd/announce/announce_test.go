@@ -19,7 +19,7 @@ import (
 	"github.com/flotilla/flotilla/internal/store"
 )
 
-func TestMain(m *testing.M) { testmain.Run(m, "announce") }
+func TestMain(m *testing.M) { testmain.Run(m, "announce", "render") }
 
 // binary returns the announce command built once for the subprocess tests.
 func binary() string { return testmain.Bin("announce") }
@@ -131,31 +131,60 @@ func TestBadInputExits2AndWritesNothing(t *testing.T) {
 		args []string
 		want string
 	}{
-		"no key":                {args: []string{ep}, want: "missing KEY"},
-		"relative key":          {args: []string{ep, "clusterstate/x", "v"}, want: "must start with '/'"},
-		"directory key":         {args: []string{ep, "/clusterstate/", "v"}, want: "must not end with '/'"},
-		"empty value":           {args: []string{ep, "/k", ""}, want: "empty value"},
-		"blank value":           {args: []string{ep, "/k", "  "}, want: "empty value"},
-		"no value no addr":      {args: []string{ep, "/k"}, want: "missing VALUE or --addr"},
-		"addr without port":     {args: []string{ep, "--addr", "10.0.0.1", "/k"}, want: "want ip:port"},
-		"addr port 0":           {args: []string{ep, "--addr", "10.0.0.1:0", "/k"}, want: "port 0"},
-		"addr hostname":         {args: []string{ep, "--addr", "web:80", "/k"}, want: "want ip:port"},
-		"addr bad port":         {args: []string{ep, "--addr", ":99999", "/k"}, want: "port 1-65535"},
-		"ttl too short":         {args: []string{ep, "--ttl", "500ms", "/k", "v"}, want: "shortest lease is 1s"},
-		"ttl fraction":          {args: []string{ep, "--ttl", "1500ms", "/k", "v"}, want: "whole seconds"},
-		"unknown format":        {args: []string{ep, "--format", "xml", "--addr", "10.0.0.1:80", "/k"}, want: `format "xml"`},
-		"bad ip spec":           {args: []string{ep, "--ip", "eth0", "--addr", ":80", "/k"}, want: "want route or iface:NAME"},
-		"ip with full addr":     {args: []string{ep, "--ip", "route", "--addr", "10.0.0.1:80", "/k"}, want: "port alone"},
-		"value and addr":        {args: []string{ep, "--addr", "10.0.0.1:80", "/k", "v"}, want: "not both"},
-		"too many args":         {args: []string{ep, "/k", "host", "10.0.0.1:80"}, want: "too many arguments"},
-		"bad check scheme":      {args: []string{ep, "--check", "udp://x:1", "/k", "v"}, want: `scheme "udp"`},
-		"tcp check no port":     {args: []string{ep, "--check", "tcp://x", "/k", "v"}, want: "host:port"},
-		"bad threshold":         {args: []string{ep, "--check", "tcp://x:1", "--check-threshold", "0", "/k", "v"}, want: "at least 1"},
-		"unknown flag":          {args: []string{ep, "--nope", "/k", "v"}, want: "not defined"},
-		"bad endpoint":          {args: []string{"--endpoints", "ftp://x:1", "/k", "v"}, want: `scheme "ftp"`},
-		"delete no key":         {args: []string{ep, "--delete"}, want: "exactly one KEY"},
-		"delete bad key":        {args: []string{ep, "--delete", "k"}, want: "must start with '/'"},
-		"missing password file": {args: []string{ep, "--user", "u", "--password-file", "/nonexistent/pw", "/k", "v"}, want: "password file"},
+		"no key":                 {args: []string{ep}, want: "missing KEY"},
+		"relative key":           {args: []string{ep, "clusterstate/x", "v"}, want: "must start with '/'"},
+		"directory key":          {args: []string{ep, "/clusterstate/", "v"}, want: "must not end with '/'"},
+		"empty value":            {args: []string{ep, "/k", ""}, want: "empty value"},
+		"blank value":            {args: []string{ep, "/k", "  "}, want: "empty value"},
+		"no value no addr":       {args: []string{ep, "/k"}, want: "missing VALUE or --addr"},
+		"addr without port":      {args: []string{ep, "--addr", "10.0.0.1", "/k"}, want: "want ip:port"},
+		"addr port 0":            {args: []string{ep, "--addr", "10.0.0.1:0", "/k"}, want: "port 0"},
+		"addr hostname":          {args: []string{ep, "--addr", "web:80", "/k"}, want: "want ip:port"},
+		"addr bad port":          {args: []string{ep, "--addr", ":99999", "/k"}, want: "port 1-65535"},
+		"ttl too short":          {args: []string{ep, "--ttl", "500ms", "/k", "v"}, want: "shortest lease is 1s"},
+		"ttl fraction":           {args: []string{ep, "--ttl", "1500ms", "/k", "v"}, want: "whole seconds"},
+		"unknown format":         {args: []string{ep, "--format", "xml", "--addr", "10.0.0.1:80", "/k"}, want: `format "xml"`},
+		"bad ip spec":            {args: []string{ep, "--ip", "eth0", "--addr", ":80", "/k"}, want: "want route or iface:NAME"},
+		"ip with full addr":      {args: []string{ep, "--ip", "route", "--addr", "10.0.0.1:80", "/k"}, want: "port alone"},
+		"value and addr":         {args: []string{ep, "--addr", "10.0.0.1:80", "/k", "v"}, want: "not both"},
+		"too many args":          {args: []string{ep, "/k", "host", "10.0.0.1:80"}, want: "too many arguments"},
+		"bad check scheme":       {args: []string{ep, "--check", "udp://x:1", "/k", "v"}, want: `scheme "udp"`},
+		"tcp check no port":      {args: []string{ep, "--check", "tcp://x", "/k", "v"}, want: "host:port"},
+		"bad threshold":          {args: []string{ep, "--check", "tcp://x:1", "--check-threshold", "0", "/k", "v"}, want: "at least 1"},
+		"unknown flag":           {args: []string{ep, "--nope", "/k", "v"}, want: "not defined"},
+		"bad endpoint":           {args: []string{"--endpoints", "ftp://x:1", "/k", "v"}, want: `scheme "ftp"`},
+		"delete no key":          {args: []string{ep, "--delete"}, want: "missing KEY"},
+		"delete no value":        {args: []string{ep, "--delete", "/k"}, want: "--delete needs the registration's VALUE or --addr"},
+		"withdraw no value":      {args: []string{ep, "--withdraw", "/k"}, want: "--withdraw needs the registration's VALUE or --addr"},
+		"delete with ttl":        {args: []string{ep, "--delete", "--ttl", "5s", "/k", "v"}, want: "--ttl has no effect with --delete"},
+		"delete with drain":      {args: []string{ep, "--delete", "--drain-timeout", "5s", "/k", "v"}, want: "--drain-timeout has no effect with --delete"},
+		"withdraw with check":    {args: []string{ep, "--withdraw", "--check", "tcp://x:1", "/k", "v"}, want: "--check has no effect with --withdraw"},
+		"withdraw and detach":    {args: []string{ep, "--withdraw", "--detach", "/k", "v"}, want: "exclude each other"},
+		"detach-timeout alone":   {args: []string{ep, "--detach-timeout", "1s", "/k", "v"}, want: "--detach-timeout has no effect"},
+		"format with value":      {args: []string{ep, "--format", "json", "/k", "h 10.0.0.1:80"}, want: "--format shapes the value made from --addr"},
+		"host with value":        {args: []string{ep, "--host", "h", "/k", "h 10.0.0.1:80"}, want: "--host shapes the value"},
+		"bad status prefix":      {args: []string{ep, "--withdraw", "--status-prefix", "/x", "/k", "v"}, want: "must start and end with '/'"},
+		"negative drain":         {args: []string{ep, "--drain-delay", "-1s", "/k", "v"}, want: "must not be negative"},
+		"tag plain":              {args: []string{ep, "--tag", "x", "--addr", "10.0.0.1:80", "/k"}, want: "--tag needs --format json"},
+		"weight plain":           {args: []string{ep, "--weight", "3", "--addr", "10.0.0.1:80", "/k"}, want: "--weight needs --format json"},
+		"tag with value":         {args: []string{ep, "--tag", "x", "/k", "h 10.0.0.1:80"}, want: "--tag shapes the value"},
+		"weight range":           {args: []string{ep, "--format", "json", "--weight", "257", "--addr", "10.0.0.1:80", "/k"}, want: "weight 257"},
+		"weight negative":        {args: []string{ep, "--format", "json", "--weight", "-1", "--addr", "10.0.0.1:80", "/k"}, want: "weight -1"},
+		"meta no equals":         {args: []string{ep, "--format", "json", "--meta", "zone", "--addr", "10.0.0.1:80", "/k"}, want: "want key=value"},
+		"meta bad key":           {args: []string{ep, "--format", "json", "--meta", "a b=c", "--addr", "10.0.0.1:80", "/k"}, want: "meta key"},
+		"meta twice":             {args: []string{ep, "--format", "json", "--meta", "z=1", "--meta", "z=2", "--addr", "10.0.0.1:80", "/k"}, want: "given twice"},
+		"tag control":            {args: []string{ep, "--format", "json", "--tag", "a\x01", "--addr", "10.0.0.1:80", "/k"}, want: "tag"},
+		"value control":          {args: []string{ep, "/k", "h 10.0.0.1:80\x01"}, want: "control"},
+		"check and check-cmd":    {args: []string{ep, "--check", "tcp://x:1", "--check-cmd", "true", "/k", "v"}, want: "exclude each other"},
+		"status with cmd":        {args: []string{ep, "--check-cmd", "true", "--check-status", "200", "/k", "v"}, want: "--check-status applies to an http(s) --check"},
+		"shell without cmd":      {args: []string{ep, "--check", "tcp://x:1", "--check-shell", "/k", "v"}, want: "--check-shell applies to --check-cmd"},
+		"rise 0":                 {args: []string{ep, "--check-cmd", "true", "--check-rise", "0", "/k", "v"}, want: "--check-rise 0"},
+		"interval without check": {args: []string{ep, "--check-interval", "1s", "/k", "v"}, want: "needs --check or --check-cmd"},
+		"bad status":             {args: []string{ep, "--check", "http://x:1/", "--check-status", "abc", "/k", "v"}, want: "not a number"},
+		"header on tcp":          {args: []string{ep, "--check", "tcp://x:1", "--check-header", "A: b", "/k", "v"}, want: "needs an http(s) check"},
+		"unsplittable cmd":       {args: []string{ep, "--check-cmd", "test \"x", "/k", "v"}, want: "--check-cmd"},
+		"delete bad key":         {args: []string{ep, "--delete", "k"}, want: "must start with '/'"},
+		"missing password file":  {args: []string{ep, "--user", "u", "--password-file", "/nonexistent/pw", "/k", "v"}, want: "password file"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -307,7 +336,29 @@ func TestDelete(t *testing.T) {
 	if _, err := l.Put(ctx, "/del/x", "h 10.0.0.1:1"); err != nil {
 		t.Fatal(err)
 	}
-	p := start(t, env(srv), "--delete", "/del/x")
+	// Another registration under the key (a replacement on another
+	// machine): a late stop leaves it alone.
+	p := start(t, env(srv), "--delete", "/del/x", "h2 10.0.0.2:1")
+	if err := p.wait(t, 10*time.Second); err != nil {
+		t.Fatalf("announce --delete of another's key: %v", err)
+	}
+	if kv, found, _, _ := c.Get(ctx, "/del/x"); !found || kv.Lease != l.ID() {
+		t.Fatal("--delete removed a registration that was not its own")
+	}
+	if alive, err := l.Alive(ctx); err != nil || !alive {
+		t.Fatalf("--delete revoked another registration's lease (alive=%v, %v)", alive, err)
+	}
+	p = start(t, env(srv), "--withdraw", "/del/x", "h2 10.0.0.2:1")
+	if err := p.wait(t, 10*time.Second); err != nil {
+		t.Fatalf("announce --withdraw of another's key: %v", err)
+	}
+	if kv, found, _, _ := c.Get(ctx, "/del/x"); !found || kv.Lease != l.ID() {
+		t.Fatal("--withdraw removed a registration that was not its own")
+	}
+	if _, found, _, _ := c.Get(ctx, "/flotilla/announce/withdrawn/del/x"); found {
+		t.Fatal("--withdraw marked another registration withdrawn")
+	}
+	p = start(t, env(srv), "--delete", "/del/x", "h 10.0.0.1:1")
 	if err := p.wait(t, 10*time.Second); err != nil {
 		t.Fatalf("announce --delete: %v", err)
 	}
@@ -318,7 +369,7 @@ func TestDelete(t *testing.T) {
 		t.Fatalf("lease alive=%v (%v) after --delete; want revoked", alive, err)
 	}
 	// A second delete of a missing key is fine (ExecStopPost after a clean stop).
-	p = start(t, env(srv), "--delete", "/del/x")
+	p = start(t, env(srv), "--delete", "--host", "h", "--addr", "10.0.0.1:1", "/del/x")
 	if err := p.wait(t, 10*time.Second); err != nil {
 		t.Fatalf("announce --delete of a missing key: %v", err)
 	}

@@ -80,10 +80,20 @@ func BenchmarkStartToVisible(b *testing.B) {
 // BenchmarkIdleProcess measures one announce process holding its key: resident
 // memory at the end, and CPU use over, a 7s window with a 10s TTL (so the
 // window holds two keepalives; the default 30s TTL sends one every 10s).
-func BenchmarkIdleProcess(b *testing.B) {
+func BenchmarkIdleProcess(b *testing.B) { benchIdle(b) }
+
+// BenchmarkIdleProcessCheckCmd is BenchmarkIdleProcess with a --check-cmd
+// run every 5s (the default interval): its CPU includes the check
+// processes it reaped (cutime+cstime).
+func BenchmarkIdleProcessCheckCmd(b *testing.B) {
+	benchIdle(b, "--check-cmd", "true", "--check-interval", "5s")
+}
+
+func benchIdle(b *testing.B, extra ...string) {
 	srv := benchEtcd(b)
 	c := srv.Client()
-	cmd := exec.Command(binary(), "--endpoints", srv.Endpoint(), "--ttl", "10s", "/bench/idle", "h 10.0.0.1:80")
+	args := append([]string{"--endpoints", srv.Endpoint(), "--ttl", "10s"}, extra...)
+	cmd := exec.Command(binary(), append(args, "/bench/idle", "h 10.0.0.1:80")...)
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET=")
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
@@ -127,15 +137,20 @@ func rssKB(b *testing.B, pid int) int {
 	return 0
 }
 
-// cpuTicks returns utime+stime of pid in clock ticks.
+// cpuTicks returns utime+stime of pid and of its reaped children, in clock
+// ticks.
 func cpuTicks(b *testing.B, pid int) int {
 	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		b.Fatal(err)
 	}
-	// Fields after the ")" that ends the command name: utime is the 12th, stime the 13th.
+	// Fields after the ")" that ends the command name: utime is the 12th,
+	// stime the 13th, then the reaped children's cutime and cstime.
 	f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+2:]))
-	u, _ := strconv.Atoi(f[11])
-	s, _ := strconv.Atoi(f[12])
-	return u + s
+	sum := 0
+	for _, i := range []int{11, 12, 13, 14} {
+		n, _ := strconv.Atoi(f[i])
+		sum += n
+	}
+	return sum
 }

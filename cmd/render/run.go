@@ -146,6 +146,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		"auth-token", "srv-domain", "srv-record", "mock-data", "resource"} {
 		fs.Var(ignored{}, name, "accepted for the fork's unit files; no effect")
 	}
+	status := registerStatusFlags(fs)
 	if err := cmdline.Parse(fs, args, stdout, usage); err != nil {
 		return err
 	}
@@ -257,6 +258,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		es := render.NewEtcdSource(sc)
 		defer es.Close()
 		src = es
+		status.store = &sc
 	default:
 		return cmdline.Usagef("-backend %q: want etcdv3, etcd or file", o.backend)
 	}
@@ -272,6 +274,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	rc.CheckTimeout, rc.ReloadTimeout = o.checkTimeout, o.reloadTimeout
 	rc.RetryMin, rc.RetryMax = o.retryMin, o.retryMax
+	if err := status.validate(o, backend); err != nil {
+		return err
+	}
 	switch {
 	case o.preflight:
 		pctx, cancel := context.WithTimeout(ctx, o.dialTimeout)
@@ -288,6 +293,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 
 	g, ctx := errgroup.WithContext(ctx)
+	if err := status.start(ctx, g, &rc, log); err != nil {
+		return err
+	}
 	if os.Getenv("NOTIFY_SOCKET") != "" {
 		rc.Notify = func(state string) {
 			if _, err := daemon.SdNotify(false, state); err != nil {

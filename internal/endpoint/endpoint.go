@@ -46,6 +46,55 @@ type Endpoint struct {
 	Unit string `json:"unit,omitempty"`
 	// Machine is the machine id, if known.
 	Machine string `json:"machine,omitempty"`
+	// Tags, Meta and Weight are what a load balancer template may group or
+	// weigh by (announce --tag, --meta, --weight); JSON format only. Weight
+	// is nil when not given (0 is a valid weight: haproxy sends nothing).
+	Tags   []string          `json:"tags,omitempty"`
+	Meta   map[string]string `json:"meta,omitempty"`
+	Weight *int              `json:"weight,omitempty"`
+}
+
+// Bounds of the metadata: haproxy's weight range, and sizes that keep a
+// value small (every render holds every value).
+const (
+	MaxWeight    = 256
+	MaxTags      = 32
+	MaxMeta      = 32
+	MaxTagLen    = 64
+	MaxMetaKey   = 64
+	MaxMetaValue = 256
+	MaxValueLen  = 4096
+)
+
+// HasMetadata reports whether tags, meta or a weight are set.
+func (e Endpoint) HasMetadata() bool { return len(e.Tags) > 0 || len(e.Meta) > 0 || e.Weight != nil }
+
+func validateMetadata(e Endpoint) error {
+	if len(e.Tags) > MaxTags {
+		return fmt.Errorf("endpoint: %d tags, at most %d", len(e.Tags), MaxTags)
+	}
+	for _, t := range e.Tags {
+		if t == "" || len(t) > MaxTagLen || !utf8.ValidString(t) || strings.ContainsFunc(t, isSpaceOrControl) || strings.Contains(t, ",") {
+			return fmt.Errorf("endpoint tag %q: want 1-%d bytes of UTF-8 without spaces, commas or control characters", t, MaxTagLen)
+		}
+	}
+	if len(e.Meta) > MaxMeta {
+		return fmt.Errorf("endpoint: %d meta keys, at most %d", len(e.Meta), MaxMeta)
+	}
+	for k, v := range e.Meta {
+		if k == "" || len(k) > MaxMetaKey || strings.ContainsFunc(k, func(r rune) bool {
+			return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-' || r == '.')
+		}) {
+			return fmt.Errorf("endpoint meta key %q: want 1-%d of [A-Za-z0-9_.-]", k, MaxMetaKey)
+		}
+		if len(v) > MaxMetaValue || !utf8.ValidString(v) || strings.ContainsFunc(v, isControl) {
+			return fmt.Errorf("endpoint meta %s=%q: want at most %d bytes of UTF-8 without control characters", k, v, MaxMetaValue)
+		}
+	}
+	if e.Weight != nil && (*e.Weight < 0 || *e.Weight > MaxWeight) {
+		return fmt.Errorf("endpoint weight %d: want 0-%d", *e.Weight, MaxWeight)
+	}
+	return nil
 }
 
 // Validate checks that Host is a non-empty word and Addr a valid ip:port.
@@ -70,7 +119,7 @@ func (e Endpoint) Validate() error {
 			return fmt.Errorf("endpoint %s %q: contains a control character", name, v)
 		}
 	}
-	return nil
+	return validateMetadata(e)
 }
 
 // IP returns the address part of Addr (the zero netip.Addr if Addr is invalid).
@@ -92,6 +141,9 @@ func (e Endpoint) Encode(f Format) (string, error) {
 	}
 	switch f {
 	case Plain:
+		if e.HasMetadata() {
+			return "", errors.New("endpoint: tags, meta and weight need the json format")
+		}
 		return e.Host + " " + e.Addr, nil
 	case JSON:
 		var b bytes.Buffer
@@ -100,7 +152,11 @@ func (e Endpoint) Encode(f Format) (string, error) {
 		if err := enc.Encode(e); err != nil {
 			return "", fmt.Errorf("endpoint: encode json: %w", err)
 		}
-		return strings.TrimSuffix(b.String(), "\n"), nil
+		v := strings.TrimSuffix(b.String(), "\n")
+		if len(v) > MaxValueLen {
+			return "", fmt.Errorf("endpoint: value of %d bytes, at most %d", len(v), MaxValueLen)
+		}
+		return v, nil
 	}
 	return "", fmt.Errorf("endpoint: unknown format %q", f)
 }
@@ -149,6 +205,12 @@ func parseJSON(v string) (Endpoint, error) {
 	}
 	if dec.More() {
 		return Endpoint{}, errors.New("json value: trailing data after the object")
+	}
+	if len(e.Tags) == 0 {
+		e.Tags = nil
+	}
+	if len(e.Meta) == 0 {
+		e.Meta = nil
 	}
 	if err := e.Validate(); err != nil {
 		return Endpoint{}, fmt.Errorf("json value: %w", err)

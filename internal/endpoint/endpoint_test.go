@@ -2,6 +2,7 @@ package endpoint_test
 
 import (
 	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -29,6 +30,17 @@ func TestEncode(t *testing.T) {
 		"zone":                  {e: endpoint.Endpoint{Host: "h", Addr: "[fe80::1%eth0]:80"}, f: endpoint.Plain, wantErr: "zone"},
 		"newline unit":          {e: endpoint.Endpoint{Host: "h", Addr: "10.0.0.1:80", Unit: "a\nb"}, f: endpoint.JSON, wantErr: "control"},
 		"bad format":            {e: full, f: endpoint.Format("xml"), wantErr: "unknown format"},
+		"json metadata": {e: endpoint.Endpoint{Host: "h", Addr: "10.0.0.1:80", Tags: []string{"canary", "v2"}, Meta: map[string]string{"zone": "b", "role": "web"}, Weight: ptr(3)},
+			f: endpoint.JSON, want: `{"host":"h","addr":"10.0.0.1:80","tags":["canary","v2"],"meta":{"role":"web","zone":"b"},"weight":3}`},
+		"json weight 0":   {e: endpoint.Endpoint{Host: "h", Addr: "10.0.0.1:80", Weight: ptr(0)}, f: endpoint.JSON, want: `{"host":"h","addr":"10.0.0.1:80","weight":0}`},
+		"plain metadata":  {e: endpoint.Endpoint{Host: "h", Addr: "10.0.0.1:80", Tags: []string{"x"}}, f: endpoint.Plain, wantErr: "need the json format"},
+		"weight too big":  {e: endpoint.Endpoint{Host: "h", Addr: "10.0.0.1:80", Weight: ptr(257)}, f: endpoint.JSON, wantErr: "weight 257"},
+		"negative weight": {e: endpoint.Endpoint{Host: "h", Addr: "10.0.0.1:80", Weight: ptr(-1)}, f: endpoint.JSON, wantErr: "weight -1"},
+		"tag with space":  {e: endpoint.Endpoint{Host: "h", Addr: "10.0.0.1:80", Tags: []string{"a b"}}, f: endpoint.JSON, wantErr: "tag"},
+		"empty tag":       {e: endpoint.Endpoint{Host: "h", Addr: "10.0.0.1:80", Tags: []string{""}}, f: endpoint.JSON, wantErr: "tag"},
+		"meta bad key":    {e: endpoint.Endpoint{Host: "h", Addr: "10.0.0.1:80", Meta: map[string]string{"a b": "x"}}, f: endpoint.JSON, wantErr: "meta key"},
+		"meta control":    {e: endpoint.Endpoint{Host: "h", Addr: "10.0.0.1:80", Meta: map[string]string{"k": "a\x01"}}, f: endpoint.JSON, wantErr: "control"},
+		"meta value long": {e: endpoint.Endpoint{Host: "h", Addr: "10.0.0.1:80", Meta: map[string]string{"k": strings.Repeat("x", 257)}}, f: endpoint.JSON, wantErr: "at most 256"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -59,7 +71,8 @@ func TestParse(t *testing.T) {
 		"plain spaces":             {in: "  host1   10.0.0.1:8080\n", want: endpoint.Endpoint{Host: "host1", Addr: "10.0.0.1:8080"}},
 		"plain ipv6":               {in: "h [::1]:443", want: endpoint.Endpoint{Host: "h", Addr: "[::1]:443"}},
 		"json":                     {in: `{"host":"h","addr":"10.0.0.2:80","unit":"u.service","machine":"m"}`, want: endpoint.Endpoint{Host: "h", Addr: "10.0.0.2:80", Unit: "u.service", Machine: "m"}},
-		"json extra field ignored": {in: `{"host":"h","addr":"10.0.0.2:80","weight":3}`, want: endpoint.Endpoint{Host: "h", Addr: "10.0.0.2:80"}},
+		"json extra field ignored": {in: `{"host":"h","addr":"10.0.0.2:80","shiny":3}`, want: endpoint.Endpoint{Host: "h", Addr: "10.0.0.2:80"}},
+		"json metadata":            {in: `{"host":"h","addr":"10.0.0.2:80","tags":["a"],"meta":{"zone":"b"},"weight":3}`, want: endpoint.Endpoint{Host: "h", Addr: "10.0.0.2:80", Tags: []string{"a"}, Meta: map[string]string{"zone": "b"}, Weight: ptr(3)}},
 		"empty":                    {in: "", wantErr: "want"},
 		"one word":                 {in: "10.0.0.1:8080", wantErr: "want"},
 		"three words":              {in: "h 10.0.0.1:80 x", wantErr: "want ip:port"},
@@ -81,7 +94,7 @@ func TestParse(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Parse: %v", err)
 			}
-			if got != tc.want {
+			if !reflect.DeepEqual(got, tc.want) {
 				t.Fatalf("Parse = %+v, want %+v", got, tc.want)
 			}
 		})
@@ -113,13 +126,20 @@ func FuzzParse(f *testing.F) {
 	for _, s := range []string{"host1 10.0.0.1:8080", `{"host":"h","addr":"[::1]:80","unit":"u","machine":"m"}`, "", "{", "h [fe80::1%25x]:1"} {
 		f.Add(s)
 	}
+	f.Add(`{"host":"h","addr":"10.0.0.1:80","tags":["canary"],"meta":{"zone":"a"},"weight":0}`)
 	f.Fuzz(func(t *testing.T, in string) {
 		e, err := endpoint.Parse(in)
-		if err != nil {
+		if err != nil || len(in) > endpoint.MaxValueLen {
 			return
 		}
 		for _, format := range []endpoint.Format{endpoint.Plain, endpoint.JSON} {
 			v, err := e.Encode(format)
+			if format == endpoint.Plain && e.HasMetadata() {
+				if err == nil {
+					t.Fatalf("plain Encode of %+v kept no metadata and did not refuse", e)
+				}
+				continue
+			}
 			if err != nil {
 				t.Fatalf("Parse(%q) accepted %+v but Encode(%s) refused it: %v", in, e, format, err)
 			}
@@ -131,7 +151,7 @@ func FuzzParse(f *testing.F) {
 			if format == endpoint.Plain {
 				want.Unit, want.Machine = "", ""
 			}
-			if back != want {
+			if !reflect.DeepEqual(back, want) {
 				t.Fatalf("round trip through %s: %+v became %+v", format, want, back)
 			}
 		}
@@ -151,3 +171,5 @@ func Example() {
 	// {"host":"web1","addr":"10.0.0.1:8080","unit":"nginx@1.service"}
 	// 10.0.0.1 8080
 }
+
+func ptr(n int) *int { return &n }

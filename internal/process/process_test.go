@@ -371,3 +371,50 @@ ExecStartPost=/bin/sh -c 'echo >> %[1]s'
 		}
 	}
 }
+
+// TestExecStopRunsBeforeSignal checks systemd's order, on which the
+// acknowledged withdrawal (ExecStop=announce --withdraw) relies: ExecStop=
+// runs to its end while the main process and every other process of the
+// unit (an announce keeper) are still alive and unsignalled; only then are
+// they sent SIGTERM; ExecStopPost= runs after they are gone.
+func TestExecStopRunsBeforeSignal(t *testing.T) {
+	e, dir := newExec(t)
+	ctx := ctxT(t)
+	events := filepath.Join(dir, "events")
+	body := fmt.Sprintf(`[Service]
+ExecStart=/bin/sh -c 'trap "echo main-term >> %[1]s; exit 0" TERM; echo main-up >> %[1]s; while :; do sleep 0.05; done'
+ExecStartPost=/bin/sh -c '(trap "echo keeper-term >> %[1]s; exit 0" TERM; while :; do sleep 0.05; done) & echo keeper-up >> %[1]s'
+ExecStop=/bin/sh -c 'sleep 0.5; kill -0 $MAINPID && echo stop-saw-main-alive >> %[1]s; echo stop-done >> %[1]s'
+ExecStopPost=/bin/sh -c 'kill -0 $MAINPID 2>/dev/null || echo stoppost-main-gone >> %[1]s'
+`, events)
+	if err := e.Start(ctx, executor.Spec{Name: "order.service", Body: []byte(body), Hash: "h"}); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, e, "order.service", "active", "running")
+	if err := e.Stop(ctx, "order.service"); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Fields(string(b))
+	idx := map[string]int{}
+	for i, ev := range got {
+		idx[ev] = i + 1
+	}
+	for _, ev := range []string{"main-up", "keeper-up", "stop-saw-main-alive", "stop-done", "main-term", "keeper-term", "stoppost-main-gone"} {
+		if idx[ev] == 0 {
+			t.Fatalf("event %s missing; events: %v", ev, got)
+		}
+	}
+	for _, term := range []string{"main-term", "keeper-term"} {
+		if idx[term] < idx["stop-done"] {
+			t.Errorf("%s before ExecStop ended; events: %v", term, got)
+		}
+		if idx[term] > idx["stoppost-main-gone"] {
+			t.Errorf("%s after ExecStopPost; events: %v", term, got)
+		}
+	}
+	t.Logf("events in order: %v", got)
+}

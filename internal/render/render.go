@@ -76,6 +76,9 @@ type Config struct {
 	// Logger, Metrics: nil discards.
 	Logger  *slog.Logger
 	Metrics *Metrics
+	// Applied, if set, receives every resource's applied revision whenever
+	// one changes (see reportApplied), from the loop: it must not block.
+	Applied func([]Applied)
 }
 
 func (c *Config) defaults() {
@@ -142,7 +145,9 @@ type entry struct {
 	reloadAt     time.Time
 	reloadFails  int
 	lastReload   time.Time
-	rendered     bool // attempted at least once
+	rendered     bool  // attempted at least once
+	applied      int64 // revision installed and reloaded (see reportApplied)
+	seen         int64 // revision of the last change under its keys, or of the last full read
 	// successor replaced this entry when its resource file changed; a job
 	// of this entry still running hands its pending reload over to it.
 	successor *entry
@@ -153,6 +158,8 @@ type runner struct {
 	log     *slog.Logger
 	entries map[string]*entry // by resource file path
 	rev     int64
+	// lastApplied is what cfg.Applied last received.
+	lastApplied []Applied
 }
 
 func newRunner(cfg Config) *runner {
@@ -318,6 +325,7 @@ func (r *runner) resync(ctx context.Context, now time.Time) error {
 	r.rev = rev
 	r.cfg.Metrics.setKeys(len(kvs))
 	for _, e := range r.entries {
+		e.seen = rev
 		// kvs is sorted: the B-tree fills from the right, cheaply. A
 		// store rebuilt from an earlier one keeps its getvs indexes.
 		var st *template.Store
@@ -367,6 +375,7 @@ func (r *runner) apply(b Batch, now time.Time) {
 			if e.store == nil || !e.res.Match(c.Key) {
 				continue
 			}
+			e.seen = max(e.seen, b.Rev)
 			rel := e.res.Relative(c.Key)
 			old, had := e.store.Get(rel)
 			if c.Deleted {
@@ -817,6 +826,7 @@ func (r *runner) loop(ctx context.Context, cfgEvents <-chan struct{}) error {
 		if ctx.Err() != nil {
 			break
 		}
+		r.reportApplied(jobs, needResync)
 		if !needResync && (!ready || reloading) && r.allRendered() {
 			r.cfg.Notify("READY=1")
 			r.cfg.Metrics.setReady()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -38,4 +39,25 @@ func IsAuthError(err error) bool {
 		}
 	}
 	return false
+}
+
+// LeaseIs holds when key exists bound to lease id (0: key absent or bound
+// to no lease).
+func LeaseIs(key string, id LeaseID) Cmp {
+	return Cmp{clientv3.Compare(clientv3.LeaseValue(key), "=", clientv3.LeaseID(id))}
+}
+
+// LeaseTTL returns the time lease id has left (0 when it no longer exists).
+func (c *Client) LeaseTTL(ctx context.Context, id LeaseID) (time.Duration, error) {
+	if id == 0 {
+		return 0, nil
+	}
+	resp, err := c.cli.TimeToLive(ctx, clientv3.LeaseID(id))
+	if err != nil {
+		return 0, fmt.Errorf("lease %x time to live: %w", int64(id), err)
+	}
+	if resp.TTL <= 0 {
+		return 0, nil
+	}
+	return time.Duration(resp.TTL) * time.Second, nil
 }

@@ -49,7 +49,7 @@ func TestAnnounceSidekick(t *testing.T) {
 	ann := bin + " --endpoints " + srv.Endpoint() + " --ttl 5s"
 	body := "[Service]\nExecStart=/bin/sleep 1000\n" +
 		"ExecStartPost=" + ann + " --detach /clusterstate/test/%n \"%H ${PUBLIC_IP}:8080\"\n" +
-		"ExecStopPost=" + ann + " --delete /clusterstate/test/%n\n"
+		"ExecStopPost=" + bin + " --endpoints " + srv.Endpoint() + " --delete /clusterstate/test/%n \"%H ${PUBLIC_IP}:8080\"\n"
 	en.start(en.e, "nginx@1.service", body)
 
 	host, err := os.Hostname()
