@@ -14,22 +14,31 @@ import (
 	"github.com/flotilla/flotilla/internal/store"
 )
 
-// renderStatusPrefix is where render -publish-status writes (its default).
-const renderStatusPrefix = "/flotilla/render/"
+// renderStatusPrefix is where render -publish-status writes (its default);
+// announceStatePrefix holds announce's withdrawn and maintenance markers.
+const (
+	renderStatusPrefix  = "/flotilla/render/"
+	announceStatePrefix = "/flotilla/announce/"
+)
 
 // roleSet is every etcd role `scheduler roles` creates, by name.
 func roleSet(prefix string, machines, renderPrefixes []string, announcePrefix string) map[string][]store.Perm {
 	rd := func(p string) store.Perm { return store.Perm{Prefix: p, Read: true} }
 	rw := func(p string) store.Perm { return store.Perm{Prefix: p, Read: true, Write: true} }
 	roles := map[string][]store.Perm{
-		// operators submit, start, stop and destroy; ask for journals; publish revocations.
-		"flotilla-operator": {rd(prefix), rw(prefix + "units/"), rw(prefix + "jobs/"), rw(prefix + "journal/"), rw(prefix + "pki/")},
-		// the engine targets units at machines and holds its election.
-		"flotilla-engine": {rd(prefix), rw(prefix + "schedule/"), rw(prefix + "unplaced/"), rw(prefix + "engine")},
+		// operators submit, start, stop and destroy; ask for journals; publish
+		// revocations; roll, drain and move (pins, drain marks, move requests).
+		"flotilla-operator": {rd(prefix), rw(prefix + "units/"), rw(prefix + "jobs/"), rw(prefix + "journal/"), rw(prefix + "pki/"),
+			rw(prefix + "pins/"), rw(prefix + "drain/"), rw(prefix + "moves/")},
+		// the engine targets units at machines, holds its election, clears the
+		// move requests it carried out; a serve's API writes machine metadata.
+		"flotilla-engine": {rd(prefix), rw(prefix + "schedule/"), rw(prefix + "unplaced/"), rw(prefix + "engine"),
+			rw(prefix + "moves/"), rw(prefix + "metadata/")},
 		// render reads its prefixes and writes only status keys.
 		"flotilla-render": append([]store.Perm{rw(renderStatusPrefix)}, mapPerms(renderPrefixes, rd)...),
-		// announce writes only under its prefix.
-		"flotilla-announce": {rw(announcePrefix)},
+		// announce writes only under its prefix and its own markers
+		// (withdrawn, maintenance), and reads what renders applied.
+		"flotilla-announce": {rw(announcePrefix), rw(announceStatePrefix), rd(renderStatusPrefix)},
 	}
 	for _, m := range machines {
 		// an agent writes its presence key and unit states, and answers journal requests.

@@ -77,6 +77,9 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 	check(ann, "announce", "/clusterstate/web/a", true)
 	check(ann, "announce", "/flotilla/jobs/evil.service", false)
 	check(ann, "announce", "/flotilla/machines/m1", false)
+	check(ann, "announce", "/flotilla/announce/maintenance/clusterstate/web/a", true)
+	check(ann, "announce", "/flotilla/render/host1/app.toml", false)
+	read(ann, "announce", "/flotilla/render/", true)
 	read(ann, "announce", "/flotilla/", false)
 
 	check(ren, "render", "/clusterstate/web/a", false)
@@ -89,6 +92,8 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 	check(op, "operator", "/flotilla/schedule/m1/x.service", false)
 	check(op, "operator", "/flotilla/machines/m1", false)
 	check(op, "operator", "/clusterstate/web/a", false)
+	check(op, "operator", "/flotilla/drain/m1", true)
+	op.Delete(ctx, "/flotilla/drain/m1")
 	op.Delete(ctx, "/flotilla/jobs/x.service")
 
 	check(eng, "engine", "/flotilla/schedule/m1/x.service", true)
