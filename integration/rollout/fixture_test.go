@@ -301,7 +301,7 @@ func (c *cluster) startLB(extra ...string) {
 	c.renderLog = filepath.Join(c.dir, "render.log")
 	logf, _ := os.Create(c.renderLog)
 	defer logf.Close()
-	c.render = exec.Command(testmain.Bin("render"), append([]string{"-backend", "etcdv3", "-node", c.endpoint, "-confdir", confdir, "-watch"}, extra...)...)
+	c.render = exec.Command(testmain.Bin("render"), append([]string{"-backend", "etcdv3", "-node", c.endpoint, "-confdir", confdir, "-watch", "-publish-status"}, extra...)...)
 	c.render.Env = append(os.Environ(), "PATH="+os.Getenv("PATH")+":/usr/sbin:/sbin")
 	c.render.Stdout, c.render.Stderr = logf, logf
 	if err := c.render.Start(); err != nil {
@@ -364,9 +364,8 @@ Description=rollout test backend %%n %[1]s
 [Service]
 ExecStart=/usr/bin/env FLOTILLA_ROLLOUT_ROLE=backend %[2]s %%p@%%i %[1]s ${PUBLIC_IP}:%[3]d
 ExecStartPost=%[4]s --detach --ttl 5s --endpoints %[5]s --check http://${PUBLIC_IP}:%[3]d/health --check-interval 200ms --host %%p-%%i --addr ${PUBLIC_IP}:%[3]d %[6]s%%n
-ExecStop=/bin/kill -USR1 $MAINPID
-ExecStop=/bin/sleep 4
-TimeoutStopSec=15
+ExecStop=%[4]s --withdraw --endpoints %[5]s --drain-delay 500ms --host %%p-%%i --addr ${PUBLIC_IP}:%[3]d %[6]s%%n
+TimeoutStopSec=20
 %[7]s`, version, self, port, ann, c.endpoint, announcePrefix, xfleet))
 }
 

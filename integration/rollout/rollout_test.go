@@ -40,7 +40,10 @@ func TestRollingUpdate(t *testing.T) {
 		t.Fatalf("roll printed %d lines, want one per instance and a summary:\n%s", len(lines), out)
 	}
 	for i, l := range lines[:3] {
-		if !strings.HasPrefix(l, fmt.Sprintf("Unit web@%d.service body ", i+1)) || !strings.Contains(l, "announced "+announcePrefix) {
+		// render publishes its status: each instance counts only once render
+		// has applied its new announcement.
+		if !strings.HasPrefix(l, fmt.Sprintf("Unit web@%d.service body ", i+1)) || !strings.Contains(l, "announced "+announcePrefix) ||
+			!strings.Contains(l, "applied by 1 render(s)") {
 			t.Errorf("line %d: %q", i+1, l)
 		}
 	}
