@@ -553,8 +553,21 @@ func (cl *client) revokeCmd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := c.Put(ctx, crlKey(cl.o.prefix), string(crl), 0); err != nil {
-		return fmt.Errorf("revoke %s: publish revocation list: %w", machine, err)
+	// The client may still be talking to the member just removed ("raft:
+	// stopped"): point it at the members left, and try again.
+	for tries := 0; ; tries++ {
+		_, err := c.Put(ctx, crlKey(cl.o.prefix), string(crl), 0)
+		if err == nil {
+			break
+		}
+		if tries >= 10 || ctx.Err() != nil {
+			return fmt.Errorf("revoke %s: publish revocation list: %w", machine, err)
+		}
+		c.SyncEndpoints(ctx)
+		select {
+		case <-ctx.Done():
+		case <-time.After(300 * time.Millisecond):
+		}
 	}
 	fmt.Fprintf(cl.stdout, "revoked %d certificate(s) of %s\n", n, machine)
 	return nil
