@@ -99,7 +99,7 @@ type Agent struct {
 	started    map[string]string // hash each launched unit was last started with
 	failed     map[string]string // units the executor refused, with the error
 	bodies     map[string][]byte
-	fencedBody map[string]bool         // by hash: the body asks OnDisconnect=stop
+	fencedBody map[string]bool        // by hash: the body asks OnDisconnect=stop
 	leases     map[store.LeaseID]bool // presence leases of this machine (this run's, the previous run's)
 
 	// fenceMu is held across starting a fenced unit and across a fencing
