@@ -1,0 +1,80 @@
+package engine_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flotilla/flotilla/internal/engine"
+	"github.com/flotilla/flotilla/internal/registry"
+)
+
+// TestMoveGrace checks each boundary of a machine's absence: its units stay
+// targeted at it while it has been absent for less than MoveGrace (fenced
+// units: FenceWait), move after, and do not move when it comes back in
+// time.
+func TestMoveGrace(t *testing.T) {
+	f := newFixture(t)
+	f.machine("m1", nil)
+	f.machine("m2", nil)
+	f.machine("m3", nil)
+	const grace = 3 * time.Second
+	f.runEngineWith(engine.Options{ID: "e", MoveGrace: grace, FenceWait: 200 * time.Millisecond})
+	// Pinned by Conflicts to different machines: one plain, one fenced,
+	// both on m2 and m3 (m1 takes the "other" unit first).
+	f.start("other.service", "[Service]\nExecStart=/bin/true\n[X-Fleet]\nMachineID=m1\n")
+	f.start("plain.service", "[Service]\nExecStart=/bin/true\n[X-Fleet]\nConflicts=*.service\n")
+	f.start("fenced.service", "[Service]\nExecStart=/bin/true\n[X-Fleet]\nConflicts=*.service\n[X-Flotilla]\nOnDisconnect=stop\n")
+	s := f.until("placed", func(s *registry.Snapshot) bool {
+		return len(s.Schedule["plain.service"]) == 1 && len(s.Schedule["fenced.service"]) == 1 && len(s.Schedule["other.service"]) == 1
+	})
+	plainOn, fencedOn := s.Targets("plain.service")[0], s.Targets("fenced.service")[0]
+	if plainOn == "m1" || fencedOn == "m1" {
+		t.Fatalf("plain on %s, fenced on %s: the test needs m1 free of both", plainOn, fencedOn)
+	}
+	// Free m1 so that either can move there.
+	if err := f.reg.SetDesired(f.ctx, "other.service", registry.Inactive); err != nil {
+		t.Fatal(err)
+	}
+	f.until("m1 free", func(s *registry.Snapshot) bool { return len(s.Schedule["other.service"]) == 0 })
+
+	// 1. The fenced unit's machine goes: it moves after FenceWait, well
+	// before the grace.
+	gone := time.Now()
+	f.machines[fencedOn].Close()
+	f.until("fenced unit moved", func(s *registry.Snapshot) bool {
+		return len(s.Schedule["fenced.service"]) == 1 && s.Targets("fenced.service")[0] == "m1"
+	})
+	if d := time.Since(gone); d > grace {
+		t.Errorf("fenced unit moved %s after its machine went, not before the grace %s", d, grace)
+	} else {
+		t.Logf("FIGURE engine/fenced-move: %s after the presence key went (FenceWait 200ms)", d.Round(time.Millisecond))
+	}
+
+	f.machine(fencedOn, nil) // back, empty: somewhere for the plain unit to go
+
+	// 2. The plain unit's machine goes and comes back within the grace:
+	// nothing moves.
+	f.machines[plainOn].Close()
+	time.Sleep(grace / 2)
+	if s, _ := f.reg.Snapshot(f.ctx); strings.Join(s.Targets("plain.service"), ",") != plainOn {
+		t.Fatalf("plain unit moved within the grace: %v", s.Targets("plain.service"))
+	}
+	f.machine(plainOn, nil)
+	time.Sleep(grace)
+	if s, _ := f.reg.Snapshot(f.ctx); strings.Join(s.Targets("plain.service"), ",") != plainOn {
+		t.Fatalf("plain unit moved although its machine came back within the grace: %v", s.Targets("plain.service"))
+	}
+
+	// 3. Gone for good: it stays for the grace, then moves.
+	gone = time.Now()
+	f.machines[plainOn].Close()
+	time.Sleep(grace - 500*time.Millisecond)
+	if s, _ := f.reg.Snapshot(f.ctx); strings.Join(s.Targets("plain.service"), ",") != plainOn {
+		t.Fatalf("plain unit moved %s after its machine went, before the grace %s", time.Since(gone), grace)
+	}
+	s = f.until("plain unit moved", func(s *registry.Snapshot) bool {
+		return len(s.Schedule["plain.service"]) == 1 && s.Targets("plain.service")[0] == fencedOn
+	})
+	t.Logf("FIGURE engine/move: plain unit moved %s after its presence key went (grace %s)", time.Since(gone).Round(time.Millisecond), grace)
+}
