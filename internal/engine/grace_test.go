@@ -1,6 +1,7 @@
 package engine_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -77,4 +78,54 @@ func TestMoveGrace(t *testing.T) {
 		return len(s.Schedule["plain.service"]) == 1 && s.Targets("plain.service")[0] == fencedOn
 	})
 	t.Logf("FIGURE engine/move: plain unit moved %s after its presence key went (grace %s)", time.Since(gone).Round(time.Millisecond), grace)
+}
+
+// TestManyMovesStayWithinTxnLimits moves more units off an absent machine
+// than one transaction may hold (each move carries a presence condition):
+// the engine splits the writes, and every unit moves.
+func TestManyMovesStayWithinTxnLimits(t *testing.T) {
+	f := newFixture(t)
+	f.machine("m1", nil)
+	f.machine("m2", nil)
+	const n = registry.MaxTxnOps + 15
+	var names []string
+	for i := 0; i < n; i++ {
+		name := fmt.Sprintf("u%03d.service", i)
+		names = append(names, name)
+		f.start(name, "[Service]\nExecStart=/bin/true\n[X-Fleet]\nMachineMetadata=slot!=none\n")
+	}
+	f.runEngineWith(engine.Options{ID: "e", MoveGrace: 200 * time.Millisecond})
+	s := f.until("all placed", func(s *registry.Snapshot) bool { return len(s.Schedule) == n })
+	// Pin nothing: close whichever machine holds the most.
+	count := map[string]int{}
+	for _, name := range names {
+		count[s.Targets(name)[0]]++
+	}
+	gone := "m1"
+	if count["m2"] > count["m1"] {
+		gone = "m2"
+	}
+	other := map[string]string{"m1": "m2", "m2": "m1"}[gone]
+	// Put every unit on the machine that goes, so that all n move at once.
+	if count[gone] < n {
+		f.machines[other].Close()
+		f.until("all on "+gone, func(s *registry.Snapshot) bool {
+			for _, name := range names {
+				if ts := s.Targets(name); len(ts) != 1 || ts[0] != gone {
+					return false
+				}
+			}
+			return true
+		})
+		f.machine(other, nil)
+	}
+	f.machines[gone].Close()
+	f.until("all moved off the absent machine", func(s *registry.Snapshot) bool {
+		for _, name := range names {
+			if ts := s.Targets(name); len(ts) != 1 || ts[0] != other {
+				return false
+			}
+		}
+		return true
+	})
 }
