@@ -59,8 +59,8 @@ type Options struct {
 	// PollInterval is how often unit states are polled when the executor has
 	// no change feed, and at most how stale a report gets; default 1s.
 	PollInterval time.Duration
-	// StopTimeout bounds stopping all units when the lease is lost or the
-	// agent ends; default 2 minutes.
+	// StopTimeout bounds stopping all units when the agent ends (a lost
+	// lease stops nothing); default 2 minutes.
 	StopTimeout time.Duration
 	// LeaseFile, if set, is where the agent records its presence lease, so
 	// that its next run (a restart, an upgrade) takes over its own presence

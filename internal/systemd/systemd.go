@@ -23,8 +23,10 @@
 // # The invariant: no unit runs on a machine whose agent lost its presence
 //
 // Three mechanisms, chosen to cover each way an agent can go away:
-//   - The agent itself stops its units when its presence lease is lost (the
-//     agent's job: it calls Stop/Remove).
+//   - The agent keeps its units running while it cannot reach etcd (the
+//     default: availability), stops those the engine moved away once it
+//     reconnects, and kills fenced units ([X-Flotilla] OnDisconnect=stop)
+//     with Kill before its presence lease can expire (the agent's job).
 //   - When the agent runs under systemd, Options.AgentUnit makes every unit
 //     BindsTo= the agent's unit (PartOf= with Options.AgentDependency), so
 //     systemd stops the units the moment the agent stops, crashes or is
