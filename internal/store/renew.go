@@ -48,11 +48,6 @@ func (c *Client) LeaseRemaining(ctx context.Context, id LeaseID) (time.Duration,
 	return time.Duration(resp.TTL) * time.Second, true, nil
 }
 
-// LeaseIs compares the lease a key is bound to (0: none or no key).
-func LeaseIs(key string, id LeaseID) Cmp {
-	return Cmp{clientv3.Compare(clientv3.LeaseValue(key), "=", int64(id))}
-}
-
 // Term returns the Raft term etcd answered in: it grows with every etcd
 // leader election, so a caller that sees it change knows the cluster
 // changed leader (and that leases were extended, never expired, by it).
