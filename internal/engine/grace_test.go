@@ -1,13 +1,16 @@
 package engine_test
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/flotilla/flotilla/internal/engine"
+	"github.com/flotilla/flotilla/internal/etcdtest"
 	"github.com/flotilla/flotilla/internal/registry"
+	"github.com/flotilla/flotilla/internal/store"
 )
 
 // TestMoveGrace checks each boundary of a machine's absence: its units stay
@@ -128,4 +131,49 @@ func TestManyMovesStayWithinTxnLimits(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// TestAbsenceClockRestartsAfterEtcdOutage: a machine gone shortly before an
+// etcd outage is given a whole grace again, counted from etcd's return.
+func TestAbsenceClockRestartsAfterEtcdOutage(t *testing.T) {
+	srv := etcdtest.New(t)
+	if srv.Mode() == etcdtest.External {
+		t.Skip("needs an etcd the test can stop")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	c := srv.Client()
+	f := &fixture{t: t, ctx: ctx, c: c, reg: registry.New(c, "/e/"), machines: map[string]*store.Lease{}}
+	t.Cleanup(func() {
+		for _, l := range f.machines {
+			l.Close()
+		}
+	})
+	f.machine("m1", nil)
+	f.machine("m2", nil)
+	const grace = 8 * time.Second
+	f.runEngineWith(engine.Options{ID: "e", MoveGrace: grace, HealthInterval: 100 * time.Millisecond})
+	f.start("a.service", "[Service]\nExecStart=/bin/true\n[X-Fleet]\nMachineID=m2\n")
+	f.until("placed on m2", func(s *registry.Snapshot) bool { return len(s.Schedule["a.service"]) == 1 })
+	// Unpin it (same body apart from a comment: it may go anywhere now).
+	f.start("a.service", "[Service]\nExecStart=/bin/true\n# anywhere\n")
+	time.Sleep(500 * time.Millisecond)
+	f.machines["m2"].Close()
+	gone := time.Now()
+	time.Sleep(500 * time.Millisecond) // the engine sees it gone
+	srv.Stop()                         // (a graceful stop takes a few seconds)
+	time.Sleep(time.Second)
+	srv.Start()
+	back := time.Now()
+	f.until("moved to m1", func(s *registry.Snapshot) bool {
+		return strings.Join(s.Targets("a.service"), ",") == "m1"
+	})
+	// Had the clock not restarted, it would have moved grace after the
+	// machine went, i.e. about grace - (back - gone) after etcd's return.
+	t.Logf("etcd back %s after the machine went", back.Sub(gone).Round(time.Millisecond))
+	if d := time.Since(back); d < grace-500*time.Millisecond {
+		t.Errorf("moved %s after etcd came back, before a whole grace (%s)", d, grace)
+	} else {
+		t.Logf("FIGURE engine/outage-clock: moved %s after etcd came back (grace %s, machine gone %s before etcd came back)", d.Round(time.Millisecond), grace, back.Sub(gone).Round(time.Millisecond))
+	}
 }
