@@ -184,9 +184,14 @@ func (e *Engine) Run(ctx context.Context) error {
 	c := e.reg.Client()
 	backoff := 200 * time.Millisecond
 	for ctx.Err() == nil {
-		err := e.term(ctx, c)
+		led, err := e.term(ctx, c)
 		if ctx.Err() != nil {
 			return nil
+		}
+		if led {
+			// A leadership that ended (its machine cut off, say) is no
+			// reason to wait long before standing again.
+			backoff = 200 * time.Millisecond
 		}
 		e.log.Warn("engine leadership ended", "err", err)
 		select {
@@ -194,23 +199,23 @@ func (e *Engine) Run(ctx context.Context) error {
 			return nil
 		case <-time.After(backoff):
 		}
-		if backoff < 5*time.Second {
-			backoff *= 2
-		}
+		// At most a second: a candidate that sleeps longer delays the
+		// take-over when the leader's machine is cut off next.
+		backoff = min(2*backoff, time.Second)
 	}
 	return nil
 }
 
 // term is one candidacy: campaign, then lead until leadership is lost.
-func (e *Engine) term(ctx context.Context, c *store.Client) error {
+func (e *Engine) term(ctx context.Context, c *store.Client) (led bool, err error) {
 	lease, err := c.GrantLease(ctx, e.opts.TTL)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer lease.Close()
 	lead, err := c.Campaign(ctx, lease, e.reg.ElectionPrefix(), e.opts.ID)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer func() {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
@@ -224,7 +229,7 @@ func (e *Engine) term(ctx context.Context, c *store.Client) error {
 	e.absentSince = map[string]time.Time{}
 	e.healthySince, e.etcdTerm, e.unhealthy, e.wake = time.Now(), 0, false, time.Time{}
 	e.mu.Unlock()
-	return e.lead(ctx, lead)
+	return true, e.lead(ctx, lead)
 }
 
 // lead reconciles until ctx is done or leadership is lost.
