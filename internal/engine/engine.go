@@ -124,6 +124,8 @@ type Engine struct {
 	unhealthy    bool
 	// wake is when a unit held on an absent machine may move: a pass is due.
 	wake time.Time
+	// released holds the absent machines whose grace has been logged as over.
+	released map[string]bool
 }
 
 type parsed struct {
@@ -226,7 +228,7 @@ func (e *Engine) term(ctx context.Context, c *store.Client) (led bool, err error
 	// A new leader knows nothing of how long machines have been gone: every
 	// absence clock starts now.
 	e.mu.Lock()
-	e.absentSince = map[string]time.Time{}
+	e.absentSince, e.released = map[string]time.Time{}, nil
 	e.healthySince, e.etcdTerm, e.unhealthy, e.wake = time.Now(), 0, false, time.Time{}
 	e.mu.Unlock()
 	return true, e.lead(ctx, lead)
@@ -549,6 +551,8 @@ func (e *Engine) plan(snap *registry.Snapshot) plan {
 	for m := range e.absentSince {
 		if !absent[m] {
 			delete(e.absentSince, m)
+			delete(e.released, m)
+			delete(e.released, m+" fenced")
 		}
 	}
 	for m := range absent {
@@ -574,6 +578,18 @@ func (e *Engine) plan(snap *registry.Snapshot) plan {
 				e.wake = until
 			}
 			return true
+		}
+		key := m
+		if fenced {
+			key += " fenced"
+		}
+		if e.released == nil {
+			e.released = map[string]bool{}
+		}
+		if !e.released[key] {
+			e.released[key] = true
+			e.log.Info("engine: machine gone for longer than its grace (counted while etcd was healthy); its units move",
+				"machine", m, "absent-for", now.Sub(since).Round(time.Millisecond), "grace", wait, "fenced-units", fenced)
 		}
 		return false
 	}
