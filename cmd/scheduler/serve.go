@@ -60,6 +60,7 @@ type serveOptions struct {
 	agentUnit    string
 	ttl          time.Duration
 	enginePeriod time.Duration
+	moveGrace    time.Duration
 	capacity     int
 	logLevel     string
 	api          apiOptions
@@ -80,7 +81,8 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	fs.StringVar(&o.executor, "executor", "auto", "how units run: auto, systemd or process")
 	fs.BoolVar(&o.systemdUser, "systemd-user", false, "systemd executor: use the user manager instead of the system one")
 	fs.StringVar(&o.agentUnit, "agent-unit", "", "systemd executor: the unit this agent runs as (units get BindsTo= it)")
-	fs.DurationVar(&o.ttl, "ttl", 10*time.Second, "machine presence TTL: a machine silent this long is gone and its units move")
+	fs.DurationVar(&o.ttl, "ttl", 10*time.Second, "machine presence TTL: a machine silent this long is gone (its units move --move-grace later; they keep running while it is cut off)")
+	fs.DurationVar(&o.moveGrace, "move-grace", engine.DefaultMoveGrace, "engine: how long a gone machine's presence must stay absent, counted while etcd is healthy, before its units move (0: at once; fenced units wait 1s)")
 	fs.DurationVar(&o.enginePeriod, "engine-period", 30*time.Second, "engine: longest time between two reconcile passes")
 	fs.IntVar(&o.capacity, "capacity", 0, "most non-global units this machine takes (0: no limit)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -112,6 +114,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	if err := o.api.check(); err != nil {
 		return err
+	}
+	if o.moveGrace < 0 {
+		return cmdline.Usagef("--move-grace %s: must not be negative", o.moveGrace)
 	}
 	if o.ttl < store.MinTTL {
 		return cmdline.Usagef("--ttl %s: at least %s", o.ttl, store.MinTTL)
@@ -171,14 +176,15 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 
 	ag, err := agent.New(agent.Options{
 		Registry: reg, Executor: ex, Machine: machine, TTL: o.ttl,
-		EnvFile: filepath.Join(o.dataDir, "machine.env"), Logger: log.With("component", "agent"),
+		EnvFile: filepath.Join(o.dataDir, "machine.env"), LeaseFile: filepath.Join(o.dataDir, "presence.lease"),
+		Logger: log.With("component", "agent"),
 	})
 	if err != nil {
 		return err
 	}
 	en, err := engine.New(engine.Options{
-		Registry: reg, ID: id, TTL: o.ttl, Period: o.enginePeriod, Logger: log.With("component", "engine"),
-		OnPass: api.onPass,
+		Registry: reg, ID: id, TTL: o.ttl, Period: o.enginePeriod, MoveGrace: moveGrace(o.moveGrace),
+		Logger: log.With("component", "engine"), OnPass: api.onPass,
 	})
 	if err != nil {
 		return err
@@ -219,6 +225,15 @@ func newExecutor(ctx context.Context, o serveOptions, log *slog.Logger, m *regis
 	m.LogDir = logs
 	log.Info("executor: process", "logs", logs)
 	return ex, nil
+}
+
+// moveGrace maps the flag to engine.Options.MoveGrace, where zero means the
+// default and a negative value none.
+func moveGrace(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
 
 // parseMetadata parses "k=v,k2=v2".

@@ -117,6 +117,7 @@ func TestLeaderKilledUnderLoad(t *testing.T) {
 
 	l.waitServing(ctx, t, len(units))
 	mon := startMonitor(ctx, c, tok, units)
+	pids := pidsByUnit(t, tok, units)
 	run := l.hammer.Start(ctx)
 	leader := cl.Leader()
 	t.Logf("killing etcd leader m%d", leader)
@@ -154,9 +155,32 @@ func TestLeaderKilledUnderLoad(t *testing.T) {
 	cl.Restart(leader)
 	extra.p.Stop()
 	l.waitServers(t, 20*time.Second, addrs)
+
+	// Twice in a row: the new leader is killed too. Nothing stops, nothing
+	// moves (the engine restarts its absence clocks on the new term).
+	second := cl.Leader()
+	t.Logf("killing etcd leader m%d (second in a row)", second)
+	cl.Members[second].Kill()
+	time.Sleep(ttl + moveGrace + time.Second)
+	eventually(t, 20*time.Second, "invariants after the second leader kill", func() error { return checkInvariants(ctx, c, tok, units) })
+	cl.Restart(second)
+	after2, err := scheduled(ctx, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for u, m := range before {
+		if after2[u] != m {
+			t.Errorf("placement of %s moved from %s to %s after two etcd leader changes", u, m, after2[u])
+		}
+	}
+	for u, pid := range pidsByUnit(t, tok, units) {
+		if pid != pids[u] {
+			t.Errorf("%s restarted across the etcd leader kills: pid %d, then %d", u, pids[u], pid)
+		}
+	}
 	res := run.Stop()
 	maxDup, maxDead, samples := mon.Stop()
-	figure(t, "leader-kill/requests", "errors %d / total %d", res.Errors, res.Total)
+	figure(t, "leader-kill/requests", "errors %d / total %d over two leader kills in a row; every instance kept its pid, none moved", res.Errors, res.Total)
 	figure(t, "leader-kill/monitor", "max duplicate %s, max announced-dead %s over %d samples", maxDup, maxDead, samples)
 	if !tolerable(res) {
 		t.Errorf("requests through haproxy failed during the leader kill: %s", res)

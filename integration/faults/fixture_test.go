@@ -353,7 +353,7 @@ func (m *machine) start(t testing.TB) {
 	argv := append(append([]string(nil), m.wrap...), self(t), "-test.run=^$")
 	m.p = startProc(t, "machine-"+m.id, []string{
 		envRole + "=machine", envEndpoints + "=" + strings.Join(m.endpoints, ","), envMachineID + "=" + m.id,
-		envMachineIP + "=" + m.ip, envDir + "=" + m.dir, envTTL + "=" + m.ttl.String(),
+		envMachineIP + "=" + m.ip, envDir + "=" + m.dir, envTTL + "=" + m.ttl.String(), envGrace + "=" + moveGrace.String(),
 	}, argv...)
 }
 

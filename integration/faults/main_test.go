@@ -46,7 +46,12 @@ const (
 	envDir       = "FLOTILLA_FAULTS_DIR"
 	envTTL       = "FLOTILLA_FAULTS_TTL"
 	envLong      = "FLOTILLA_FAULTS_LONG"
+	envGrace     = "FLOTILLA_FAULTS_GRACE"
 )
+
+// moveGrace is the engine's --move-grace in the suite: short, to keep the
+// suite short, but longer than the hiccups of a loaded test machine.
+const moveGrace = 3 * time.Second
 
 // bin returns the path of a binary built by TestMain ("announce", "render").
 func bin(name string) string { return testmain.Bin(name) }
@@ -92,6 +97,10 @@ func runMachine(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("machine: %s: %w", envTTL, err)
 	}
+	grace, err := time.ParseDuration(os.Getenv(envGrace))
+	if err != nil {
+		return fmt.Errorf("machine: %s: %w", envGrace, err)
+	}
 	id, dir := os.Getenv(envMachineID), os.Getenv(envDir)
 	cfg := store.Default()
 	cfg.Endpoints = strings.Split(os.Getenv(envEndpoints), ",")
@@ -120,12 +129,13 @@ func runMachine(ctx context.Context, log *slog.Logger) error {
 	a, err := agent.New(agent.Options{
 		Registry: reg, Executor: ex, TTL: ttl, PollInterval: 200 * time.Millisecond, StopTimeout: 10 * time.Second,
 		Machine: registry.Machine{ID: id, IP: os.Getenv(envMachineIP)},
-		EnvFile: filepath.Join(dir, "machine.env"), Logger: log.With("part", "agent"),
+		EnvFile: filepath.Join(dir, "machine.env"), LeaseFile: filepath.Join(dir, "presence.lease"),
+		Logger: log.With("part", "agent"),
 	})
 	if err != nil {
 		return err
 	}
-	e, err := engine.New(engine.Options{Registry: reg, ID: id, TTL: ttl, Period: 2 * time.Second,
+	e, err := engine.New(engine.Options{Registry: reg, ID: id, TTL: ttl, Period: 2 * time.Second, MoveGrace: grace,
 		Logger: log.With("part", "engine")})
 	if err != nil {
 		return err

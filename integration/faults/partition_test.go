@@ -15,8 +15,6 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/flotilla/flotilla/internal/etcdtest"
-	"github.com/flotilla/flotilla/internal/registry"
 	"github.com/flotilla/flotilla/internal/store"
 )
 
@@ -166,117 +164,6 @@ func (p *tcpProxy) Close() {
 	}
 	p.mu.Unlock()
 	p.g.Wait()
-}
-
-// TestPartitionedMachine cuts one machine (in its own network namespace) off
-// the network with its veth link down: its instance stops there and starts
-// elsewhere, never alive in both places beyond one TTL; haproxy keeps
-// answering; when the link comes back there is no duplicate and no lost unit.
-func TestPartitionedMachine(t *testing.T) {
-	ns := newNetns(t)
-	srv := etcdtest.New(t, etcdtest.WithMode(etcdtest.Binary))
-	direct := srv.Endpoint() // http://127.0.0.1:P
-	proxy := startProxy(t, ns.hostIP+":0", strings.TrimPrefix(direct, "http://"))
-	// Every process gets both endpoints: on the host the first works, in the
-	// namespace (whose loopback has no etcd) the second.
-	eps := []string{direct, "http://" + proxy.Addr()}
-	c := openStore(t, eps[:1])
-	reg := registry.New(c, "")
-	ctx := ctxFor(t, 3*time.Minute)
-	const ttl = 2 * time.Second
-	partition := 3 * ttl
-	if long() {
-		partition = 30 * time.Second
-	}
-	tok := token(t)
-
-	l := startLB(t, eps[:1])
-	hostIPs := []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"}
-	for i, ip := range hostIPs {
-		newMachine(t, eps, fmt.Sprintf("m%d", i+1), ip, ttl)
-	}
-	cut := newMachine(t, eps, "cut", ns.nsIP, ttl, ns.exec()...)
-	waitMachines(ctx, t, reg, 4)
-	port := freePorts(t, 4, append(hostIPs, "127.0.0.1")...)
-	var units []string
-	for i := 0; i < 4; i++ {
-		name := fmt.Sprintf("web-%d.service", i+1)
-		units = append(units, name)
-		submitLaunched(ctx, t, reg, name, webUnit(t, tok, name, port+i, eps, ttl, ""))
-	}
-	eventually(t, 60*time.Second, "units running and announced", func() error { return checkInvariants(ctx, c, tok, units) })
-	sched, _ := scheduled(ctx, reg)
-	var victim string
-	for u, m := range sched {
-		if m == cut.id {
-			victim = u
-		}
-	}
-	if victim == "" {
-		t.Fatalf("no unit placed on the machine to partition: %v", sched)
-	}
-	l.waitServers(t, 30*time.Second, annAddrs(ctx, t, c))
-
-	l.waitServing(ctx, t, len(units))
-	mon := startMonitor(ctx, c, tok, units)
-	run := l.hammer.Start(ctx)
-	t.Logf("partition: link of %s down (it runs %s)", cut.id, victim)
-	ns.setLink(t, "down")
-	cutAt := time.Now()
-	var stoppedThere, startedElsewhere time.Duration
-	eventually(t, 30*time.Second, victim+" stopped on the cut machine and running elsewhere", func() error {
-		var there, elsewhere bool
-		for _, p := range backends(tok)[victim] {
-			if strings.HasPrefix(p.addr, ns.nsIP+":") {
-				there = true
-			} else {
-				elsewhere = true
-			}
-		}
-		if !there && stoppedThere == 0 {
-			stoppedThere = time.Since(cutAt)
-		}
-		if elsewhere && startedElsewhere == 0 {
-			startedElsewhere = time.Since(cutAt)
-		}
-		if there || !elsewhere {
-			return fmt.Errorf("on the cut machine: %v, elsewhere: %v", there, elsewhere)
-		}
-		return checkInvariants(ctx, c, tok, units)
-	})
-	// The rest of the partition: nothing changes.
-	time.Sleep(partition - time.Since(cutAt))
-	if err := checkInvariants(ctx, c, tok, units); err != nil {
-		t.Errorf("during the partition: %v", err)
-	}
-	l.waitServers(t, 30*time.Second, annAddrs(ctx, t, c))
-
-	ns.setLink(t, "up")
-	healed := time.Now()
-	// The cut machine comes back (new lease) and gets nothing twice.
-	waitMachines(ctx, t, reg, 4)
-	rejoin := time.Since(healed)
-	eventually(t, 30*time.Second, "invariants after the partition heals", func() error { return checkInvariants(ctx, c, tok, units) })
-	time.Sleep(2 * ttl) // a duplicate would show now
-	if err := checkInvariants(ctx, c, tok, units); err != nil {
-		t.Errorf("after healing: %v", err)
-	}
-	res := run.Stop()
-	maxDup, maxDead, samples := mon.Stop()
-	figure(t, "partition/timeline", "stopped on the cut machine after %s, running elsewhere after %s, cut machine rejoined %s after the link came up",
-		stoppedThere.Round(time.Millisecond), startedElsewhere.Round(time.Millisecond), rejoin.Round(time.Millisecond))
-	figure(t, "partition/monitor", "max duplicate %s, max announced-dead %s over %d samples", maxDup, maxDead, samples)
-	figure(t, "partition/requests", "errors %d / total %d", res.Errors, res.Total)
-	// The agent notices the lost lease about when etcd expires it and the
-	// engine moves the unit, then stops the unit: the overlap is bounded by
-	// one TTL, plus the stop itself and the 100 ms sampling (1 s allowed).
-	if maxDup > ttl+time.Second {
-		t.Errorf("%s ran in two places for %s (> one TTL %s + 1s)", victim, maxDup, ttl)
-	}
-	if res.Total == 0 || res.Errors*100 > res.Total {
-		t.Errorf("requests through haproxy during the partition: %s", res)
-		l.logHaproxy(t)
-	}
 }
 
 // annAddrs returns the addresses announced now.

@@ -81,11 +81,12 @@ func (n *netns) link(t *testing.T, up bool) {
 	}
 }
 
-// TestPartitionedMachineStopsItsUnits cuts a machine (in its own network
-// namespace) off etcd: its unit must stop there and start elsewhere, the two
-// never alive together beyond one TTL; when the link comes back the machine
-// rejoins and the unit stays where it moved.
-func TestPartitionedMachineStopsItsUnits(t *testing.T) {
+// TestPartitionedMachineKeepsItsUnits cuts a machine (in its own network
+// namespace) off etcd: its unit keeps running there while it is cut off and
+// starts elsewhere once the machine has been gone for TTL + --move-grace;
+// when the link comes back the machine rejoins, stops its old copy, and the
+// unit stays where it moved.
+func TestPartitionedMachineKeepsItsUnits(t *testing.T) {
 	ns := newNetns(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -139,27 +140,26 @@ func TestPartitionedMachineStopsItsUnits(t *testing.T) {
 	// Cut m3 off.
 	cutAt := time.Now()
 	ns.link(t, false)
-	var oldEnded, newStarted time.Time
+	var newStarted time.Time
 	deadline := time.Now().Add(60 * time.Second)
-	for (oldEnded.IsZero() || newStarted.IsZero()) && time.Now().Before(deadline) {
-		if oldEnded.IsZero() && !alive(old[0]) {
-			oldEnded = time.Now()
-		}
-		if newStarted.IsZero() && len(unitPIDs(t, pids, "m4")) > 0 {
+	for newStarted.IsZero() && time.Now().Before(deadline) {
+		if len(unitPIDs(t, pids, "m4")) > 0 {
 			newStarted = time.Now()
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if oldEnded.IsZero() {
-		t.Fatalf("%s still runs on the cut-off machine m3 after a minute", victim)
-	}
 	if newStarted.IsZero() {
 		t.Fatalf("%s never started on m4", victim)
 	}
-	t.Logf("link down: %s stopped on m3 after %s, started on m4 after %s (TTL %s)",
-		victim, oldEnded.Sub(cutAt).Round(time.Millisecond), newStarted.Sub(cutAt).Round(time.Millisecond), ttl)
-	if overlap := oldEnded.Sub(newStarted); overlap > ttl {
-		t.Errorf("%s ran on m3 and m4 together for %s, more than one TTL (%s)", victim, overlap, ttl)
+	if !alive(old[0]) {
+		t.Errorf("%s stopped on the cut-off machine m3 while it was cut off", victim)
+	}
+	t.Logf("link down: %s kept running on m3, started on m4 after %s (TTL %s + grace %s)",
+		victim, newStarted.Sub(cutAt).Round(time.Millisecond), ttl, moveGrace)
+	// The lease runs TTL from its last renewal, sent up to TTL/4 before the
+	// cut: TTL/2 allows for that.
+	if d := newStarted.Sub(cutAt); d < ttl/2+moveGrace {
+		t.Errorf("%s started on m4 %s after the cut, before (TTL - last renewal) + grace", victim, d)
 	}
 	cl.until(victim+" reported on m4", func(s *registry.Snapshot) bool {
 		return strings.Join(running(s, victim), ",") == "m4"
@@ -167,7 +167,12 @@ func TestPartitionedMachineStopsItsUnits(t *testing.T) {
 
 	// Link back: m3 registers again, runs nothing it should not.
 	ns.link(t, true)
+	healed := time.Now()
 	cl.until("m3 rejoined", func(s *registry.Snapshot) bool { _, ok := s.Machines["m3"]; return ok })
+	for alive(old[0]) && time.Since(healed) < 30*time.Second {
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("link up: the old copy on m3 stopped %s after the heal", time.Since(healed).Round(time.Millisecond))
 	time.Sleep(2 * ttl)
 	s, err = cl.reg.Snapshot(ctx)
 	if err != nil {
@@ -195,7 +200,7 @@ func (cl *cluster) machineIn(ns *netns, id, metadata string) {
 	}
 	cmd := exec.Command("ip", "netns", "exec", ns.name, binary(), "serve", "--endpoints", cl.endpoint, "--data-dir", data,
 		"--machine-id", id, "--public-ip", ns.nsIP, "--metadata", metadata,
-		"--executor", "process", "--ttl", ttl.String(), "--engine-period", "2s", "--log-level", "debug", "--dial-timeout", "2s")
+		"--executor", "process", "--ttl", ttl.String(), "--move-grace", moveGrace.String(), "--engine-period", "2s", "--log-level", "debug", "--dial-timeout", "2s")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

@@ -34,6 +34,10 @@ func binary() string { return testmain.Bin("scheduler") }
 
 const ttl = 2 * time.Second
 
+// moveGrace is serve's --move-grace here: a gone machine's units move
+// TTL + moveGrace after its last renewal.
+const moveGrace = 3 * time.Second
+
 // cluster is a set of `scheduler serve` processes sharing one etcd.
 type cluster struct {
 	t        testing.TB
@@ -70,7 +74,7 @@ func (cl *cluster) machine(id string, n int, metadata string) {
 	}
 	cmd := exec.Command(binary(), "serve", "--endpoints", cl.endpoint, "--data-dir", data,
 		"--machine-id", id, "--public-ip", fmt.Sprintf("127.0.0.%d", n), "--metadata", metadata,
-		"--executor", "process", "--ttl", ttl.String(), "--engine-period", "2s", "--log-level", "debug")
+		"--executor", "process", "--ttl", ttl.String(), "--move-grace", moveGrace.String(), "--engine-period", "2s", "--log-level", "debug")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		cl.t.Fatal(err)

@@ -3,14 +3,26 @@
 // runs those units through an executor.Executor, and reports their states
 // bound to the same lease.
 //
-// The safety rule: a unit runs on a machine only while that machine's
-// presence lease lives. When the lease is lost (revoked, expired), or etcd
-// has not confirmed it alive for a third of its TTL, at least 1.5s (the
-// agent asks every quarter TTL) — so before etcd can expire it and the engine move the units
-// — the agent stops every unit at once, then registers again with a new
-// lease and starts what is targeted at it then. On start, and
-// after every re-registration, units the executor runs that are not targeted
-// at this machine are stopped and removed.
+// Availability first (docs/design.md, "When etcd is unreachable"): a machine
+// that loses etcd keeps its units running and supervised (an executor
+// still restarts them per Restart=), keeps trying, and when etcd answers
+// again registers with a new lease (taking over its own old presence key)
+// and reconciles: what is still targeted here is left running, untouched;
+// what the engine moved away meanwhile is stopped then. Units that ask for
+// fencing ([X-Flotilla] OnDisconnect=stop) are killed instead by a local
+// deadline, FenceMargin before the earliest moment etcd can expire the
+// presence lease, measured from the last renewal etcd confirmed.
+//
+// Registration is exclusive: the presence key is written only when it is
+// absent or bound to a lease of this machine (this process's, or the one its
+// previous run recorded in Options.LeaseFile). A key kept alive by another
+// process is a second machine with the same id: Run refuses to start with
+// ErrDuplicateMachine, naming the other machine's IP.
+//
+// Run stops every unit when its ctx ends (a deliberate shutdown), then
+// revokes the presence lease. On start, and after every re-registration,
+// units the executor runs that are not targeted at this machine are stopped
+// and removed.
 package agent
 
 import (
@@ -19,14 +31,18 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"sort"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/flotilla/flotilla/internal/atomicfile"
 	"github.com/flotilla/flotilla/internal/executor"
 	"github.com/flotilla/flotilla/internal/process"
 	"github.com/flotilla/flotilla/internal/registry"
+	"github.com/flotilla/flotilla/internal/store"
 )
 
 // Options configures an Agent.
@@ -44,11 +60,32 @@ type Options struct {
 	// PollInterval is how often unit states are polled when the executor has
 	// no change feed, and at most how stale a report gets; default 1s.
 	PollInterval time.Duration
-	// StopTimeout bounds stopping all units when the lease is lost or the
-	// agent ends; default 2 minutes.
+	// StopTimeout bounds stopping all units when the agent ends (a lost
+	// lease stops nothing); default 2 minutes.
 	StopTimeout time.Duration
+	// LeaseFile, if set, is where the agent records its presence lease, so
+	// that its next run (a restart, an upgrade) takes over its own presence
+	// key at once instead of waiting for the old lease to expire.
+	LeaseFile string
 	// Logger receives the agent's logs; nil discards them.
 	Logger *slog.Logger
+}
+
+// ErrDuplicateMachine is returned by Run when another live process holds
+// this machine id's presence key.
+var ErrDuplicateMachine = errors.New("machine id already in use by another machine")
+
+// FenceMargin is how long before the earliest expiry of a presence lease of
+// ttl the agent kills its fenced units: a fifth of the TTL, at least 500ms,
+// at most half the TTL.
+func FenceMargin(ttl time.Duration) time.Duration {
+	return min(max(ttl/5, 500*time.Millisecond), ttl/2)
+}
+
+// killer is an executor that can end a unit at once (SIGKILL to every
+// process), skipping ExecStop, for fencing.
+type killer interface {
+	Kill(ctx context.Context, name string) error
 }
 
 // Agent is one machine's agent. Run it once.
@@ -58,6 +95,26 @@ type Agent struct {
 	ex   executor.Executor
 	log  *slog.Logger
 	env  map[string]string
+
+	// Owned by Run's goroutine, kept across registrations.
+	started    map[string]string // hash each launched unit was last started with
+	failed     map[string]string // units the executor refused, with the error
+	bodies     map[string][]byte
+	fencedBody map[string]bool        // by hash: the body asks OnDisconnect=stop
+	leases     map[store.LeaseID]bool // presence leases of this machine (this run's, the previous run's)
+
+	// fenceMu is held across starting a fenced unit and across a fencing
+	// pass, so that no fenced unit starts past its deadline unseen.
+	fenceMu sync.Mutex
+	mu      sync.Mutex
+	// renewed is when the last confirmed renewal of the current presence
+	// lease was sent: etcd keeps the lease at least TTL past it.
+	renewed time.Time
+	// fenced holds the fenced units started here and not stopped since.
+	fenced map[string]bool
+	// held holds fenced units killed (or not started) for want of a
+	// confirmed renewal: started again once one comes, if still targeted.
+	held map[string]bool
 }
 
 // New checks opts and returns an agent.
@@ -85,11 +142,18 @@ func New(opts Options) (*Agent, error) {
 		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	return &Agent{
-		opts: opts,
-		reg:  opts.Registry,
-		ex:   opts.Executor,
-		log:  opts.Logger.With("machine", opts.Machine.ID),
-		env:  Facts(opts.Machine),
+		opts:       opts,
+		reg:        opts.Registry,
+		ex:         opts.Executor,
+		log:        opts.Logger.With("machine", opts.Machine.ID),
+		env:        Facts(opts.Machine),
+		started:    map[string]string{},
+		failed:     map[string]string{},
+		bodies:     map[string][]byte{},
+		fencedBody: map[string]bool{},
+		leases:     map[store.LeaseID]bool{},
+		fenced:     map[string]bool{},
+		held:       map[string]bool{},
 	}, nil
 }
 
@@ -141,34 +205,183 @@ var errLeaseLost = errors.New("presence lease lost")
 
 // Run registers the machine and runs what is targeted at it until ctx is
 // done. It then stops every unit, revokes the presence lease, and returns
-// nil. Lost leases are survived (units stopped, machine registered again);
-// Run returns an error only for what retrying cannot fix.
+// nil. Losing etcd is survived: units keep running (fenced ones are killed
+// by their deadline), and the machine registers again once etcd answers.
+// Run returns an error only for what retrying cannot fix: a first
+// registration refused because another machine holds the id
+// (ErrDuplicateMachine).
 func (a *Agent) Run(ctx context.Context) error {
 	if err := a.writeFacts(); err != nil {
 		return err
 	}
+	a.readLeaseFile()
+	fctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); a.fence(fctx) }()
+	defer func() { cancel(); wg.Wait() }()
+
 	backoff := 200 * time.Millisecond
+	registered := false
+	var lostAt time.Time
 	for {
-		err := a.session(ctx)
-		// Whatever ended the session, nothing may keep running here.
-		a.stopAll()
+		ok, err := a.session(ctx)
+		if ok {
+			registered = true
+			backoff = 200 * time.Millisecond
+		}
 		if ctx.Err() != nil {
+			a.stopAll()
 			return nil
 		}
-		a.log.Warn("agent session ended; units stopped, registering again", "err", err)
+		if !registered && errors.Is(err, ErrDuplicateMachine) {
+			return err
+		}
+		if ok || lostAt.IsZero() {
+			lostAt = time.Now()
+		}
+		a.log.Warn("agent: no registration with etcd; units keep running, registering again",
+			"err", err, "units", a.running(), "fenced", a.fencedCount(), "since", lostAt.Format(time.RFC3339Nano))
 		select {
 		case <-ctx.Done():
+			a.stopAll()
 			return nil
 		case <-time.After(backoff):
 		}
-		if backoff < 5*time.Second {
-			backoff *= 2
-		}
+		backoff = min(2*backoff, time.Second)
 	}
+}
+
+// running counts the units the executor has.
+func (a *Agent) running() int {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	st, _ := a.ex.States(ctx)
+	return len(st)
+}
+
+func (a *Agent) fencedCount() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.fenced)
+}
+
+// readLeaseFile adds the lease a previous run recorded to this machine's.
+func (a *Agent) readLeaseFile() {
+	if a.opts.LeaseFile == "" {
+		return
+	}
+	b, err := os.ReadFile(a.opts.LeaseFile)
+	if err != nil {
+		return
+	}
+	id, err := strconv.ParseInt(strings.TrimSpace(string(b)), 16, 64)
+	if err == nil && id != 0 {
+		a.leases[store.LeaseID(id)] = true
+	}
+}
+
+func (a *Agent) writeLeaseFile(id store.LeaseID) {
+	if a.opts.LeaseFile == "" {
+		return
+	}
+	if err := os.WriteFile(a.opts.LeaseFile, []byte(fmt.Sprintf("%x\n", int64(id))), 0o644); err != nil {
+		a.log.Warn("record presence lease", "file", a.opts.LeaseFile, "err", err)
+	}
+}
+
+// noteRenewal records a confirmed renewal of the current presence lease,
+// sent at sent.
+func (a *Agent) noteRenewal(sent time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if sent.After(a.renewed) {
+		a.renewed = sent
+	}
+}
+
+// fenceDeadline is when fenced units must be gone without a further
+// confirmed renewal; zero before any registration.
+func (a *Agent) fenceDeadline() time.Time {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.renewed.IsZero() {
+		return time.Time{}
+	}
+	return a.renewed.Add(a.opts.TTL - FenceMargin(a.opts.TTL))
+}
+
+func (a *Agent) fenceExpired() bool {
+	d := a.fenceDeadline()
+	return d.IsZero() || !time.Now().Before(d)
+}
+
+// takeHeld returns and forgets the fenced units waiting for contact.
+func (a *Agent) takeHeld() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]string, 0, len(a.held))
+	for n := range a.held {
+		out = append(out, n)
+	}
+	clear(a.held)
+	return out
+}
+
+// fence kills the fenced units once the deadline passes without a confirmed
+// renewal, until ctx is done.
+func (a *Agent) fence(ctx context.Context) {
+	tick := time.NewTicker(min(a.opts.TTL/20, 50*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		a.fenceMu.Lock()
+		var kill []string
+		deadline := a.fenceDeadline()
+		if deadline.IsZero() || !time.Now().Before(deadline) {
+			a.mu.Lock()
+			for n := range a.fenced {
+				kill = append(kill, n)
+				a.held[n] = true
+			}
+			clear(a.fenced)
+			a.mu.Unlock()
+		}
+		for _, n := range kill {
+			a.kill(n, deadline)
+		}
+		a.fenceMu.Unlock()
+	}
+}
+
+// kill ends a fenced unit at once.
+func (a *Agent) kill(name string, deadline time.Time) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	var err error
+	if k, ok := a.ex.(killer); ok {
+		err = k.Kill(ctx, name)
+	} else {
+		err = a.ex.Stop(ctx, name)
+	}
+	if err != nil {
+		a.log.Error("fencing: kill unit", "unit", name, "err", err)
+		return
+	}
+	a.log.Warn("fencing: unit killed (OnDisconnect=stop): no renewal of the presence lease confirmed in time",
+		"unit", name, "deadline", deadline.Format(time.RFC3339Nano), "late", time.Since(deadline).Round(time.Millisecond),
+		"took", time.Since(start).Round(time.Millisecond))
 }
 
 // stopAll stops and removes every unit the executor has.
 func (a *Agent) stopAll() {
+	a.fenceMu.Lock()
+	defer a.fenceMu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), a.opts.StopTimeout)
 	defer cancel()
 	states, err := a.ex.States(ctx)
@@ -182,5 +395,9 @@ func (a *Agent) stopAll() {
 		} else {
 			a.log.Info("stopped unit", "unit", name)
 		}
+		delete(a.started, name)
+		a.mu.Lock()
+		delete(a.fenced, name)
+		a.mu.Unlock()
 	}
 }

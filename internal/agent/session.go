@@ -11,6 +11,7 @@ import (
 	"github.com/flotilla/flotilla/internal/executor"
 	"github.com/flotilla/flotilla/internal/registry"
 	"github.com/flotilla/flotilla/internal/store"
+	"github.com/flotilla/flotilla/internal/unit"
 )
 
 // adopter is an executor that finds units an earlier agent installed (the
@@ -25,36 +26,48 @@ type session struct {
 	lease *store.Lease
 	// desired is what the engine targets here, by unit.
 	desired map[string]registry.Assignment
-	// started is the hash each launched unit was last started with.
-	started map[string]string
-	// failed holds units the executor refused, with the error.
-	failed map[string]string
 	// reported is the last state written for each unit.
 	reported map[string]registry.UnitState
-	bodies   map[string][]byte
-	// lastContact is when etcd last confirmed the lease alive.
-	lastContact time.Time
+	// cutOff is when renewals started failing; zero while they succeed.
+	cutOff time.Time
 }
 
-func (a *Agent) session(ctx context.Context) error {
+// session registers the machine and serves it until the presence lease is
+// lost or ctx ends. registered reports whether it got as far as holding the
+// presence key.
+func (a *Agent) session(ctx context.Context) (registered bool, err error) {
 	c := a.reg.Client()
-	lease, err := c.GrantLease(ctx, a.opts.TTL)
+	gctx, cancel := context.WithTimeout(ctx, max(a.opts.TTL, 2*time.Second))
+	asked := time.Now()
+	lease, err := c.GrantLease(gctx, a.opts.TTL)
+	cancel()
 	if err != nil {
-		return fmt.Errorf("register machine %s: %w", a.opts.Machine.ID, err)
+		return false, fmt.Errorf("register machine %s: %w", a.opts.Machine.ID, err)
 	}
-	defer lease.Close()
-	// Units stop before the presence key goes, so that the engine never
-	// sees this machine gone while its units still run.
-	defer a.stopAll()
+	a.leases[lease.ID()] = true
+	if err := a.register(ctx, lease); err != nil {
+		lease.Close()
+		return false, err
+	}
+	a.writeLeaseFile(lease.ID())
+	// The new lease cannot expire before asked+TTL: fenced units may run on.
+	a.mu.Lock()
+	a.renewed = asked
+	a.mu.Unlock()
+	defer func() {
+		if ctx.Err() != nil {
+			// A shutdown: units stop before the presence key goes, so that
+			// the engine never sees this machine gone while they run.
+			a.stopAll()
+			lease.Close()
+			return
+		}
+		// Cut off: the lease is gone or unreachable; units keep running.
+		lease.Abandon()
+	}()
 	s := &session{
 		a: a, lease: lease,
-		started:  map[string]string{},
-		failed:   map[string]string{},
 		reported: map[string]registry.UnitState{},
-		bodies:   map[string][]byte{},
-	}
-	if _, err := lease.Put(ctx, a.reg.MachineKey(a.opts.Machine.ID), registry.Encode(a.opts.Machine)); err != nil {
-		return fmt.Errorf("register machine %s: %w", a.opts.Machine.ID, err)
 	}
 	a.log.Info("machine registered", "ip", a.opts.Machine.IP, "lease", fmt.Sprintf("%x", int64(lease.ID())), "ttl", lease.TTL())
 
@@ -62,21 +75,86 @@ func (a *Agent) session(ctx context.Context) error {
 	defer poll.Stop()
 	journal := c.WatchPrefix(ctx, a.reg.JournalRequestPrefix(a.opts.Machine.ID), 0)
 	defer journal.Close()
-	s.lastContact = time.Now()
-	probe := time.NewTicker(lease.TTL() / 4)
+	probe := time.NewTicker(max(lease.TTL()/4, 250*time.Millisecond))
 	defer probe.Stop()
 	for {
 		rev, err := s.resync(ctx)
 		if err != nil {
-			return err
+			return true, err
 		}
 		w := c.WatchPrefix(ctx, a.reg.SchedulePrefix(a.opts.Machine.ID), rev+1)
 		err = s.watch(ctx, w, journal, poll.C, probe.C)
 		w.Close()
 		if !errors.Is(err, store.ErrCompacted) {
-			return err
+			return true, err
 		}
 		a.log.Warn("schedule watch compacted; reading afresh", "err", err)
+	}
+}
+
+// register writes the presence key bound to lease, in a transaction that
+// succeeds only if the key is absent or bound to a lease of this machine. A
+// key bound to another lease is waited out while that lease runs down (a
+// previous run of this machine killed without a trace): a lease that is
+// renewed meanwhile, or outlives its TTL, belongs to a live process
+// elsewhere, and registration is refused with ErrDuplicateMachine.
+func (a *Agent) register(ctx context.Context, lease *store.Lease) error {
+	c := a.reg.Client()
+	key := a.reg.MachineKey(a.opts.Machine.ID)
+	val := registry.Encode(a.opts.Machine)
+	id := a.opts.Machine.ID
+	waitUntil := time.Now().Add(lease.TTL() + 2*time.Second)
+	var holder store.LeaseID
+	var last time.Duration
+	for {
+		rctx, cancel := context.WithTimeout(ctx, max(a.opts.TTL/2, time.Second))
+		kv, found, _, err := c.Get(rctx, key)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("register machine %s: %w", id, err)
+		}
+		var cond store.Cmp
+		switch {
+		case !found:
+			cond = store.Missing(key)
+		case a.leases[kv.Lease]:
+			cond = store.ModRevisionIs(key, kv.ModRevision)
+		}
+		if !found || a.leases[kv.Lease] {
+			rctx, cancel := context.WithTimeout(ctx, max(a.opts.TTL/2, time.Second))
+			ok, _, err := c.Txn(rctx, []store.Cmp{cond}, []store.Op{store.OpPut(key, val, lease.ID())}, nil)
+			cancel()
+			if err != nil {
+				return fmt.Errorf("register machine %s: %w", id, err)
+			}
+			if ok {
+				return nil
+			}
+			continue // changed under us: look again
+		}
+		other, _ := a.reg.DecodeMachine(kv)
+		rctx, cancel = context.WithTimeout(ctx, max(a.opts.TTL/2, time.Second))
+		left, alive, err := c.LeaseRemaining(rctx, kv.Lease)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("register machine %s: %w", id, err)
+		}
+		renewedMeanwhile := alive && holder == kv.Lease && left > last
+		if renewedMeanwhile || time.Now().After(waitUntil) {
+			return fmt.Errorf("register machine %s: %w: the machine at %s holds it (lease %x, kept alive); "+
+				"two machines share this id (a cloned /etc/machine-id?): give this one its own --machine-id",
+				id, ErrDuplicateMachine, other.IP, int64(kv.Lease))
+		}
+		if holder != kv.Lease {
+			a.log.Warn("machine id held by another lease; waiting to see whether it runs out (a previous run of this machine) or is kept alive (a second machine with this id)",
+				"holder-ip", other.IP, "lease", fmt.Sprintf("%x", int64(kv.Lease)), "left", left)
+		}
+		holder, last = kv.Lease, left
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(300 * time.Millisecond):
+		}
 	}
 }
 
@@ -90,6 +168,9 @@ func (s *session) resync(ctx context.Context) (int64, error) {
 		return 0, err
 	}
 	s.desired = map[string]registry.Assignment{}
+	for _, name := range a.takeHeld() {
+		delete(a.started, name)
+	}
 	for _, kv := range kvs {
 		as, err := a.reg.DecodeAssignment(kv)
 		if err != nil {
@@ -132,7 +213,7 @@ func (s *session) watch(ctx context.Context, w, journal *store.Watch, poll, prob
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-s.lease.Done():
-			return errLeaseLost
+			return fmt.Errorf("%w: no renewal confirmed for a whole TTL (%s)", errLeaseLost, s.lease.TTL())
 		case <-probe:
 			if err := s.probe(ctx); err != nil {
 				return err
@@ -195,45 +276,86 @@ func (s *session) apply(ctx context.Context, name string) {
 	log := a.log.With("unit", name)
 	switch {
 	case !want:
-		delete(s.started, name)
-		delete(s.failed, name)
+		delete(a.started, name)
+		delete(a.failed, name)
 		if err := a.ex.Remove(ctx, name); err != nil {
 			log.Error("remove unit", "err", err)
 			return
 		}
+		a.unfence(name)
 		log.Info("unit removed")
 	case as.Desired == registry.Launched:
-		if s.started[name] == as.Hash {
+		if a.started[name] == as.Hash {
 			return
 		}
 		body, err := s.body(ctx, as.Hash)
 		if err == nil {
-			err = a.ex.Start(ctx, executor.Spec{Name: name, Body: body, Hash: as.Hash, EnvFile: a.opts.EnvFile, Env: a.env})
+			spec := executor.Spec{Name: name, Body: body, Hash: as.Hash, EnvFile: a.opts.EnvFile, Env: a.env}
+			if a.isFenced(name, as.Hash, body) {
+				a.fenceMu.Lock()
+				if a.fenceExpired() {
+					a.fenceMu.Unlock()
+					a.mu.Lock()
+					a.held[name] = true
+					a.mu.Unlock()
+					log.Warn("fenced unit (OnDisconnect=stop) not started: no renewal of the presence lease confirmed recently; starting it once one is")
+					return
+				}
+				a.mu.Lock()
+				a.fenced[name] = true
+				a.mu.Unlock()
+				err = a.ex.Start(ctx, spec)
+				a.fenceMu.Unlock()
+			} else {
+				a.unfence(name)
+				err = a.ex.Start(ctx, spec)
+			}
 		}
 		if err != nil {
-			s.failed[name] = err.Error()
-			s.started[name] = as.Hash // do not retry the same body in a loop
+			a.failed[name] = err.Error()
+			a.started[name] = as.Hash // do not retry the same body in a loop
 			log.Error("start unit", "err", err)
 			return
 		}
-		delete(s.failed, name)
-		s.started[name] = as.Hash
+		delete(a.failed, name)
+		a.started[name] = as.Hash
 		log.Info("unit started", "hash", registry.ShortHash(as.Hash))
 	default: // loaded: installed here, not running
-		delete(s.failed, name)
-		if _, ok := s.started[name]; ok {
-			delete(s.started, name)
+		delete(a.failed, name)
+		if _, ok := a.started[name]; ok {
+			delete(a.started, name)
 			if err := a.ex.Stop(ctx, name); err != nil {
 				log.Error("stop unit", "err", err)
 				return
 			}
+			a.unfence(name)
 			log.Info("unit stopped")
 		}
 	}
 }
 
+// unfence forgets a unit that is not (or no longer) fenced here.
+func (a *Agent) unfence(name string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.fenced, name)
+	delete(a.held, name)
+}
+
+// isFenced reports whether body (of hash) asks OnDisconnect=stop. A body
+// that does not parse is not fenced here: the executor refuses it anyway.
+func (a *Agent) isFenced(name, hash string, body []byte) bool {
+	if f, ok := a.fencedBody[hash]; ok {
+		return f
+	}
+	f, err := unit.Parse(name, body)
+	fenced := err == nil && f.Flotilla.Fenced()
+	a.fencedBody[hash] = fenced
+	return fenced
+}
+
 func (s *session) body(ctx context.Context, hash string) ([]byte, error) {
-	if b, ok := s.bodies[hash]; ok {
+	if b, ok := s.a.bodies[hash]; ok {
 		return b, nil
 	}
 	rctx, cancel := s.rpc(ctx)
@@ -242,7 +364,7 @@ func (s *session) body(ctx context.Context, hash string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.bodies[hash] = b
+	s.a.bodies[hash] = b
 	return b, nil
 }
 
@@ -263,12 +385,12 @@ func (s *session) report(ctx context.Context) {
 		if ok {
 			us.Load, us.Active, us.Sub = st.Load, st.Active, st.Sub
 		}
-		if h, launched := s.started[name]; launched && h == as.Hash && as.Desired == registry.Launched {
+		if h, launched := a.started[name]; launched && h == as.Hash && as.Desired == registry.Launched {
 			us.State = string(registry.Launched)
 		} else if as.Desired == registry.Loaded {
 			us.State = string(registry.Loaded)
 		}
-		if msg, bad := s.failed[name]; bad {
+		if msg, bad := a.failed[name]; bad {
 			us.Load, us.Active, us.Sub, us.Message = "error", "failed", "failed", msg
 		}
 		now[name] = us
@@ -286,8 +408,9 @@ func (s *session) report(ctx context.Context) {
 		_, err := s.lease.Put(rctx, a.reg.StateKey(name, a.opts.Machine.ID), registry.Encode(us))
 		cancel()
 		if err != nil {
+			// Cut off: the rest would time out too; the next report retries.
 			a.log.Warn("report unit state", "unit", name, "err", err)
-			continue
+			return
 		}
 		s.reported[name] = us
 	}
@@ -300,7 +423,7 @@ func (s *session) report(ctx context.Context) {
 		cancel()
 		if err != nil {
 			a.log.Warn("clear unit state", "unit", name, "err", err)
-			continue
+			return
 		}
 		delete(s.reported, name)
 	}
@@ -332,32 +455,40 @@ func (s *session) answerJournal(ctx context.Context, kv store.KV) {
 	}
 }
 
-// probe asks etcd whether the presence lease is alive. Out of contact for a
-// third of the TTL (at least 1.5s), the agent gives the machine up before etcd can expire
-// the lease (at the earliest about two thirds of the TTL after the last
-// keepalive it received): its units are then stopping, or stopped, before
-// the engine may start them elsewhere.
+// probe renews the presence lease once and notes when the renewal was
+// sent: fenced units live on that. Out of contact, the agent keeps its units
+// running and says so once; the session ends when the lease is gone (etcd
+// says so, or no renewal was confirmed for a whole TTL: lease.Done).
 func (s *session) probe(ctx context.Context) error {
+	a := s.a
 	ttl := s.lease.TTL()
-	// With very short TTLs (tests) the silence allowed stays long enough to
-	// ride out an etcd leader election, which does not expire leases.
-	threshold := max(ttl/3, 1500*time.Millisecond)
-	pctx, cancel := context.WithTimeout(ctx, min(max(ttl/4, 500*time.Millisecond), threshold))
-	defer cancel()
-	alive, err := s.lease.Alive(pctx)
+	pctx, cancel := context.WithTimeout(ctx, max(ttl/4, 500*time.Millisecond))
+	sent, err := s.lease.Renew(pctx)
+	cancel()
 	switch {
-	case err == nil && alive:
-		s.lastContact = time.Now()
+	case err == nil:
+		a.noteRenewal(sent)
+		if !s.cutOff.IsZero() {
+			a.log.Info("contact with etcd restored; units kept running", "after", time.Since(s.cutOff).Round(time.Millisecond))
+			s.cutOff = time.Time{}
+		}
+		for _, name := range a.takeHeld() {
+			delete(a.started, name)
+			s.apply(ctx, name)
+		}
 		return nil
 	case ctx.Err() != nil:
 		return ctx.Err()
-	case err == nil:
-		// Under a second left (etcd counts whole seconds) or expired: an
-		// expired lease also closes Done; until then, count it as silence.
-		err = errors.New("lease has less than a second left")
+	case errors.Is(err, store.ErrLeaseLost):
+		return fmt.Errorf("%w: %v", errLeaseLost, err)
 	}
-	if silent := time.Since(s.lastContact); silent > threshold {
-		return fmt.Errorf("no contact with etcd for %s (TTL %s): %w: %v", silent.Round(time.Millisecond), ttl, errLeaseLost, err)
+	if s.cutOff.IsZero() {
+		s.cutOff = time.Now()
+		args := []any{"err", err, "ttl", ttl}
+		if n := a.fencedCount(); n > 0 {
+			args = append(args, "fenced", n, "fenced-deadline", a.fenceDeadline().Format(time.RFC3339Nano))
+		}
+		a.log.Warn("lost contact with etcd; units keep running (fenced units stop at their deadline)", args...)
 	}
 	return nil
 }

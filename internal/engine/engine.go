@@ -18,6 +18,16 @@
 // lease). Its unplaced reason says so meanwhile. The one exception is asked
 // for explicitly: a surge move (`scheduler roll --surge`, see planned.go)
 // keeps a unit on its old machine while it starts on the new one.
+//
+// A machine that goes silent is not given up at once (docs/design.md, "When
+// etcd is unreachable"): its presence key vanishes when its lease expires,
+// TTL after its last renewal; its units stay targeted at it for MoveGrace
+// more (FenceWait for units with [X-Flotilla] OnDisconnect=stop, whose
+// agent has killed them before the lease could expire), counted only while
+// the engine has had continuous contact with etcd: becoming leader, etcd
+// answering again after a failure, and an etcd leader change (a new Raft
+// term) all restart every absence clock. A move from an absent machine is
+// written only if its presence key is still absent in the same transaction.
 package engine
 
 import (
@@ -50,6 +60,18 @@ type Options struct {
 	Period time.Duration
 	// Debounce is how long changes are collected before a pass; default 50ms.
 	Debounce time.Duration
+	// MoveGrace is how long a machine's presence must stay absent (after
+	// its lease expired, i.e. TTL after its last renewal), counted while
+	// etcd is healthy, before its units move elsewhere. Zero means
+	// DefaultMoveGrace; a negative value means none.
+	MoveGrace time.Duration
+	// FenceWait is MoveGrace for fenced units (OnDisconnect=stop): their
+	// agent kills them before the lease can expire, so a short margin
+	// suffices. Zero means DefaultFenceWait; negative means none.
+	FenceWait time.Duration
+	// HealthInterval is how often the leader checks its contact with etcd
+	// and etcd's Raft term; default 500ms.
+	HealthInterval time.Duration
 	// Logger receives the engine's logs; nil discards them.
 	Logger *slog.Logger
 	// OnPass, if set, is called after every pass with its figures.
@@ -69,6 +91,15 @@ type PassStats struct {
 	Unchanged bool
 }
 
+// DefaultMoveGrace is Options.MoveGrace's default: with the default 10s
+// TTL a silent machine's units move 30s after its last renewal (Kubernetes
+// evicts after 5 min by default, Nomad replaces after the client's
+// heartbeat grace; fleet moved them at once, fleet#708).
+const DefaultMoveGrace = 20 * time.Second
+
+// DefaultFenceWait is Options.FenceWait's default.
+const DefaultFenceWait = time.Second
+
 // Engine is a leader candidate and, while leader, the reconciler. Run it
 // once; Pass may be called directly by tools and benchmarks.
 type Engine struct {
@@ -86,6 +117,19 @@ type Engine struct {
 	skipped map[string]bool
 	// dropMoves holds the move requests the last pass could not honour.
 	dropMoves map[string]string
+
+	// absentSince is when this leader first saw each targeted machine
+	// without presence; healthySince is since when it has had unbroken
+	// contact with etcd in one Raft term. A machine counts as absent from
+	// the later of the two.
+	absentSince  map[string]time.Time
+	healthySince time.Time
+	etcdTerm     uint64
+	unhealthy    bool
+	// wake is when a unit held on an absent machine may move: a pass is due.
+	wake time.Time
+	// released holds the absent machines whose grace has been logged as over.
+	released map[string]bool
 }
 
 type parsed struct {
@@ -93,6 +137,10 @@ type parsed struct {
 	file *unit.File
 	err  error
 }
+
+// errMachineBack is a write refused because a machine whose units it moved
+// registered again meanwhile (or leadership was lost: the next pass tells).
+var errMachineBack = errors.New("a machine came back (or leadership was lost) since the read")
 
 // ErrNotLeader is returned by Pass when its guard no longer holds.
 var ErrNotLeader = errors.New("engine: not the leader any more")
@@ -117,7 +165,23 @@ func New(opts Options) (*Engine, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Engine{opts: opts, reg: opts.Registry, log: opts.Logger, cache: map[string]parsed{}, waiting: map[string]bool{}}, nil
+	switch {
+	case opts.MoveGrace == 0:
+		opts.MoveGrace = DefaultMoveGrace
+	case opts.MoveGrace < 0:
+		opts.MoveGrace = 0
+	}
+	switch {
+	case opts.FenceWait == 0:
+		opts.FenceWait = DefaultFenceWait
+	case opts.FenceWait < 0:
+		opts.FenceWait = 0
+	}
+	if opts.HealthInterval <= 0 {
+		opts.HealthInterval = 500 * time.Millisecond
+	}
+	return &Engine{opts: opts, reg: opts.Registry, log: opts.Logger, cache: map[string]parsed{}, waiting: map[string]bool{},
+		absentSince: map[string]time.Time{}, healthySince: time.Now()}, nil
 }
 
 // Run campaigns for leadership and reconciles while leader, until ctx is
@@ -126,9 +190,14 @@ func (e *Engine) Run(ctx context.Context) error {
 	c := e.reg.Client()
 	backoff := 200 * time.Millisecond
 	for ctx.Err() == nil {
-		err := e.term(ctx, c)
+		led, err := e.term(ctx, c)
 		if ctx.Err() != nil {
 			return nil
+		}
+		if led {
+			// A leadership that ended (its machine cut off, say) is no
+			// reason to wait long before standing again.
+			backoff = 200 * time.Millisecond
 		}
 		e.log.Warn("engine leadership ended", "err", err)
 		select {
@@ -136,23 +205,23 @@ func (e *Engine) Run(ctx context.Context) error {
 			return nil
 		case <-time.After(backoff):
 		}
-		if backoff < 5*time.Second {
-			backoff *= 2
-		}
+		// At most a second: a candidate that sleeps longer delays the
+		// take-over when the leader's machine is cut off next.
+		backoff = min(2*backoff, time.Second)
 	}
 	return nil
 }
 
 // term is one candidacy: campaign, then lead until leadership is lost.
-func (e *Engine) term(ctx context.Context, c *store.Client) error {
+func (e *Engine) term(ctx context.Context, c *store.Client) (led bool, err error) {
 	lease, err := c.GrantLease(ctx, e.opts.TTL)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer lease.Close()
 	lead, err := c.Campaign(ctx, lease, e.reg.ElectionPrefix(), e.opts.ID)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer func() {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
@@ -160,7 +229,13 @@ func (e *Engine) term(ctx context.Context, c *store.Client) error {
 		lead.Resign(rctx)
 	}()
 	e.log.Info("engine: became leader", "key", lead.Key(), "rev", lead.Rev())
-	return e.lead(ctx, lead)
+	// A new leader knows nothing of how long machines have been gone: every
+	// absence clock starts now.
+	e.mu.Lock()
+	e.absentSince, e.released = map[string]time.Time{}, nil
+	e.healthySince, e.etcdTerm, e.unhealthy, e.wake = time.Now(), 0, false, time.Time{}
+	e.mu.Unlock()
+	return true, e.lead(ctx, lead)
 }
 
 // lead reconciles until ctx is done or leadership is lost.
@@ -171,7 +246,18 @@ func (e *Engine) lead(ctx context.Context, lead *store.Leadership) error {
 	for {
 		st, err := e.pass(ctx, lead.Guard())
 		if err != nil {
-			return err
+			if fatal(ctx, err) || !errors.Is(err, errMachineBack) {
+				return err
+			}
+			e.log.Info("engine pass: a machine came back meanwhile; passing again", "err", err)
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-lead.Done():
+				return ErrNotLeader
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
 		}
 		w := c.WatchPrefix(ctx, e.reg.Prefix(), st.rev+1)
 		err = e.watchLoop(ctx, lead, w, period.C)
@@ -206,8 +292,37 @@ func (e *Engine) relevant(key string) bool {
 
 func (e *Engine) watchLoop(ctx context.Context, lead *store.Leadership, w *store.Watch, period <-chan time.Time) error {
 	var debounce <-chan time.Time
+	health := time.NewTicker(e.opts.HealthInterval)
+	defer health.Stop()
+	var wake *time.Timer
+	var wakeC <-chan time.Time
+	var wakeAt time.Time
+	defer func() {
+		if wake != nil {
+			wake.Stop()
+		}
+	}()
 	for {
+		// A unit held on an absent machine may move at e.wake: pass then.
+		e.mu.Lock()
+		next := e.wake
+		e.mu.Unlock()
+		if !next.IsZero() && !next.Equal(wakeAt) {
+			if wake != nil {
+				wake.Stop()
+			}
+			wakeAt = next
+			wake = time.NewTimer(max(time.Until(next), 0) + 10*time.Millisecond)
+			wakeC = wake.C
+		}
 		select {
+		case <-health.C:
+			e.checkHealth(ctx, lead)
+		case <-wakeC:
+			wakeC, wakeAt = nil, time.Time{}
+			if debounce == nil {
+				debounce = time.After(0)
+			}
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-lead.Done():
@@ -250,6 +365,34 @@ func (e *Engine) watchLoop(ctx context.Context, lead *store.Leadership, w *store
 			}
 		}
 	}
+}
+
+// checkHealth asks etcd for its Raft term. A failed request, or a term
+// other than the last one seen (an etcd leader election), restarts every
+// machine absence clock once etcd answers: leases looked stale only
+// because etcd could not renew them.
+func (e *Engine) checkHealth(ctx context.Context, lead *store.Leadership) {
+	hctx, cancel := context.WithTimeout(ctx, max(e.opts.HealthInterval, time.Second))
+	term, err := e.reg.Client().Term(hctx, lead.Key())
+	cancel()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err != nil {
+		if !e.unhealthy && ctx.Err() == nil {
+			e.log.Warn("engine: no contact with etcd; machine absence clocks stop until it answers", "err", err)
+		}
+		e.unhealthy = true
+		return
+	}
+	switch {
+	case e.unhealthy:
+		e.log.Info("engine: etcd answers again; machine absence clocks restart", "term", term)
+		e.healthySince = time.Now()
+	case e.etcdTerm != 0 && term != e.etcdTerm:
+		e.log.Info("engine: etcd changed leader; machine absence clocks restart", "term", term, "was", e.etcdTerm)
+		e.healthySince = time.Now()
+	}
+	e.unhealthy, e.etcdTerm = false, term
 }
 
 // fatal reports whether a pass error ends the leadership: lost leadership
@@ -379,9 +522,16 @@ func (e *Engine) loadUnits(ctx context.Context, snap *registry.Snapshot) (reques
 }
 
 type plan struct {
-	batches  [][]store.Op // each: the ops of one unit
+	batches  []batch // each: the writes of one unit
 	unplaced map[string]string
 	moved    int
+}
+
+// batch is the writes of one unit and the conditions they need besides the
+// leadership guard (a move off an absent machine: its presence still absent).
+type batch struct {
+	ops  []store.Op
+	cmps []store.Cmp
 }
 
 // plan computes the writes that bring the registry to the placement.
@@ -390,6 +540,65 @@ func (e *Engine) plan(snap *registry.Snapshot) plan {
 	defer e.mu.Unlock()
 	p := plan{unplaced: map[string]string{}}
 	e.waiting = map[string]bool{}
+	now := time.Now()
+	// Absence clocks: a machine targeted by some unit and without presence
+	// is absent since this leader first saw it so, or since etcd was last
+	// unhealthy, whichever is later.
+	absent := map[string]bool{}
+	for _, ms := range snap.Schedule {
+		for m := range ms {
+			if _, alive := snap.Machines[m]; !alive {
+				absent[m] = true
+			}
+		}
+	}
+	for m := range e.absentSince {
+		if !absent[m] {
+			delete(e.absentSince, m)
+			delete(e.released, m)
+			delete(e.released, m+" fenced")
+		}
+	}
+	for m := range absent {
+		if _, ok := e.absentSince[m]; !ok {
+			e.absentSince[m] = now
+		}
+	}
+	e.wake = time.Time{}
+	// held reports whether unit name, fenced or not, stays on absent
+	// machine m for now, and notes when it may move.
+	held := func(name, m string, fenced bool) bool {
+		since := e.absentSince[m]
+		if since.Before(e.healthySince) {
+			since = e.healthySince
+		}
+		wait := e.opts.MoveGrace
+		if fenced {
+			wait = e.opts.FenceWait
+		}
+		until := since.Add(wait)
+		if now.Before(until) {
+			if e.wake.IsZero() || until.Before(e.wake) {
+				e.wake = until
+			}
+			return true
+		}
+		key := m
+		if fenced {
+			key += " fenced"
+		}
+		if e.released == nil {
+			e.released = map[string]bool{}
+		}
+		if !e.released[key] {
+			e.released[key] = true
+			e.log.Info("engine: machine gone for longer than its grace (counted while etcd was healthy); its units move",
+				"machine", m, "absent-for", now.Sub(since).Round(time.Millisecond), "grace", wait, "fenced-units", fenced)
+		}
+		return false
+	}
+	// keep holds the targets on absent machines that stay for now.
+	keep := map[string]map[string]bool{}
 	machines := make([]schedule.Machine, 0, len(snap.Machines))
 	for _, m := range snap.Machines {
 		machines = append(machines, schedule.Machine{ID: m.ID, IP: m.IP, Metadata: m.Metadata, Capacity: m.Capacity})
@@ -406,13 +615,25 @@ func (e *Engine) plan(snap *registry.Snapshot) plan {
 			continue
 		}
 		u := schedule.Unit{Name: name, Fleet: pu.file.Fleet}
-		if !u.Fleet.Global {
-			for _, m := range snap.Targets(name) {
-				if _, alive := snap.Machines[m]; alive {
+		fenced := pu.file.Flotilla.Fenced()
+		stay := false
+		for _, m := range snap.Targets(name) {
+			if _, alive := snap.Machines[m]; alive {
+				if !u.Fleet.Global && u.Current == "" {
 					u.Current = m
-					break
 				}
+			} else if held(name, m, fenced) {
+				if keep[name] == nil {
+					keep[name] = map[string]bool{}
+				}
+				keep[name][m] = true
+				stay = !u.Fleet.Global
 			}
+		}
+		if stay && u.Current == "" {
+			// Its machine is absent, not yet for long enough: the unit stays
+			// targeted there, out of this placement.
+			continue
 		}
 		units = append(units, u)
 	}
@@ -431,6 +652,14 @@ func (e *Engine) plan(snap *registry.Snapshot) plan {
 			set[m] = true
 		}
 		want[name] = set
+	}
+	for name, ms := range keep {
+		if want[name] == nil {
+			want[name] = map[string]bool{}
+		}
+		for m := range ms {
+			want[name][m] = true
+		}
 	}
 	// Two-phase moves: hold a new target while another live machine still
 	// reports the unit running.
@@ -483,6 +712,7 @@ func (e *Engine) plan(snap *registry.Snapshot) plan {
 	sort.Strings(sorted)
 	for _, name := range sorted {
 		var ops []store.Op
+		var cmps []store.Cmp
 		job := snap.Jobs[name]
 		encs := map[string]string{} // by hash: a pin (a rollout in progress) keeps a machine on its body
 		val := func(m string) string {
@@ -495,6 +725,11 @@ func (e *Engine) plan(snap *registry.Snapshot) plan {
 		for m, a := range snap.Schedule[name] {
 			if !want[name][m] {
 				ops = append(ops, store.OpDelete(e.reg.ScheduleKey(m, name)))
+				if absent[m] {
+					// Moving off an absent machine: only while it is still
+					// absent (it may have registered again since the read).
+					cmps = append(cmps, store.Missing(e.reg.MachineKey(m)))
+				}
 			} else if a.Hash != snap.Hash(name, m) || a.Desired != job.Desired {
 				ops = append(ops, store.OpPut(e.reg.ScheduleKey(m, name), val(m), 0))
 			}
@@ -514,50 +749,59 @@ func (e *Engine) plan(snap *registry.Snapshot) plan {
 		}
 		ops = append(ops, e.moveDone(snap, name, want[name])...)
 		if len(ops) > 0 {
-			p.batches = append(p.batches, ops)
+			p.batches = append(p.batches, batch{ops: ops, cmps: cmps})
 		}
 	}
 	return p
 }
 
 // write applies the batches in guarded transactions of at most
-// registry.MaxTxnOps operations, never splitting one unit's batch unless it
-// alone is larger than that.
-func (e *Engine) write(ctx context.Context, guard store.Cmp, batches [][]store.Op) (txns, ops int, err error) {
+// registry.MaxTxnOps operations and as many conditions, never splitting one
+// unit's batch unless it alone is larger than that.
+func (e *Engine) write(ctx context.Context, guard store.Cmp, batches []batch) (txns, ops int, err error) {
 	c := e.reg.Client()
 	var cur []store.Op
+	cmps := []store.Cmp{guard}
 	flush := func() error {
 		if len(cur) == 0 {
 			return nil
 		}
-		ok, _, err := c.Txn(ctx, []store.Cmp{guard}, cur, nil)
+		ok, _, err := c.Txn(ctx, cmps, cur, nil)
 		txns++
 		if err != nil {
 			return fmt.Errorf("engine: write placement: %w", err)
 		}
 		if !ok {
+			if len(cmps) > 1 {
+				// A machine came back, or leadership was lost: the next
+				// pass (soon, on the presence change) sorts out which.
+				return fmt.Errorf("engine: write placement: %w", errMachineBack)
+			}
 			return fmt.Errorf("engine: write placement: %w", ErrNotLeader)
 		}
 		ops += len(cur)
 		cur = cur[:0]
+		cmps = cmps[:1]
 		return nil
 	}
 	for _, b := range batches {
-		if len(cur)+len(b) > registry.MaxTxnOps {
+		if len(cur)+len(b.ops) > registry.MaxTxnOps || len(cmps)+len(b.cmps) > registry.MaxTxnOps {
 			if err := flush(); err != nil {
 				return txns, ops, err
 			}
 		}
+		cmps = append(cmps, b.cmps...)
+		o := b.ops
 		// A global unit on many machines may need several transactions;
 		// each of its keys stands alone.
-		for len(b) > registry.MaxTxnOps {
-			cur = append(cur, b[:registry.MaxTxnOps]...)
+		for len(o) > registry.MaxTxnOps {
+			cur = append(cur, o[:registry.MaxTxnOps]...)
 			if err := flush(); err != nil {
 				return txns, ops, err
 			}
-			b = b[registry.MaxTxnOps:]
+			o = o[registry.MaxTxnOps:]
 		}
-		cur = append(cur, b...)
+		cur = append(cur, o...)
 	}
 	return txns, ops, flush()
 }

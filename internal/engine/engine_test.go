@@ -76,7 +76,12 @@ func (f *fixture) start(name, body string) {
 }
 
 func (f *fixture) runEngine(id string) (stop func()) {
-	e, err := engine.New(engine.Options{Registry: f.reg, ID: id, TTL: 2 * time.Second, Period: time.Second})
+	return f.runEngineWith(engine.Options{ID: id, MoveGrace: 300 * time.Millisecond})
+}
+
+func (f *fixture) runEngineWith(o engine.Options) (stop func()) {
+	o.Registry, o.TTL, o.Period = f.reg, 2*time.Second, time.Second
+	e, err := engine.New(o)
 	if err != nil {
 		f.t.Fatal(err)
 	}

@@ -195,6 +195,28 @@ func (e *Executor) Stop(ctx context.Context, name string) error {
 	return cur.stop(ctx)
 }
 
+// Kill ends a unit at once, for fencing: SIGKILL to its whole process
+// group, no ExecStop, no restart (ExecStopPost still runs after). It
+// returns once every process of the group is gone. Killing a stopped or
+// unknown unit is a no-op.
+func (e *Executor) Kill(ctx context.Context, name string) error {
+	e.mu.Lock()
+	cur := e.units[name]
+	e.mu.Unlock()
+	if cur == nil {
+		return nil
+	}
+	// Not under the unit's lock: a Start or Stop in progress (waiting on
+	// ExecStop, say) must not delay the kill.
+	cur.kill()
+	unlock, err := e.lock(name)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return cur.stop(ctx)
+}
+
 // Remove stops a unit and forgets it (its log file stays).
 func (e *Executor) Remove(ctx context.Context, name string) error {
 	unlock, err := e.lock(name)

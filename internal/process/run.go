@@ -26,6 +26,28 @@ type run struct {
 
 	mu    sync.Mutex
 	state executor.State
+	// pgid is the running attempt's process group (0 between attempts);
+	// killed is set by kill.
+	pgid   int
+	killed bool
+}
+
+// kill requests a stop that skips ExecStop and SIGKILLs the group at once.
+func (r *run) kill() {
+	r.mu.Lock()
+	r.killed = true
+	pgid := r.pgid
+	r.mu.Unlock()
+	r.requestStop()
+	if pgid > 0 {
+		syscall.Kill(-pgid, syscall.SIGKILL)
+	}
+}
+
+func (r *run) wasKilled() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.killed
 }
 
 func (r *run) finished() bool {
@@ -134,6 +156,18 @@ func (r *run) attempt(logFile *os.File) result {
 		return failure
 	}
 	defer g.kill()
+	r.mu.Lock()
+	r.pgid = g.pgid
+	killed := r.killed
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		r.pgid = 0
+		r.mu.Unlock()
+	}()
+	if killed {
+		syscall.Kill(-g.pgid, syscall.SIGKILL)
+	}
 	x := &execCtx{r: r, env: env, log: logFile, pgid: g.pgid}
 
 	logf(logFile, name, "Starting %s", name)
@@ -219,6 +253,11 @@ func (r *run) attempt(logFile *os.File) result {
 	// Stop: ExecStop (only after a successful start), then the group, then
 	// ExecStopPost.
 	r.setState("deactivating", "stop")
+	if r.wasKilled() {
+		logf(logFile, name, "killed (fencing): SIGKILL to the group, ExecStop skipped")
+		started = false
+		syscall.Kill(-g.pgid, syscall.SIGKILL)
+	}
 	if started {
 		if main != nil && main.Process != nil {
 			x.mainPID = main.Process.Pid

@@ -23,8 +23,10 @@
 // # The invariant: no unit runs on a machine whose agent lost its presence
 //
 // Three mechanisms, chosen to cover each way an agent can go away:
-//   - The agent itself stops its units when its presence lease is lost (the
-//     agent's job: it calls Stop/Remove).
+//   - The agent keeps its units running while it cannot reach etcd (the
+//     default: availability), stops those the engine moved away once it
+//     reconnects, and kills fenced units ([X-Flotilla] OnDisconnect=stop)
+//     with Kill before its presence lease can expire (the agent's job).
 //   - When the agent runs under systemd, Options.AgentUnit makes every unit
 //     BindsTo= the agent's unit (PartOf= with Options.AgentDependency), so
 //     systemd stops the units the moment the agent stops, crashes or is
@@ -83,6 +85,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	sddbus "github.com/coreos/go-systemd/v22/dbus"
 	godbus "github.com/godbus/dbus/v5"
@@ -741,6 +744,41 @@ func (e *Executor) Stop(ctx context.Context, name string) error {
 		return nil
 	}
 	return e.stop(ctx, c, name)
+}
+
+// Kill ends an owned unit at once, for fencing: SIGKILL to every process of
+// its cgroup, then a stop job so that Restart= does not bring it back
+// (ExecStop finds nothing left to stop; ExecStopPost runs). Killing a unit
+// that is not installed or not owned is a no-op.
+func (e *Executor) Kill(ctx context.Context, name string) error {
+	n, err := parseName(name)
+	if err != nil {
+		return fmt.Errorf("systemd: kill: %w", err)
+	}
+	o, err := readOwned(e.dropInPath(n.full))
+	if err != nil {
+		return fmt.Errorf("systemd: kill %s: %w", name, err)
+	}
+	if !o.owned {
+		return nil
+	}
+	c, err := e.bus(ctx)
+	if err != nil {
+		return err
+	}
+	// Not under the unit's lock: a start or stop job in progress must not
+	// delay the kill.
+	kerr := c.KillUnitWithTarget(ctx, name, sddbus.All, int32(syscall.SIGKILL))
+	var derr godbus.Error
+	if kerr != nil && !(errors.As(kerr, &derr) && (derr.Name == "org.freedesktop.systemd1.NoSuchUnit" || derr.Name == "org.freedesktop.systemd1.NoUnitProcesses")) {
+		e.log.Warn("kill unit", "unit", name, "err", kerr)
+	}
+	defer e.names.lock(n.full)()
+	if err := e.stop(ctx, c, name); err != nil {
+		return fmt.Errorf("systemd: kill %s: %w", name, err)
+	}
+	e.log.Warn("unit killed (fencing)", "unit", name)
+	return nil
 }
 
 func (e *Executor) stop(ctx context.Context, c *sddbus.Conn, name string) error {

@@ -28,6 +28,11 @@
 // %% are expanded in values for the unit's name (a template is validated
 // as its instance "1" would be).
 //
+// [X-Flotilla] (type Flotilla): flotilla-only settings beside [X-Fleet].
+// OnDisconnect=keep-running (default) or stop (fenced: the agent kills the
+// unit before its machine's lease can expire, so it never runs twice);
+// unknown keys and values are rejected with their line.
+//
 // [Service] (type Service, Exec): Type, Exec{StartPre,Start,StartPost,
 // Stop,StopPost}, Restart, RestartSec, Timeout{Start,Stop,}Sec,
 // Environment, EnvironmentFile, WorkingDirectory, User, RemainAfterExit.

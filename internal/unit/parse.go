@@ -47,10 +47,12 @@ type Option struct {
 // is the [Service] section of a .service unit; Description is [Unit]
 // Description. A File is immutable once returned: share it freely.
 type File struct {
-	Name        Name
-	Raw         []byte
-	Options     []Option
-	Fleet       Fleet
+	Name    Name
+	Raw     []byte
+	Options []Option
+	Fleet   Fleet
+	// Flotilla is the [X-Flotilla] section (flotilla-only settings).
+	Flotilla    Flotilla
 	Service     Service
 	Description string
 }
@@ -113,6 +115,11 @@ func (f *File) derive() error {
 		return err
 	}
 	f.Fleet = fl
+	fo, err := parseFlotilla(f.Name, f.Options)
+	if err != nil {
+		return err
+	}
+	f.Flotilla = fo
 	if f.Name.Type == "service" {
 		s, err := parseService(f.Name, f.Options)
 		if err != nil {
@@ -131,7 +138,7 @@ func (f *File) Instantiate(instance string) (*File, error) {
 	if err != nil {
 		return nil, err
 	}
-	g := &File{Name: n, Raw: f.Raw, Options: f.Options, Service: f.Service, Description: f.Description}
+	g := &File{Name: n, Raw: f.Raw, Options: f.Options, Flotilla: f.Flotilla, Service: f.Service, Description: f.Description}
 	fl, err := parseFleetFor(n, f.Options, false)
 	if err != nil {
 		return nil, err
