@@ -535,11 +535,6 @@ func (r *runner) finishEntry(ctx context.Context, res result) {
 	r.log.Error("render failed; will retry", "resource", name, "retry_in", wait, "err", res.err)
 }
 
-// renderNow renders e synchronously (Onetime).
-func (r *runner) renderNow(ctx context.Context, e *entry) {
-	r.finish(ctx, r.exec(ctx, r.renderJob(e)))
-}
-
 // workers runs jobs off the loop: at most one per destination at a time.
 type workers struct {
 	results  chan result
@@ -613,8 +608,10 @@ func Onetime(ctx context.Context, cfg Config) error {
 			return errors.Join(append(errs, fmt.Errorf("read keys: %w", err))...)
 		}
 	}
-	for _, e := range r.sorted() {
-		r.renderNow(ctx, e)
+	entries := r.sorted()
+	for i, res := range r.execAll(ctx, entries) {
+		e := entries[i]
+		r.finish(ctx, res)
 		if e.failures > 0 {
 			continue
 		}
@@ -632,6 +629,42 @@ func Onetime(ctx context.Context, cfg Config) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// onetimeParallel bounds the renders Onetime runs at once: most of a
+// render's time is waiting for the disk (fsync of the staged file and of its
+// directory), which overlaps well.
+const onetimeParallel = 8
+
+// execAll renders every entry off the loop, several at a time, and returns
+// the results in entries' order. Entries with the same destination render
+// one after the other, in order, as the watch does.
+func (r *runner) execAll(ctx context.Context, entries []*entry) []result {
+	results := make([]result, len(entries))
+	jobs := make([]job, len(entries))
+	for i, e := range entries {
+		jobs[i] = r.renderJob(e)
+	}
+	byDest := map[string][]int{}
+	var dests []string
+	for i, e := range entries {
+		if _, ok := byDest[e.res.Dest]; !ok {
+			dests = append(dests, e.res.Dest)
+		}
+		byDest[e.res.Dest] = append(byDest[e.res.Dest], i)
+	}
+	var g errgroup.Group
+	g.SetLimit(onetimeParallel)
+	for _, d := range dests {
+		g.Go(func() error {
+			for _, i := range byDest[d] {
+				results[i] = r.exec(ctx, jobs[i])
+			}
+			return nil
+		})
+	}
+	_ = g.Wait()
+	return results
 }
 
 // lastErr re-renders e in memory to name why it failed (Onetime's report).
