@@ -67,8 +67,8 @@ func TestForkFormRendersSameBytes(t *testing.T) {
 	d4, out4 := confdir(t)
 	// A unit file written for the fork, with its other flags.
 	if _, stderr, err := runT(t, "etcd", "-n", ep, "--confdir", d4, "--onetime", "--log-format", "json",
-		"--systemd-notify", "--failure-mode", "best-effort", "--check-cmd-timeout", "5s", "--debounce", "1s",
-		"--template-cache", "--backend-timeout", "30s", "--retry-base-delay", "100ms"); err != nil {
+		"--failure-mode", "best-effort", "--check-cmd-timeout", "5s", "--debounce", "1s",
+		"--backend-timeout", "30s", "--retry-base-delay", "100ms"); err != nil {
 		t.Fatalf("fork flags: %v\n%s", err, stderr)
 	}
 	d3, out3 := confdir(t)
@@ -91,7 +91,7 @@ func TestConfigFileAndFlagsOverride(t *testing.T) {
 	srv.Client().Put(context.Background(), "/clusterstate/ns/a", "ha 1.2.3.4:5", 0)
 	dir, dest := confdir(t)
 	cf := filepath.Join(t.TempDir(), "confd.toml")
-	os.WriteFile(cf, []byte(fmt.Sprintf("backend = \"etcd\"\nnodes = [%q]\nconfdir = %q\nlog-level = \"warn\"\nnoop = true\nsrv_record = \"ignored\"\n", srv.Endpoint(), dir)), 0o644)
+	os.WriteFile(cf, []byte(fmt.Sprintf("backend = \"etcd\"\nnodes = [%q]\nconfdir = %q\nlog-level = \"warn\"\nnoop = true\nfrobnicate = \"ignored\"\n", srv.Endpoint(), dir)), 0o644)
 	// noop from the file: a diff, nothing written; an unknown key warns.
 	stdout, stderr, err := runT(t, "-config-file", cf, "-onetime")
 	if err != nil {
@@ -100,14 +100,14 @@ func TestConfigFileAndFlagsOverride(t *testing.T) {
 	if !strings.Contains(stdout, "+    server ha 1.2.3.4:5 check") {
 		t.Errorf("noop diff missing: %q", stdout)
 	}
-	if !strings.Contains(stderr, "srv_record") {
+	if !strings.Contains(stderr, "frobnicate") {
 		t.Errorf("unknown config key not reported: %q", stderr)
 	}
 	if _, err := os.Stat(dest); err == nil {
 		t.Error("noop from the config file wrote dest")
 	}
 	// -strict makes it an error.
-	if _, _, err := runT(t, "-config-file", cf, "-onetime", "-strict"); err == nil || !strings.Contains(err.Error(), "srv_record") {
+	if _, _, err := runT(t, "-config-file", cf, "-onetime", "-strict"); err == nil || !strings.Contains(err.Error(), "frobnicate") {
 		t.Errorf("strict: %v", err)
 	}
 	// A flag overrides the file.

@@ -56,6 +56,30 @@ type Config struct {
 	// keys in resource files errors.
 	Noop, SyncOnly, KeepStageFile, Strict bool
 	Diff                                  io.Writer
+	// DiffContext, DiffColor and DiffNamesOnly shape what Noop prints (see
+	// resources.ApplyOptions).
+	DiffContext              int
+	DiffColor, DiffNamesOnly bool
+	// Only, when not empty, names the resources to render (conf.d file
+	// names, with or without .toml); the others are not loaded. A name
+	// that matches no file is an error.
+	Only []string
+	// FailFast makes Onetime stop at the first resource that fails: the
+	// resources after it are neither rendered nor reloaded.
+	FailFast bool
+	// MaxAttempts bounds the attempts (0: no bound) at reading the keys in
+	// Onetime and CheckConfig (backing off RetryMin..RetryMax between
+	// them; 0 means one attempt there), and at rendering or reloading one
+	// resource in Run: after MaxAttempts failures in a row the resource
+	// waits for its next change instead of retrying.
+	MaxAttempts int
+	// WatchErrorBackoff is the wait after a watch fails before the keys are
+	// read again (0: at once).
+	WatchErrorBackoff time.Duration
+	// ShutdownTimeout bounds how long Run, once ctx ends, waits for running
+	// checks and reloads (0: as long as their own timeouts); Run returns an
+	// error when some were still running.
+	ShutdownTimeout time.Duration
 	// CheckTimeout and ReloadTimeout are the defaults for resources that set
 	// none (zero: resources.DefaultCheckTimeout, DefaultReloadTimeout).
 	CheckTimeout, ReloadTimeout time.Duration
@@ -143,6 +167,7 @@ type entry struct {
 	reloadFails  int
 	lastReload   time.Time
 	rendered     bool // attempted at least once
+	gaveUp       bool // MaxAttempts failures in a row: waits for a change
 	// successor replaced this entry when its resource file changed; a job
 	// of this entry still running hands its pending reload over to it.
 	successor *entry
@@ -176,6 +201,11 @@ func (r *runner) loadConfig() (changed bool, errs []error) {
 		Strict: r.cfg.Strict, KeepStageFile: r.cfg.KeepStageFile,
 		CheckTimeout: r.cfg.CheckTimeout, ReloadTimeout: r.cfg.ReloadTimeout,
 	}
+	if len(r.cfg.Only) > 0 {
+		var only []string
+		only, errs = r.only(names, errs)
+		names = only
+	}
 	next := make(map[string]*entry, len(names))
 	for _, n := range names {
 		old := r.entries[n]
@@ -208,6 +238,30 @@ func (r *runner) loadConfig() (changed bool, errs []error) {
 	}
 	r.entries = next
 	return changed, errs
+}
+
+// only keeps the names Config.Only asks for; a name asked for that has no
+// file is an error.
+func (r *runner) only(names []string, errs []error) ([]string, []error) {
+	byName := map[string]string{}
+	for _, n := range names {
+		base := filepath.Base(n)
+		byName[base], byName[strings.TrimSuffix(base, ".toml")] = n, n
+	}
+	var out []string
+	seen := map[string]bool{}
+	for _, want := range r.cfg.Only {
+		n, ok := byName[want]
+		if !ok {
+			errs = append(errs, fmt.Errorf("resource %q: no such file in %s", want, r.cfg.confDir()))
+			continue
+		}
+		if !seen[n] {
+			seen[n] = true
+			out = append(out, n)
+		}
+	}
+	return out, errs
 }
 
 // inherit takes over what old owes the service: the file in place is what
@@ -349,6 +403,9 @@ func (r *runner) resync(ctx context.Context, now time.Time) error {
 }
 
 func (r *runner) markDirty(e *entry, now, arrived time.Time) {
+	if e.gaveUp { // a new change: a new budget of attempts
+		e.gaveUp, e.failures = false, 0
+	}
 	if !e.dirty {
 		e.dirty = true
 		e.first = now
@@ -401,7 +458,7 @@ func (r *runner) due(e *entry) time.Time {
 		if lim := e.first.Add(w.Max); w.Max > 0 && lim.Before(t) {
 			t = lim
 		}
-	} else if e.failures > 0 {
+	} else if e.failures > 0 && !e.gaveUp {
 		t = e.retryAt
 	}
 	if e.reloadWanted && (t.IsZero() || r.reloadDue(e).Before(t)) {
@@ -450,6 +507,7 @@ func (r *runner) exec(ctx context.Context, j job) result {
 	log.Debug("template executed", "bytes", len(content), "took", time.Since(start))
 	changed, err := j.e.res.Apply(ctx, content, resources.ApplyOptions{
 		Noop: r.cfg.Noop, Diff: r.cfg.Diff, SyncOnly: r.cfg.SyncOnly, Logger: log,
+		DiffContext: r.cfg.DiffContext, DiffColor: r.cfg.DiffColor, DiffNamesOnly: r.cfg.DiffNamesOnly,
 	})
 	j.e.tmpl.Recycle(content) // Apply keeps nothing of it
 	return result{job: j, changed: changed, err: err}
@@ -489,6 +547,11 @@ func (r *runner) finishEntry(ctx context.Context, res result) {
 		r.cfg.Metrics.reloaded(name, res.err)
 		if res.err != nil {
 			e.reloadFails++
+			if m := r.cfg.MaxAttempts; m > 0 && e.reloadFails >= m {
+				e.reloadWanted, e.reloadFails = false, 0
+				r.log.Error("reload failed; giving up until the next change", "resource", name, "attempts", m, "err", res.err)
+				return
+			}
 			wait := r.backoff(e.reloadFails)
 			e.reloadAt = now.Add(wait)
 			r.log.Error("reload failed; will retry", "resource", name, "retry_in", wait, "err", res.err)
@@ -529,6 +592,12 @@ func (r *runner) finishEntry(ctx context.Context, res result) {
 		return
 	}
 	e.failures++
+	if m := r.cfg.MaxAttempts; m > 0 && e.failures >= m {
+		e.gaveUp = true
+		r.cfg.Metrics.failed(name)
+		r.log.Error("render failed; giving up until the next change", "resource", name, "attempts", m, "err", res.err)
+		return
+	}
 	wait := r.backoff(e.failures)
 	e.retryAt = now.Add(wait)
 	r.cfg.Metrics.failed(name)
@@ -568,7 +637,7 @@ func (r *runner) process(ctx context.Context, w *workers, drain func()) {
 		if d.IsZero() || d.After(now) || ctx.Err() != nil || w.busy[e.res.Dest] {
 			continue
 		}
-		if e.dirty || (e.failures > 0 && !e.retryAt.After(now)) {
+		if e.dirty || (e.failures > 0 && !e.gaveUp && !e.retryAt.After(now)) {
 			w.start(ctx, r, r.renderJob(e))
 		}
 	}
@@ -603,24 +672,44 @@ func (r *runner) reloadDue(e *entry) time.Time {
 func Onetime(ctx context.Context, cfg Config) error {
 	r := newRunner(cfg)
 	_, errs := r.loadConfig()
+	if len(errs) > 0 && r.cfg.FailFast {
+		return errors.Join(errs...)
+	}
 	if len(r.entries) > 0 {
-		if err := r.resync(ctx, time.Now()); err != nil {
+		if err := r.resyncAttempts(ctx); err != nil {
 			return errors.Join(append(errs, fmt.Errorf("read keys: %w", err))...)
 		}
 	}
 	entries := r.sorted()
-	for i, res := range r.execAll(ctx, entries) {
-		e := entries[i]
+	var results []result
+	if r.cfg.FailFast {
+		results = make([]result, 0, len(entries))
+	} else {
+		results = r.execAll(ctx, entries)
+	}
+	for i, e := range entries {
+		var res result
+		if r.cfg.FailFast { // one at a time, stopping at the first failure
+			res = r.exec(ctx, r.renderJob(e))
+		} else {
+			res = results[i]
+		}
 		r.finish(ctx, res)
 		if e.failures > 0 {
+			if r.cfg.FailFast {
+				return errors.Join(append(errs, r.lastErr(e))...)
+			}
 			continue
 		}
 		if e.reloadWanted {
 			err := e.res.Reload(ctx, r.log.With("resource", e.res.Name))
+			r.cfg.Metrics.reloaded(e.res.Name, err)
 			if err != nil {
 				errs = append(errs, err)
+				if r.cfg.FailFast {
+					return errors.Join(errs...)
+				}
 			}
-			r.cfg.Metrics.reloaded(e.res.Name, err)
 		}
 	}
 	for _, e := range r.sorted() {
@@ -667,6 +756,27 @@ func (r *runner) execAll(ctx context.Context, entries []*entry) []result {
 	return results
 }
 
+// resyncAttempts reads the keys, up to MaxAttempts times (at least once),
+// backing off between attempts.
+func (r *runner) resyncAttempts(ctx context.Context) error {
+	for n := 1; ; n++ {
+		err := r.resync(ctx, time.Now())
+		if err == nil || n >= r.cfg.MaxAttempts || ctx.Err() != nil {
+			if err != nil && n > 1 {
+				err = fmt.Errorf("%d attempts: %w", n, err)
+			}
+			return err
+		}
+		d := r.backoff(n)
+		r.log.Warn("cannot read keys; trying again", "attempt", n, "of", r.cfg.MaxAttempts, "retry_in", d, "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(d):
+		}
+	}
+}
+
 // lastErr re-renders e in memory to name why it failed (Onetime's report).
 func (r *runner) lastErr(e *entry) error {
 	if _, err := e.tmpl.Render(e.store); err != nil {
@@ -681,7 +791,7 @@ func CheckConfig(ctx context.Context, cfg Config, out io.Writer) error {
 	r := newRunner(cfg)
 	_, errs := r.loadConfig()
 	if len(r.entries) > 0 {
-		if err := r.resync(ctx, time.Now()); err != nil {
+		if err := r.resyncAttempts(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("read keys: %w", err))
 		} else {
 			for _, e := range r.sorted() {
@@ -748,7 +858,9 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 		})
 	}
-	if r.cfg.Metrics != nil {
+	// The source's health: for /health, and for a source that finds its
+	// endpoints again after a failed ping (SRV).
+	{
 		g.Go(func() error {
 			t := time.NewTicker(r.cfg.PingInterval)
 			defer t.Stop()
@@ -922,10 +1034,29 @@ func (r *runner) loop(ctx context.Context, cfgEvents <-chan struct{}) error {
 		}
 	}
 	r.cfg.Notify("STOPPING=1")
+	var limit <-chan time.Time
+	if r.cfg.ShutdownTimeout > 0 {
+		t := time.NewTimer(r.cfg.ShutdownTimeout)
+		defer t.Stop()
+		limit = t.C
+	}
 	for jobs.inflight > 0 { // let running checks and reloads end
-		res := <-jobs.results
-		jobs.done(res)
-		r.finish(ctx, res)
+		select {
+		case res := <-jobs.results:
+			jobs.done(res)
+			r.finish(ctx, res)
+		case <-limit:
+			// The jobs left behind end with the process (their commands
+			// are killed by their own timeouts otherwise): returning is
+			// what the bound is for.
+			n := jobs.inflight
+			go func() {
+				for range n {
+					<-jobs.results
+				}
+			}()
+			return fmt.Errorf("shutdown: %d check or reload commands still running after %v", n, r.cfg.ShutdownTimeout)
+		}
 	}
 	return nil
 }
@@ -937,8 +1068,11 @@ func (r *runner) batch(b Batch, ok bool, needResync *bool, resyncAt *time.Time, 
 		*needResync, *resyncAt = true, time.Now().Add(r.cfg.RetryMin)
 	case b.Err != nil:
 		closeWatch()
-		r.log.Warn("watch ended; resyncing", "err", b.Err)
+		r.log.Warn("watch ended; resyncing", "err", b.Err, "after", r.cfg.WatchErrorBackoff)
 		*needResync, *resyncAt = true, time.Time{}
+		if r.cfg.WatchErrorBackoff > 0 {
+			*resyncAt = time.Now().Add(r.cfg.WatchErrorBackoff)
+		}
 	case b.Resync:
 		*needResync, *resyncAt = true, time.Time{}
 	default:

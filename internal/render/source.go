@@ -58,8 +58,22 @@ type Change struct {
 // Safe for concurrent use; Close it when done.
 type EtcdSource struct {
 	cfg store.Config
+	o   EtcdSourceOptions
 	mu  sync.Mutex
 	c   *store.Client
+}
+
+// EtcdSourceOptions tune an EtcdSource; the zero value is NewEtcdSource's.
+type EtcdSourceOptions struct {
+	// ReadTimeout bounds one full read of the keys (0: twice the dial
+	// timeout).
+	ReadTimeout time.Duration
+	// Endpoints, when set, finds the endpoints before every connect (SRV
+	// discovery): the source connects to what it returns, and after a
+	// failed read or ping closes its client, so that the next use looks
+	// the endpoints up again (a watch on the closed client ends, and the
+	// runner resyncs through the new one).
+	Endpoints func(ctx context.Context) ([]string, error)
 }
 
 var _ Source = (*EtcdSource)(nil)
@@ -67,13 +81,26 @@ var _ Source = (*EtcdSource)(nil)
 // NewEtcdSource returns a source for cfg. It does not connect yet.
 func NewEtcdSource(cfg store.Config) *EtcdSource { return &EtcdSource{cfg: cfg} }
 
+// NewEtcdSourceWith is NewEtcdSource with options.
+func NewEtcdSourceWith(cfg store.Config, o EtcdSourceOptions) *EtcdSource {
+	return &EtcdSource{cfg: cfg, o: o}
+}
+
 func (s *EtcdSource) client(ctx context.Context) (*store.Client, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.c != nil {
 		return s.c, nil
 	}
-	c, err := store.Open(ctx, s.cfg)
+	cfg := s.cfg
+	if s.o.Endpoints != nil {
+		eps, err := s.o.Endpoints(ctx)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Endpoints = eps
+	}
+	c, err := store.Open(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -81,16 +108,38 @@ func (s *EtcdSource) client(ctx context.Context) (*store.Client, error) {
 	return c, nil
 }
 
-// List reads the prefixes in one transaction, within the dial timeout.
+// failed drops c after an error when the endpoints are discovered, so that
+// the next use discovers them again.
+func (s *EtcdSource) failed(c *store.Client) {
+	if s.o.Endpoints == nil {
+		return
+	}
+	s.mu.Lock()
+	drop := s.c == c
+	if drop {
+		s.c = nil
+	}
+	s.mu.Unlock()
+	if drop {
+		c.Close() // a watch on it ends
+	}
+}
+
+// List reads the prefixes at one revision, within the read timeout.
 func (s *EtcdSource) List(ctx context.Context, prefixes []string) ([]Change, int64, error) {
 	c, err := s.client(ctx)
 	if err != nil {
 		return nil, 0, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, 2*s.cfg.DialTimeout)
+	limit := s.o.ReadTimeout
+	if limit <= 0 {
+		limit = 2 * s.cfg.DialTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	n, pairs, rev, err := c.ScanPrefixes(ctx, prefixes)
 	if err != nil {
+		s.failed(c)
 		return nil, 0, err
 	}
 	out := make([]Change, 0, n)
@@ -121,7 +170,11 @@ func (s *EtcdSource) Ping(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return c.Ping(ctx)
+	if err := c.Ping(ctx); err != nil {
+		s.failed(c)
+		return err
+	}
+	return nil
 }
 
 // Watch watches prefix through one store watch (which resumes by itself
