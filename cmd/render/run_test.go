@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"github.com/flotilla/flotilla/internal/testmain"
@@ -19,8 +20,24 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	// A test re-runs this binary as render itself (e.g. in a private mount
+	// namespace with its own resolv.conf): the arguments come as JSON.
+	if a := os.Getenv(envRunAsRender); a != "" {
+		var args []string
+		if err := json.Unmarshal([]byte(a), &args); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		os.Args = append([]string{"render"}, args...)
+		main()
+		return
+	}
 	goleak.VerifyTestMain(m, testmain.LeakOptions()...)
 }
+
+// envRunAsRender makes the test binary run render's main with these
+// arguments (a JSON list).
+const envRunAsRender = "FLOTILLA_TEST_RUN_AS_RENDER"
 
 // confdir makes a confd directory whose one resource writes out/lb.cfg.
 func confdir(t *testing.T) (dir, dest string) {

@@ -61,6 +61,9 @@ type EtcdSource struct {
 	o   EtcdSourceOptions
 	mu  sync.Mutex
 	c   *store.Client
+	// dropped closes when c is dropped to find the endpoints again: its
+	// watches end then.
+	dropped chan struct{}
 }
 
 // EtcdSourceOptions tune an EtcdSource; the zero value is NewEtcdSource's.
@@ -104,8 +107,24 @@ func (s *EtcdSource) client(ctx context.Context) (*store.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.c = c
+	s.c, s.dropped = c, make(chan struct{})
 	return c, nil
+}
+
+// client returns the client and the channel closed when it is dropped.
+func (s *EtcdSource) clientDropped(ctx context.Context) (*store.Client, <-chan struct{}, error) {
+	c, err := s.client(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.c != c { // dropped meanwhile
+		d := make(chan struct{})
+		close(d)
+		return c, d, nil
+	}
+	return c, s.dropped, nil
 }
 
 // failed drops c after an error when the endpoints are discovered, so that
@@ -118,6 +137,7 @@ func (s *EtcdSource) failed(c *store.Client) {
 	drop := s.c == c
 	if drop {
 		s.c = nil
+		close(s.dropped)
 	}
 	s.mu.Unlock()
 	if drop {
@@ -180,7 +200,7 @@ func (s *EtcdSource) Ping(ctx context.Context) error {
 // Watch watches prefix through one store watch (which resumes by itself
 // after a disconnect and ends on compaction).
 func (s *EtcdSource) Watch(ctx context.Context, prefix string, fromRev int64) Watcher {
-	c, err := s.client(ctx)
+	c, dropped, err := s.clientDropped(ctx)
 	if err != nil {
 		ch := make(chan Batch, 1)
 		ch <- Batch{Err: err}
@@ -195,7 +215,17 @@ func (s *EtcdSource) Watch(ctx context.Context, prefix string, fromRev int64) Wa
 		defer close(cw.done)
 		defer close(out)
 		defer w.Close()
-		for wb := range w.C {
+		for {
+			var wb store.WatchBatch
+			var ok bool
+			select {
+			case wb, ok = <-w.C:
+			case <-dropped:
+				wb, ok = store.WatchBatch{Err: errors.New("etcd did not answer: finding its endpoints again")}, true
+			}
+			if !ok {
+				return
+			}
 			b := Batch{Rev: wb.Rev, Err: wb.Err}
 			for _, ev := range wb.Events {
 				b.Changes = append(b.Changes, Change{Key: ev.KV.Key, Value: string(ev.KV.Value), Deleted: ev.Type == store.EventDelete})
@@ -203,6 +233,9 @@ func (s *EtcdSource) Watch(ctx context.Context, prefix string, fromRev int64) Wa
 			select {
 			case out <- b:
 			case <-ctx.Done():
+				return
+			}
+			if b.Err != nil {
 				return
 			}
 		}
