@@ -1,8 +1,11 @@
 package render_test
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -62,5 +65,56 @@ func TestMoreResourcesThanMaxTxnOps(t *testing.T) {
 				f.eventually("the change of the last resource", func() bool { return read(dests[n-1]) == want(n-1, "changed:2") })
 			})
 		}
+	}
+}
+
+// failingWatch is a source whose watches fail at once; it counts full reads.
+type failingWatch struct {
+	render.Source
+	lists atomic.Int32
+}
+
+func (s *failingWatch) List(ctx context.Context, prefixes []string) ([]render.Change, int64, error) {
+	s.lists.Add(1)
+	return s.Source.List(ctx, prefixes)
+}
+
+func (s *failingWatch) Watch(context.Context, string, int64) render.Watcher {
+	ch := make(chan render.Batch, 1)
+	ch <- render.Batch{Err: errors.New("watch failed (test)")}
+	close(ch)
+	return closedWatcher(ch)
+}
+
+type closedWatcher chan render.Batch
+
+func (w closedWatcher) C() <-chan render.Batch { return w }
+func (w closedWatcher) Close()                 {}
+
+// TestWatchErrorBackoff: after a failed watch the runner reads the keys
+// again at once, or after WatchErrorBackoff when set.
+func TestWatchErrorBackoff(t *testing.T) {
+	for _, backoff := range []time.Duration{0, 400 * time.Millisecond} {
+		t.Run(backoff.String(), func(t *testing.T) {
+			f := newFixture(t)
+			dest := f.resource("w", `"/w"`, `{{getv "/w/v"}}`+"\n", "")
+			f.put("/w/v", "1")
+			src := &failingWatch{Source: f.source()}
+			cfg := f.config()
+			cfg.Source, cfg.WatchErrorBackoff = src, backoff
+			f.run(cfg)
+			f.eventually("first render", func() bool { return read(dest) == "1\n" })
+			start, n0 := time.Now(), src.lists.Load()
+			time.Sleep(1200 * time.Millisecond)
+			n := src.lists.Load() - n0
+			per := time.Since(start) / time.Duration(max(n, 1))
+			t.Logf("%d reads in %v", n, time.Since(start))
+			if backoff > 0 && per < backoff {
+				t.Errorf("with a %v backoff: a read every %v", backoff, per)
+			}
+			if backoff == 0 && n < 4 {
+				t.Errorf("without a backoff: only %d reads in 1.2s of failing watches", n)
+			}
+		})
 	}
 }

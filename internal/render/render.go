@@ -986,6 +986,11 @@ func (r *runner) loop(ctx context.Context, cfgEvents <-chan struct{}) error {
 		}
 		soonest(cfgAt)
 		if needResync {
+			// Zero means at once (a watch that failed while its queue was
+			// drained): not "nothing due".
+			if resyncAt.IsZero() {
+				next = now
+			}
 			soonest(resyncAt)
 		}
 		if r.cfg.Mode == Poll && !needResync {
