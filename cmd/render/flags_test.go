@@ -366,7 +366,8 @@ func TestEveryFlag(t *testing.T) {
 			as.Client().Put(context.Background(), "/clusterstate/ns/a", walkValue, 0)
 			as.EnableAuth("rootpw", "render", "secret")
 			dir, dest := lbDir(t, "")
-			args := []string{"-node", as.Endpoint(), "-confdir", dir, "-onetime", "-dial-timeout", "2s"}
+			// bcrypt under -race on a busy machine: a generous timeout
+			args := []string{"-node", as.Endpoint(), "-confdir", dir, "-onetime", "-dial-timeout", "15s"}
 			if _, _, err := runT(t, append(args, "-username", "render", "-password", "wrong")...); err == nil {
 				t.Fatal("a wrong -password was accepted")
 			}
