@@ -148,6 +148,23 @@ func (r *Resource) Apply(ctx context.Context, content []byte, opts ApplyOptions)
 	return true, nil
 }
 
+// ReloadKey says which reload r shares: "group:NAME" for a reload_group,
+// else "cmd:" and the expanded reload_cmd (resources whose reload commands
+// come out the same share one reload); "" when r has no reload_cmd.
+func (r *Resource) ReloadKey() string {
+	if r.ReloadCmd == "" {
+		return ""
+	}
+	if r.ReloadGroup != "" {
+		return "group:" + r.ReloadGroup
+	}
+	cmd, err := expandCmd(r.ReloadCmd, r.Dest, r.Dest)
+	if err != nil {
+		return "resource:" + r.Name // its reload fails on its own
+	}
+	return "cmd:" + cmd
+}
+
 // Reload runs reload_cmd ({{.dest}} is Dest) with its timeout; a resource
 // without one does nothing. ctx cancels it; pass a context that outlives a
 // shutdown to let a reload finish.

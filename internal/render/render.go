@@ -162,6 +162,9 @@ type entry struct {
 	failures     int
 	retryAt      time.Time
 	reloadWanted bool
+	reloadSeq    int       // counts the renders that wanted a reload
+	reloadKey    string    // the reload it shares (resources.Resource.ReloadKey)
+	rendering    bool      // a render job of it is running
 	reloadSince  time.Time // when the pending reload was first wanted
 	reloadAt     time.Time
 	reloadFails  int
@@ -313,7 +316,7 @@ func loadEntry(file string, opts resources.LoadOptions) (*entry, error) {
 	if st, err := os.Stat(res.Dest); err == nil {
 		t.SizeHint(int(st.Size())) // the next output is likely about as large
 	}
-	return &entry{res: res, tmpl: t, tmplText: text}, nil
+	return &entry{res: res, tmpl: t, tmplText: text, reloadKey: res.ReloadKey()}, nil
 }
 
 func (r *runner) sorted() []*entry {
@@ -480,8 +483,11 @@ func (r *runner) backoff(n int) time.Duration {
 type job struct {
 	e      *entry
 	reload bool
-	store  *template.Store // the snapshot to render (a Clone)
-	since  time.Time
+	// group is, for a reload, every resource it stands for (e among them)
+	// with the reloadSeq each had when the reload started.
+	group map[*entry]int
+	store *template.Store // the snapshot to render (a Clone)
+	since time.Time
 }
 
 // result is a finished job.
@@ -516,7 +522,7 @@ func (r *runner) exec(ctx context.Context, j job) result {
 // renderJob takes e's pending changes into a job.
 func (r *runner) renderJob(e *entry) job {
 	j := job{e: e, store: e.store.Clone(), since: e.since}
-	e.dirty = false
+	e.dirty, e.rendering = false, true
 	return j
 }
 
@@ -540,27 +546,45 @@ func (r *runner) finish(ctx context.Context, res result) {
 	cur.takeReload(e)
 }
 
+// finishReload applies a reload's outcome to m, one of the resources it
+// stood for; seq is m.reloadSeq when it started: a render of m since then
+// wants a reload of its own still.
+func (r *runner) finishReload(m *entry, seq int, err error, now time.Time) {
+	name := m.res.Name
+	m.lastReload = now
+	r.cfg.Metrics.reloaded(name, err)
+	if err != nil {
+		m.reloadFails++
+		if n := r.cfg.MaxAttempts; n > 0 && m.reloadFails >= n {
+			m.reloadWanted, m.reloadFails = false, 0
+			r.log.Error("reload failed; giving up until the next change", "resource", name, "attempts", n, "err", err)
+			return
+		}
+		wait := r.backoff(m.reloadFails)
+		m.reloadAt = now.Add(wait)
+		r.log.Error("reload failed; will retry", "resource", name, "retry_in", wait, "err", err)
+		return
+	}
+	m.reloadFails = 0
+	if m.reloadSeq == seq {
+		m.reloadWanted = false
+	}
+	r.log.Info("reloaded", "resource", name)
+}
+
 func (r *runner) finishEntry(ctx context.Context, res result) {
 	e, name, now := res.e, res.e.res.Name, time.Now()
 	if res.reload {
-		e.lastReload = now
-		r.cfg.Metrics.reloaded(name, res.err)
-		if res.err != nil {
-			e.reloadFails++
-			if m := r.cfg.MaxAttempts; m > 0 && e.reloadFails >= m {
-				e.reloadWanted, e.reloadFails = false, 0
-				r.log.Error("reload failed; giving up until the next change", "resource", name, "attempts", m, "err", res.err)
-				return
-			}
-			wait := r.backoff(e.reloadFails)
-			e.reloadAt = now.Add(wait)
-			r.log.Error("reload failed; will retry", "resource", name, "retry_in", wait, "err", res.err)
-			return
+		group := res.group
+		if group == nil {
+			group = map[*entry]int{e: e.reloadSeq}
 		}
-		e.reloadWanted, e.reloadFails = false, 0
-		r.log.Info("reloaded", "resource", name)
+		for m, seq := range group {
+			r.finishReload(m, seq, res.err, now)
+		}
 		return
 	}
+	e.rendering = false
 	e.rendered = true
 	if res.err == nil {
 		e.failures = 0
@@ -580,6 +604,7 @@ func (r *runner) finishEntry(ctx context.Context, res result) {
 			e.reloadSince = now
 		}
 		e.reloadWanted, e.reloadFails = true, 0
+		e.reloadSeq++
 		e.reloadAt = now
 		if mri := e.res.MinReloadInterval; mri > 0 && !e.lastReload.IsZero() && now.Sub(e.lastReload) < mri {
 			e.reloadAt = e.lastReload.Add(mri)
@@ -606,23 +631,30 @@ func (r *runner) finishEntry(ctx context.Context, res result) {
 
 // workers runs jobs off the loop: at most one per destination at a time.
 type workers struct {
-	results  chan result
-	busy     map[string]bool // by dest
-	inflight int
+	results   chan result
+	busy      map[string]bool // by dest
+	reloading map[string]bool // by reload key
+	inflight  int
 }
 
 func newWorkers() *workers {
-	return &workers{results: make(chan result), busy: map[string]bool{}}
+	return &workers{results: make(chan result), busy: map[string]bool{}, reloading: map[string]bool{}}
 }
 
 func (w *workers) start(ctx context.Context, r *runner, j job) {
 	w.busy[j.e.res.Dest] = true
+	if j.reload {
+		w.reloading[j.e.reloadKey] = true
+	}
 	w.inflight++
 	go func() { w.results <- r.exec(ctx, j) }()
 }
 
 func (w *workers) done(res result) {
 	delete(w.busy, res.e.res.Dest)
+	if res.reload {
+		delete(w.reloading, res.e.reloadKey)
+	}
 	w.inflight--
 }
 
@@ -642,14 +674,36 @@ func (r *runner) process(ctx context.Context, w *workers, drain func()) {
 		}
 	}
 	drain()
+	started := map[string]bool{}
 	for _, e := range r.sorted() {
 		if ctx.Err() != nil {
 			return
 		}
-		if e.reloadWanted && !w.busy[e.res.Dest] && !r.reloadDue(e).After(time.Now()) {
-			w.start(ctx, r, job{e: e, reload: true})
+		if !e.reloadWanted || started[e.reloadKey] || w.reloading[e.reloadKey] || w.busy[e.res.Dest] || r.reloadDue(e).After(time.Now()) {
+			continue
+		}
+		// One reload for every resource that shares it and wants it.
+		group := map[*entry]int{}
+		for _, m := range r.entries {
+			if m.reloadWanted && m.reloadKey == e.reloadKey {
+				group[m] = m.reloadSeq
+			}
+		}
+		started[e.reloadKey] = true
+		w.start(ctx, r, job{e: e, reload: true, group: group})
+	}
+}
+
+// groupBusy reports whether another resource sharing e's reload has changes
+// not yet rendered, or is rendering: e's reload waits for it (at most
+// maxReloadHold), so that one reload covers both.
+func (r *runner) groupBusy(e *entry) bool {
+	for _, m := range r.entries {
+		if m != e && m.reloadKey == e.reloadKey && (m.dirty || m.rendering) {
+			return true
 		}
 	}
+	return false
 }
 
 // maxReloadHold bounds how long changes that keep coming hold a reload back.
@@ -659,7 +713,7 @@ const maxReloadHold = time.Second
 // changes not yet rendered, once those are rendered (at most maxReloadHold
 // after it was first wanted).
 func (r *runner) reloadDue(e *entry) time.Time {
-	if e.dirty {
+	if e.dirty || r.groupBusy(e) {
 		if hold := e.reloadSince.Add(maxReloadHold); hold.After(e.reloadAt) {
 			return hold
 		}
@@ -687,6 +741,7 @@ func Onetime(ctx context.Context, cfg Config) error {
 	} else {
 		results = r.execAll(ctx, entries)
 	}
+	var failed error // fail-fast: the failure that stopped the renders
 	for i, e := range entries {
 		var res result
 		if r.cfg.FailFast { // one at a time, stopping at the first failure
@@ -695,22 +750,33 @@ func Onetime(ctx context.Context, cfg Config) error {
 			res = results[i]
 		}
 		r.finish(ctx, res)
-		if e.failures > 0 {
-			if r.cfg.FailFast {
-				return errors.Join(append(errs, r.lastErr(e))...)
-			}
+		if e.failures > 0 && r.cfg.FailFast {
+			failed = r.lastErr(e)
+			break
+		}
+	}
+	// One reload per reload shared (same reload_cmd or reload_group),
+	// after every render.
+	done := map[string]error{}
+	for _, e := range entries {
+		if !e.reloadWanted {
 			continue
 		}
-		if e.reloadWanted {
-			err := e.res.Reload(ctx, r.log.With("resource", e.res.Name))
-			r.cfg.Metrics.reloaded(e.res.Name, err)
+		err, ran := done[e.reloadKey]
+		if !ran {
+			err = e.res.Reload(ctx, r.log.With("resource", e.res.Name))
+			done[e.reloadKey] = err
 			if err != nil {
 				errs = append(errs, err)
-				if r.cfg.FailFast {
-					return errors.Join(errs...)
-				}
 			}
 		}
+		r.cfg.Metrics.reloaded(e.res.Name, err)
+		if err != nil && r.cfg.FailFast {
+			return errors.Join(errs...)
+		}
+	}
+	if failed != nil {
+		return errors.Join(append(errs, failed)...)
 	}
 	for _, e := range r.sorted() {
 		if e.failures > 0 {
