@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -384,10 +385,8 @@ func (r *runner) resync(ctx context.Context, now time.Time) error {
 		} else {
 			st = template.NewStore(nil)
 		}
-		for _, kv := range kvs {
-			if !e.res.Match(kv.Key) {
-				continue
-			}
+		for _, i := range matching(kvs, e.res.Keys) {
+			kv := kvs[i]
 			rel := e.res.Relative(kv.Key)
 			st.Set(rel, kv.Value)
 			if same {
@@ -403,6 +402,26 @@ func (r *runner) resync(ctx context.Context, now time.Time) error {
 		r.markDirty(e, now, time.Time{})
 	}
 	return nil
+}
+
+// matching returns the indexes, in order, of the changes of kvs (sorted by
+// key) under any of keys: a binary search per key, then its range, so that
+// many resources over many keys cost what they read, not resources × keys.
+func matching(kvs []Change, keys []string) []int {
+	var out []int
+	for _, key := range keys {
+		lo := sort.Search(len(kvs), func(i int) bool { return kvs[i].Key >= key })
+		for i := lo; i < len(kvs) && strings.HasPrefix(kvs[i].Key, key); i++ {
+			if resources.MatchKey(key, kvs[i].Key) {
+				out = append(out, i)
+			}
+		}
+	}
+	if len(keys) > 1 { // overlapping or unordered keys
+		sort.Ints(out)
+		out = slices.Compact(out)
+	}
+	return out
 }
 
 func (r *runner) markDirty(e *entry, now, arrived time.Time) {
