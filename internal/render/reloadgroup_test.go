@@ -76,3 +76,30 @@ func TestOnetimeSharedReload(t *testing.T) {
 		t.Errorf("reloads %q, want one shared (r) and one own (c)", got)
 	}
 }
+
+// TestMaxAttemptsGivesUpUntilChange: a resource whose render keeps failing
+// is tried MaxAttempts times, then waits for its next change, which brings
+// a new budget of attempts.
+func TestMaxAttemptsGivesUpUntilChange(t *testing.T) {
+	f := newFixture(t)
+	tries := filepath.Join(f.out, "tries")
+	f.resource("m", `"/m"`, `{{getv "/m/v"}}`+"\n", fmt.Sprintf(`check_cmd = "echo x >> %s; false"`, tries))
+	f.put("/m/v", "1")
+	cfg := f.config()
+	cfg.MaxAttempts = 2
+	f.run(cfg)
+	f.eventually("two attempts", func() bool { return lines(tries) >= 2 })
+	time.Sleep(1500 * time.Millisecond) // backoff 50ms, 100ms, …: more attempts would show
+	if n := lines(tries); n != 2 {
+		t.Fatalf("%d attempts with MaxAttempts 2", n)
+	}
+	if !strings.Contains(f.logs.String(), "giving up until the next change") {
+		t.Error("giving up was not logged")
+	}
+	f.put("/m/v", "2")
+	f.eventually("two more attempts after the change", func() bool { return lines(tries) >= 4 })
+	time.Sleep(1500 * time.Millisecond)
+	if n := lines(tries); n != 4 {
+		t.Fatalf("%d attempts after a change, want 4", n)
+	}
+}
