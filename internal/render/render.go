@@ -181,6 +181,7 @@ type runner struct {
 	cfg     Config
 	log     *slog.Logger
 	entries map[string]*entry // by resource file path
+	byName  []*entry          // sorted's result, until entries change
 	rev     int64
 }
 
@@ -240,7 +241,7 @@ func (r *runner) loadConfig() (changed bool, errs []error) {
 	if len(next) != len(r.entries) {
 		changed = true
 	}
-	r.entries = next
+	r.entries, r.byName = next, nil
 	return changed, errs
 }
 
@@ -320,7 +321,12 @@ func loadEntry(file string, opts resources.LoadOptions) (*entry, error) {
 	return &entry{res: res, tmpl: t, tmplText: text, reloadKey: res.ReloadKey()}, nil
 }
 
+// sorted returns the entries by file name; the list is kept until the
+// configuration changes (the loop asks for it on every event).
 func (r *runner) sorted() []*entry {
+	if r.byName != nil {
+		return r.byName
+	}
 	names := make([]string, 0, len(r.entries))
 	for n := range r.entries {
 		names = append(names, n)
@@ -330,6 +336,7 @@ func (r *runner) sorted() []*entry {
 	for i, n := range names {
 		out[i] = r.entries[n]
 	}
+	r.byName = out
 	return out
 }
 
