@@ -39,6 +39,10 @@ func (o *options) check(set map[string]bool, notifySocket bool) error {
 		needs("diff-context", "-noop", o.noop),
 		needs("color", "-noop", o.noop),
 		needs("mock-data", "-check-config", o.checkConfig),
+		needs("exec", "a running render (not -onetime, -check-config or -preflight)", watching),
+		needs("exec", "files written (not -noop)", !o.noop),
+		needs("exec-reload-signal", "-exec", o.exec != ""),
+		needs("exec-kill-timeout", "-exec", o.exec != ""),
 		needs("preflight-timeout", "-preflight", o.preflight),
 		needs("watch-error-backoff", "-watch", o.watch && watching),
 		needs("shutdown-timeout", "a running render (not -onetime, -check-config or -preflight)", watching),
@@ -60,6 +64,9 @@ func (o *options) check(set map[string]bool, notifySocket bool) error {
 	}
 	if (o.srvDomain != "" || o.srvRecord != "") && len(o.nodes) > 0 {
 		return cmdline.Usagef("-srv-domain/-srv-record and -node: give one (SRV finds the nodes)")
+	}
+	if _, err := parseSignal(o.execReloadSignal); err != nil {
+		return cmdline.Usagef("-exec-reload-signal: %v", err)
 	}
 	if o.diffContext < 0 {
 		return cmdline.Usagef("-diff-context %d: must be 0 or more", o.diffContext)

@@ -58,6 +58,8 @@ type options struct {
 	preflight, diff, color, systemdNotify                     bool
 	diffContext, retryMaxAttempts                             int
 	failureMode, mockData, srvDomain, srvRecord               string
+	exec, execReloadSignal                                    string
+	execKillTimeout                                           time.Duration
 
 	refused []string // refused flags that were given, in order
 }
@@ -131,6 +133,9 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "serve /metrics, /health and /ready on this address")
 	fs.BoolVar(&o.checkConfig, "check-config", false, "validate every resource and template (parse, render against the keys), write nothing")
 	fs.BoolVar(&o.strict, "strict", false, "unknown keys in resource and config files are errors, not warnings")
+	fs.StringVar(&o.exec, "exec", "", "once every resource has rendered, run this command (/bin/sh -c 'exec CMD') as render's child: signalled or restarted after a change, sent render's SIGTERM/SIGINT/SIGHUP; render exits with its status")
+	fs.StringVar(&o.execReloadSignal, "exec-reload-signal", "", "with -exec: send this signal (HUP, USR1, USR2…) after a change instead of restarting the child")
+	fs.DurationVar(&o.execKillTimeout, "exec-kill-timeout", 30*time.Second, "with -exec: how long a stopped child gets before SIGKILL")
 
 	// The fork's flags (abtreece/confd), so that its unit files run.
 	fs.Var(listFlag{&o.nodes}, "n", "alias of -node (the fork)")

@@ -383,6 +383,15 @@ func TestEveryFlag(t *testing.T) {
 			}
 			mustRender(t, dest, "-node", bare, "-scheme", "http", "-confdir", dir, "-onetime")
 		},
+		"exec": func(t *testing.T) {
+			refused(t, "exec", "-node", ep, "-onetime", "-exec", "true")
+		},
+		"exec-reload-signal": func(t *testing.T) {
+			refused(t, "exec-reload-signal", "-node", ep, "-exec-reload-signal", "USR2")
+		},
+		"exec-kill-timeout": func(t *testing.T) {
+			refused(t, "exec-kill-timeout", "-node", ep, "-exec-kill-timeout", "1s")
+		},
 		"srv-domain": nil, // TestSRVDiscovery
 		"srv-record": nil, // TestSRVDiscovery
 		"dial-timeout": func(t *testing.T) {
@@ -568,7 +577,7 @@ func TestEveryFlag(t *testing.T) {
 
 	// Flags checked elsewhere: the test must exist.
 	var src bytes.Buffer
-	for _, f := range []string{"run_test.go", "srv_test.go"} {
+	for _, f := range []string{"run_test.go", "srv_test.go", "exec_test.go"} {
 		b, _ := os.ReadFile(f)
 		src.Write(b)
 	}
@@ -576,6 +585,7 @@ func TestEveryFlag(t *testing.T) {
 		"config-file": "TestConfigFileAndFlagsOverride", "strict": "TestConfigFileAndFlagsOverride",
 		"client-cert": "TestTLSAndAuthFlags", "client-key": "TestTLSAndAuthFlags", "client-ca-keys": "TestTLSAndAuthFlags",
 		"srv-domain": "TestSRVDiscovery", "srv-record": "TestSRVDiscovery",
+		"exec": "TestExecHaproxy", "exec-reload-signal": "TestExecHaproxy", "exec-kill-timeout": "TestExecRestartAndKillTimeout",
 	}
 	var o options
 	fs := newFlagSet(&o)

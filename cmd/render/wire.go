@@ -143,12 +143,12 @@ func wire(ctx context.Context, o *options, set map[string]bool, log *slog.Logger
 	case o.onetime:
 		return render.Onetime(ctx, rc)
 	}
-	return serve(ctx, o, rc, log, wait)
+	return serve(ctx, o, rc, log, wait, stdout)
 }
 
 // serve runs render until ctx ends, with what a long-running render has:
 // sd_notify, metrics, SIGHUP.
-func serve(ctx context.Context, o *options, rc render.Config, log *slog.Logger, wait resources.Wait) error {
+func serve(ctx context.Context, o *options, rc render.Config, log *slog.Logger, wait resources.Wait, stdout io.Writer) error {
 	g, ctx := errgroup.WithContext(ctx)
 	if os.Getenv("NOTIFY_SOCKET") != "" && o.systemdNotify {
 		rc.Notify = func(state string) {
@@ -184,6 +184,27 @@ func serve(ctx context.Context, o *options, rc render.Config, log *slog.Logger, 
 			return srv.Shutdown(sctx)
 		})
 	}
+	if o.exec != "" {
+		sig, _ := parseSignal(o.execReloadSignal) // checked
+		x := newExecChild(o.exec, sig, o.execKillTimeout, stdout, log)
+		notify := rc.Notify
+		rc.Notify = func(state string) {
+			if notify != nil {
+				notify(state)
+			}
+			if state == "READY=1" {
+				x.rendered()
+			}
+		}
+		rc.Changed = func(string) { x.changed() }
+		g.Go(func() error {
+			err := x.run(ctx)
+			if err == nil && ctx.Err() == nil {
+				return errChildDone // the child ended well: so does render
+			}
+			return err
+		})
+	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -205,5 +226,11 @@ func serve(ctx context.Context, o *options, rc render.Config, log *slog.Logger, 
 	backend, _ := backendName(o.backend)
 	log.Info("render starting", "confdir", o.confdir, "backend", backend, "watch", o.watch, "wait", wait.String())
 	g.Go(func() error { return render.Run(ctx, rc) })
-	return g.Wait()
+	if err := g.Wait(); !errors.Is(err, errChildDone) {
+		return err
+	}
+	return nil
 }
+
+// errChildDone ends serve when the -exec child exited with status 0.
+var errChildDone = errors.New("exec: child exited")

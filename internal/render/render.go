@@ -98,6 +98,9 @@ type Config struct {
 	Notify func(state string)
 	// WatchdogInterval sends WATCHDOG=1 this often from the loop (0: never).
 	WatchdogInterval time.Duration
+	// Changed, when set, is called on the runner's goroutine after a render
+	// that changed a destination file (not with Noop); it must not block.
+	Changed func(resource string)
 	// Logger, Metrics: nil discards.
 	Logger  *slog.Logger
 	Metrics *Metrics
@@ -623,6 +626,9 @@ func (r *runner) finishEntry(ctx context.Context, res result) {
 			return
 		}
 		r.log.Info("rendered", "resource", name, "dest", e.res.Dest, "rev", r.rev, "noop", r.cfg.Noop)
+		if r.cfg.Changed != nil && !r.cfg.Noop {
+			r.cfg.Changed(name)
+		}
 		if r.cfg.Noop || r.cfg.SyncOnly || e.res.ReloadCmd == "" {
 			return
 		}
