@@ -142,12 +142,14 @@ func TestExecRestartAndKillTimeout(t *testing.T) {
 	c := srv.Client()
 	c.Put(context.Background(), "/clusterstate/ns/a", walkValue, 0)
 	dir, dest := confdir(t)
+	starts := filepath.Join(t.TempDir(), "starts") // a line once SIGTERM is ignored
 	cmd, logs := renderProcess(t, "-node", srv.Endpoint(), "-confdir", dir, "-watch",
-		"-exec", `sh -c 'trap "" TERM; while :; do sleep 0.1; done'`, "-exec-kill-timeout", "300ms")
+		"-exec", `sh -c 'trap "" TERM; echo x >> `+starts+`; while :; do sleep 0.1; done'`, "-exec-kill-timeout", "300ms")
 	eventually(t, "the child", func() bool { return strings.Contains(logs.String(), "exec: child started") })
 	time.Sleep(1100 * time.Millisecond) // past the grace of a new child
 	c.Put(context.Background(), "/clusterstate/ns/b", "h2 10.0.0.2:80", 0)
 	eventually(t, "the restart", func() bool { return strings.Count(logs.String(), "exec: child started") == 2 })
+	eventually(t, "the new child ignoring SIGTERM", func() bool { b, _ := os.ReadFile(starts); return strings.Count(string(b), "x") == 2 })
 	if b, _ := os.ReadFile(dest); !strings.Contains(string(b), "h2 10.0.0.2:80") {
 		t.Errorf("restarted before the file changed: %q", b)
 	}
