@@ -185,7 +185,10 @@ type runner struct {
 	log     *slog.Logger
 	entries map[string]*entry // by resource file path
 	byName  []*entry          // sorted's result, until entries change
-	rev     int64
+	// reloadCtx runs reloads: it outlives the loop's context (a reload that
+	// started is let finish on shutdown) until ShutdownTimeout kills them.
+	reloadCtx context.Context
+	rev       int64
 }
 
 func newRunner(cfg Config) *runner {
@@ -532,7 +535,11 @@ func (r *runner) exec(ctx context.Context, j job) result {
 	if j.reload {
 		// A reload that has started is let finish on shutdown: only its
 		// timeout stops it.
-		return result{job: j, err: j.e.res.Reload(context.WithoutCancel(ctx), log)}
+		rctx := r.reloadCtx
+		if rctx == nil {
+			rctx = context.WithoutCancel(ctx)
+		}
+		return result{job: j, err: j.e.res.Reload(rctx, log)}
 	}
 	start := time.Now()
 	content, err := j.e.tmpl.Render(j.store)
@@ -982,6 +989,9 @@ func Run(ctx context.Context, cfg Config) error {
 }
 
 func (r *runner) loop(ctx context.Context, cfgEvents <-chan struct{}) error {
+	var killReloads context.CancelFunc
+	r.reloadCtx, killReloads = context.WithCancel(context.WithoutCancel(ctx))
+	defer killReloads()
 	var (
 		w          Watcher
 		wc         <-chan Batch
@@ -1138,6 +1148,7 @@ func (r *runner) loop(ctx context.Context, cfgEvents <-chan struct{}) error {
 	}
 	r.cfg.Notify("STOPPING=1")
 	var limit <-chan time.Time
+	var left int // jobs still running at the bound
 	if r.cfg.ShutdownTimeout > 0 {
 		t := time.NewTimer(r.cfg.ShutdownTimeout)
 		defer t.Stop()
@@ -1149,17 +1160,14 @@ func (r *runner) loop(ctx context.Context, cfgEvents <-chan struct{}) error {
 			jobs.done(res)
 			r.finish(ctx, res)
 		case <-limit:
-			// The jobs left behind end with the process (their commands
-			// are killed by their own timeouts otherwise): returning is
-			// what the bound is for.
-			n := jobs.inflight
-			go func() {
-				for range n {
-					<-jobs.results
-				}
-			}()
-			return fmt.Errorf("shutdown: %d check or reload commands still running after %v", n, r.cfg.ShutdownTimeout)
+			// The bound: the commands still running are killed (their
+			// process groups), and their jobs end at once.
+			left, limit = jobs.inflight, nil
+			killReloads()
 		}
+	}
+	if left > 0 {
+		return fmt.Errorf("shutdown: %d check or reload commands still running after %v: killed", left, r.cfg.ShutdownTimeout)
 	}
 	return nil
 }
