@@ -488,11 +488,7 @@ func (r *runner) wait(e *entry) resources.Wait {
 func (r *runner) due(e *entry) time.Time {
 	var t time.Time
 	if e.dirty {
-		w := r.wait(e)
-		t = e.last.Add(w.Min)
-		if lim := e.first.Add(w.Max); w.Max > 0 && lim.Before(t) {
-			t = lim
-		}
+		t = r.renderDue(e)
 	} else if e.failures > 0 && !e.gaveUp {
 		t = e.retryAt
 	}
@@ -736,14 +732,45 @@ func (r *runner) process(ctx context.Context, w *workers, drain func()) {
 // groupBusy reports whether another resource sharing e's reload has changes
 // not yet rendered, or is rendering: e's reload waits for it (at most
 // maxReloadHold), so that one reload covers both.
-func (r *runner) groupBusy(e *entry) bool {
+// renderDue is when dirty e's quiescence window closes.
+func (r *runner) renderDue(e *entry) time.Time {
+	w := r.wait(e)
+	t := e.last.Add(w.Min)
+	if lim := e.first.Add(w.Max); w.Max > 0 && lim.Before(t) {
+		t = lim
+	}
+	return t
+}
+
+// groupHold is how long e's reload waits for the other resources sharing
+// it: while one has changes not yet rendered, until its quiescence window
+// closes, and while one renders; never longer than e's own window (at least
+// maxReloadHold) after the reload was first wanted. Zero: nothing to wait for.
+func (r *runner) groupHold(e *entry) time.Time {
+	limit := e.reloadSince.Add(max(maxReloadHold, r.wait(e).Max))
+	var hold time.Time
 	for _, m := range r.entries {
-		if m != e && m.reloadKey == e.reloadKey && (m.dirty || m.rendering) {
-			return true
+		if m == e || m.reloadKey != e.reloadKey {
+			continue
+		}
+		switch {
+		case m.rendering:
+			hold = limit
+		case m.dirty:
+			if t := r.renderDue(m).Add(groupSlack); t.After(hold) {
+				hold = t
+			}
 		}
 	}
-	return false
+	if hold.After(limit) {
+		hold = limit
+	}
+	return hold
 }
+
+// groupSlack is the margin a shared reload leaves a resource whose window
+// has closed to start its render (the loop starts it on that same pass).
+const groupSlack = 10 * time.Millisecond
 
 // maxReloadHold bounds how long changes that keep coming hold a reload back.
 const maxReloadHold = time.Second
@@ -752,12 +779,16 @@ const maxReloadHold = time.Second
 // changes not yet rendered, once those are rendered (at most maxReloadHold
 // after it was first wanted).
 func (r *runner) reloadDue(e *entry) time.Time {
-	if e.dirty || r.groupBusy(e) {
-		if hold := e.reloadSince.Add(maxReloadHold); hold.After(e.reloadAt) {
-			return hold
+	t := e.reloadAt
+	if e.dirty {
+		if hold := e.reloadSince.Add(maxReloadHold); hold.After(t) {
+			t = hold
 		}
 	}
-	return e.reloadAt
+	if hold := r.groupHold(e); hold.After(t) {
+		t = hold
+	}
+	return t
 }
 
 // Onetime renders every resource once (no quiescence, no throttling) and
