@@ -29,6 +29,12 @@ type ApplyOptions struct {
 	// Diff (if set) and Apply reports the change.
 	Noop bool
 	Diff io.Writer
+	// DiffContext is the lines of context in that diff (0:
+	// DefaultDiffContext, NoDiffContext: none); DiffColor colours it;
+	// DiffNamesOnly prints only "would change DEST" instead.
+	DiffContext   int
+	DiffColor     bool
+	DiffNamesOnly bool
 	// SyncOnly skips check_cmd (and the caller skips reload_cmd).
 	SyncOnly bool
 	// Logger receives command output; nil discards it.
@@ -66,13 +72,22 @@ func (r *Resource) Apply(ctx context.Context, content []byte, opts ApplyOptions)
 		return false, nil
 	}
 	if opts.Noop {
-		if opts.Diff != nil {
+		if opts.Diff != nil && opts.DiffNamesOnly {
+			fmt.Fprintf(opts.Diff, "would change %s\n", r.Dest)
+		} else if opts.Diff != nil {
 			old, oldErr := os.ReadFile(r.Dest)
 			from := r.Dest
 			if oldErr != nil {
 				from = "/dev/null"
 			}
-			d := UnifiedDiff(from, r.Dest, old, content)
+			n := opts.DiffContext
+			if n == 0 {
+				n = DefaultDiffContext
+			}
+			d := UnifiedDiffContext(from, r.Dest, old, content, n)
+			if opts.DiffColor {
+				d = colorDiff(d)
+			}
 			if len(d) == 0 && statErr == nil {
 				d = []byte(fmt.Sprintf("%s: mode/owner %v %d:%d → %v %d:%d\n", r.Dest, st.Mode().Perm(), statUID(st), statGID(st), mode, uid, gid))
 			}
@@ -131,6 +146,23 @@ func (r *Resource) Apply(ctx context.Context, content []byte, opts ApplyOptions)
 		syncDir(dir)
 	}
 	return true, nil
+}
+
+// ReloadKey says which reload r shares: "group:NAME" for a reload_group,
+// else "cmd:" and the expanded reload_cmd (resources whose reload commands
+// come out the same share one reload); "" when r has no reload_cmd.
+func (r *Resource) ReloadKey() string {
+	if r.ReloadCmd == "" {
+		return ""
+	}
+	if r.ReloadGroup != "" {
+		return "group:" + r.ReloadGroup
+	}
+	cmd, err := expandCmd(r.ReloadCmd, r.Dest, r.Dest)
+	if err != nil {
+		return "resource:" + r.Name // its reload fails on its own
+	}
+	return "cmd:" + cmd
 }
 
 // Reload runs reload_cmd ({{.dest}} is Dest) with its timeout; a resource

@@ -94,6 +94,12 @@ type Resource struct {
 	OutputFormat string
 	// MinReloadInterval defers (never drops) a reload that comes sooner.
 	MinReloadInterval time.Duration
+	// ReloadGroup names the reload this resource shares with others (TOML
+	// reload_group): resources of one group that change within one
+	// quiescence window cause one reload, the reload_cmd of the first of
+	// them by file name. Empty: the group is the expanded reload_cmd, so
+	// resources with the same command share it (see ReloadKey).
+	ReloadGroup string
 	// Wait is the resource's own quiescence window (zero: the global one).
 	Wait Wait
 	// Backup keeps the previous Dest as Dest+".bak"; CreateDestDir makes the
@@ -127,6 +133,7 @@ type tomlTemplate struct {
 	GID            *int     `toml:"gid"`
 	CheckCmd       string   `toml:"check_cmd"`
 	ReloadCmd      string   `toml:"reload_cmd"`
+	ReloadGroup    string   `toml:"reload_group"`
 	CheckTimeout   duration `toml:"check_cmd_timeout"`
 	ReloadTimeout  duration `toml:"reload_cmd_timeout"`
 	ReloadTimeout2 duration `toml:"reload_timeout"`
@@ -286,6 +293,10 @@ func Parse(filename string, b []byte, opts LoadOptions) (*Resource, error) {
 		r.GID = g
 	}
 	r.CheckCmd, r.ReloadCmd = t.CheckCmd, t.ReloadCmd
+	r.ReloadGroup = t.ReloadGroup
+	if r.ReloadGroup != "" && r.ReloadCmd == "" {
+		return nil, fmt.Errorf("resource %s: reload_group %q without a reload_cmd", filename, r.ReloadGroup)
+	}
 	r.CheckTimeout = DefaultCheckTimeout
 	if opts.CheckTimeout > 0 {
 		r.CheckTimeout = opts.CheckTimeout

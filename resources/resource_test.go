@@ -313,6 +313,40 @@ func TestNoopDiff(t *testing.T) {
 	}
 }
 
+// TestNoopDiffOptions: the context lines, the colours and the names-only
+// report of -diff-context, -color and -diff=false.
+func TestNoopDiffOptions(t *testing.T) {
+	r, dest := newRes(t, "")
+	if err := os.WriteFile(dest, []byte("1\n2\n3\n4\n5\n6\n7\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	content := []byte("1\n2\n3\nX\n5\n6\n7\n")
+	head := "--- " + dest + "\n+++ " + dest + "\n"
+	tests := map[string]struct {
+		opts resources.ApplyOptions
+		want string
+	}{
+		"default context": {resources.ApplyOptions{}, head + "@@ -1,7 +1,7 @@\n 1\n 2\n 3\n-4\n+X\n 5\n 6\n 7\n"},
+		"context 1":       {resources.ApplyOptions{DiffContext: 1}, head + "@@ -3,3 +3,3 @@\n 3\n-4\n+X\n 5\n"},
+		"no context":      {resources.ApplyOptions{DiffContext: resources.NoDiffContext}, head + "@@ -4 +4 @@\n-4\n+X\n"},
+		"colour": {resources.ApplyOptions{DiffContext: resources.NoDiffContext, DiffColor: true},
+			"\x1b[1m--- " + dest + "\x1b[0m\n\x1b[1m+++ " + dest + "\x1b[0m\n\x1b[36m@@ -4 +4 @@\x1b[0m\n\x1b[31m-4\x1b[0m\n\x1b[32m+X\x1b[0m\n"},
+		"names only": {resources.ApplyOptions{DiffNamesOnly: true}, "would change " + dest + "\n"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			var diff bytes.Buffer
+			tc.opts.Noop, tc.opts.Diff = true, &diff
+			if changed, err := r.Apply(ctxT(t), content, tc.opts); err != nil || !changed {
+				t.Fatal(changed, err)
+			}
+			if diff.String() != tc.want {
+				t.Errorf("diff %q, want %q", diff.String(), tc.want)
+			}
+		})
+	}
+}
+
 func TestReloadAndCommands(t *testing.T) {
 	ctx := ctxT(t)
 	r, dest := newRes(t, "reload_cmd = \"echo {{.dest}} > {{.dest}}.reloaded\"\nreload_cmd_timeout = \"300ms\"\n")

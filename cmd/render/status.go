@@ -45,6 +45,8 @@ func (s *statusOptions) validate(o options, backend string) error {
 		return cmdline.Usagef("-publish-status reports what is installed and reloaded: not with -noop or -sync-only")
 	case o.checkConfig, o.preflight:
 		return cmdline.Usagef("-publish-status: not with -check-config or -preflight")
+	case o.srvDomain != "" || o.srvRecord != "":
+		return cmdline.Usagef("-publish-status with SRV discovery is not supported: name the etcd endpoints with -node")
 	case backend != "etcdv3" || s.store == nil:
 		return cmdline.Usagef("-publish-status needs the etcd backend")
 	}

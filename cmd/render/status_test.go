@@ -27,7 +27,11 @@ func TestPublishStatusRefused(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			_, _, err := runT(t, append([]string{"-confdir", dir, "-node", "127.0.0.1:1"}, tc.args...)...)
+			args := append([]string{"-confdir", dir}, tc.args...)
+			if name != "file" {
+				args = append(args, "-node", "127.0.0.1:1")
+			}
+			_, _, err := runT(t, args...)
 			var msg strings.Builder
 			if code := cmdline.Exit("render", err, &msg); code != 2 || !strings.Contains(msg.String(), tc.want) {
 				t.Errorf("exit %d %q, want 2 and %q", code, msg.String(), tc.want)

@@ -27,6 +27,12 @@ type UsageError struct{ Err error }
 func (e *UsageError) Error() string { return e.Err.Error() }
 func (e *UsageError) Unwrap() error { return e.Err }
 
+// ExitError makes Exit return Code without printing anything: a command
+// that ran a child in its place (render -exec) exits with the child's status.
+type ExitError struct{ Code int }
+
+func (e *ExitError) Error() string { return fmt.Sprintf("exit status %d", e.Code) }
+
 // Usagef returns a UsageError with a formatted message.
 func Usagef(format string, args ...any) error {
 	return &UsageError{Err: fmt.Errorf(format, args...)}
@@ -48,6 +54,10 @@ func Main(name string, run RunFunc) {
 func Exit(name string, err error, stderr io.Writer) int {
 	if err == nil || errors.Is(err, ErrHelp) {
 		return 0
+	}
+	var ee *ExitError
+	if errors.As(err, &ee) {
+		return ee.Code // the status of a child the command stood for
 	}
 	fmt.Fprintf(stderr, "%s: %s\n", name, strings.ReplaceAll(err.Error(), "\n", " "))
 	var ue *UsageError

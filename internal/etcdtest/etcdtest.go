@@ -335,7 +335,8 @@ func (s *Server) Admin() *clientv3.Client {
 // restores an external server's auth state at the end of the test.
 func (s *Server) EnableAuth(rootPassword, user, password string) {
 	s.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	// bcrypt (user add, auth) is slow under -race on a loaded machine.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	c := s.Admin()
 	steps := []func() error{

@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -56,6 +57,30 @@ type Config struct {
 	// keys in resource files errors.
 	Noop, SyncOnly, KeepStageFile, Strict bool
 	Diff                                  io.Writer
+	// DiffContext, DiffColor and DiffNamesOnly shape what Noop prints (see
+	// resources.ApplyOptions).
+	DiffContext              int
+	DiffColor, DiffNamesOnly bool
+	// Only, when not empty, names the resources to render (conf.d file
+	// names, with or without .toml); the others are not loaded. A name
+	// that matches no file is an error.
+	Only []string
+	// FailFast makes Onetime stop at the first resource that fails: the
+	// resources after it are neither rendered nor reloaded.
+	FailFast bool
+	// MaxAttempts bounds the attempts (0: no bound) at reading the keys in
+	// Onetime and CheckConfig (backing off RetryMin..RetryMax between
+	// them; 0 means one attempt there), and at rendering or reloading one
+	// resource in Run: after MaxAttempts failures in a row the resource
+	// waits for its next change instead of retrying.
+	MaxAttempts int
+	// WatchErrorBackoff is the wait after a watch fails before the keys are
+	// read again (0: at once).
+	WatchErrorBackoff time.Duration
+	// ShutdownTimeout bounds how long Run, once ctx ends, waits for running
+	// checks and reloads (0: as long as their own timeouts); Run returns an
+	// error when some were still running.
+	ShutdownTimeout time.Duration
 	// CheckTimeout and ReloadTimeout are the defaults for resources that set
 	// none (zero: resources.DefaultCheckTimeout, DefaultReloadTimeout).
 	CheckTimeout, ReloadTimeout time.Duration
@@ -73,6 +98,9 @@ type Config struct {
 	Notify func(state string)
 	// WatchdogInterval sends WATCHDOG=1 this often from the loop (0: never).
 	WatchdogInterval time.Duration
+	// Changed, when set, is called on the runner's goroutine after a render
+	// that changed a destination file (not with Noop); it must not block.
+	Changed func(resource string)
 	// Logger, Metrics: nil discards.
 	Logger  *slog.Logger
 	Metrics *Metrics
@@ -141,11 +169,15 @@ type entry struct {
 	failures     int
 	retryAt      time.Time
 	reloadWanted bool
+	reloadSeq    int       // counts the renders that wanted a reload
+	reloadKey    string    // the reload it shares (resources.Resource.ReloadKey)
+	rendering    bool      // a render job of it is running
 	reloadSince  time.Time // when the pending reload was first wanted
 	reloadAt     time.Time
 	reloadFails  int
 	lastReload   time.Time
 	rendered     bool  // attempted at least once
+	gaveUp       bool  // MaxAttempts failures in a row: waits for a change
 	applied      int64 // revision installed and reloaded (see reportApplied)
 	seen         int64 // revision of the last change under its keys, or of the last full read
 	// successor replaced this entry when its resource file changed; a job
@@ -157,7 +189,11 @@ type runner struct {
 	cfg     Config
 	log     *slog.Logger
 	entries map[string]*entry // by resource file path
-	rev     int64
+	byName  []*entry          // sorted's result, until entries change
+	// reloadCtx runs reloads: it outlives the loop's context (a reload that
+	// started is let finish on shutdown) until ShutdownTimeout kills them.
+	reloadCtx context.Context
+	rev       int64
 	// lastApplied is what cfg.Applied last received.
 	lastApplied []Applied
 }
@@ -182,6 +218,11 @@ func (r *runner) loadConfig() (changed bool, errs []error) {
 		Prefix: r.cfg.Prefix, TemplatesDir: r.cfg.templatesDir(),
 		Strict: r.cfg.Strict, KeepStageFile: r.cfg.KeepStageFile,
 		CheckTimeout: r.cfg.CheckTimeout, ReloadTimeout: r.cfg.ReloadTimeout,
+	}
+	if len(r.cfg.Only) > 0 {
+		var only []string
+		only, errs = r.only(names, errs)
+		names = only
 	}
 	next := make(map[string]*entry, len(names))
 	for _, n := range names {
@@ -213,8 +254,32 @@ func (r *runner) loadConfig() (changed bool, errs []error) {
 	if len(next) != len(r.entries) {
 		changed = true
 	}
-	r.entries = next
+	r.entries, r.byName = next, nil
 	return changed, errs
+}
+
+// only keeps the names Config.Only asks for; a name asked for that has no
+// file is an error.
+func (r *runner) only(names []string, errs []error) ([]string, []error) {
+	byName := map[string]string{}
+	for _, n := range names {
+		base := filepath.Base(n)
+		byName[base], byName[strings.TrimSuffix(base, ".toml")] = n, n
+	}
+	var out []string
+	seen := map[string]bool{}
+	for _, want := range r.cfg.Only {
+		n, ok := byName[want]
+		if !ok {
+			errs = append(errs, fmt.Errorf("resource %q: no such file in %s", want, r.cfg.confDir()))
+			continue
+		}
+		if !seen[n] {
+			seen[n] = true
+			out = append(out, n)
+		}
+	}
+	return out, errs
 }
 
 // inherit takes over what old owes the service: the file in place is what
@@ -266,10 +331,15 @@ func loadEntry(file string, opts resources.LoadOptions) (*entry, error) {
 	if st, err := os.Stat(res.Dest); err == nil {
 		t.SizeHint(int(st.Size())) // the next output is likely about as large
 	}
-	return &entry{res: res, tmpl: t, tmplText: text}, nil
+	return &entry{res: res, tmpl: t, tmplText: text, reloadKey: res.ReloadKey()}, nil
 }
 
+// sorted returns the entries by file name; the list is kept until the
+// configuration changes (the loop asks for it on every event).
 func (r *runner) sorted() []*entry {
+	if r.byName != nil {
+		return r.byName
+	}
 	names := make([]string, 0, len(r.entries))
 	for n := range r.entries {
 		names = append(names, n)
@@ -279,6 +349,7 @@ func (r *runner) sorted() []*entry {
 	for i, n := range names {
 		out[i] = r.entries[n]
 	}
+	r.byName = out
 	return out
 }
 
@@ -335,10 +406,8 @@ func (r *runner) resync(ctx context.Context, now time.Time) error {
 		} else {
 			st = template.NewStore(nil)
 		}
-		for _, kv := range kvs {
-			if !e.res.Match(kv.Key) {
-				continue
-			}
+		for _, i := range matching(kvs, e.res.Keys) {
+			kv := kvs[i]
 			rel := e.res.Relative(kv.Key)
 			st.Set(rel, kv.Value)
 			if same {
@@ -356,7 +425,30 @@ func (r *runner) resync(ctx context.Context, now time.Time) error {
 	return nil
 }
 
+// matching returns the indexes, in order, of the changes of kvs (sorted by
+// key) under any of keys: a binary search per key, then its range, so that
+// many resources over many keys cost what they read, not resources × keys.
+func matching(kvs []Change, keys []string) []int {
+	var out []int
+	for _, key := range keys {
+		lo := sort.Search(len(kvs), func(i int) bool { return kvs[i].Key >= key })
+		for i := lo; i < len(kvs) && strings.HasPrefix(kvs[i].Key, key); i++ {
+			if resources.MatchKey(key, kvs[i].Key) {
+				out = append(out, i)
+			}
+		}
+	}
+	if len(keys) > 1 { // overlapping or unordered keys
+		sort.Ints(out)
+		out = slices.Compact(out)
+	}
+	return out
+}
+
 func (r *runner) markDirty(e *entry, now, arrived time.Time) {
+	if e.gaveUp { // a new change: a new budget of attempts
+		e.gaveUp, e.failures = false, 0
+	}
 	if !e.dirty {
 		e.dirty = true
 		e.first = now
@@ -405,12 +497,8 @@ func (r *runner) wait(e *entry) resources.Wait {
 func (r *runner) due(e *entry) time.Time {
 	var t time.Time
 	if e.dirty {
-		w := r.wait(e)
-		t = e.last.Add(w.Min)
-		if lim := e.first.Add(w.Max); w.Max > 0 && lim.Before(t) {
-			t = lim
-		}
-	} else if e.failures > 0 {
+		t = r.renderDue(e)
+	} else if e.failures > 0 && !e.gaveUp {
 		t = e.retryAt
 	}
 	if e.reloadWanted && (t.IsZero() || r.reloadDue(e).Before(t)) {
@@ -432,8 +520,11 @@ func (r *runner) backoff(n int) time.Duration {
 type job struct {
 	e      *entry
 	reload bool
-	store  *template.Store // the snapshot to render (a Clone)
-	since  time.Time
+	// group is, for a reload, every resource it stands for (e among them)
+	// with the reloadSeq each had when the reload started.
+	group map[*entry]int
+	store *template.Store // the snapshot to render (a Clone)
+	since time.Time
 }
 
 // result is a finished job.
@@ -449,7 +540,11 @@ func (r *runner) exec(ctx context.Context, j job) result {
 	if j.reload {
 		// A reload that has started is let finish on shutdown: only its
 		// timeout stops it.
-		return result{job: j, err: j.e.res.Reload(context.WithoutCancel(ctx), log)}
+		rctx := r.reloadCtx
+		if rctx == nil {
+			rctx = context.WithoutCancel(ctx)
+		}
+		return result{job: j, err: j.e.res.Reload(rctx, log)}
 	}
 	start := time.Now()
 	content, err := j.e.tmpl.Render(j.store)
@@ -459,6 +554,7 @@ func (r *runner) exec(ctx context.Context, j job) result {
 	log.Debug("template executed", "bytes", len(content), "took", time.Since(start))
 	changed, err := j.e.res.Apply(ctx, content, resources.ApplyOptions{
 		Noop: r.cfg.Noop, Diff: r.cfg.Diff, SyncOnly: r.cfg.SyncOnly, Logger: log,
+		DiffContext: r.cfg.DiffContext, DiffColor: r.cfg.DiffColor, DiffNamesOnly: r.cfg.DiffNamesOnly,
 	})
 	j.e.tmpl.Recycle(content) // Apply keeps nothing of it
 	return result{job: j, changed: changed, err: err}
@@ -467,7 +563,7 @@ func (r *runner) exec(ctx context.Context, j job) result {
 // renderJob takes e's pending changes into a job.
 func (r *runner) renderJob(e *entry) job {
 	j := job{e: e, store: e.store.Clone(), since: e.since}
-	e.dirty = false
+	e.dirty, e.rendering = false, true
 	return j
 }
 
@@ -491,22 +587,45 @@ func (r *runner) finish(ctx context.Context, res result) {
 	cur.takeReload(e)
 }
 
+// finishReload applies a reload's outcome to m, one of the resources it
+// stood for; seq is m.reloadSeq when it started: a render of m since then
+// wants a reload of its own still.
+func (r *runner) finishReload(m *entry, seq int, err error, now time.Time) {
+	name := m.res.Name
+	m.lastReload = now
+	r.cfg.Metrics.reloaded(name, err)
+	if err != nil {
+		m.reloadFails++
+		if n := r.cfg.MaxAttempts; n > 0 && m.reloadFails >= n {
+			m.reloadWanted, m.reloadFails = false, 0
+			r.log.Error("reload failed; giving up until the next change", "resource", name, "attempts", n, "err", err)
+			return
+		}
+		wait := r.backoff(m.reloadFails)
+		m.reloadAt = now.Add(wait)
+		r.log.Error("reload failed; will retry", "resource", name, "retry_in", wait, "err", err)
+		return
+	}
+	m.reloadFails = 0
+	if m.reloadSeq == seq {
+		m.reloadWanted = false
+	}
+	r.log.Info("reloaded", "resource", name)
+}
+
 func (r *runner) finishEntry(ctx context.Context, res result) {
 	e, name, now := res.e, res.e.res.Name, time.Now()
 	if res.reload {
-		e.lastReload = now
-		r.cfg.Metrics.reloaded(name, res.err)
-		if res.err != nil {
-			e.reloadFails++
-			wait := r.backoff(e.reloadFails)
-			e.reloadAt = now.Add(wait)
-			r.log.Error("reload failed; will retry", "resource", name, "retry_in", wait, "err", res.err)
-			return
+		group := res.group
+		if group == nil {
+			group = map[*entry]int{e: e.reloadSeq}
 		}
-		e.reloadWanted, e.reloadFails = false, 0
-		r.log.Info("reloaded", "resource", name)
+		for m, seq := range group {
+			r.finishReload(m, seq, res.err, now)
+		}
 		return
 	}
+	e.rendering = false
 	e.rendered = true
 	if res.err == nil {
 		e.failures = 0
@@ -519,6 +638,9 @@ func (r *runner) finishEntry(ctx context.Context, res result) {
 			return
 		}
 		r.log.Info("rendered", "resource", name, "dest", e.res.Dest, "rev", r.rev, "noop", r.cfg.Noop)
+		if r.cfg.Changed != nil && !r.cfg.Noop {
+			r.cfg.Changed(name)
+		}
 		if r.cfg.Noop || r.cfg.SyncOnly || e.res.ReloadCmd == "" {
 			return
 		}
@@ -526,6 +648,7 @@ func (r *runner) finishEntry(ctx context.Context, res result) {
 			e.reloadSince = now
 		}
 		e.reloadWanted, e.reloadFails = true, 0
+		e.reloadSeq++
 		e.reloadAt = now
 		if mri := e.res.MinReloadInterval; mri > 0 && !e.lastReload.IsZero() && now.Sub(e.lastReload) < mri {
 			e.reloadAt = e.lastReload.Add(mri)
@@ -538,36 +661,44 @@ func (r *runner) finishEntry(ctx context.Context, res result) {
 		return
 	}
 	e.failures++
+	if m := r.cfg.MaxAttempts; m > 0 && e.failures >= m {
+		e.gaveUp = true
+		r.cfg.Metrics.failed(name)
+		r.log.Error("render failed; giving up until the next change", "resource", name, "attempts", m, "err", res.err)
+		return
+	}
 	wait := r.backoff(e.failures)
 	e.retryAt = now.Add(wait)
 	r.cfg.Metrics.failed(name)
 	r.log.Error("render failed; will retry", "resource", name, "retry_in", wait, "err", res.err)
 }
 
-// renderNow renders e synchronously (Onetime).
-func (r *runner) renderNow(ctx context.Context, e *entry) {
-	r.finish(ctx, r.exec(ctx, r.renderJob(e)))
-}
-
 // workers runs jobs off the loop: at most one per destination at a time.
 type workers struct {
-	results  chan result
-	busy     map[string]bool // by dest
-	inflight int
+	results   chan result
+	busy      map[string]bool // by dest
+	reloading map[string]bool // by reload key
+	inflight  int
 }
 
 func newWorkers() *workers {
-	return &workers{results: make(chan result), busy: map[string]bool{}}
+	return &workers{results: make(chan result), busy: map[string]bool{}, reloading: map[string]bool{}}
 }
 
 func (w *workers) start(ctx context.Context, r *runner, j job) {
 	w.busy[j.e.res.Dest] = true
+	if j.reload {
+		w.reloading[j.e.reloadKey] = true
+	}
 	w.inflight++
 	go func() { w.results <- r.exec(ctx, j) }()
 }
 
 func (w *workers) done(res result) {
 	delete(w.busy, res.e.res.Dest)
+	if res.reload {
+		delete(w.reloading, res.e.reloadKey)
+	}
 	w.inflight--
 }
 
@@ -582,20 +713,73 @@ func (r *runner) process(ctx context.Context, w *workers, drain func()) {
 		if d.IsZero() || d.After(now) || ctx.Err() != nil || w.busy[e.res.Dest] {
 			continue
 		}
-		if e.dirty || (e.failures > 0 && !e.retryAt.After(now)) {
+		if e.dirty || (e.failures > 0 && !e.gaveUp && !e.retryAt.After(now)) {
 			w.start(ctx, r, r.renderJob(e))
 		}
 	}
 	drain()
+	started := map[string]bool{}
 	for _, e := range r.sorted() {
 		if ctx.Err() != nil {
 			return
 		}
-		if e.reloadWanted && !w.busy[e.res.Dest] && !r.reloadDue(e).After(time.Now()) {
-			w.start(ctx, r, job{e: e, reload: true})
+		if !e.reloadWanted || started[e.reloadKey] || w.reloading[e.reloadKey] || w.busy[e.res.Dest] || r.reloadDue(e).After(time.Now()) {
+			continue
 		}
+		// One reload for every resource that shares it and wants it.
+		group := map[*entry]int{}
+		for _, m := range r.entries {
+			if m.reloadWanted && m.reloadKey == e.reloadKey {
+				group[m] = m.reloadSeq
+			}
+		}
+		started[e.reloadKey] = true
+		w.start(ctx, r, job{e: e, reload: true, group: group})
 	}
 }
+
+// groupBusy reports whether another resource sharing e's reload has changes
+// not yet rendered, or is rendering: e's reload waits for it (at most
+// maxReloadHold), so that one reload covers both.
+// renderDue is when dirty e's quiescence window closes.
+func (r *runner) renderDue(e *entry) time.Time {
+	w := r.wait(e)
+	t := e.last.Add(w.Min)
+	if lim := e.first.Add(w.Max); w.Max > 0 && lim.Before(t) {
+		t = lim
+	}
+	return t
+}
+
+// groupHold is how long e's reload waits for the other resources sharing
+// it: while one has changes not yet rendered, until its quiescence window
+// closes, and while one renders; never longer than e's own window (at least
+// maxReloadHold) after the reload was first wanted. Zero: nothing to wait for.
+func (r *runner) groupHold(e *entry) time.Time {
+	limit := e.reloadSince.Add(max(maxReloadHold, r.wait(e).Max))
+	var hold time.Time
+	for _, m := range r.entries {
+		if m == e || m.reloadKey != e.reloadKey {
+			continue
+		}
+		switch {
+		case m.rendering:
+			hold = limit
+		case m.dirty:
+			if t := r.renderDue(m).Add(groupSlack); t.After(hold) {
+				hold = t
+			}
+		}
+	}
+	if hold.After(limit) {
+		hold = limit
+	}
+	return hold
+}
+
+// groupSlack is the margin a shared reload leaves a resource whose window
+// has closed to start its render (the loop starts it on that same pass).
+const groupSlack = 10 * time.Millisecond
 
 // maxReloadHold bounds how long changes that keep coming hold a reload back.
 const maxReloadHold = time.Second
@@ -604,12 +788,16 @@ const maxReloadHold = time.Second
 // changes not yet rendered, once those are rendered (at most maxReloadHold
 // after it was first wanted).
 func (r *runner) reloadDue(e *entry) time.Time {
+	t := e.reloadAt
 	if e.dirty {
-		if hold := e.reloadSince.Add(maxReloadHold); hold.After(e.reloadAt) {
-			return hold
+		if hold := e.reloadSince.Add(maxReloadHold); hold.After(t) {
+			t = hold
 		}
 	}
-	return e.reloadAt
+	if hold := r.groupHold(e); hold.After(t) {
+		t = hold
+	}
+	return t
 }
 
 // Onetime renders every resource once (no quiescence, no throttling) and
@@ -617,23 +805,57 @@ func (r *runner) reloadDue(e *entry) time.Time {
 func Onetime(ctx context.Context, cfg Config) error {
 	r := newRunner(cfg)
 	_, errs := r.loadConfig()
+	if len(errs) > 0 && r.cfg.FailFast {
+		return errors.Join(errs...)
+	}
 	if len(r.entries) > 0 {
-		if err := r.resync(ctx, time.Now()); err != nil {
+		if err := r.resyncAttempts(ctx); err != nil {
 			return errors.Join(append(errs, fmt.Errorf("read keys: %w", err))...)
 		}
 	}
-	for _, e := range r.sorted() {
-		r.renderNow(ctx, e)
-		if e.failures > 0 {
+	entries := r.sorted()
+	var results []result
+	if r.cfg.FailFast {
+		results = make([]result, 0, len(entries))
+	} else {
+		results = r.execAll(ctx, entries)
+	}
+	var failed error // fail-fast: the failure that stopped the renders
+	for i, e := range entries {
+		var res result
+		if r.cfg.FailFast { // one at a time, stopping at the first failure
+			res = r.exec(ctx, r.renderJob(e))
+		} else {
+			res = results[i]
+		}
+		r.finish(ctx, res)
+		if e.failures > 0 && r.cfg.FailFast {
+			failed = r.lastErr(e)
+			break
+		}
+	}
+	// One reload per reload shared (same reload_cmd or reload_group),
+	// after every render.
+	done := map[string]error{}
+	for _, e := range entries {
+		if !e.reloadWanted {
 			continue
 		}
-		if e.reloadWanted {
-			err := e.res.Reload(ctx, r.log.With("resource", e.res.Name))
+		err, ran := done[e.reloadKey]
+		if !ran {
+			err = e.res.Reload(ctx, r.log.With("resource", e.res.Name))
+			done[e.reloadKey] = err
 			if err != nil {
 				errs = append(errs, err)
 			}
-			r.cfg.Metrics.reloaded(e.res.Name, err)
 		}
+		r.cfg.Metrics.reloaded(e.res.Name, err)
+		if err != nil && r.cfg.FailFast {
+			return errors.Join(errs...)
+		}
+	}
+	if failed != nil {
+		return errors.Join(append(errs, failed)...)
 	}
 	for _, e := range r.sorted() {
 		if e.failures > 0 {
@@ -641,6 +863,63 @@ func Onetime(ctx context.Context, cfg Config) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// onetimeParallel bounds the renders Onetime runs at once: most of a
+// render's time is waiting for the disk (fsync of the staged file and of its
+// directory), which overlaps well.
+const onetimeParallel = 8
+
+// execAll renders every entry off the loop, several at a time, and returns
+// the results in entries' order. Entries with the same destination render
+// one after the other, in order, as the watch does.
+func (r *runner) execAll(ctx context.Context, entries []*entry) []result {
+	results := make([]result, len(entries))
+	jobs := make([]job, len(entries))
+	for i, e := range entries {
+		jobs[i] = r.renderJob(e)
+	}
+	byDest := map[string][]int{}
+	var dests []string
+	for i, e := range entries {
+		if _, ok := byDest[e.res.Dest]; !ok {
+			dests = append(dests, e.res.Dest)
+		}
+		byDest[e.res.Dest] = append(byDest[e.res.Dest], i)
+	}
+	var g errgroup.Group
+	g.SetLimit(onetimeParallel)
+	for _, d := range dests {
+		g.Go(func() error {
+			for _, i := range byDest[d] {
+				results[i] = r.exec(ctx, jobs[i])
+			}
+			return nil
+		})
+	}
+	_ = g.Wait()
+	return results
+}
+
+// resyncAttempts reads the keys, up to MaxAttempts times (at least once),
+// backing off between attempts.
+func (r *runner) resyncAttempts(ctx context.Context) error {
+	for n := 1; ; n++ {
+		err := r.resync(ctx, time.Now())
+		if err == nil || n >= r.cfg.MaxAttempts || ctx.Err() != nil {
+			if err != nil && n > 1 {
+				err = fmt.Errorf("%d attempts: %w", n, err)
+			}
+			return err
+		}
+		d := r.backoff(n)
+		r.log.Warn("cannot read keys; trying again", "attempt", n, "of", r.cfg.MaxAttempts, "retry_in", d, "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(d):
+		}
+	}
 }
 
 // lastErr re-renders e in memory to name why it failed (Onetime's report).
@@ -657,7 +936,7 @@ func CheckConfig(ctx context.Context, cfg Config, out io.Writer) error {
 	r := newRunner(cfg)
 	_, errs := r.loadConfig()
 	if len(r.entries) > 0 {
-		if err := r.resync(ctx, time.Now()); err != nil {
+		if err := r.resyncAttempts(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("read keys: %w", err))
 		} else {
 			for _, e := range r.sorted() {
@@ -724,7 +1003,9 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 		})
 	}
-	if r.cfg.Metrics != nil {
+	// The source's health: for /health, and for a source that finds its
+	// endpoints again after a failed ping (SRV).
+	{
 		g.Go(func() error {
 			t := time.NewTicker(r.cfg.PingInterval)
 			defer t.Stop()
@@ -748,6 +1029,9 @@ func Run(ctx context.Context, cfg Config) error {
 }
 
 func (r *runner) loop(ctx context.Context, cfgEvents <-chan struct{}) error {
+	var killReloads context.CancelFunc
+	r.reloadCtx, killReloads = context.WithCancel(context.WithoutCancel(ctx))
+	defer killReloads()
 	var (
 		w          Watcher
 		wc         <-chan Batch
@@ -851,6 +1135,11 @@ func (r *runner) loop(ctx context.Context, cfgEvents <-chan struct{}) error {
 		}
 		soonest(cfgAt)
 		if needResync {
+			// Zero means at once (a watch that failed while its queue was
+			// drained): not "nothing due".
+			if resyncAt.IsZero() {
+				next = now
+			}
 			soonest(resyncAt)
 		}
 		if r.cfg.Mode == Poll && !needResync {
@@ -899,10 +1188,27 @@ func (r *runner) loop(ctx context.Context, cfgEvents <-chan struct{}) error {
 		}
 	}
 	r.cfg.Notify("STOPPING=1")
+	var limit <-chan time.Time
+	var left int // jobs still running at the bound
+	if r.cfg.ShutdownTimeout > 0 {
+		t := time.NewTimer(r.cfg.ShutdownTimeout)
+		defer t.Stop()
+		limit = t.C
+	}
 	for jobs.inflight > 0 { // let running checks and reloads end
-		res := <-jobs.results
-		jobs.done(res)
-		r.finish(ctx, res)
+		select {
+		case res := <-jobs.results:
+			jobs.done(res)
+			r.finish(ctx, res)
+		case <-limit:
+			// The bound: the commands still running are killed (their
+			// process groups), and their jobs end at once.
+			left, limit = jobs.inflight, nil
+			killReloads()
+		}
+	}
+	if left > 0 {
+		return fmt.Errorf("shutdown: %d check or reload commands still running after %v: killed", left, r.cfg.ShutdownTimeout)
 	}
 	return nil
 }
@@ -914,8 +1220,11 @@ func (r *runner) batch(b Batch, ok bool, needResync *bool, resyncAt *time.Time, 
 		*needResync, *resyncAt = true, time.Now().Add(r.cfg.RetryMin)
 	case b.Err != nil:
 		closeWatch()
-		r.log.Warn("watch ended; resyncing", "err", b.Err)
+		r.log.Warn("watch ended; resyncing", "err", b.Err, "after", r.cfg.WatchErrorBackoff)
 		*needResync, *resyncAt = true, time.Time{}
+		if r.cfg.WatchErrorBackoff > 0 {
+			*resyncAt = time.Now().Add(r.cfg.WatchErrorBackoff)
+		}
 	case b.Resync:
 		*needResync, *resyncAt = true, time.Time{}
 	default:

@@ -58,8 +58,25 @@ type Change struct {
 // Safe for concurrent use; Close it when done.
 type EtcdSource struct {
 	cfg store.Config
+	o   EtcdSourceOptions
 	mu  sync.Mutex
 	c   *store.Client
+	// dropped closes when c is dropped to find the endpoints again: its
+	// watches end then.
+	dropped chan struct{}
+}
+
+// EtcdSourceOptions tune an EtcdSource; the zero value is NewEtcdSource's.
+type EtcdSourceOptions struct {
+	// ReadTimeout bounds one full read of the keys (0: twice the dial
+	// timeout).
+	ReadTimeout time.Duration
+	// Endpoints, when set, finds the endpoints before every connect (SRV
+	// discovery): the source connects to what it returns, and after a
+	// failed read or ping closes its client, so that the next use looks
+	// the endpoints up again (a watch on the closed client ends, and the
+	// runner resyncs through the new one).
+	Endpoints func(ctx context.Context) ([]string, error)
 }
 
 var _ Source = (*EtcdSource)(nil)
@@ -67,30 +84,82 @@ var _ Source = (*EtcdSource)(nil)
 // NewEtcdSource returns a source for cfg. It does not connect yet.
 func NewEtcdSource(cfg store.Config) *EtcdSource { return &EtcdSource{cfg: cfg} }
 
+// NewEtcdSourceWith is NewEtcdSource with options.
+func NewEtcdSourceWith(cfg store.Config, o EtcdSourceOptions) *EtcdSource {
+	return &EtcdSource{cfg: cfg, o: o}
+}
+
 func (s *EtcdSource) client(ctx context.Context) (*store.Client, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.c != nil {
 		return s.c, nil
 	}
-	c, err := store.Open(ctx, s.cfg)
+	cfg := s.cfg
+	if s.o.Endpoints != nil {
+		eps, err := s.o.Endpoints(ctx)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Endpoints = eps
+	}
+	c, err := store.Open(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
-	s.c = c
+	s.c, s.dropped = c, make(chan struct{})
 	return c, nil
 }
 
-// List reads the prefixes in one transaction, within the dial timeout.
+// client returns the client and the channel closed when it is dropped.
+func (s *EtcdSource) clientDropped(ctx context.Context) (*store.Client, <-chan struct{}, error) {
+	c, err := s.client(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.c != c { // dropped meanwhile
+		d := make(chan struct{})
+		close(d)
+		return c, d, nil
+	}
+	return c, s.dropped, nil
+}
+
+// failed drops c after an error when the endpoints are discovered, so that
+// the next use discovers them again.
+func (s *EtcdSource) failed(c *store.Client) {
+	if s.o.Endpoints == nil {
+		return
+	}
+	s.mu.Lock()
+	drop := s.c == c
+	if drop {
+		s.c = nil
+		close(s.dropped)
+	}
+	s.mu.Unlock()
+	if drop {
+		c.Close() // a watch on it ends
+	}
+}
+
+// List reads the prefixes at one revision, within the read timeout.
 func (s *EtcdSource) List(ctx context.Context, prefixes []string) ([]Change, int64, error) {
 	c, err := s.client(ctx)
 	if err != nil {
 		return nil, 0, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, 2*s.cfg.DialTimeout)
+	limit := s.o.ReadTimeout
+	if limit <= 0 {
+		limit = 2 * s.cfg.DialTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	n, pairs, rev, err := c.ScanPrefixes(ctx, prefixes)
 	if err != nil {
+		s.failed(c)
 		return nil, 0, err
 	}
 	out := make([]Change, 0, n)
@@ -121,13 +190,17 @@ func (s *EtcdSource) Ping(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return c.Ping(ctx)
+	if err := c.Ping(ctx); err != nil {
+		s.failed(c)
+		return err
+	}
+	return nil
 }
 
 // Watch watches prefix through one store watch (which resumes by itself
 // after a disconnect and ends on compaction).
 func (s *EtcdSource) Watch(ctx context.Context, prefix string, fromRev int64) Watcher {
-	c, err := s.client(ctx)
+	c, dropped, err := s.clientDropped(ctx)
 	if err != nil {
 		ch := make(chan Batch, 1)
 		ch <- Batch{Err: err}
@@ -142,7 +215,17 @@ func (s *EtcdSource) Watch(ctx context.Context, prefix string, fromRev int64) Wa
 		defer close(cw.done)
 		defer close(out)
 		defer w.Close()
-		for wb := range w.C {
+		for {
+			var wb store.WatchBatch
+			var ok bool
+			select {
+			case wb, ok = <-w.C:
+			case <-dropped:
+				wb, ok = store.WatchBatch{Err: errors.New("etcd did not answer: finding its endpoints again")}, true
+			}
+			if !ok {
+				return
+			}
 			b := Batch{Rev: wb.Rev, Err: wb.Err}
 			for _, ev := range wb.Events {
 				b.Changes = append(b.Changes, Change{Key: ev.KV.Key, Value: string(ev.KV.Value), Deleted: ev.Type == store.EventDelete})
@@ -150,6 +233,9 @@ func (s *EtcdSource) Watch(ctx context.Context, prefix string, fromRev int64) Wa
 			select {
 			case out <- b:
 			case <-ctx.Done():
+				return
+			}
+			if b.Err != nil {
 				return
 			}
 		}

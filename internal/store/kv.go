@@ -2,11 +2,15 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"iter"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sync/errgroup"
 )
 
 // LeaseID identifies an etcd lease; 0 means none.
@@ -60,61 +64,148 @@ func (c *Client) GetPrefix(ctx context.Context, prefix string) ([]KV, int64, err
 	return out, resp.Header.Revision, nil
 }
 
-// GetPrefixes reads several prefixes in one consistent snapshot (one
-// transaction), so that a caller watching them all can resume from one revision.
+// GetPrefixes reads several prefixes in one consistent snapshot, so that a
+// caller watching them all can resume from one revision. Any number of
+// prefixes is fine: they are read MaxTxnOps at a time, every request after
+// the first pinned to the revision the first one saw (see rangePrefixes).
 func (c *Client) GetPrefixes(ctx context.Context, prefixes []string) (map[string][]KV, int64, error) {
-	resp, err := c.rangePrefixes(ctx, prefixes)
+	resps, rev, err := c.rangePrefixes(ctx, prefixes)
 	if err != nil {
 		return nil, 0, err
 	}
 	out := make(map[string][]KV, len(prefixes))
-	for i, r := range resp.Responses {
-		rr := r.GetResponseRange()
+	for i, rr := range resps {
 		kvs := make([]KV, len(rr.Kvs))
 		for j, kv := range rr.Kvs {
 			kvs[j] = fromPB(kv)
 		}
 		out[prefixes[i]] = kvs
 	}
-	return out, resp.Header.Revision, nil
+	return out, rev, nil
 }
 
 // ScanPrefixes is GetPrefixes for a caller that wants only keys and values,
 // all prefixes together: it returns how many pairs were read, an iterator
 // over them (prefix after prefix, each in key order) and the revision. No
-// intermediate list is built: a large read costs one decoded response.
+// intermediate list is built: a large read costs the decoded responses.
 func (c *Client) ScanPrefixes(ctx context.Context, prefixes []string) (n int, pairs iter.Seq2[string, []byte], rev int64, err error) {
-	resp, err := c.rangePrefixes(ctx, prefixes)
+	resps, rev, err := c.rangePrefixes(ctx, prefixes)
 	if err != nil {
 		return 0, nil, 0, err
 	}
-	for _, r := range resp.Responses {
-		n += len(r.GetResponseRange().Kvs)
+	for _, rr := range resps {
+		n += len(rr.Kvs)
 	}
 	pairs = func(yield func(string, []byte) bool) {
-		for _, r := range resp.Responses {
-			for _, kv := range r.GetResponseRange().Kvs {
+		for _, rr := range resps {
+			for _, kv := range rr.Kvs {
 				if !yield(string(kv.Key), kv.Value) {
 					return
 				}
 			}
 		}
 	}
-	return n, pairs, resp.Header.Revision, nil
+	return n, pairs, rev, nil
 }
 
-// rangePrefixes reads every key under each prefix, in key order, in one
-// transaction: one response per prefix, all at one revision.
-func (c *Client) rangePrefixes(ctx context.Context, prefixes []string) (*clientv3.TxnResponse, error) {
-	ops := make([]clientv3.Op, len(prefixes))
-	for i, p := range prefixes {
-		ops[i] = clientv3.OpGet(p, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+// MaxTxnOps is the most operations the store puts in one etcd request: etcd
+// refuses a transaction with more than its --max-txn-ops (default 128). A
+// server configured lower makes the store halve its chunks until they pass.
+const MaxTxnOps = 128
+
+// readParallel bounds the chunk requests of one read in flight at once.
+const readParallel = 4
+
+// rangePrefixes reads every key under each prefix, in key order: one range
+// response per prefix, all at one revision. The prefixes go in chunks of at
+// most MaxTxnOps reads per transaction (etcd's --max-txn-ops); the first
+// chunk fixes the revision and every other chunk reads at that revision, so
+// the result is one consistent snapshot however many prefixes there are. A
+// compaction past that revision while the chunks are read (the history they
+// need is gone) starts the read over at a new revision.
+func (c *Client) rangePrefixes(ctx context.Context, prefixes []string) ([]*etcdserverpb.RangeResponse, int64, error) {
+	size := MaxTxnOps
+	for attempt := 0; ; attempt++ {
+		resps, rev, err := c.rangeChunks(ctx, prefixes, size)
+		switch {
+		case err == nil:
+			return resps, rev, nil
+		case errors.Is(err, rpctypes.ErrTooManyOps) || errors.Is(err, rpctypes.ErrGRPCTooManyOps):
+			if size == 1 {
+				return nil, 0, fmt.Errorf("get %d prefixes: %w", len(prefixes), err)
+			}
+			size = max(size/2, 1) // a server with a lower --max-txn-ops
+		case (errors.Is(err, rpctypes.ErrCompacted) || errors.Is(err, rpctypes.ErrGRPCCompacted)) && attempt < 3:
+			// the pinned revision was compacted between chunks: read again
+		default:
+			return nil, 0, fmt.Errorf("get %d prefixes %s: %w", len(prefixes), describePrefixes(prefixes), err)
+		}
 	}
-	resp, err := c.cli.Txn(ctx).Then(ops...).Commit()
-	if err != nil {
-		return nil, fmt.Errorf("get prefixes %q: %w", prefixes, err)
+}
+
+func (c *Client) rangeChunks(ctx context.Context, prefixes []string, size int) ([]*etcdserverpb.RangeResponse, int64, error) {
+	resps := make([]*etcdserverpb.RangeResponse, len(prefixes))
+	read := func(ctx context.Context, lo, hi int, rev int64) (int64, error) {
+		opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend)}
+		if rev > 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		if hi-lo == 1 { // one prefix: a plain range, no transaction
+			g, err := c.cli.Get(ctx, prefixes[lo], opts...)
+			if err != nil {
+				return 0, err
+			}
+			resps[lo] = (*etcdserverpb.RangeResponse)(g)
+			return g.Header.Revision, nil
+		}
+		ops := make([]clientv3.Op, hi-lo)
+		for i, p := range prefixes[lo:hi] {
+			ops[i] = clientv3.OpGet(p, opts...)
+		}
+		resp, err := c.cli.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return 0, err
+		}
+		for i, r := range resp.Responses {
+			resps[lo+i] = r.GetResponseRange()
+		}
+		return resp.Header.Revision, nil
 	}
-	return resp, nil
+	if len(prefixes) == 0 { // nothing to read: only the revision
+		resp, err := c.cli.Txn(ctx).Commit()
+		if err != nil {
+			return nil, 0, err
+		}
+		return resps, resp.Header.Revision, nil
+	}
+	first := min(size, len(prefixes))
+	rev, err := read(ctx, 0, first, 0)
+	if err != nil || first == len(prefixes) {
+		return resps, rev, err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(readParallel)
+	for lo := first; lo < len(prefixes); lo += size {
+		hi := min(lo+size, len(prefixes))
+		g.Go(func() error {
+			_, err := read(gctx, lo, hi, rev)
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, 0, err
+	}
+	return resps, rev, nil
+}
+
+// describePrefixes names the prefixes of a read in an error: all of them
+// when they are few, else the first few and how many more.
+func describePrefixes(prefixes []string) string {
+	const show = 4
+	if len(prefixes) <= show {
+		return fmt.Sprintf("%q", prefixes)
+	}
+	return fmt.Sprintf("%q and %d more", prefixes[:show], len(prefixes)-show)
 }
 
 // Put writes key=value, bound to lease when lease is not 0. It returns the new
