@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"path/filepath"
 	"sync"
 	"time"
@@ -29,6 +30,9 @@ type Config struct {
 	Machines, Engines int
 	// TTL of the presence and leadership leases; default 10s.
 	TTL time.Duration
+	// MoveGrace is the engines' (engine.Options.MoveGrace: zero is its
+	// default, negative none).
+	MoveGrace time.Duration
 	// Metadata gives machine i its metadata; may be nil.
 	Metadata func(i int) map[string]string
 	// Dir holds the machines' facts files.
@@ -54,6 +58,7 @@ type Cluster struct {
 type Node struct {
 	ID     string
 	client *store.Client
+	proxy  *proxy // engines reach etcd through it: Lose severs it
 	cancel context.CancelFunc
 	done   chan struct{}
 	lost   bool
@@ -89,7 +94,7 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	}
 	for i := range c.Engines {
 		g.Go(func() error {
-			n, err := c.open(ctx, fmt.Sprintf("engine-%d", i))
+			n, err := c.openProxied(ctx, fmt.Sprintf("engine-%d", i))
 			c.Engines[i] = n
 			return err
 		})
@@ -117,7 +122,8 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	for _, n := range c.Engines {
 		id := n.ID
 		e, err := engine.New(engine.Options{
-			Registry: registry.New(n.client, cfg.Prefix), ID: id, TTL: cfg.TTL, Logger: cfg.Logger.With("engine", id),
+			Registry: registry.New(n.client, cfg.Prefix), ID: id, TTL: cfg.TTL, MoveGrace: cfg.MoveGrace,
+			Logger: cfg.Logger.With("engine", id),
 			OnPass: func(ps engine.PassStats) {
 				c.mu.Lock()
 				c.passes = append(c.passes, ps)
@@ -142,6 +148,27 @@ func (c *Cluster) open(ctx context.Context, id string) (*Node, error) {
 	return &Node{ID: id, client: cl, done: make(chan struct{})}, nil
 }
 
+// openProxied opens a client that reaches the first endpoint through a
+// proxy that Lose can sever.
+func (c *Cluster) openProxied(ctx context.Context, id string) (*Node, error) {
+	u, err := url.Parse(c.cfg.Store.Endpoints[0])
+	if err != nil {
+		return nil, fmt.Errorf("hollow %s: %w", id, err)
+	}
+	p, err := newProxy(c.cfg.Store.Endpoints[0])
+	if err != nil {
+		return nil, fmt.Errorf("hollow %s: %w", id, err)
+	}
+	cfg := c.cfg.Store
+	cfg.Endpoints = []string{p.endpoint(u.Scheme)}
+	cl, err := store.Open(ctx, cfg)
+	if err != nil {
+		p.close()
+		return nil, fmt.Errorf("hollow %s: %w", id, err)
+	}
+	return &Node{ID: id, client: cl, proxy: p, done: make(chan struct{})}, nil
+}
+
 func (c *Cluster) run(ctx context.Context, n *Node, run func(context.Context) error) {
 	ctx, n.cancel = context.WithCancel(ctx)
 	go func() {
@@ -152,10 +179,16 @@ func (c *Cluster) run(ctx context.Context, n *Node, run func(context.Context) er
 	}()
 }
 
-// Lose cuts a node off as a machine that died would be: its client closes
-// without revoking anything, so its leases expire after their TTL.
+// Lose cuts a node off as a machine that died would be: nothing it sends
+// reaches etcd any more, so its leases expire after their TTL. An engine's
+// proxy is severed; a machine's client is closed (an agent revokes nothing
+// on the way: its units are its to keep).
 func (c *Cluster) Lose(n *Node) {
 	n.lost = true
+	if n.proxy != nil {
+		n.proxy.sever()
+		return
+	}
 	n.client.Close()
 }
 
@@ -191,6 +224,9 @@ func (c *Cluster) Close() {
 				<-n.done
 			}
 			n.client.Close()
+			if n.proxy != nil {
+				n.proxy.close()
+			}
 		}
 	}
 }
