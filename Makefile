@@ -35,9 +35,17 @@ build:
 deps:
 	@./scripts/deps.sh $(DEBS)
 
+# gofmt, goimports' grouping (the project's imports after the others) and
+# staticcheck (staticcheck.conf), at pinned versions from the module proxy.
+GOIMPORTS   := golang.org/x/tools/cmd/goimports@v0.52.0
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 fmt-check:
-	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
-	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+	@files=$$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'); \
+	out=$$(gofmt -l $$files); \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi; \
+	out=$$($(GO) run $(GOIMPORTS) -l -local github.com/flotilla/flotilla $$files); \
+	if [ -n "$$out" ]; then echo "goimports -local github.com/flotilla/flotilla needed on:"; echo "$$out"; exit 1; fi
+	$(GO) run $(STATICCHECK) ./...
 
 vet:
 	$(GO) vet ./...

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"github.com/flotilla/flotilla/internal/testmain"
 	"net"
 	"os"
 	"os/exec"
@@ -13,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/flotilla/flotilla/internal/testmain"
 
 	"github.com/flotilla/flotilla/internal/cmdline"
 	"github.com/flotilla/flotilla/internal/etcdtest"

@@ -21,14 +21,6 @@ import (
 	"github.com/flotilla/flotilla/internal/testmain"
 )
 
-// walk is what the every-flag test shares: one etcd with a key the
-// confdir's template shows.
-type walk struct {
-	ep   string
-	srv  *etcdtest.Server
-	once sync.Once
-}
-
 const walkValue = "h1 10.0.0.1:80"
 
 // dir makes a confdir (lb.toml → out/lb.cfg, keys under /clusterstate/ns)

@@ -18,7 +18,6 @@ import (
 // table prints rows under a legend with fleet's tab alignment.
 type table struct {
 	fields []string
-	rows   [][]string
 }
 
 // columns picks the fields to show: --fields, or the defaults.

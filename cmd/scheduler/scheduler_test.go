@@ -5,12 +5,13 @@ import (
 	"context"
 	"errors"
 	"flag"
-	"github.com/flotilla/flotilla/internal/testmain"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flotilla/flotilla/internal/testmain"
 
 	"go.uber.org/goleak"
 	"golang.org/x/sync/errgroup"

@@ -7,7 +7,6 @@ package units_test
 import (
 	"context"
 	"fmt"
-	"github.com/flotilla/flotilla/internal/testmain"
 	"net"
 	"net/http"
 	"os"
@@ -17,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flotilla/flotilla/internal/testmain"
 
 	"go.uber.org/goleak"
 

@@ -10,13 +10,14 @@
 package docker_test
 
 import (
-	"github.com/flotilla/flotilla/internal/testmain"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flotilla/flotilla/internal/testmain"
 
 	"go.uber.org/goleak"
 

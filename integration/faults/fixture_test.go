@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"github.com/flotilla/flotilla/internal/testmain"
 	"io"
 	"net/http"
 	"os"
@@ -17,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/flotilla/flotilla/internal/testmain"
 
 	"github.com/flotilla/flotilla/internal/lbtest"
 	"github.com/flotilla/flotilla/internal/registry"
@@ -507,15 +508,14 @@ type monitor struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
-	mu          sync.Mutex
-	maxDup      time.Duration
-	maxDup1     string
-	maxDead     time.Duration
-	maxDeadKey  string
-	samples     int
-	dupSince    map[string]time.Time
-	deadSince   map[string]time.Time
-	sampleError error
+	mu         sync.Mutex
+	maxDup     time.Duration
+	maxDup1    string
+	maxDead    time.Duration
+	maxDeadKey string
+	samples    int
+	dupSince   map[string]time.Time
+	deadSince  map[string]time.Time
 }
 
 func startMonitor(ctx context.Context, c *store.Client, token string, units []string) *monitor {

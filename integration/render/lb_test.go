@@ -5,7 +5,6 @@ package render_test
 import (
 	"context"
 	"fmt"
-	"github.com/flotilla/flotilla/internal/testmain"
 	"io"
 	"log/slog"
 	"net"
@@ -19,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/flotilla/flotilla/internal/testmain"
 
 	"go.uber.org/goleak"
 

@@ -16,17 +16,6 @@ import (
 	"github.com/flotilla/flotilla/resources"
 )
 
-// Peers to compare with, from the environment (never built by the tests):
-// CONFD=/path/to/confd (the original, confd's flags) and CONFD_FORK=/path to
-// abtreece/confd (the fork's command form).
-func peer(t testing.TB, env string) string {
-	p := os.Getenv(env)
-	if p == "" {
-		t.Skipf("%s not set: no peer binary to compare with", env)
-	}
-	return p
-}
-
 // exampleConfdir copies examples/lb with every dest moved into out.
 func exampleConfdir(t *testing.T) (dir, out string) {
 	t.Helper()

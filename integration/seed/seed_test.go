@@ -1,8 +1,9 @@
 package seed_test
 
 import (
-	"github.com/flotilla/flotilla/internal/testmain"
 	"testing"
+
+	"github.com/flotilla/flotilla/internal/testmain"
 
 	"go.uber.org/goleak"
 

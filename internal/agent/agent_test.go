@@ -3,13 +3,14 @@ package agent_test
 import (
 	"context"
 	"fmt"
-	"github.com/flotilla/flotilla/internal/testmain"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flotilla/flotilla/internal/testmain"
 
 	"go.uber.org/goleak"
 	"golang.org/x/sync/errgroup"

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/flotilla/flotilla/internal/testmain"
 	"io"
 	"log"
 	"net"
@@ -15,6 +14,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/flotilla/flotilla/internal/testmain"
 
 	"go.uber.org/goleak"
 

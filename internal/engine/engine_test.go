@@ -3,10 +3,11 @@ package engine_test
 import (
 	"context"
 	"errors"
-	"github.com/flotilla/flotilla/internal/testmain"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flotilla/flotilla/internal/testmain"
 
 	"go.uber.org/goleak"
 	"golang.org/x/sync/errgroup"

@@ -77,7 +77,7 @@ func TestMoveGrace(t *testing.T) {
 	if s, _ := f.reg.Snapshot(f.ctx); strings.Join(s.Targets("plain.service"), ",") != plainOn {
 		t.Fatalf("plain unit moved %s after its machine went, before the grace %s", time.Since(gone), grace)
 	}
-	s = f.until("plain unit moved", func(s *registry.Snapshot) bool {
+	f.until("plain unit moved", func(s *registry.Snapshot) bool {
 		return len(s.Schedule["plain.service"]) == 1 && s.Targets("plain.service")[0] == fencedOn
 	})
 	t.Logf("FIGURE engine/move: plain unit moved %s after its presence key went (grace %s)", time.Since(gone).Round(time.Millisecond), grace)

@@ -63,7 +63,7 @@ func TestDrainMovePinSurge(t *testing.T) {
 		t.Errorf("move request deleted before the move was done")
 	}
 	f.report("a@1.service", home, "inactive")
-	s = f.until("a@1 on "+other, func(s *registry.Snapshot) bool {
+	f.until("a@1 on "+other, func(s *registry.Snapshot) bool {
 		_, pending := s.Plan.Moves["a@1.service"]
 		return len(s.Schedule["a@1.service"]) == 1 && s.Targets("a@1.service")[0] == other && !pending
 	})
@@ -95,7 +95,7 @@ func TestDrainMovePinSurge(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.start("g.service", g2)
-	s = f.until("job on g2", func(s *registry.Snapshot) bool { return s.Jobs["g.service"].Hash == h2 })
+	f.until("job on g2", func(s *registry.Snapshot) bool { return s.Jobs["g.service"].Hash == h2 })
 	if err := f.reg.Unpin(f.ctx, "g.service", "m2"); err != nil {
 		t.Fatal(err)
 	}

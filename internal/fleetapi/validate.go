@@ -65,10 +65,13 @@ func ValidateOptions(name string, opts []*UnitOption) error {
 	case target && len(replaces) > 0:
 		return errors.New("MachineID cannot be used with Replaces")
 	case global && len(peers) > 0:
+		//lint:ignore ST1005 fleet's own message, word for word (fleetctl prints it)
 		return errors.New("Global cannot be used with Peers")
 	case global && len(replaces) > 0:
+		//lint:ignore ST1005 fleet's own message, word for word (fleetctl prints it)
 		return errors.New("Global cannot be used with Replaces")
 	case len(conflicts) > 0 && len(replaces) > 0:
+		//lint:ignore ST1005 fleet's own message, word for word (fleetctl prints it)
 		return errors.New("Conflicts cannot be used with Replaces")
 	}
 	if _, err := unit.Parse(name, body); err != nil {

@@ -123,7 +123,7 @@ func (c *Client) Endpoints() []string { return append([]string(nil), c.endpoints
 // Close closes the connection. It is safe to call more than once.
 func (c *Client) Close() error {
 	err := c.cli.Close()
-	if err != nil && (errors.Is(err, context.Canceled) || errors.Is(err, grpc.ErrClientConnClosing)) {
+	if err != nil && (errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled) {
 		return nil
 	}
 	return err

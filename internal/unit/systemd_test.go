@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"github.com/flotilla/flotilla/internal/systemdtest"
 	"maps"
 	"os"
 	"os/exec"
@@ -13,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flotilla/flotilla/internal/systemdtest"
 )
 
 // TestExecMatchesSystemd runs unit files through a real systemd (a user

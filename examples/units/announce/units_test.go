@@ -7,7 +7,6 @@ package announce_test
 import (
 	"context"
 	"fmt"
-	"github.com/flotilla/flotilla/internal/testmain"
 	"net"
 	"net/http"
 	"os"
@@ -18,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/flotilla/flotilla/internal/testmain"
 
 	"go.uber.org/goleak"
 
