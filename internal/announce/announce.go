@@ -390,12 +390,14 @@ func Maintenance(ctx context.Context, c *store.Client, key string, on bool, d Dr
 		log.Info("maintenance off; the announce keeping the key writes it again", "key", key)
 		return nil
 	}
-	rev, err := c.Put(mctx, MaintenanceMarker(key), "on", 0)
+	// The key is read before the marker is written: the keeper withdraws it
+	// as soon as it sees the marker, and the watch below, from this read,
+	// sees that deletion however soon it comes.
+	_, found, rev, err := c.Get(mctx, key)
 	if err != nil {
 		return fmt.Errorf("maintenance on %s: %w", key, err)
 	}
-	_, found, _, err := c.Get(mctx, key)
-	if err != nil {
+	if _, err := c.Put(mctx, MaintenanceMarker(key), "on", 0); err != nil {
 		return fmt.Errorf("maintenance on %s: %w", key, err)
 	}
 	if !found {
