@@ -14,6 +14,7 @@ import (
 
 	"github.com/flotilla/flotilla/internal/agent"
 	"github.com/flotilla/flotilla/internal/engine"
+	"github.com/flotilla/flotilla/internal/netcut"
 	"github.com/flotilla/flotilla/internal/registry"
 	"github.com/flotilla/flotilla/internal/store"
 )
@@ -58,7 +59,7 @@ type Cluster struct {
 type Node struct {
 	ID     string
 	client *store.Client
-	proxy  *proxy // engines reach etcd through it: Lose severs it
+	proxy  *netcut.Proxy // engines reach etcd through it: Lose cuts it
 	cancel context.CancelFunc
 	done   chan struct{}
 	lost   bool
@@ -155,15 +156,15 @@ func (c *Cluster) openProxied(ctx context.Context, id string) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("hollow %s: %w", id, err)
 	}
-	p, err := newProxy(c.cfg.Store.Endpoints[0])
+	p, err := netcut.New(u.Host)
 	if err != nil {
 		return nil, fmt.Errorf("hollow %s: %w", id, err)
 	}
 	cfg := c.cfg.Store
-	cfg.Endpoints = []string{p.endpoint(u.Scheme)}
+	cfg.Endpoints = []string{u.Scheme + "://" + p.Addr()}
 	cl, err := store.Open(ctx, cfg)
 	if err != nil {
-		p.close()
+		p.Close()
 		return nil, fmt.Errorf("hollow %s: %w", id, err)
 	}
 	return &Node{ID: id, client: cl, proxy: p, done: make(chan struct{})}, nil
@@ -181,12 +182,13 @@ func (c *Cluster) run(ctx context.Context, n *Node, run func(context.Context) er
 
 // Lose cuts a node off as a machine that died would be: nothing it sends
 // reaches etcd any more, so its leases expire after their TTL. An engine's
-// proxy is severed; a machine's client is closed (an agent revokes nothing
-// on the way: its units are its to keep).
+// proxy is cut (closing its client would let its resignation through); a
+// machine's client is closed (an agent revokes nothing on the way: its
+// units are its to keep).
 func (c *Cluster) Lose(n *Node) {
 	n.lost = true
 	if n.proxy != nil {
-		n.proxy.sever()
+		n.proxy.Cut(true)
 		return
 	}
 	n.client.Close()
@@ -225,7 +227,7 @@ func (c *Cluster) Close() {
 			}
 			n.client.Close()
 			if n.proxy != nil {
-				n.proxy.close()
+				n.proxy.Close()
 			}
 		}
 	}

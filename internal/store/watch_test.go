@@ -3,76 +3,14 @@ package store_test
 import (
 	"context"
 	"errors"
-	"io"
-	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/flotilla/flotilla/internal/etcdtest"
+	"github.com/flotilla/flotilla/internal/netcut"
 	"github.com/flotilla/flotilla/internal/store"
 )
-
-// cutProxy forwards TCP to one address and can cut every connection and
-// refuse new ones for a while: a network blip between a client and etcd.
-type cutProxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	down   bool
-	conns  []net.Conn
-}
-
-func newCutProxy(t *testing.T, target string) *cutProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &cutProxy{ln: ln, target: target}
-	t.Cleanup(func() { ln.Close(); p.cut(false) })
-	go p.serve()
-	return p
-}
-
-func (p *cutProxy) Addr() string { return p.ln.Addr().String() }
-
-func (p *cutProxy) serve() {
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		p.mu.Lock()
-		if p.down {
-			p.mu.Unlock()
-			c.Close()
-			continue
-		}
-		up, err := net.Dial("tcp", p.target)
-		if err != nil {
-			p.mu.Unlock()
-			c.Close()
-			continue
-		}
-		p.conns = append(p.conns, c, up)
-		p.mu.Unlock()
-		go func() { io.Copy(up, c); up.Close() }()
-		go func() { io.Copy(c, up); c.Close() }()
-	}
-}
-
-// cut closes every connection; down says whether new ones are refused.
-func (p *cutProxy) cut(down bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.down = down
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-}
 
 // A watch from "now" whose stream breaks before its first event resumes from
 // the revision it was created at: a put made while it was reconnecting is
@@ -80,7 +18,11 @@ func (p *cutProxy) cut(down bool) {
 func TestWatchFromNowSurvivesBreakBeforeFirstEvent(t *testing.T) {
 	srv := etcdtest.New(t)
 	direct := srv.Client()
-	proxy := newCutProxy(t, strings.TrimPrefix(srv.Endpoint(), "http://"))
+	proxy, err := netcut.New(strings.TrimPrefix(srv.Endpoint(), "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proxy.Close()
 	cfg := srv.Config()
 	cfg.Endpoints = []string{"http://" + proxy.Addr()}
 	c, err := store.Open(ctxT(t), cfg)
@@ -96,12 +38,12 @@ func TestWatchFromNowSurvivesBreakBeforeFirstEvent(t *testing.T) {
 	w := c.WatchPrefix(ctx, "/w/", 0)
 	defer w.Close()
 	time.Sleep(500 * time.Millisecond) // the watch is created
-	proxy.cut(true)
+	proxy.Cut(true)
 	if _, err := direct.Put(ctx, "/w/during-the-gap", "1", 0); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(300 * time.Millisecond)
-	proxy.cut(false)
+	proxy.Cut(false)
 	select {
 	case b := <-w.C:
 		if b.Err != nil {
