@@ -284,7 +284,7 @@ func parseList(o *options, set map[string]bool, rest []string) (*options, error)
 		"check-rise", "check-status", "check-header", "detach", "delete", "withdraw", "detach-timeout",
 		"drain-timeout", "drain-delay", "status-prefix"} {
 		if set[name] {
-			return nil, cmdline.Usagef("--%s has no effect with --list: drop it", name)
+			return nil, cmdline.Usagef("--%s means nothing with --list: drop it", name)
 		}
 	}
 	if len(rest) != 1 {
@@ -306,7 +306,7 @@ func parseMaintenance(o *options, set map[string]bool, rest []string) (*options,
 		"check", "check-interval", "check-threshold", "check-insecure", "check-cmd", "check-shell", "check-timeout",
 		"check-rise", "check-status", "check-header", "detach", "delete", "withdraw", "detach-timeout"} {
 		if set[name] {
-			return nil, cmdline.Usagef("--%s has no effect with --maintenance: drop it", name)
+			return nil, cmdline.Usagef("--%s means nothing with --maintenance: drop it", name)
 		}
 	}
 	if len(rest) != 1 {
@@ -486,7 +486,7 @@ func refuseIrrelevant(o *options, set map[string]bool) error {
 	}
 	for _, name := range irrelevant {
 		if set[name] {
-			return cmdline.Usagef("--%s has no effect with %s: drop it", name, mode)
+			return cmdline.Usagef("--%s means nothing with %s: drop it", name, mode)
 		}
 	}
 	if o.detachTimeout < 0 {
