@@ -428,6 +428,50 @@ else
 fi
 if [ "$TOTAL" -gt 0 ] && [ "$((TOTAL - HERR))" -gt 0 ]; then ok "traffic kept flowing: $((TOTAL - HERR))/$TOTAL answered"; else fail "no request answered during the reschedule"; fi
 
+# ------------------------------------------------------- rolling update ----
+step "9. A rolling update of nginx@ under traffic (scheduler roll)"
+say "A new body for the template: the instances answer \"nginx@N v2 …\". roll replaces one instance at a time:"
+say "ExecStop=announce --withdraw takes it out of haproxy and waits for render to have applied that, nginx quits"
+say "gracefully, the new body starts, and the instance counts as done once announced again and applied by render."
+sed -i 's/return 200 \\"nginx@%i on %H/return 200 \\"nginx@%i v2 on %H/' "$D/units/nginx@.service"
+grep -q 'nginx@%i v2 on' "$D/units/nginx@.service" || fail "the demo could not make the new body"
+: >"$D/roll-hammer.log"
+(while :; do
+	if out=$(curl -s -f -m 2 "http://127.0.0.1:$PORT/"); then
+		set -- $out
+		echo "ok $1 $2"
+	else
+		echo "error"
+	fi
+	sleep 0.02
+done >>"$D/roll-hammer.log") &
+HAMMER_PID=$!
+sleep 0.5
+T_ROLL=$(date +%s.%N)
+cd "$D/units" || exit 1
+show "$S" roll nginx@.service || fail "scheduler roll did not succeed"
+cd "$ROOT" || exit 1
+T_ROLLED=$(date +%s.%N)
+v2_answer() { traffic 10 >/dev/null; [ "$ERRS" -eq 0 ] && [ "$(grep -c ' v2 on ' "$D/traffic.out")" -eq 10 ]; }
+wait_for 15 "every answer from the new body" v2_answer
+sleep 0.5
+kill "$HAMMER_PID" 2>/dev/null
+wait "$HAMMER_PID" 2>/dev/null
+HAMMER_PID=
+RTOTAL=$(grep -c . "$D/roll-hammer.log")
+RERR=$(grep -c '^error' "$D/roll-hammer.log")
+say "Answers during the roll, in order of first appearance:"
+grep '^ok' "$D/roll-hammer.log" | awk '!seen[$2" "$3]++ {print "    " $2, $3}'
+say "Requests through haproxy during the roll: errors/total = $RERR/$RTOTAL; the roll took $(awk -v a="$T_ROLL" -v b="$T_ROLLED" 'BEGIN{printf "%.2f", b-a}')s"
+printf '{"name":"seed_roll_errors","unit":"requests","value":%s}\n{"name":"seed_roll_requests","unit":"requests","value":%s}\n{"name":"seed_roll_seconds","unit":"s","value":%s}\n' \
+	"$RERR" "$RTOTAL" "$(awk -v a="$T_ROLL" -v b="$T_ROLLED" 'BEGIN{printf "%.2f", b-a}')" >>"$D/figures.jsonl"
+if [ "$RERR" -eq 0 ] && [ "$RTOTAL" -gt 0 ]; then
+	ok "rolling update: 0 failed of $RTOTAL requests"
+else
+	fail "rolling update: $RERR failed of $RTOTAL requests"
+fi
+if v2_answer; then ok "both instances answer from the new body"; else fail "not every answer comes from the new body"; fi
+
 # --------------------------------------------------------------- verdict ----
 echo
 if [ "$FAILED" -ne 0 ]; then
