@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -59,6 +60,57 @@ func readPID(path string) int {
 	return p
 }
 
+// newExecutor returns a process executor keeping its logs under dir, closed
+// when the test ends (after the agent that uses it).
+func newExecutor(t *testing.T, dir string) *process.Executor {
+	t.Helper()
+	ex, err := process.New(process.Options{Dir: filepath.Join(dir, "logs"), DefaultTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ex.Close() })
+	return ex
+}
+
+// runAgent runs an agent for m (TTL 2 s, states polled every 200 ms, its
+// facts file in dir) until the test ends or stop is called; stop returns
+// what Run returned, and an error from it fails the test at its end.
+func runAgent(t *testing.T, reg *registry.Registry, ex executor.Executor, m registry.Machine, dir string) (stop func() error) {
+	t.Helper()
+	a, err := agent.New(agent.Options{
+		Registry: reg, Executor: ex, TTL: 2 * time.Second, PollInterval: 200 * time.Millisecond,
+		Machine: m, EnvFile: filepath.Join(dir, "machine.env"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var g errgroup.Group
+	g.Go(func() error { return a.Run(ctx) })
+	stop = sync.OnceValue(func() error {
+		cancel()
+		return g.Wait()
+	})
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	return stop
+}
+
+// launch submits body as name and targets it, launched, at machine.
+func launch(ctx context.Context, t *testing.T, reg *registry.Registry, machine, name string, body []byte) {
+	t.Helper()
+	hash := unit.Hash(body)
+	if _, err := reg.Submit(ctx, name, hash, body, registry.KeepExisting); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.Client().Put(ctx, reg.ScheduleKey(machine, name), registry.Encode(registry.Assignment{Hash: hash, Desired: registry.Launched}), 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestAgentRunsTargetedUnitsAndKeepsThemThroughAnOutage(t *testing.T) {
 	srv := etcdtest.New(t)
 	if srv.Mode() == etcdtest.External {
@@ -70,11 +122,7 @@ func TestAgentRunsTargetedUnitsAndKeepsThemThroughAnOutage(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
-	ex, err := process.New(process.Options{Dir: filepath.Join(dir, "logs"), DefaultTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ex.Close()
+	ex := newExecutor(t, dir)
 	// A unit left over from before, not targeted here: the agent must stop it.
 	leftover := []byte("[Service]\nExecStart=/bin/sleep 1000\n")
 	if err := ex.Start(ctx, executor.Spec{Name: "leftover.service", Body: leftover}); err != nil {
@@ -83,29 +131,8 @@ func TestAgentRunsTargetedUnitsAndKeepsThemThroughAnOutage(t *testing.T) {
 
 	pidFile := filepath.Join(dir, "pid")
 	body := []byte(fmt.Sprintf("[Service]\nExecStart=/bin/sh -c 'echo \"$PUBLIC_IP $FLOTILLA_METADATA_ROLE $$$$\" >> %s; exec sleep 1000'\n", pidFile))
-	hash := unit.Hash(body)
-	if _, err := reg.Submit(ctx, "web.service", hash, body, registry.KeepExisting); err != nil {
-		t.Fatal(err)
-	}
-	c.Put(ctx, reg.ScheduleKey("m1", "web.service"), registry.Encode(registry.Assignment{Hash: hash, Desired: registry.Launched}), 0)
-
-	a, err := agent.New(agent.Options{
-		Registry: reg, Executor: ex, TTL: 2 * time.Second, PollInterval: 200 * time.Millisecond,
-		Machine: registry.Machine{ID: "m1", IP: "127.0.0.9", Metadata: map[string]string{"role": "web"}},
-		EnvFile: filepath.Join(dir, "machine.env"),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	runCtx, stop := context.WithCancel(ctx)
-	var g errgroup.Group
-	g.Go(func() error { return a.Run(runCtx) })
-	defer func() {
-		stop()
-		if err := g.Wait(); err != nil {
-			t.Error(err)
-		}
-	}()
+	launch(ctx, t, reg, "m1", "web.service", body)
+	stop := runAgent(t, reg, ex, registry.Machine{ID: "m1", IP: "127.0.0.9", Metadata: map[string]string{"role": "web"}}, dir)
 
 	eventually(t, "web.service to run", func() bool { return readPID(pidFile) != 0 })
 	first := readPID(pidFile)
@@ -155,7 +182,7 @@ func TestAgentRunsTargetedUnitsAndKeepsThemThroughAnOutage(t *testing.T) {
 	second := first
 
 	// loaded: stops, state stays reported as inactive.
-	c.Put(ctx, reg.ScheduleKey("m1", "web.service"), registry.Encode(registry.Assignment{Hash: hash, Desired: registry.Loaded}), 0)
+	c.Put(ctx, reg.ScheduleKey("m1", "web.service"), registry.Encode(registry.Assignment{Hash: unit.Hash(body), Desired: registry.Loaded}), 0)
 	eventually(t, "unit stopped when loaded", func() bool { return !alive(second) && state().Active == "inactive" })
 
 	// A body the executor refuses is reported as failed with the reason.
@@ -177,8 +204,7 @@ func TestAgentRunsTargetedUnitsAndKeepsThemThroughAnOutage(t *testing.T) {
 	})
 
 	// Shutdown: presence revoked.
-	stop()
-	if err := g.Wait(); err != nil {
+	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
 	if s, _ := reg.Snapshot(ctx); len(s.Machines) != 0 || len(s.States) != 0 {

@@ -7,13 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/flotilla/flotilla/internal/agent"
 	"github.com/flotilla/flotilla/internal/etcdtest"
-	"github.com/flotilla/flotilla/internal/process"
 	"github.com/flotilla/flotilla/internal/registry"
-	"github.com/flotilla/flotilla/internal/unit"
 )
 
 // TestFencedUnitKilledBeforeLeaseExpiry stops etcd under an agent running a
@@ -30,11 +26,7 @@ func TestFencedUnitKilledBeforeLeaseExpiry(t *testing.T) {
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	ex, err := process.New(process.Options{Dir: filepath.Join(dir, "logs"), DefaultTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ex.Close()
+	ex := newExecutor(t, dir)
 	pids := map[string]string{}
 	for _, name := range []string{"fenced.service", "plain.service"} {
 		pids[name] = filepath.Join(dir, name+".pid")
@@ -43,28 +35,10 @@ func TestFencedUnitKilledBeforeLeaseExpiry(t *testing.T) {
 			extra = "[X-Flotilla]\nOnDisconnect=stop\n"
 		}
 		body := []byte(fmt.Sprintf("[Service]\nExecStart=/bin/sh -c 'echo $$$$ >> %s; exec sleep 1000'\n%s", pids[name], extra))
-		if _, err := reg.Submit(ctx, name, unit.Hash(body), body, registry.KeepExisting); err != nil {
-			t.Fatal(err)
-		}
-		c.Put(ctx, reg.ScheduleKey("m1", name), registry.Encode(registry.Assignment{Hash: unit.Hash(body), Desired: registry.Launched}), 0)
+		launch(ctx, t, reg, "m1", name, body)
 	}
-	const ttl = 2 * time.Second
-	a, err := agent.New(agent.Options{
-		Registry: reg, Executor: ex, TTL: ttl, PollInterval: 200 * time.Millisecond,
-		Machine: registry.Machine{ID: "m1", IP: "127.0.0.9"}, EnvFile: filepath.Join(dir, "machine.env"),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	runCtx, stop := context.WithCancel(ctx)
-	var g errgroup.Group
-	g.Go(func() error { return a.Run(runCtx) })
-	defer func() {
-		stop()
-		if err := g.Wait(); err != nil {
-			t.Error(err)
-		}
-	}()
+	const ttl = 2 * time.Second // runAgent's
+	runAgent(t, reg, ex, registry.Machine{ID: "m1", IP: "127.0.0.9"}, dir)
 	eventually(t, "both units running", func() bool {
 		return alive(readPID(pids["fenced.service"])) && alive(readPID(pids["plain.service"]))
 	})
