@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/flotilla/flotilla/internal/etcdtest"
 )
 
@@ -23,29 +21,9 @@ func TestServeRefusesDuplicateMachineID(t *testing.T) {
 	defer cancel()
 	addr := etcdtest.FreeAddr(t)
 	noEnv := func(string) string { return "" }
-	serveCtx, stop := context.WithCancel(ctx)
-	var g errgroup.Group
-	firstLog := &syncBuffer{}
-	g.Go(func() error {
-		return runEnv(serveCtx, []string{"serve", "--data-dir", t.TempDir(), "--etcd-listen", addr, "--public-ip", "127.0.0.7",
-			"--machine-id", "twin", "--executor", "process", "--ttl", "2s"}, noEnv, &bytes.Buffer{}, firstLog)
-	})
-	defer func() {
-		stop()
-		if err := g.Wait(); err != nil {
-			t.Errorf("first serve: %v", err)
-		}
-	}()
-	client := func(args ...string) (string, error) {
-		var out bytes.Buffer
-		err := runEnv(ctx, args, func(k string) string {
-			if k == "FLOTILLA_ENDPOINTS" {
-				return "http://" + addr
-			}
-			return ""
-		}, &out, &bytes.Buffer{})
-		return out.String(), err
-	}
+	firstLog := serveInBackground(ctx, t, "--data-dir", t.TempDir(), "--etcd-listen", addr, "--public-ip", "127.0.0.7",
+		"--machine-id", "twin", "--executor", "process", "--ttl", "2s")
+	client := func(args ...string) (string, error) { return cli(ctx, addr, args...) }
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		out, _ := client("list-machines", "--no-legend")

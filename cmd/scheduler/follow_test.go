@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/flotilla/flotilla/internal/etcdtest"
 	"github.com/flotilla/flotilla/internal/testmain"
 )
@@ -49,28 +47,9 @@ func TestJournalFollowAndMachine(t *testing.T) {
 	defer cancel()
 	data := t.TempDir()
 	addr := etcdtest.FreeAddr(t)
-	serveCtx, stop := context.WithCancel(ctx)
-	var g errgroup.Group
-	serveErr := &syncBuffer{}
-	g.Go(func() error {
-		return runEnv(serveCtx, []string{"serve", "--data-dir", data, "--etcd-listen", addr, "--public-ip", "127.0.0.8",
-			"--machine-id", "follow1", "--executor", "process", "--ttl", "2s"}, func(string) string { return "" }, &bytes.Buffer{}, serveErr)
-	})
-	defer func() {
-		stop()
-		if err := g.Wait(); err != nil {
-			t.Errorf("serve: %v", err)
-		}
-		if t.Failed() {
-			t.Logf("serve log:\n%s", serveErr.String())
-		}
-	}()
-	env := func(k string) string {
-		if k == "FLOTILLA_ENDPOINTS" {
-			return "http://" + addr
-		}
-		return ""
-	}
+	serveInBackground(ctx, t, "--data-dir", data, "--etcd-listen", addr, "--public-ip", "127.0.0.8",
+		"--machine-id", "follow1", "--executor", "process", "--ttl", "2s")
+	env := etcdEnv(addr)
 	client := func(ctx context.Context, out *testmain.SyncBuffer, args ...string) error {
 		return runEnv(ctx, args, env, out, &bytes.Buffer{})
 	}

@@ -242,6 +242,45 @@ func TestSubmitRules(t *testing.T) {
 	}
 }
 
+// serveInBackground runs `scheduler serve ARGS` until the test ends (an
+// error it returns fails the test then, with its log) and returns its log.
+func serveInBackground(ctx context.Context, t *testing.T, args ...string) *syncBuffer {
+	t.Helper()
+	serveCtx, stop := context.WithCancel(ctx)
+	var g errgroup.Group
+	log := &syncBuffer{}
+	g.Go(func() error {
+		return runEnv(serveCtx, append([]string{"serve"}, args...), func(string) string { return "" }, &bytes.Buffer{}, log)
+	})
+	t.Cleanup(func() {
+		stop()
+		if err := g.Wait(); err != nil {
+			t.Errorf("serve: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("serve log:\n%s", log.String())
+		}
+	})
+	return log
+}
+
+// etcdEnv is an environment that names only the etcd at addr.
+func etcdEnv(addr string) func(string) string {
+	return func(k string) string {
+		if k == "FLOTILLA_ENDPOINTS" {
+			return "http://" + addr
+		}
+		return ""
+	}
+}
+
+// cli runs a client verb against the etcd at addr and returns its output.
+func cli(ctx context.Context, addr string, args ...string) (string, error) {
+	var out bytes.Buffer
+	err := runEnv(ctx, args, etcdEnv(addr), &out, &bytes.Buffer{})
+	return out.String(), err
+}
+
 // TestServeEmbedded runs `scheduler serve` with no endpoints: it must start
 // its own etcd and be a working cluster of one.
 func TestServeEmbedded(t *testing.T) {
@@ -249,29 +288,9 @@ func TestServeEmbedded(t *testing.T) {
 	defer cancel()
 	data := t.TempDir()
 	addr := etcdtest.FreeAddr(t)
-	serveCtx, stop := context.WithCancel(ctx)
-	var g errgroup.Group
-	serveErr := &syncBuffer{}
-	g.Go(func() error {
-		return runEnv(serveCtx, []string{"serve", "--data-dir", data, "--etcd-listen", addr, "--public-ip", "127.0.0.7",
-			"--metadata", "role=solo", "--executor", "process", "--ttl", "2s"}, func(string) string { return "" }, &bytes.Buffer{}, serveErr)
-	})
-	defer func() {
-		stop()
-		if err := g.Wait(); err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	}()
-	client := func(args ...string) (string, error) {
-		var out bytes.Buffer
-		err := runEnv(ctx, args, func(k string) string {
-			if k == "FLOTILLA_ENDPOINTS" {
-				return "http://" + addr
-			}
-			return ""
-		}, &out, &bytes.Buffer{})
-		return out.String(), err
-	}
+	serveErr := serveInBackground(ctx, t, "--data-dir", data, "--etcd-listen", addr, "--public-ip", "127.0.0.7",
+		"--metadata", "role=solo", "--executor", "process", "--ttl", "2s")
+	client := func(args ...string) (string, error) { return cli(ctx, addr, args...) }
 	deadline := time.Now().Add(30 * time.Second)
 	var out string
 	for time.Now().Before(deadline) {
