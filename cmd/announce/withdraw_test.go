@@ -148,6 +148,15 @@ func TestSIGTERMDrainsFirst(t *testing.T) {
 	gone := newFakeRender(t, c, "lb-gone", "/clusterstate/ns", 1)
 	p := start(t, env(srv), "--drain-timeout", "30s", key, "h 10.0.0.3:80")
 	kv, _ := waitKey(t, c, key, true, 10*time.Second)
+	// The key can be visible before announce has its put's answer: the
+	// stop this test is about comes once announce knows it is announced.
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(readLog(p), "msg=announced") {
+		if time.Now().After(deadline) {
+			t.Fatalf("announce never logged its registration:\n%s", readLog(p))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	waitKey(t, c, key, false, 10*time.Second)
 	if !p.running() {

@@ -34,12 +34,6 @@ func newNetns(t testing.TB) *netns {
 		t.Skip("needs iproute2's ip")
 	}
 	id := rand.Uint32() % 0xffff
-	sub := 1 + rand.IntN(60)*4 // 169.254.213.<sub>/30, never .169.254
-	n := &netns{name: fmt.Sprintf("flt-faults-%04x", id), hostIf: fmt.Sprintf("flth%04x", id),
-		hostIP: fmt.Sprintf("169.254.213.%d", sub), nsIP: fmt.Sprintf("169.254.213.%d", sub+1)}
-	nsIf := fmt.Sprintf("fltn%04x", id)
-	n.nsIf = nsIf
-	subnet := fmt.Sprintf("169.254.213.%d/30", sub-1)
 	ipcmd := func(args ...string) error {
 		out, err := exec.Command("ip", args...).CombinedOutput()
 		if err != nil {
@@ -47,15 +41,33 @@ func newNetns(t testing.TB) *netns {
 		}
 		return nil
 	}
+	n := &netns{name: fmt.Sprintf("flt-faults-%04x", id), hostIf: fmt.Sprintf("flth%04x", id)}
+	nsIf := fmt.Sprintf("fltn%04x", id)
+	n.nsIf = nsIf
 	if err := ipcmd("netns", "add", n.name); err != nil {
 		t.Skipf("cannot create a network namespace here: %v", err)
 	}
 	t.Cleanup(func() { ipcmd("netns", "del", n.name) }) // the veth pair goes with it
-	// Whatever state the link is in, packets for the namespace's addresses
-	// never leave through the host's default route: an unreachable route
-	// below the veth's own catches them.
-	if err := ipcmd("route", "add", "unreachable", subnet, "metric", "4000"); err != nil {
-		t.Fatal(err)
+	// A free 169.254.213.<sub>/30 (never .169.254): the first, from a random
+	// start, whose route is not there yet (another namespace of this test, or
+	// of a test running beside it, holds the others). Whatever state the link
+	// is in, packets for the namespace's addresses never leave through the
+	// host's default route: an unreachable route below the veth's own catches
+	// them.
+	var subnet string
+	start := rand.IntN(60)
+	for i := range 60 {
+		sub := 1 + (start+i)%60*4
+		subnet = fmt.Sprintf("169.254.213.%d/30", sub-1)
+		err := ipcmd("route", "add", "unreachable", subnet, "metric", "4000")
+		if err != nil && strings.Contains(err.Error(), "File exists") && i < 59 {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.hostIP, n.nsIP = fmt.Sprintf("169.254.213.%d", sub), fmt.Sprintf("169.254.213.%d", sub+1)
+		break
 	}
 	t.Cleanup(func() { ipcmd("route", "del", "unreachable", subnet, "metric", "4000") })
 	steps := [][]string{
