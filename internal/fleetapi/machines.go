@@ -1,6 +1,7 @@
 package fleetapi
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -50,29 +51,22 @@ func (s *Server) machines(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) listMachines(w http.ResponseWriter, r *http.Request) {
-	tok, err := readPageToken(r.URL, s.o.PageLimit)
-	if err != nil {
-		sendError(w, http.StatusBadRequest, err)
-		return
-	}
-	ctx, cancel := s.requestCtx(r)
-	defer cancel()
-	ms, err := s.reg.Machines(ctx)
-	if err != nil {
-		s.fail(w, ctx, "list machines", err)
-		return
-	}
-	all := make([]*Machine, 0, len(ms))
-	for _, m := range ms {
-		md := make(map[string]string, len(m.Metadata))
-		for k, v := range m.Metadata {
-			md[k] = v
+	listPage(s, w, r, "list machines", func(ctx context.Context) ([]*Machine, error) {
+		ms, err := s.reg.Machines(ctx)
+		if err != nil {
+			return nil, err
 		}
-		all = append(all, &Machine{ID: m.ID, PrimaryIP: m.IP, Metadata: md})
-	}
-	sort.Slice(all, func(i, j int) bool { return all[i].ID < all[j].ID })
-	start, stop, next := page(len(all), tok)
-	send(w, http.StatusOK, MachinePage{Machines: all[start:stop], NextPageToken: next})
+		all := make([]*Machine, 0, len(ms))
+		for _, m := range ms {
+			md := make(map[string]string, len(m.Metadata))
+			for k, v := range m.Metadata {
+				md[k] = v
+			}
+			all = append(all, &Machine{ID: m.ID, PrimaryIP: m.IP, Metadata: md})
+		}
+		sort.Slice(all, func(i, j int) bool { return all[i].ID < all[j].ID })
+		return all, nil
+	}, func(ms []*Machine, next string) any { return MachinePage{Machines: ms, NextPageToken: next} })
 }
 
 // patchMachines applies add/replace/remove of metadata keys, all checked

@@ -169,6 +169,20 @@ func (s *Server) unitsResource(base string) http.HandlerFunc {
 }
 
 func (s *Server) listUnits(w http.ResponseWriter, r *http.Request) {
+	listPage(s, w, r, "list units", func(ctx context.Context) ([]*Unit, error) {
+		v, err := s.readView(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return v.units(), nil
+	}, func(units []*Unit, next string) any { return UnitPage{Units: units, NextPageToken: next} })
+}
+
+// listPage answers a GET of one of fleet's paged collections: the page token
+// checked, everything read (in its order) within the request's bound, and
+// the token's page of it sent, built by wrap.
+func listPage[T any](s *Server, w http.ResponseWriter, r *http.Request, op string,
+	read func(context.Context) ([]T, error), wrap func(page []T, next string) any) {
 	tok, err := readPageToken(r.URL, s.o.PageLimit)
 	if err != nil {
 		sendError(w, http.StatusBadRequest, err)
@@ -176,14 +190,13 @@ func (s *Server) listUnits(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := s.requestCtx(r)
 	defer cancel()
-	v, err := s.readView(ctx)
+	all, err := read(ctx)
 	if err != nil {
-		s.fail(w, ctx, "list units", err)
+		s.fail(w, ctx, op, err)
 		return
 	}
-	all := v.units()
 	start, stop, next := page(len(all), tok)
-	send(w, http.StatusOK, UnitPage{Units: all[start:stop], NextPageToken: next})
+	send(w, http.StatusOK, wrap(all[start:stop], next))
 }
 
 // oneUnit reads the view and the job of name; nil job when not submitted.
@@ -401,22 +414,14 @@ func (s *Server) stateResource(base string) http.HandlerFunc {
 }
 
 func (s *Server) listStates(w http.ResponseWriter, r *http.Request) {
-	tok, err := readPageToken(r.URL, s.o.PageLimit)
-	if err != nil {
-		sendError(w, http.StatusBadRequest, err)
-		return
-	}
-	ctx, cancel := s.requestCtx(r)
-	defer cancel()
-	v, err := s.readView(ctx)
-	if err != nil {
-		s.fail(w, ctx, "list unit states", err)
-		return
-	}
 	q := r.URL.Query()
-	all := v.states(q.Get("machineID"), q.Get("unitName"))
-	start, stop, next := page(len(all), tok)
-	send(w, http.StatusOK, UnitStatePage{States: all[start:stop], NextPageToken: next})
+	listPage(s, w, r, "list unit states", func(ctx context.Context) ([]*UnitState, error) {
+		v, err := s.readView(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return v.states(q.Get("machineID"), q.Get("unitName")), nil
+	}, func(states []*UnitState, next string) any { return UnitStatePage{States: states, NextPageToken: next} })
 }
 
 // getState answers the unit's state on its target machine (for a global
