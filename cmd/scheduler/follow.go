@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/flotilla/flotilla/internal/cmdline"
 	"github.com/flotilla/flotilla/internal/registry"
 )
 
@@ -17,20 +16,12 @@ import (
 const followWindow = 200
 
 func (o *options) registerFollow(fs *flag.FlagSet) {
-	fs.BoolVar(&o.follow, "follow", false, "journal: keep printing new lines until interrupted")
-	fs.BoolVar(&o.follow, "f", false, "journal: keep printing new lines (short for --follow)")
-	fs.StringVar(&o.machine, "machine", "", "status, journal: only the unit on this machine (id or unique id prefix), e.g. one machine of a global unit")
+	fs.BoolVar(&o.follow, "follow", false, "keep printing new lines until interrupted")
+	fs.BoolVar(&o.follow, "f", false, "keep printing new lines (short for --follow)")
 }
 
-// checkFollow refuses --follow and --machine on verbs they do nothing for.
-func (o *options) checkFollow(verb string) error {
-	if o.follow && verb != "journal" {
-		return cmdline.Usagef("--follow applies to journal only, not %s", verb)
-	}
-	if o.machine != "" && verb != "journal" && verb != "status" {
-		return cmdline.Usagef("--machine applies to status and journal only, not %s", verb)
-	}
-	return nil
+func (o *options) registerMachine(fs *flag.FlagSet) {
+	fs.StringVar(&o.machine, "machine", "", "only the unit on this machine (id or unique id prefix), e.g. one machine of a global unit")
 }
 
 // onMachine narrows the machines of unit n to --machine (when given). A

@@ -64,8 +64,8 @@ func TestJournalFollowAndMachine(t *testing.T) {
 	}{
 		{[]string{"journal", "--machine", "nope", "tick.service"}, "--machine nope: no such machine"},
 		{[]string{"status", "--machine", "nope", "tick.service"}, "--machine nope: no such machine"},
-		{[]string{"list-units", "--machine", "follow1"}, "--machine applies to status and journal only"},
-		{[]string{"status", "-f", "tick.service"}, "--follow applies to journal only"},
+		{[]string{"list-units", "--machine", "follow1"}, "--machine applies only to status, journal, not list-units"},
+		{[]string{"status", "-f", "tick.service"}, "-f applies only to journal, not status"},
 	} {
 		if err := client(ctx, &testmain.SyncBuffer{}, c.args...); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v: %v, want %q", c.args, err, c.want)

@@ -97,17 +97,17 @@ func checkRolloutFlags(fs *flag.FlagSet, verb string) error {
 	return nil
 }
 
-// rolloutCommand returns the planned-change verbs.
-func rolloutCommand(verb string) (command, bool) {
+// rolloutCommand returns the planned-change verbs (their flags: registerRollout).
+func (cl *client) rolloutCommand(verb string) (command, bool) {
 	switch verb {
 	case "roll":
-		return command{1, -1, (*client).rollCmd}, true
+		return command{minArgs: 1, maxArgs: -1, run: cl.rollCmd}, true
 	case "drain":
-		return command{1, 1, (*client).drainCmd}, true
+		return command{minArgs: 1, maxArgs: 1, run: cl.drainCmd}, true
 	case "undrain":
-		return command{1, 1, (*client).undrainCmd}, true
+		return command{minArgs: 1, maxArgs: 1, run: cl.undrainCmd}, true
 	case "move":
-		return command{1, 1, (*client).moveCmd}, true
+		return command{minArgs: 1, maxArgs: 1, run: cl.moveCmd}, true
 	}
 	return command{}, false
 }
