@@ -153,6 +153,7 @@ func TestBadInputExits2AndWritesNothing(t *testing.T) {
 		"tcp check no port":      {args: []string{ep, "--check", "tcp://x", "/k", "v"}, want: "host:port"},
 		"bad threshold":          {args: []string{ep, "--check", "tcp://x:1", "--check-threshold", "0", "/k", "v"}, want: "at least 1"},
 		"unknown flag":           {args: []string{ep, "--nope", "/k", "v"}, want: "not defined"},
+		"bad log format":         {args: []string{ep, "--log-format", "xml", "/k", "v"}, want: `--log-format "xml": want text or json`},
 		"bad endpoint":           {args: []string{"--endpoints", "ftp://x:1", "/k", "v"}, want: `scheme "ftp"`},
 		"delete no key":          {args: []string{ep, "--delete"}, want: "missing KEY"},
 		"delete no value":        {args: []string{ep, "--delete", "/k"}, want: "--delete needs the registration's VALUE or --addr"},

@@ -90,7 +90,7 @@ type options struct {
 	maint    string
 	// detachTimeout bounds how long --detach waits for the key to be written.
 	detachTimeout time.Duration
-	logLevel      slog.Level
+	log           cmdline.LogFlags
 	checkURL      string
 	checkOpts     announce.CheckOptions
 	// checkCmd is --check-cmd; checkShell runs it with sh -c.
@@ -104,7 +104,10 @@ func runEnv(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 	if err != nil {
 		return err
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
+	log, err := o.log.Logger(stderr)
+	if err != nil {
+		return err
+	}
 	o.cfg.Logger = log
 	switch {
 	case o.list:
@@ -167,12 +170,12 @@ func parse(args []string, stdout io.Writer, getenv func(string) string) (*option
 	fs.BoolVar(&o.list, "list", false, "list what is announced under PREFIX: key, state, lease time left, value")
 	fs.BoolVar(&o.json, "json", false, "with --list: JSON instead of a table")
 	fs.StringVar(&o.maint, "maintenance", "", "on: the running announce of KEY withdraws it (acknowledged; lease and process kept) until off; survives restarts")
-	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	o.log.Register(fs)
 	if err := cmdline.Parse(fs, args, stdout, usage); err != nil {
 		return nil, err
 	}
-	if err := o.logLevel.UnmarshalText([]byte(*level)); err != nil {
-		return nil, cmdline.Usagef("--log-level %q: want debug, info, warn or error", *level)
+	if _, err := o.log.Logger(io.Discard); err != nil {
+		return nil, err
 	}
 	if err := o.store.FromEnv(getenv, "ANNOUNCE_ENDPOINTS"); err != nil {
 		return nil, cmdline.Usagef("%v", err)

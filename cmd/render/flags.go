@@ -4,6 +4,8 @@ import (
 	"flag"
 	"strings"
 	"time"
+
+	"github.com/flotilla/flotilla/internal/cmdline"
 )
 
 const usage = `usage: render [flags]                      (confd's form: -backend etcdv3 -node URL …)
@@ -45,22 +47,23 @@ func (l listFlag) Set(s string) error {
 
 // options is every setting of render's command line.
 type options struct {
-	backend, confdir, configFile, prefix, logLevel, logFormat string
-	nodes, files, resources                                   []string
-	onetime, watch, noop, syncOnly, keepStage, basicAuth      bool
-	checkConfig, strict, clientInsecure                       bool
-	interval                                                  int
-	clientCert, clientKey, clientCA, username, password       string
-	scheme, wait, metricsAddr, debounce, batch                string
-	dialTimeout, watchdog, checkTimeout, reloadTimeout        time.Duration
-	retryMin, retryMax, readTimeout, preflightTimeout         time.Duration
-	shutdownTimeout, watchErrorBackoff                        time.Duration
-	preflight, diff, color, systemdNotify                     bool
-	diffContext, retryMaxAttempts                             int
-	failureMode, mockData, srvDomain, srvRecord               string
-	exec, execReloadSignal                                    string
-	execKillTimeout                                           time.Duration
-	status                                                    *statusOptions
+	backend, confdir, configFile, prefix                 string
+	log                                                  cmdline.LogFlags
+	nodes, files, resources                              []string
+	onetime, watch, noop, syncOnly, keepStage, basicAuth bool
+	checkConfig, strict, clientInsecure                  bool
+	interval                                             int
+	clientCert, clientKey, clientCA, username, password  string
+	scheme, wait, metricsAddr, debounce, batch           string
+	dialTimeout, watchdog, checkTimeout, reloadTimeout   time.Duration
+	retryMin, retryMax, readTimeout, preflightTimeout    time.Duration
+	shutdownTimeout, watchErrorBackoff                   time.Duration
+	preflight, diff, color, systemdNotify                bool
+	diffContext, retryMaxAttempts                        int
+	failureMode, mockData, srvDomain, srvRecord          string
+	exec, execReloadSignal                               string
+	execKillTimeout                                      time.Duration
+	status                                               *statusOptions
 
 	refused []string // refused flags that were given, in order
 }
@@ -114,7 +117,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.BoolVar(&o.noop, "noop", false, "write nothing: print a unified diff of what would change")
 	fs.BoolVar(&o.syncOnly, "sync-only", false, "write files without check_cmd and reload_cmd")
 	fs.BoolVar(&o.keepStage, "keep-stage-file", false, "keep staged files")
-	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	o.log.Register(fs) // -log-format is flotilla's
 	fs.StringVar(&o.clientCert, "client-cert", "", "etcd client certificate")
 	fs.StringVar(&o.clientKey, "client-key", "", "etcd client key")
 	fs.StringVar(&o.clientCA, "client-ca-keys", "", "CA bundle to verify etcd")
@@ -126,7 +129,6 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.StringVar(&o.srvRecord, "srv-record", "", "find etcd by this SRV record (e.g. _etcd-client._tcp.example.com; looked up again on every reconnect)")
 
 	// flotilla's additions.
-	fs.StringVar(&o.logFormat, "log-format", "text", "text or json (logs go to stderr)")
 	fs.BoolVar(&o.clientInsecure, "client-insecure", false, "do not verify etcd's certificate")
 	fs.DurationVar(&o.dialTimeout, "dial-timeout", 5*time.Second, "etcd connect/request timeout")
 	fs.Var(listFlag{&o.files}, "file", "YAML/JSON data file for the file backend (repeatable)")

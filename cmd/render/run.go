@@ -40,7 +40,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := applyEnv(fs, set); err != nil {
 		return err
 	}
-	log, err := newLogger(stderr, o.logLevel, o.logFormat)
+	log, err := o.log.Logger(stderr)
 	if err != nil {
 		return err
 	}
@@ -52,7 +52,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := applyConfigFile(fs, set, cfgFile, explicit, o.strict, log); err != nil {
 		return err
 	}
-	if log, err = newLogger(stderr, o.logLevel, o.logFormat); err != nil {
+	if log, err = o.log.Logger(stderr); err != nil {
 		return err
 	}
 	if err := o.check(set, os.Getenv("NOTIFY_SOCKET") != ""); err != nil {

@@ -72,3 +72,26 @@ func TestVerbHelp(t *testing.T) {
 		t.Errorf("cat --help lists --replace:\n%s", out.String())
 	}
 }
+
+// TestServeLogFlags: serve takes the same --log-level and --log-format as
+// render and announce (internal/cmdline.LogFlags), refusing unknown values
+// before it starts anything.
+func TestServeLogFlags(t *testing.T) {
+	tests := map[string]struct {
+		args []string
+		want string
+	}{
+		"format": {args: []string{"--log-format", "xml"}, want: `--log-format "xml": want text or json`},
+		"level":  {args: []string{"--log-level", "loud"}, want: `--log-level "loud": want debug, info, warn or error`},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			args := append([]string{"serve", "--data-dir", t.TempDir()}, tc.args...)
+			err := runEnv(context.Background(), args, func(string) string { return "" }, &bytes.Buffer{}, &bytes.Buffer{})
+			var ue *cmdline.UsageError
+			if !errors.As(err, &ue) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("err = %v; want a usage error containing %q", err, tc.want)
+			}
+		})
+	}
+}

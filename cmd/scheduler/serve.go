@@ -62,7 +62,7 @@ type serveOptions struct {
 	enginePeriod time.Duration
 	moveGrace    time.Duration
 	capacity     int
-	logLevel     string
+	log          cmdline.LogFlags
 	api          apiOptions
 	sec          secureOptions
 }
@@ -85,7 +85,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	fs.DurationVar(&o.moveGrace, "move-grace", engine.DefaultMoveGrace, "engine: how long a gone machine's presence must stay absent, counted while etcd is healthy, before its units move (0: at once; fenced units wait 1s)")
 	fs.DurationVar(&o.enginePeriod, "engine-period", 30*time.Second, "engine: longest time between two reconcile passes")
 	fs.IntVar(&o.capacity, "capacity", 0, "most non-global units this machine takes (0: no limit)")
-	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	o.log.Register(fs)
 	o.api.register(fs)
 	fs.BoolVar(&o.sec.insecure, "insecure", false, "embedded etcd: serve plain http without authentication off loopback (dangerous; logged at every start)")
 	fs.StringVar(&o.sec.join, "join", "", "join the cluster whose first machine serves its join endpoint at HOST:PORT (port 2378 by default)")
@@ -98,11 +98,10 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if fs.NArg() > 0 {
 		return cmdline.Usagef("serve takes no arguments: %s", strings.Join(fs.Args(), " "))
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
-		return cmdline.Usagef("--log-level %q: %v", o.logLevel, err)
+	log, err := o.log.Logger(stderr)
+	if err != nil {
+		return err
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	md, err := parseMetadata(o.metadata)
 	if err != nil {
 		return cmdline.Usagef("--metadata: %v", err)
