@@ -196,16 +196,17 @@ type runner struct {
 	rev       int64
 	// lastApplied is what cfg.Applied last received.
 	lastApplied []Applied
+	// now is the runner's clock (time.Now; tests set their own).
+	now func() time.Time
 }
 
 func newRunner(cfg Config) *runner {
 	cfg.defaults()
-	return &runner{cfg: cfg, log: cfg.Logger, entries: map[string]*entry{}}
+	return &runner{cfg: cfg, log: cfg.Logger, entries: map[string]*entry{}, now: time.Now}
 }
 
 // loadConfig reads conf.d and templates. A file that fails keeps its previous
-// good entry, if any. It returns the new entries, the errors, and whether
-// anything changed.
+// good entry, if any. It reports whether any entry changed, and the errors.
 func (r *runner) loadConfig() (changed bool, errs []error) {
 	names, err := filepath.Glob(filepath.Join(r.cfg.confDir(), "*.toml"))
 	if err != nil {
@@ -387,12 +388,12 @@ func (r *runner) resync(ctx context.Context, now time.Time) error {
 	if len(keys) == 0 {
 		return nil
 	}
-	start := time.Now()
+	start := r.now()
 	kvs, rev, err := r.cfg.Source.List(ctx, keys)
 	if err != nil {
 		return err
 	}
-	r.log.Debug("keys read", "keys", len(kvs), "rev", rev, "took", time.Since(start))
+	r.log.Debug("keys read", "keys", len(kvs), "rev", rev, "took", r.now().Sub(start))
 	r.rev = rev
 	r.cfg.Metrics.setKeys(len(kvs))
 	for _, e := range r.entries {
@@ -546,12 +547,12 @@ func (r *runner) exec(ctx context.Context, j job) result {
 		}
 		return result{job: j, err: j.e.res.Reload(rctx, log)}
 	}
-	start := time.Now()
+	start := r.now()
 	content, err := j.e.tmpl.Render(j.store)
 	if err != nil {
 		return result{job: j, err: fmt.Errorf("render %s: %w", j.e.res.Name, err)}
 	}
-	log.Debug("template executed", "bytes", len(content), "took", time.Since(start))
+	log.Debug("template executed", "bytes", len(content), "took", r.now().Sub(start))
 	changed, err := j.e.res.Apply(ctx, content, resources.ApplyOptions{
 		Noop: r.cfg.Noop, Diff: r.cfg.Diff, SyncOnly: r.cfg.SyncOnly, Logger: log,
 		DiffContext: r.cfg.DiffContext, DiffColor: r.cfg.DiffColor, DiffNamesOnly: r.cfg.DiffNamesOnly,
@@ -614,7 +615,7 @@ func (r *runner) finishReload(m *entry, seq int, err error, now time.Time) {
 }
 
 func (r *runner) finishEntry(ctx context.Context, res result) {
-	e, name, now := res.e, res.e.res.Name, time.Now()
+	e, name, now := res.e, res.e.res.Name, r.now()
 	if res.reload {
 		group := res.group
 		if group == nil {
@@ -708,7 +709,7 @@ func (w *workers) done(res result) {
 // one reload (at most one per maxReloadHold while changes keep coming).
 func (r *runner) process(ctx context.Context, w *workers, drain func()) {
 	for _, e := range r.sorted() {
-		now := time.Now()
+		now := r.now()
 		d := r.due(e)
 		if d.IsZero() || d.After(now) || ctx.Err() != nil || w.busy[e.res.Dest] {
 			continue
@@ -723,7 +724,7 @@ func (r *runner) process(ctx context.Context, w *workers, drain func()) {
 		if ctx.Err() != nil {
 			return
 		}
-		if !e.reloadWanted || started[e.reloadKey] || w.reloading[e.reloadKey] || w.busy[e.res.Dest] || r.reloadDue(e).After(time.Now()) {
+		if !e.reloadWanted || started[e.reloadKey] || w.reloading[e.reloadKey] || w.busy[e.res.Dest] || r.reloadDue(e).After(r.now()) {
 			continue
 		}
 		// One reload for every resource that shares it and wants it.
@@ -738,9 +739,6 @@ func (r *runner) process(ctx context.Context, w *workers, drain func()) {
 	}
 }
 
-// groupBusy reports whether another resource sharing e's reload has changes
-// not yet rendered, or is rendering: e's reload waits for it (at most
-// maxReloadHold), so that one reload covers both.
 // renderDue is when dirty e's quiescence window closes.
 func (r *runner) renderDue(e *entry) time.Time {
 	w := r.wait(e)
@@ -905,7 +903,7 @@ func (r *runner) execAll(ctx context.Context, entries []*entry) []result {
 // backing off between attempts.
 func (r *runner) resyncAttempts(ctx context.Context) error {
 	for n := 1; ; n++ {
-		err := r.resync(ctx, time.Now())
+		err := r.resync(ctx, r.now())
 		if err == nil || n >= r.cfg.MaxAttempts || ctx.Err() != nil {
 			if err != nil && n > 1 {
 				err = fmt.Errorf("%d attempts: %w", n, err)
@@ -1028,165 +1026,201 @@ func Run(ctx context.Context, cfg Config) error {
 	return g.Wait()
 }
 
+// loopState is what the loop keeps from one pass to the next.
+type loopState struct {
+	w          Watcher
+	wc         <-chan Batch // w's batches; nil without a watch
+	needResync bool         // the keys are to be read again, at resyncAt
+	resyncAt   time.Time    // zero: at once
+	resyncFail int          // failed reads in a row
+	cfgAt      time.Time    // pending config reload (zero: none)
+	reloading  bool         // RELOADING=1 sent, READY=1 owed
+	ready      bool         // READY=1 sent
+	nextPoll   time.Time    // Poll mode: the next read
+	nextDog    time.Time    // the next WATCHDOG=1
+}
+
+func (l *loopState) closeWatch() {
+	if l.w != nil {
+		l.w.Close()
+		l.w, l.wc = nil, nil
+	}
+}
+
+// resyncSoon asks for the keys to be read again after d (0: at once).
+func (l *loopState) resyncSoon(now time.Time, d time.Duration) {
+	l.needResync, l.resyncAt = true, time.Time{}
+	if d > 0 {
+		l.resyncAt = now.Add(d)
+	}
+}
+
 func (r *runner) loop(ctx context.Context, cfgEvents <-chan struct{}) error {
 	var killReloads context.CancelFunc
 	r.reloadCtx, killReloads = context.WithCancel(context.WithoutCancel(ctx))
 	defer killReloads()
-	var (
-		w          Watcher
-		wc         <-chan Batch
-		needResync = true
-		resyncAt   time.Time
-		resyncFail int
-		cfgAt      time.Time // pending config reload
-		reloading  bool      // RELOADING=1 sent, READY=1 owed
-		ready      bool
-		nextPoll   time.Time
-		nextDog    time.Time
-	)
-	closeWatch := func() {
-		if w != nil {
-			w.Close()
-			w, wc = nil, nil
-		}
-	}
-	defer closeWatch()
+	l := &loopState{needResync: true}
+	defer l.closeWatch()
 	if _, errs := r.loadConfig(); len(errs) > 0 {
 		r.log.Error("configuration has errors; rendering the rest", "errors", len(errs))
 	}
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	jobs := newWorkers()
-	for {
-		now := time.Now()
-		if !cfgAt.IsZero() && !cfgAt.After(now) {
-			cfgAt = time.Time{}
-			if changed, errs := r.loadConfig(); changed {
-				r.log.Info("configuration reloaded", "resources", len(r.entries), "errors", len(errs))
-				needResync, resyncAt = true, time.Time{}
-			} else {
-				// No resource or top-level template changed, but a file a
-				// template includes may have: render again from the snapshot
-				// (a file whose bytes come out the same is left alone).
-				for _, e := range r.entries {
-					if e.store != nil {
-						r.markDirty(e, now, now)
-					}
-				}
-			}
-		}
-		if needResync && !resyncAt.After(now) {
-			if err := r.resync(ctx, now); err != nil {
-				if ctx.Err() != nil {
-					break
-				}
-				resyncFail++
-				d := r.backoff(resyncFail)
-				resyncAt = now.Add(d)
-				r.cfg.Metrics.setConnected(false)
-				r.log.Warn("cannot read keys; keeping the last good files", "retry_in", d, "err", err)
-			} else {
-				resyncFail, needResync = 0, false
-				r.cfg.Metrics.setConnected(true)
-				closeWatch()
-				if _, common := r.prefixes(); r.cfg.Mode == Watch && common != "" {
-					w = r.cfg.Source.Watch(ctx, common, r.rev+1)
-					wc = w.C()
-				}
-				nextPoll = now.Add(r.cfg.Interval)
-			}
-		}
-		r.process(ctx, jobs, func() {
-			for wc != nil {
-				select {
-				case b, ok := <-wc:
-					r.batch(b, ok, &needResync, &resyncAt, closeWatch)
-					continue
-				default:
-				}
-				return
-			}
-		})
+	for ctx.Err() == nil {
+		now := r.now()
+		r.configDue(l, now)
+		r.resyncDue(ctx, l, now)
+		r.process(ctx, jobs, func() { r.drain(l) })
 		if ctx.Err() != nil {
 			break
 		}
-		r.reportApplied(jobs, needResync)
-		if !needResync && (!ready || reloading) && r.allRendered() {
-			r.cfg.Notify("READY=1")
-			r.cfg.Metrics.setReady()
-			ready, reloading = true, false
-		}
-		if r.cfg.WatchdogInterval > 0 && !time.Now().Before(nextDog) {
-			r.cfg.Notify("WATCHDOG=1")
-			nextDog = time.Now().Add(r.cfg.WatchdogInterval)
-		}
-
-		// Sleep until the next thing is due.
-		next := now.Add(time.Hour)
-		soonest := func(t time.Time) {
-			if !t.IsZero() && t.Before(next) {
-				next = t
-			}
-		}
-		for _, e := range r.entries {
-			if !jobs.busy[e.res.Dest] { // a busy one wakes the loop with its result
-				soonest(r.due(e))
-			}
-		}
-		soonest(cfgAt)
-		if needResync {
-			// Zero means at once (a watch that failed while its queue was
-			// drained): not "nothing due".
-			if resyncAt.IsZero() {
-				next = now
-			}
-			soonest(resyncAt)
-		}
-		if r.cfg.Mode == Poll && !needResync {
-			soonest(nextPoll)
-		}
-		if r.cfg.WatchdogInterval > 0 {
-			soonest(nextDog)
-		}
-		timer.Reset(max(time.Until(next), 0))
-		select {
-		case <-ctx.Done():
-		case <-timer.C:
-			if r.cfg.Mode == Poll && !needResync && !time.Now().Before(nextPoll) {
-				needResync, resyncAt = true, time.Time{}
-			}
-		case b, ok := <-wc:
-			r.batch(b, ok, &needResync, &resyncAt, closeWatch)
-			// Take what else is queued: one render for the lot.
-			for more := true; more && wc != nil; {
-				select {
-				case b, ok := <-wc:
-					r.batch(b, ok, &needResync, &resyncAt, closeWatch)
-				default:
-					more = false
-				}
-			}
-		case res := <-jobs.results:
-			jobs.done(res)
-			r.finish(ctx, res)
-		case <-cfgEvents:
-			cfgAt = time.Now().Add(r.cfg.ConfigDebounce)
-		case <-r.cfg.Reload:
-			r.log.Info("reload requested")
-			r.cfg.Notify(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", monotonicUsec()))
-			reloading = true
-			cfgAt = time.Now()
-		}
+		r.reportApplied(jobs, l.needResync)
+		r.notifyState(l)
+		timer.Reset(max(r.next(l, jobs, now).Sub(r.now()), 0))
+		r.await(ctx, l, jobs, timer.C, cfgEvents)
 		if !timer.Stop() {
 			select {
 			case <-timer.C:
 			default:
 			}
 		}
-		if ctx.Err() != nil {
-			break
+	}
+	return r.shutdown(ctx, jobs, killReloads)
+}
+
+// configDue reloads the configuration once its pending reload is due.
+func (r *runner) configDue(l *loopState, now time.Time) {
+	if l.cfgAt.IsZero() || l.cfgAt.After(now) {
+		return
+	}
+	l.cfgAt = time.Time{}
+	if changed, errs := r.loadConfig(); changed {
+		r.log.Info("configuration reloaded", "resources", len(r.entries), "errors", len(errs))
+		l.resyncSoon(now, 0)
+		return
+	}
+	// No resource or top-level template changed, but a file a template
+	// includes may have: render again from the snapshot (a file whose
+	// bytes come out the same is left alone).
+	for _, e := range r.entries {
+		if e.store != nil {
+			r.markDirty(e, now, now)
 		}
 	}
+}
+
+// resyncDue reads the keys once a read is due and, after a good read,
+// follows their changes from its revision (Watch mode).
+func (r *runner) resyncDue(ctx context.Context, l *loopState, now time.Time) {
+	if !l.needResync || l.resyncAt.After(now) {
+		return
+	}
+	if err := r.resync(ctx, now); err != nil {
+		if ctx.Err() != nil {
+			return
+		}
+		l.resyncFail++
+		d := r.backoff(l.resyncFail)
+		l.resyncAt = now.Add(d)
+		r.cfg.Metrics.setConnected(false)
+		r.log.Warn("cannot read keys; keeping the last good files", "retry_in", d, "err", err)
+		return
+	}
+	l.resyncFail, l.needResync = 0, false
+	r.cfg.Metrics.setConnected(true)
+	l.closeWatch()
+	if _, common := r.prefixes(); r.cfg.Mode == Watch && common != "" {
+		l.w = r.cfg.Source.Watch(ctx, common, r.rev+1)
+		l.wc = l.w.C()
+	}
+	l.nextPoll = now.Add(r.cfg.Interval)
+}
+
+// drain takes in every batch the watch has queued: one render for the lot.
+func (r *runner) drain(l *loopState) {
+	for l.wc != nil {
+		select {
+		case b, ok := <-l.wc:
+			r.batch(l, b, ok)
+		default:
+			return
+		}
+	}
+}
+
+// notifyState tells systemd READY=1 once every resource has rendered (again
+// after a requested reload), and WATCHDOG=1 when it is due.
+func (r *runner) notifyState(l *loopState) {
+	if !l.needResync && (!l.ready || l.reloading) && r.allRendered() {
+		r.cfg.Notify("READY=1")
+		r.cfg.Metrics.setReady()
+		l.ready, l.reloading = true, false
+	}
+	if r.cfg.WatchdogInterval > 0 && !r.now().Before(l.nextDog) {
+		r.cfg.Notify("WATCHDOG=1")
+		l.nextDog = r.now().Add(r.cfg.WatchdogInterval)
+	}
+}
+
+// next is when the loop has something to do, at the latest an hour from now.
+func (r *runner) next(l *loopState, jobs *workers, now time.Time) time.Time {
+	next := now.Add(time.Hour)
+	soonest := func(t time.Time) {
+		if !t.IsZero() && t.Before(next) {
+			next = t
+		}
+	}
+	for _, e := range r.entries {
+		if !jobs.busy[e.res.Dest] { // a busy one wakes the loop with its result
+			soonest(r.due(e))
+		}
+	}
+	soonest(l.cfgAt)
+	if l.needResync {
+		// Zero means at once (a watch that failed while its queue was
+		// drained): not "nothing due".
+		if l.resyncAt.IsZero() {
+			next = now
+		}
+		soonest(l.resyncAt)
+	}
+	if r.cfg.Mode == Poll && !l.needResync {
+		soonest(l.nextPoll)
+	}
+	if r.cfg.WatchdogInterval > 0 {
+		soonest(l.nextDog)
+	}
+	return next
+}
+
+// await waits for the next event (or wake) and takes it in.
+func (r *runner) await(ctx context.Context, l *loopState, jobs *workers, wake <-chan time.Time, cfgEvents <-chan struct{}) {
+	select {
+	case <-ctx.Done():
+	case <-wake:
+		if r.cfg.Mode == Poll && !l.needResync && !r.now().Before(l.nextPoll) {
+			l.resyncSoon(r.now(), 0)
+		}
+	case b, ok := <-l.wc:
+		r.batch(l, b, ok)
+		r.drain(l)
+	case res := <-jobs.results:
+		jobs.done(res)
+		r.finish(ctx, res)
+	case <-cfgEvents:
+		l.cfgAt = r.now().Add(r.cfg.ConfigDebounce)
+	case <-r.cfg.Reload:
+		r.log.Info("reload requested")
+		r.cfg.Notify(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", monotonicUsec()))
+		l.reloading = true
+		l.cfgAt = r.now()
+	}
+}
+
+// shutdown lets running checks and reloads end, for at most
+// ShutdownTimeout; then it kills those still running.
+func (r *runner) shutdown(ctx context.Context, jobs *workers, killReloads context.CancelFunc) error {
 	r.cfg.Notify("STOPPING=1")
 	var limit <-chan time.Time
 	var left int // jobs still running at the bound
@@ -1195,7 +1229,7 @@ func (r *runner) loop(ctx context.Context, cfgEvents <-chan struct{}) error {
 		defer t.Stop()
 		limit = t.C
 	}
-	for jobs.inflight > 0 { // let running checks and reloads end
+	for jobs.inflight > 0 {
 		select {
 		case res := <-jobs.results:
 			jobs.done(res)
@@ -1213,22 +1247,21 @@ func (r *runner) loop(ctx context.Context, cfgEvents <-chan struct{}) error {
 	return nil
 }
 
-func (r *runner) batch(b Batch, ok bool, needResync *bool, resyncAt *time.Time, closeWatch func()) {
+// batch takes in one watch batch: its changes, or the end of the watch
+// (the keys are read again, after RetryMin or WatchErrorBackoff).
+func (r *runner) batch(l *loopState, b Batch, ok bool) {
 	switch {
 	case !ok:
-		closeWatch()
-		*needResync, *resyncAt = true, time.Now().Add(r.cfg.RetryMin)
+		l.closeWatch()
+		l.resyncSoon(r.now(), r.cfg.RetryMin)
 	case b.Err != nil:
-		closeWatch()
+		l.closeWatch()
 		r.log.Warn("watch ended; resyncing", "err", b.Err, "after", r.cfg.WatchErrorBackoff)
-		*needResync, *resyncAt = true, time.Time{}
-		if r.cfg.WatchErrorBackoff > 0 {
-			*resyncAt = time.Now().Add(r.cfg.WatchErrorBackoff)
-		}
+		l.resyncSoon(r.now(), r.cfg.WatchErrorBackoff)
 	case b.Resync:
-		*needResync, *resyncAt = true, time.Time{}
+		l.resyncSoon(r.now(), 0)
 	default:
-		r.apply(b, time.Now())
+		r.apply(b, r.now())
 	}
 }
 
