@@ -144,7 +144,7 @@ func (r *run) lifecycle() {
 
 // attempt runs the unit once, from ExecStartPre to ExecStopPost.
 func (r *run) attempt(logFile *os.File) result {
-	name, svc := r.spec.Name, r.svc
+	name := r.spec.Name
 	env, err := r.environment()
 	if err != nil {
 		logf(logFile, name, "%v", err)
@@ -156,111 +156,130 @@ func (r *run) attempt(logFile *os.File) result {
 		return failure
 	}
 	defer g.kill()
-	r.mu.Lock()
-	r.pgid = g.pgid
-	killed := r.killed
-	r.mu.Unlock()
-	defer func() {
-		r.mu.Lock()
-		r.pgid = 0
-		r.mu.Unlock()
-	}()
-	if killed {
-		syscall.Kill(-g.pgid, syscall.SIGKILL)
-	}
+	r.setGroup(g.pgid)
+	defer r.setGroup(0)
 	x := &execCtx{r: r, env: env, log: logFile, pgid: g.pgid}
 
 	logf(logFile, name, "Starting %s", name)
-	res := success
+	res, main := r.startPhase(x)
 	started := false
-	var main *exec.Cmd
-	mainDone := make(chan error, 1)
-	r.setState("activating", "start-pre")
-	for _, c := range svc.pre {
-		if err := x.runCmd(c, svc.startTimeout); err != nil && !c.ignoreFailure {
-			res = failure
-			break
-		}
-	}
-	if res == success && !r.stopRequested() {
-		switch svc.typ {
-		case "oneshot":
-			r.setState("activating", "start")
-			for _, c := range svc.start {
-				if err := x.runCmd(c, svc.startTimeout); err != nil && !c.ignoreFailure {
-					res = failure
-					break
-				}
-			}
-		case "forking":
-			r.setState("activating", "start")
-			if err := x.runCmd(svc.start[0], svc.startTimeout); err != nil && !svc.start[0].ignoreFailure {
-				res = failure
-			}
-		default: // simple
-			cmd, err := x.startCmd(svc.start[0])
-			if err != nil {
-				logf(logFile, name, "%v", err)
-				res = failure
-			} else {
-				main = cmd
-				// Owned here: attempt waits for mainDone before returning.
-				go func() { mainDone <- cmd.Wait() }()
-			}
-		}
-	}
-	if res == success && !r.stopRequested() {
-		r.setState("activating", "start-post")
-		for _, c := range svc.post {
-			if err := x.runCmd(c, svc.startTimeout); err != nil && !c.ignoreFailure {
-				res = failure
-				break
-			}
-		}
-	}
 	if res == success && !r.stopRequested() {
 		started = true
-		switch {
-		case main != nil:
-			r.setState("active", "running")
-			logf(logFile, name, "Started %s", name)
-			select {
-			case err := <-mainDone:
-				main = nil
-				if err != nil {
-					logf(logFile, name, "main process exited: %v", exitStatus(err))
-					if !svc.start[0].ignoreFailure {
-						res = failure
-					}
-				} else {
-					logf(logFile, name, "main process exited, status=0/SUCCESS")
-				}
-			case <-r.stopReq:
-			}
-		case svc.typ == "forking":
-			r.setState("active", "running")
-			logf(logFile, name, "Started %s", name)
-			r.waitGroupEmpty(g)
-		case svc.remain:
-			r.setState("active", "exited")
-			logf(logFile, name, "Started %s", name)
-			<-r.stopReq
-		default:
-			logf(logFile, name, "Finished %s", name)
-		}
+		res = r.runPhase(x, g, main)
 	}
+	r.stopPhase(x, g, main, started)
+	if res == failure {
+		logf(logFile, name, "%s failed", name)
+	} else {
+		logf(logFile, name, "Stopped %s", name)
+	}
+	return res
+}
 
-	// Stop: ExecStop (only after a successful start), then the group, then
-	// ExecStopPost.
+// setGroup records the running attempt's process group (0: none), and kills
+// it at once when a kill came before it existed.
+func (r *run) setGroup(pgid int) {
+	r.mu.Lock()
+	r.pgid = pgid
+	killed := r.killed
+	r.mu.Unlock()
+	if pgid > 0 && killed {
+		syscall.Kill(-pgid, syscall.SIGKILL)
+	}
+}
+
+// mainProcess is a simple service's main process; its Wait runs on a
+// goroutine of its own, and the attempt receives its result once.
+type mainProcess struct {
+	cmd    *exec.Cmd
+	done   chan error
+	exited bool // done was received
+}
+
+// startPhase runs ExecStartPre, the start (ExecStart of a oneshot or a
+// forking service; the main process of a simple one, returned) and
+// ExecStartPost, each stopping at the first failure not ignored.
+func (r *run) startPhase(x *execCtx) (result, *mainProcess) {
+	svc := r.svc
+	r.setState("activating", "start-pre")
+	res := x.runAll(svc.pre, svc.startTimeout)
+	if res != success || r.stopRequested() {
+		return res, nil
+	}
+	var main *mainProcess
+	switch svc.typ {
+	case "oneshot":
+		r.setState("activating", "start")
+		res = x.runAll(svc.start, svc.startTimeout)
+	case "forking":
+		r.setState("activating", "start")
+		res = x.runAll(svc.start[:1], svc.startTimeout)
+	default: // simple
+		cmd, err := x.startCmd(context.Background(), svc.start[0])
+		if err != nil {
+			logf(x.log, r.spec.Name, "%v", err)
+			return failure, nil
+		}
+		main = &mainProcess{cmd: cmd, done: make(chan error, 1)}
+		// Owned by the attempt: it waits for done before returning.
+		go func() { main.done <- cmd.Wait() }()
+	}
+	if res != success || r.stopRequested() {
+		return res, main
+	}
+	r.setState("activating", "start-post")
+	return x.runAll(svc.post, svc.startTimeout), main
+}
+
+// runPhase is the started unit: until its main process ends (simple), its
+// process group empties (forking) or a stop comes (RemainAfterExit=yes).
+func (r *run) runPhase(x *execCtx, g *guard, main *mainProcess) result {
+	name := r.spec.Name
+	switch {
+	case main != nil:
+		r.setState("active", "running")
+		logf(x.log, name, "Started %s", name)
+		select {
+		case err := <-main.done:
+			main.exited = true
+			if err == nil {
+				logf(x.log, name, "main process exited, status=0/SUCCESS")
+				return success
+			}
+			logf(x.log, name, "main process exited: %v", exitStatus(err))
+			if !r.svc.start[0].ignoreFailure {
+				return failure
+			}
+		case <-r.stopReq:
+		}
+	case r.svc.typ == "forking":
+		r.setState("active", "running")
+		logf(x.log, name, "Started %s", name)
+		r.waitGroupEmpty(g)
+	case r.svc.remain:
+		r.setState("active", "exited")
+		logf(x.log, name, "Started %s", name)
+		<-r.stopReq
+	default:
+		logf(x.log, name, "Finished %s", name)
+	}
+	return success
+}
+
+// stopPhase stops the unit: ExecStop (only after a successful start), then
+// SIGTERM to the group (SIGKILL after TimeoutStopSec), then ExecStopPost.
+// A kill (fencing) skips ExecStop.
+func (r *run) stopPhase(x *execCtx, g *guard, main *mainProcess, started bool) {
+	name, svc := r.spec.Name, r.svc
 	r.setState("deactivating", "stop")
 	if r.wasKilled() {
-		logf(logFile, name, "killed (fencing): SIGKILL to the group, ExecStop skipped")
+		logf(x.log, name, "killed (fencing): SIGKILL to the group, ExecStop skipped")
 		started = false
 		syscall.Kill(-g.pgid, syscall.SIGKILL)
 	}
 	if started {
-		if main != nil && main.Process != nil {
-			x.mainPID = main.Process.Pid
+		if main != nil && !main.exited {
+			x.mainPID = main.cmd.Process.Pid
 		}
 		for _, c := range svc.stop {
 			x.runCmd(c, svc.stopTimeout)
@@ -268,9 +287,9 @@ func (r *run) attempt(logFile *os.File) result {
 	}
 	r.setState("deactivating", "stop-sigterm")
 	g.terminate(svc.stopTimeout, func() { r.setState("deactivating", "stop-sigkill") })
-	if main != nil {
-		if err := <-mainDone; err != nil && started {
-			logf(logFile, name, "main process ended: %v", exitStatus(err))
+	if main != nil && !main.exited {
+		if err := <-main.done; err != nil && started {
+			logf(x.log, name, "main process ended: %v", exitStatus(err))
 		}
 	}
 	r.setState("deactivating", "stop-post")
@@ -278,12 +297,6 @@ func (r *run) attempt(logFile *os.File) result {
 	for _, c := range svc.stopPost {
 		x.runCmd(c, svc.stopTimeout)
 	}
-	if res == failure {
-		logf(logFile, name, "%s failed", name)
-	} else {
-		logf(logFile, name, "Stopped %s", name)
-	}
-	return res
 }
 
 // waitGroupEmpty waits until no process but the guard is left in the group,
@@ -351,7 +364,8 @@ type execCtx struct {
 	mainPID int
 }
 
-func (x *execCtx) command(c command) (*exec.Cmd, error) {
+// command builds c's process, bound to ctx (its end kills the process).
+func (x *execCtx) command(ctx context.Context, c command) (*exec.Cmd, error) {
 	env := x.env
 	if x.mainPID != 0 {
 		env = append(append([]string(nil), env...), "MAINPID="+strconv.Itoa(x.mainPID))
@@ -367,47 +381,66 @@ func (x *execCtx) command(c command) (*exec.Cmd, error) {
 	if err != nil {
 		return nil, fmt.Errorf("unit %s: %q: %w", x.r.spec.Name, c.raw, err)
 	}
-	path = lp
-	cmd := &exec.Cmd{Path: path, Args: argv, Env: env, Dir: x.r.svc.workDir, Stdout: x.log, Stderr: x.log}
+	cmd := exec.CommandContext(ctx, lp)
+	cmd.Args, cmd.Env, cmd.Dir, cmd.Stdout, cmd.Stderr = argv, env, x.r.svc.workDir, x.log, x.log
 	return cmd, nil
 }
 
-func (x *execCtx) startCmd(c command) (*exec.Cmd, error) {
-	cmd, err := x.command(c)
+func (x *execCtx) startCmd(ctx context.Context, c command) (*exec.Cmd, error) {
+	cmd, err := x.command(ctx, c)
 	if err != nil {
 		return nil, err
 	}
-	if err := x.r.e.sp.start(cmd, x.pgid, syscall.SIGKILL); err != nil {
-		return nil, fmt.Errorf("unit %s: %w", x.r.spec.Name, err)
+	if err := x.start(cmd); err != nil {
+		return nil, err
 	}
 	return cmd, nil
 }
+
+func (x *execCtx) start(cmd *exec.Cmd) error {
+	if err := x.r.e.sp.start(cmd, x.pgid, syscall.SIGKILL); err != nil {
+		return fmt.Errorf("unit %s: %w", x.r.spec.Name, err)
+	}
+	return nil
+}
+
+// runAll runs cmds in order, each bounded by timeout, and stops at the
+// first failure not ignored (a command with the "-" prefix).
+func (x *execCtx) runAll(cmds []command, timeout time.Duration) result {
+	for _, c := range cmds {
+		if err := x.runCmd(c, timeout); err != nil && !c.ignoreFailure {
+			return failure
+		}
+	}
+	return success
+}
+
+// killWait is how long a command killed at its timeout may take to be
+// reaped before Wait gives up on it.
+const killWait = 5 * time.Second
 
 // runCmd runs one command to its end, killing it (and, when it has a group of
 // its own, its group) after timeout. A failure is logged and returned.
 func (x *execCtx) runCmd(c command, timeout time.Duration) error {
 	name := x.r.spec.Name
-	cmd, err := x.startCmd(c)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd, err := x.command(ctx, c)
 	if err != nil {
 		logf(x.log, name, "%v", err)
 		return err
 	}
-	own := x.pgid == 0
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	select {
-	case err = <-done:
-	case <-t.C:
+	cmd.Cancel = func() error {
 		logf(x.log, name, "%q timed out after %s, killing it", c.raw, timeout)
-		cmd.Process.Kill()
-		err = <-done
-		if err == nil {
-			err = errors.New("timed out")
-		}
+		return cmd.Process.Kill()
 	}
-	if own {
+	cmd.WaitDelay = killWait
+	if err := x.start(cmd); err != nil {
+		logf(x.log, name, "%v", err)
+		return err
+	}
+	err = cmd.Wait()
+	if x.pgid == 0 { // its own group: what it left behind goes too
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	}
 	if err != nil {
