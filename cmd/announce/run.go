@@ -135,21 +135,26 @@ func runEnv(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 	return keep(ctx, o, log, report)
 }
 
-func parse(args []string, stdout io.Writer, getenv func(string) string) (*options, error) {
-	o := &options{store: store.Default()}
+// valueFlags are the flags that make the value from --addr.
+type valueFlags struct {
+	addr, ipSpec, host, unit, machine, format string
+	md                                        metadata
+}
+
+// newFlagSet registers every flag of announce into o and v.
+func newFlagSet(o *options, v *valueFlags) *flag.FlagSet {
 	fs := flag.NewFlagSet("announce", flag.ContinueOnError)
 	o.store.RegisterFlags(fs)
 	fs.DurationVar(&o.cfg.TTL, "ttl", 30*time.Second, "lease time to live: how long the key outlives a crash (whole seconds, ≥ 1s)")
-	addr := fs.String("addr", "", "ip:port to announce; with \":port\" (or --ip) the IP is found by --ip")
-	ipSpec := fs.String("ip", "", "how to find the IP for --addr: route (source address of the default route) or iface:NAME")
-	host := fs.String("host", "", "host name in the value (default: this machine's host name, systemd's %H)")
-	unit := fs.String("unit", "", "unit name for --format json (default: the systemd unit this runs in)")
-	machine := fs.String("machine", "", "machine id for --format json (default: $FLOTILLA_MACHINE_ID, else /etc/machine-id)")
-	format := fs.String("format", "plain", "value format: plain (\"<host> <ip>:<port>\") or json")
-	var md metadata
-	fs.Var(&stringsFlag{&md.tags}, "tag", "with --format json: a tag in the value (repeatable)")
-	fs.Var(&stringsFlag{&md.meta}, "meta", "with --format json: key=value in the value's meta (repeatable)")
-	fs.IntVar(&md.weight, "weight", 0, "with --format json: the weight a load balancer gives this instance (0-256; not in the value unless given)")
+	fs.StringVar(&v.addr, "addr", "", "ip:port to announce; with \":port\" (or --ip) the IP is found by --ip")
+	fs.StringVar(&v.ipSpec, "ip", "", "how to find the IP for --addr: route (source address of the default route) or iface:NAME")
+	fs.StringVar(&v.host, "host", "", "host name in the value (default: this machine's host name, systemd's %H)")
+	fs.StringVar(&v.unit, "unit", "", "unit name for --format json (default: the systemd unit this runs in)")
+	fs.StringVar(&v.machine, "machine", "", "machine id for --format json (default: $FLOTILLA_MACHINE_ID, else /etc/machine-id)")
+	fs.StringVar(&v.format, "format", "plain", "value format: plain (\"<host> <ip>:<port>\") or json")
+	fs.Var(&stringsFlag{&v.md.tags}, "tag", "with --format json: a tag in the value (repeatable)")
+	fs.Var(&stringsFlag{&v.md.meta}, "meta", "with --format json: key=value in the value's meta (repeatable)")
+	fs.IntVar(&v.md.weight, "weight", 0, "with --format json: the weight a load balancer gives this instance (0-256; not in the value unless given)")
 	fs.StringVar(&o.checkURL, "check", "", "health check gating the key: tcp://host:port or http(s)://host:port/path (2xx/3xx healthy)")
 	fs.DurationVar(&o.cfg.CheckInterval, "check-interval", 5*time.Second, "time between health checks (also each check's timeout)")
 	fs.IntVar(&o.cfg.CheckThreshold, "check-threshold", 3, "failed checks in a row that withdraw the key")
@@ -171,6 +176,13 @@ func parse(args []string, stdout io.Writer, getenv func(string) string) (*option
 	fs.BoolVar(&o.json, "json", false, "with --list: JSON instead of a table")
 	fs.StringVar(&o.maint, "maintenance", "", "on: the running announce of KEY withdraws it (acknowledged; lease and process kept) until off; survives restarts")
 	o.log.Register(fs)
+	return fs
+}
+
+func parse(args []string, stdout io.Writer, getenv func(string) string) (*options, error) {
+	o := &options{store: store.Default()}
+	var v valueFlags
+	fs := newFlagSet(o, &v)
 	if err := cmdline.Parse(fs, args, stdout, usage); err != nil {
 		return nil, err
 	}
@@ -206,55 +218,8 @@ func parse(args []string, stdout io.Writer, getenv func(string) string) (*option
 	if err := announce.ValidateKey(o.cfg.Key); err != nil {
 		return nil, cmdline.Usagef("%v", err)
 	}
-	f, err := endpoint.ParseFormat(*format)
-	if err != nil {
-		return nil, cmdline.Usagef("--%v", err)
-	}
-	if *ipSpec != "" {
-		if err := announce.ValidateIPSpec(*ipSpec); err != nil {
-			return nil, cmdline.Usagef("%v", err)
-		}
-	}
-	if len(rest) == 2 {
-		if *addr != "" || *ipSpec != "" {
-			return nil, cmdline.Usagef("give VALUE or --addr/--ip, not both")
-		}
-		for _, name := range []string{"format", "host", "unit", "machine", "tag", "meta", "weight"} {
-			if set[name] {
-				return nil, cmdline.Usagef("--%s shapes the value made from --addr; a VALUE is written as given: drop one", name)
-			}
-		}
-		if strings.TrimSpace(rest[1]) == "" {
-			return nil, cmdline.Usagef("key %s: empty value", o.cfg.Key)
-		}
-		if strings.ContainsFunc(rest[1], func(r rune) bool { return r < 0x20 || r == 0x7f }) {
-			return nil, cmdline.Usagef("key %s: value %q contains a control character", o.cfg.Key, rest[1])
-		}
-		if len(rest[1]) > endpoint.MaxValueLen {
-			return nil, cmdline.Usagef("key %s: value of %d bytes, at most %d", o.cfg.Key, len(rest[1]), endpoint.MaxValueLen)
-		}
-		o.cfg.Value = rest[1]
-	} else {
-		if f != endpoint.JSON {
-			for _, name := range []string{"tag", "meta", "weight"} {
-				if set[name] {
-					return nil, cmdline.Usagef("--%s needs --format json (the plain value stays the seed's \"<host> <ip>:<port>\")", name)
-				}
-			}
-		}
-		md.weightSet = set["weight"]
-		e, err := md.apply()
-		if err != nil {
-			return nil, cmdline.Usagef("%v", err)
-		}
-		v, err := buildValue(*addr, *ipSpec, *host, *unit, *machine, f, getenv, e)
-		if err != nil {
-			if (o.delete || o.withdraw) && *addr == "" {
-				return nil, cmdline.Usagef("--%s needs the registration's VALUE or --addr, to remove only its own (see --help)", map[bool]string{true: "delete", false: "withdraw"}[o.delete])
-			}
-			return nil, cmdline.Usagef("%v", err)
-		}
-		o.cfg.Value = v
+	if err := parseValue(o, &v, set, rest, getenv); err != nil {
+		return nil, err
 	}
 	if o.delete || o.withdraw {
 		if err := applied.ValidatePrefix(o.cfg.Drain.StatusPrefix); err != nil {
@@ -278,6 +243,62 @@ func parse(args []string, stdout io.Writer, getenv func(string) string) (*option
 }
 
 // parseList checks --list PREFIX [--json]: only the etcd flags go with it.
+// parseValue sets the value of KEY: rest[1] as given, or made from --addr
+// (and --format and its metadata flags).
+func parseValue(o *options, v *valueFlags, set map[string]bool, rest []string, getenv func(string) string) error {
+	f, err := endpoint.ParseFormat(v.format)
+	if err != nil {
+		return cmdline.Usagef("--%v", err)
+	}
+	if v.ipSpec != "" {
+		if err := announce.ValidateIPSpec(v.ipSpec); err != nil {
+			return cmdline.Usagef("%v", err)
+		}
+	}
+	if len(rest) == 2 {
+		if v.addr != "" || v.ipSpec != "" {
+			return cmdline.Usagef("give VALUE or --addr/--ip, not both")
+		}
+		for _, name := range []string{"format", "host", "unit", "machine", "tag", "meta", "weight"} {
+			if set[name] {
+				return cmdline.Usagef("--%s shapes the value made from --addr; a VALUE is written as given: drop one", name)
+			}
+		}
+		if strings.TrimSpace(rest[1]) == "" {
+			return cmdline.Usagef("key %s: empty value", o.cfg.Key)
+		}
+		if strings.ContainsFunc(rest[1], func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+			return cmdline.Usagef("key %s: value %q contains a control character", o.cfg.Key, rest[1])
+		}
+		if len(rest[1]) > endpoint.MaxValueLen {
+			return cmdline.Usagef("key %s: value of %d bytes, at most %d", o.cfg.Key, len(rest[1]), endpoint.MaxValueLen)
+		}
+		o.cfg.Value = rest[1]
+	} else {
+		if f != endpoint.JSON {
+			for _, name := range []string{"tag", "meta", "weight"} {
+				if set[name] {
+					return cmdline.Usagef("--%s needs --format json (the plain value stays the seed's \"<host> <ip>:<port>\")", name)
+				}
+			}
+		}
+		v.md.weightSet = set["weight"]
+		e, err := v.md.apply()
+		if err != nil {
+			return cmdline.Usagef("%v", err)
+		}
+		val, err := buildValue(v.addr, v.ipSpec, v.host, v.unit, v.machine, f, getenv, e)
+		if err != nil {
+			if (o.delete || o.withdraw) && v.addr == "" {
+				return cmdline.Usagef("--%s needs the registration's VALUE or --addr, to remove only its own (see --help)", map[bool]string{true: "delete", false: "withdraw"}[o.delete])
+			}
+			return cmdline.Usagef("%v", err)
+		}
+		o.cfg.Value = val
+	}
+	return nil
+}
+
 func parseList(o *options, set map[string]bool, rest []string) (*options, error) {
 	if !o.list {
 		return nil, cmdline.Usagef("--json goes with --list")
