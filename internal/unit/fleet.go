@@ -144,113 +144,143 @@ func parseFleet(n Name, opts []Option) (Fleet, error) {
 }
 
 func parseFleetFor(n Name, opts []Option, lenient bool) (Fleet, error) {
-	var (
-		f          Fleet
-		idLine     int
-		globalLine int
-		ofLine     int
-		repLine    int
-	)
-	sp := FleetSpecifiers(n)
-	fail := func(line int, format string, a ...any) (Fleet, error) {
-		return Fleet{}, &Error{Unit: n.Full, Line: line, Err: fmt.Errorf(format, a...)}
-	}
-	type metaKey struct{ key, op string }
-	meta := map[metaKey][]string{}
+	p := &fleetParser{n: n, sp: FleetSpecifiers(n), lenient: lenient, meta: map[metaKey][]string{}}
 	for _, o := range opts {
 		if o.Section != "X-Fleet" {
 			continue
 		}
-		key, ok := fleetKey(o.Name)
-		if !ok {
-			return fail(o.Line, "unknown [X-Fleet] key %q (known: MachineID, MachineOf, MachineMetadata, Conflicts, Global, Replaces)", o.Name)
-		}
-		if bad := checkFleetSpecifiers(o.Value); bad != "" {
-			return fail(o.Line, "%s=%s: unknown specifier %q (X-Fleet supports %%n %%N %%p %%i %%%%)", o.Name, o.Value, bad)
-		}
-		if key == "Global" {
-			b, err := ParseBool(o.Value)
-			if err != nil {
-				return fail(o.Line, "%s=%s: %v", o.Name, o.Value, err)
-			}
-			f.Global = b
-			globalLine = o.Line
-			continue
-		}
-		if o.Value == "" {
-			// As in systemd, an empty assignment resets the key.
-			switch key {
-			case "MachineID":
-				f.MachineID, idLine = "", 0
-			case "MachineOf":
-				f.MachineOf, ofLine = nil, 0
-			case "Conflicts":
-				f.Conflicts = nil
-			case "Replaces":
-				f.Replaces, repLine = nil, 0
-			case "MachineMetadata":
-				clear(meta)
-			}
-			continue
-		}
-		vals, err := fleetValues(o.Value)
-		if err != nil {
-			return fail(o.Line, "%s=%s: %v", o.Name, o.Value, err)
-		}
-		for i := range vals {
-			vals[i] = expandFleet(vals[i], sp)
-		}
-		if lenient {
-			vals = slices.DeleteFunc(vals, func(v string) bool { return !validFleetItem(key, v, n) })
-		}
-		switch key {
-		case "MachineID":
-			for _, v := range vals {
-				if f.MachineID != "" && f.MachineID != v {
-					return fail(o.Line, "%s=%s: a second machine id (line %d gave %q)", o.Name, v, idLine, f.MachineID)
-				}
-				f.MachineID, idLine = v, o.Line
-			}
-		case "MachineOf":
-			for _, v := range vals {
-				if _, err := ParseName(v); err != nil {
-					return fail(o.Line, "%s=%s: %v", o.Name, v, err)
-				}
-				if v == n.Full {
-					return fail(o.Line, "%s=%s: a unit cannot be MachineOf itself", o.Name, v)
-				}
-				if !slices.Contains(f.MachineOf, v) {
-					f.MachineOf = append(f.MachineOf, v)
-				}
-			}
-			ofLine = o.Line
-		case "Conflicts", "Replaces":
-			for _, v := range vals {
-				if _, err := path.Match(v, ""); err != nil {
-					return fail(o.Line, "%s=%s: bad glob: %v", o.Name, v, err)
-				}
-				if strings.ContainsAny(v, "/") {
-					return fail(o.Line, "%s=%s: a unit name has no \"/\"", o.Name, v)
-				}
-			}
-			if key == "Conflicts" {
-				f.Conflicts = appendUnique(f.Conflicts, vals...)
-			} else {
-				f.Replaces = appendUnique(f.Replaces, vals...)
-				repLine = o.Line
-			}
-		case "MachineMetadata":
-			for _, v := range vals {
-				k, op, set, err := parseMetadataMatch(v)
-				if err != nil {
-					return fail(o.Line, "%s=%s: %v", o.Name, v, err)
-				}
-				mk := metaKey{k, op}
-				meta[mk] = append(meta[mk], set...)
-			}
+		if err := p.option(o); err != nil {
+			return Fleet{}, err
 		}
 	}
-	for mk, vs := range meta {
+	return p.finish()
+}
+
+type metaKey struct{ key, op string }
+
+// fleetParser gathers [X-Fleet] options into a Fleet, with the line of the
+// keys that finish checks against Global.
+type fleetParser struct {
+	n       Name
+	sp      Specifiers
+	lenient bool
+	f       Fleet
+	meta    map[metaKey][]string
+
+	idLine, globalLine, ofLine, repLine int
+}
+
+func (p *fleetParser) fail(line int, format string, a ...any) error {
+	return &Error{Unit: p.n.Full, Line: line, Err: fmt.Errorf(format, a...)}
+}
+
+// option takes in one [X-Fleet] option.
+func (p *fleetParser) option(o Option) error {
+	key, ok := fleetKey(o.Name)
+	if !ok {
+		return p.fail(o.Line, "unknown [X-Fleet] key %q (known: MachineID, MachineOf, MachineMetadata, Conflicts, Global, Replaces)", o.Name)
+	}
+	if bad := checkFleetSpecifiers(o.Value); bad != "" {
+		return p.fail(o.Line, "%s=%s: unknown specifier %q (X-Fleet supports %%n %%N %%p %%i %%%%)", o.Name, o.Value, bad)
+	}
+	if key == "Global" {
+		b, err := ParseBool(o.Value)
+		if err != nil {
+			return p.fail(o.Line, "%s=%s: %v", o.Name, o.Value, err)
+		}
+		p.f.Global, p.globalLine = b, o.Line
+		return nil
+	}
+	if o.Value == "" {
+		p.reset(key)
+		return nil
+	}
+	vals, err := fleetValues(o.Value)
+	if err != nil {
+		return p.fail(o.Line, "%s=%s: %v", o.Name, o.Value, err)
+	}
+	for i := range vals {
+		vals[i] = expandFleet(vals[i], p.sp)
+	}
+	if p.lenient {
+		vals = slices.DeleteFunc(vals, func(v string) bool { return !validFleetItem(key, v, p.n) })
+	}
+	return p.add(o, key, vals)
+}
+
+// reset empties key, as an empty assignment does in systemd.
+func (p *fleetParser) reset(key string) {
+	switch key {
+	case "MachineID":
+		p.f.MachineID, p.idLine = "", 0
+	case "MachineOf":
+		p.f.MachineOf, p.ofLine = nil, 0
+	case "Conflicts":
+		p.f.Conflicts = nil
+	case "Replaces":
+		p.f.Replaces, p.repLine = nil, 0
+	case "MachineMetadata":
+		clear(p.meta)
+	}
+}
+
+// add adds the values of option o (of key) to the Fleet.
+func (p *fleetParser) add(o Option, key string, vals []string) error {
+	f := &p.f
+	switch key {
+	case "MachineID":
+		for _, v := range vals {
+			if f.MachineID != "" && f.MachineID != v {
+				return p.fail(o.Line, "%s=%s: a second machine id (line %d gave %q)", o.Name, v, p.idLine, f.MachineID)
+			}
+			f.MachineID, p.idLine = v, o.Line
+		}
+	case "MachineOf":
+		for _, v := range vals {
+			if _, err := ParseName(v); err != nil {
+				return p.fail(o.Line, "%s=%s: %v", o.Name, v, err)
+			}
+			if v == p.n.Full {
+				return p.fail(o.Line, "%s=%s: a unit cannot be MachineOf itself", o.Name, v)
+			}
+			if !slices.Contains(f.MachineOf, v) {
+				f.MachineOf = append(f.MachineOf, v)
+			}
+		}
+		p.ofLine = o.Line
+	case "Conflicts", "Replaces":
+		for _, v := range vals {
+			if _, err := path.Match(v, ""); err != nil {
+				return p.fail(o.Line, "%s=%s: bad glob: %v", o.Name, v, err)
+			}
+			if strings.ContainsAny(v, "/") {
+				return p.fail(o.Line, "%s=%s: a unit name has no \"/\"", o.Name, v)
+			}
+		}
+		if key == "Conflicts" {
+			f.Conflicts = appendUnique(f.Conflicts, vals...)
+		} else {
+			f.Replaces = appendUnique(f.Replaces, vals...)
+			p.repLine = o.Line
+		}
+	case "MachineMetadata":
+		for _, v := range vals {
+			k, op, set, err := parseMetadataMatch(v)
+			if err != nil {
+				return p.fail(o.Line, "%s=%s: %v", o.Name, v, err)
+			}
+			mk := metaKey{k, op}
+			p.meta[mk] = append(p.meta[mk], set...)
+		}
+	}
+	return nil
+}
+
+// finish returns the Fleet, its metadata sorted, after the checks against
+// Global=true.
+func (p *fleetParser) finish() (Fleet, error) {
+	f := p.f
+	for mk, vs := range p.meta {
 		slices.Sort(vs)
 		f.Metadata = append(f.Metadata, MetadataMatch{Key: mk.key, Op: mk.op, Values: slices.Compact(vs)})
 	}
@@ -261,20 +291,22 @@ func parseFleetFor(n Name, opts []Option, lenient bool) (Fleet, error) {
 		return strings.Compare(a.Op, b.Op)
 	})
 	if f.Global {
+		var err error
 		switch {
 		case f.MachineID != "":
-			return fail(idLine, "MachineID cannot be used with Global=true (line %d): a global unit runs on every matching machine", globalLine)
+			err = p.fail(p.idLine, "MachineID cannot be used with Global=true (line %d): a global unit runs on every matching machine", p.globalLine)
 		case len(f.MachineOf) > 0:
-			return fail(ofLine, "MachineOf cannot be used with Global=true (line %d): a global unit runs on every matching machine", globalLine)
+			err = p.fail(p.ofLine, "MachineOf cannot be used with Global=true (line %d): a global unit runs on every matching machine", p.globalLine)
 		case len(f.Replaces) > 0:
-			return fail(repLine, "Replaces cannot be used with Global=true (line %d)", globalLine)
+			err = p.fail(p.repLine, "Replaces cannot be used with Global=true (line %d)", p.globalLine)
+		}
+		if err != nil {
+			return Fleet{}, err
 		}
 	}
 	return f, nil
 }
 
-// validFleetItem reports whether an expanded item of key is valid (used
-// to drop the items of a template that only make sense for an instance).
 func validFleetItem(key, v string, n Name) bool {
 	if v == "" {
 		return false
