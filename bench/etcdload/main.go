@@ -118,113 +118,148 @@ func measure(ctx context.Context, cfg config, group, dir string, stderr io.Write
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var procs []*exec.Cmd
-	defer func() {
-		for _, p := range procs {
-			p.Process.Signal(syscall.SIGTERM)
-		}
-		for _, p := range procs {
-			p.Wait()
-		}
-	}()
+	pg := &procGroup{ctx: ctx, bin: cfg.bin, dir: dir}
+	defer pg.stop()
 	ep, etcd, err := startEtcd(ctx, cfg.etcd, filepath.Join(dir, "etcd"))
 	if err != nil {
 		return 0, 0, nil, err
 	}
-	procs = append(procs, etcd)
-	start := func(name string, args ...string) error {
-		cmd := exec.CommandContext(ctx, filepath.Join(cfg.bin, name), args...)
-		cmd.Env = append(os.Environ(), "NOTIFY_SOCKET=")
-		logf, err := os.Create(filepath.Join(dir, fmt.Sprintf("%s-%d.log", name, len(procs))))
-		if err != nil {
-			return err
-		}
-		defer logf.Close()
-		cmd.Stdout, cmd.Stderr = logf, logf
-		if err := cmd.Start(); err != nil {
-			return fmt.Errorf("start %s: %w", name, err)
-		}
-		procs = append(procs, cmd)
-		return nil
+	pg.procs = append(pg.procs, etcd)
+	ready, err := startGroup(ctx, pg, cfg, group, ep)
+	if err != nil {
+		return 0, 0, nil, err
 	}
-	// ready reports whether the group's processes have all done their first work.
-	var ready func() bool
-	switch group {
-	case "idle":
-		ready = func() bool { return true }
-	case "announce":
-		for i := range cfg.n {
-			if err := start("announce", "--endpoints", ep, "--log-level", "error", "--ttl", cfg.ttl.String(),
-				fmt.Sprintf("/bench/load/a%d", i), fmt.Sprintf("h%d 127.0.0.1:%d", i, 8000+i)); err != nil {
-				return 0, 0, nil, err
+	if err := pg.waitReady(ready); err != nil {
+		return 0, 0, nil, fmt.Errorf("%d %s processes: %w", cfg.n, group, err)
+	}
+	fmt.Fprintf(stderr, "etcdload: %s ×%d up; warm-up %s, window %s\n", group, cfg.n, cfg.warmup, cfg.window)
+	if err := sleep(ctx, cfg.warmup); err != nil {
+		return 0, 0, nil, err
+	}
+	return window(ctx, ep, cfg.window)
+}
+
+// procGroup is the processes of one measurement (etcd first), stopped
+// together.
+type procGroup struct {
+	ctx   context.Context
+	bin   string // where the flotilla binaries are
+	dir   string // their logs
+	procs []*exec.Cmd
+}
+
+// start starts the flotilla binary name, its output into a log file in dir.
+func (pg *procGroup) start(name string, args ...string) error {
+	cmd := exec.CommandContext(pg.ctx, filepath.Join(pg.bin, name), args...)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET=")
+	logf, err := os.Create(filepath.Join(pg.dir, fmt.Sprintf("%s-%d.log", name, len(pg.procs))))
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", name, err)
+	}
+	pg.procs = append(pg.procs, cmd)
+	return nil
+}
+
+// stop sends every process SIGTERM and waits for them.
+func (pg *procGroup) stop() {
+	for _, p := range pg.procs {
+		p.Process.Signal(syscall.SIGTERM)
+	}
+	for _, p := range pg.procs {
+		p.Wait()
+	}
+}
+
+// waitReady polls ready for at most 2 minutes; a process of the group (not
+// etcd) that exits meanwhile is an error.
+func (pg *procGroup) waitReady(ready func() bool) error {
+	deadline := time.Now().Add(2 * time.Minute)
+	for !ready() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not up after 2m (logs in %s)", pg.dir)
+		}
+		for _, p := range pg.procs[1:] {
+			if p.ProcessState != nil {
+				return fmt.Errorf("%s exited early", p.Path)
 			}
 		}
-		ready = func() bool { v, _ := metric(ep, "etcd_debugging_mvcc_keys_total"); return int(v) >= cfg.n }
+		select {
+		case <-pg.ctx.Done():
+			return pg.ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// startGroup starts cfg.n processes of group against etcd at ep; ready
+// reports whether they have all done their first work.
+func startGroup(ctx context.Context, pg *procGroup, cfg config, group, ep string) (ready func() bool, err error) {
+	switch group {
+	case "idle":
+		return func() bool { return true }, nil
+	case "announce":
+		for i := range cfg.n {
+			if err := pg.start("announce", "--endpoints", ep, "--log-level", "error", "--ttl", cfg.ttl.String(),
+				fmt.Sprintf("/bench/load/a%d", i), fmt.Sprintf("h%d 127.0.0.1:%d", i, 8000+i)); err != nil {
+				return nil, err
+			}
+		}
+		return func() bool { v, _ := metric(ep, "etcd_debugging_mvcc_keys_total"); return int(v) >= cfg.n }, nil
 	case "render":
 		// Something to render: n announcement-like keys, written before the
 		// renderers start (those writes end long before the window).
 		if err := putKeys(ctx, ep, cfg.n); err != nil {
-			return 0, 0, nil, err
+			return nil, err
 		}
 		var dests []string
 		for i := range cfg.n {
-			cd := filepath.Join(dir, fmt.Sprintf("confd%d", i))
+			cd := filepath.Join(pg.dir, fmt.Sprintf("confd%d", i))
 			dest, err := writeConfdir(cd)
 			if err != nil {
-				return 0, 0, nil, err
+				return nil, err
 			}
 			dests = append(dests, dest)
-			if err := start("render", "-backend", "etcdv3", "-node", ep, "-confdir", cd, "-watch", "-log-level", "error"); err != nil {
-				return 0, 0, nil, err
+			if err := pg.start("render", "-backend", "etcdv3", "-node", ep, "-confdir", cd, "-watch", "-log-level", "error"); err != nil {
+				return nil, err
 			}
 		}
-		ready = func() bool {
+		return func() bool {
 			for _, d := range dests {
 				if _, err := os.Stat(d); err != nil {
 					return false
 				}
 			}
 			return true
-		}
+		}, nil
 	case "agent":
 		for i := range cfg.n {
-			md := filepath.Join(dir, fmt.Sprintf("m%d", i))
-			if err := start("scheduler", "serve", "--endpoints", ep, "--machine-id", fmt.Sprintf("%032x", i+1),
+			md := filepath.Join(pg.dir, fmt.Sprintf("m%d", i))
+			if err := pg.start("scheduler", "serve", "--endpoints", ep, "--machine-id", fmt.Sprintf("%032x", i+1),
 				"--data-dir", md, "--executor", "process", "--public-ip", "127.0.0.1", "--log-level", "error"); err != nil {
-				return 0, 0, nil, err
+				return nil, err
 			}
 		}
 		// n presence keys plus the engine leader's election key.
-		ready = func() bool { v, _ := metric(ep, "etcd_debugging_mvcc_keys_total"); return int(v) >= cfg.n+1 }
-	default:
-		return 0, 0, nil, cmdline.Usagef("unknown group %q (idle, announce, render, agent)", group)
+		return func() bool { v, _ := metric(ep, "etcd_debugging_mvcc_keys_total"); return int(v) >= cfg.n+1 }, nil
 	}
-	deadline := time.Now().Add(2 * time.Minute)
-	for !ready() {
-		if time.Now().After(deadline) {
-			return 0, 0, nil, fmt.Errorf("%d %s processes not up after 2m (logs in %s)", cfg.n, group, dir)
-		}
-		for _, p := range procs[1:] {
-			if p.ProcessState != nil {
-				return 0, 0, nil, fmt.Errorf("%s exited early", p.Path)
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return 0, 0, nil, ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	fmt.Fprintf(stderr, "etcdload: %s ×%d up; warm-up %s, window %s\n", group, cfg.n, cfg.warmup, cfg.window)
-	if err := sleep(ctx, cfg.warmup); err != nil {
-		return 0, 0, nil, err
-	}
+	return nil, cmdline.Usagef("unknown group %q (idle, announce, render, agent)", group)
+}
+
+// window measures etcd's gRPC messages and writes per second over d, in all
+// and by method.
+func window(ctx context.Context, ep string, d time.Duration) (rate, writes float64, byMethod map[string]float64, err error) {
 	m0, err := counters(ep)
 	if err != nil {
 		return 0, 0, nil, err
 	}
 	t0 := time.Now()
-	if err := sleep(ctx, cfg.window); err != nil {
+	if err := sleep(ctx, d); err != nil {
 		return 0, 0, nil, err
 	}
 	m1, err := counters(ep)
