@@ -297,14 +297,43 @@ func Run(t *testing.T, opts Options) {
 	bin := filepath.Join(dir, "bin")
 	build(t, bin)
 	srv := etcdtest.New(t)
-	sub := subnet(t)
 	c := &cluster{t: t, dir: dir, bin: bin, endpoint: srv.Endpoint(), machines: map[string]*machine{}}
+	ipOf, nameOf := c.startMachines(subnet(t), opts.Executor)
+	placed := c.startUnits(ctx, root, opts)
+	t.Logf("placed after %s: %v", time.Since(tStart).Round(time.Millisecond), placed)
+	ip1, ip2 := placed["nginx@1.service"][0], placed["nginx@2.service"][0]
+	if ip1 == ip2 {
+		t.Fatalf("nginx@1 and nginx@2 share machine %s despite Conflicts", ip1)
+	}
+	for u, ips := range placed {
+		for _, ip := range ips {
+			if ip == ipOf["lb-1"] {
+				t.Errorf("%s runs on the role=lb machine", u)
+			}
+		}
+	}
+	lb := c.startLB(ctx, root, srv.Endpoint(), ip1, ip2)
+	before := lb.h.Send(ctx, 20)
+	t.Logf("through haproxy before: %s", before)
+	if !lb.both(before) {
+		t.Errorf("before the loss: %s", before)
+	}
+	lb.refuseBadAnnouncement(ctx, t, srv)
 
-	// Four machines.
-	names := []string{"worker-1", "worker-2", "worker-3", "lb-1"}
-	ipOf := map[string]string{}
-	for i, name := range names {
-		md, ex := "role=worker", opts.Executor
+	// A worker hosting an instance dies.
+	if nameOf[ip1] == "" || nameOf[ip1] == "lb-1" {
+		t.Fatalf("nginx@1 on unknown machine %s", ip1)
+	}
+	c.killAndMove(ctx, lb, "nginx@1.service", ip1, nameOf[ip1], ipOf["lb-1"])
+}
+
+// startMachines starts the four machines (three role=worker with executor,
+// the lb with the process executor) on addresses of subnet sub; it returns
+// their addresses by name and their names by address.
+func (c *cluster) startMachines(sub, executor string) (ipOf, nameOf map[string]string) {
+	ipOf, nameOf = map[string]string{}, map[string]string{}
+	for i, name := range []string{"worker-1", "worker-2", "worker-3", "lb-1"} {
+		md, ex := "role=worker", executor
 		if ex == "" {
 			ex = "process"
 		}
@@ -312,19 +341,21 @@ func Run(t *testing.T, opts Options) {
 			md, ex = "role=lb", "process"
 		}
 		ipOf[name] = fmt.Sprintf("%s%d", sub, i+2)
+		nameOf[ipOf[name]] = name
 		c.start(name, ipOf[name], md+",host="+name, ex)
 	}
-	nameOf := map[string]string{}
-	for n, ip := range ipOf {
-		nameOf[ip] = n
-	}
+	return ipOf, nameOf
+}
 
-	// The seed's units.
-	units := filepath.Join(dir, "units")
+// startUnits starts the seed's units once the four machines are listed and
+// returns where they run once they all are active.
+func (c *cluster) startUnits(ctx context.Context, root string, opts Options) map[string][]string {
+	t := c.t
+	units := filepath.Join(c.dir, "units")
 	os.MkdirAll(units, 0o755)
-	os.WriteFile(filepath.Join(dir, "etcd.env"), []byte("ETCDCTL_ENDPOINTS="+srv.Endpoint()+"\n"), 0o644)
+	os.WriteFile(filepath.Join(c.dir, "etcd.env"), []byte("ETCDCTL_ENDPOINTS="+c.endpoint+"\n"), 0o644)
 	for _, f := range []string{"nginx@.service", "prefetch.service"} {
-		localize(t, filepath.Join(root, opts.UnitDir, f), filepath.Join(units, f), bin, dir, opts.Replace)
+		localize(t, filepath.Join(root, opts.UnitDir, f), filepath.Join(units, f), c.bin, c.dir, opts.Replace)
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -343,52 +374,62 @@ func Run(t *testing.T, opts Options) {
 	placed := c.waitUnits(ctx, "nginx@1, nginx@2 active; prefetch active on three machines", func(m map[string][]string) bool {
 		return len(m["nginx@1.service"]) == 1 && len(m["nginx@2.service"]) == 1 && len(m["prefetch.service"]) == 3
 	})
-	t.Logf("placed after %s: %v", time.Since(tStart).Round(time.Millisecond), placed)
 	if os.Getenv("SEED_DEBUG") != "" {
 		for _, u := range []string{"prefetch.service", "nginx@1.service"} {
 			out, _ := c.scheduler(ctx, c.dir, "journal", "-n", "40", u)
 			t.Logf("journal %s:\n%s", u, out)
 		}
 	}
-	ip1, ip2 := placed["nginx@1.service"][0], placed["nginx@2.service"][0]
-	if ip1 == ip2 {
-		t.Fatalf("nginx@1 and nginx@2 share machine %s despite Conflicts", ip1)
-	}
-	for u, ips := range placed {
-		for _, ip := range ips {
-			if ip == ipOf["lb-1"] {
-				t.Errorf("%s runs on the role=lb machine", u)
-			}
-		}
-	}
+	return placed
+}
 
-	// The load balancer: examples/lb's resource and template, for this namespace.
-	lb := filepath.Join(dir, "lb")
-	os.MkdirAll(filepath.Join(lb, "conf.d"), 0o755)
-	os.MkdirAll(filepath.Join(lb, "templates"), 0o755)
+// loadBalancer is haproxy, configured by a render that watches the
+// announcements, and a client that sends requests through it.
+type loadBalancer struct {
+	cfg       string // haproxy.cfg
+	hp        *lbtest.Haproxy
+	h         lbtest.Hammer
+	renderLog func() string
+}
+
+// both reports whether r was answered by both instances without errors.
+func (lb *loadBalancer) both(r lbtest.Result) bool {
+	i := instances(r)
+	return r.Errors == 0 && i["nginx@1"] && i["nginx@2"]
+}
+
+// startLB renders haproxy.cfg with examples/lb's resource and template (for
+// this namespace) once both instances are announced at ip1 and ip2, starts
+// haproxy on it, then render -watch (stopped when the test ends), and waits
+// until traffic reaches both instances.
+func (c *cluster) startLB(ctx context.Context, root, endpoint, ip1, ip2 string) *loadBalancer {
+	t := c.t
+	dir := filepath.Join(c.dir, "lb")
+	os.MkdirAll(filepath.Join(dir, "conf.d"), 0o755)
+	os.MkdirAll(filepath.Join(dir, "templates"), 0o755)
 	tmpl, err := os.ReadFile(filepath.Join(root, "examples/lb/templates/haproxy.cfg.tmpl"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.WriteFile(filepath.Join(lb, "templates", "haproxy.cfg.tmpl"), bytes.ReplaceAll(tmpl, []byte("/clusterstate/cruwe_de"), []byte("/clusterstate/demo")), 0o644)
-	cfg := filepath.Join(lb, "haproxy.cfg")
+	os.WriteFile(filepath.Join(dir, "templates", "haproxy.cfg.tmpl"), bytes.ReplaceAll(tmpl, []byte("/clusterstate/cruwe_de"), []byte("/clusterstate/demo")), 0o644)
+	lb := &loadBalancer{cfg: filepath.Join(dir, "haproxy.cfg")}
 	bind := lbtest.FreeAddr(t, "127.0.0.1")
 	resource := func(reload string) {
-		toml := fmt.Sprintf("[template]\nsrc = \"haproxy.cfg.tmpl\"\ndest = %q\nkeys = [ \"/clusterstate/demo\" ]\ncheck_cmd = \"haproxy -c -f {{.src}}\"\nreload_cmd = %q\n", cfg, reload)
-		os.WriteFile(filepath.Join(lb, "conf.d", "haproxy.toml"), []byte(toml), 0o644)
+		toml := fmt.Sprintf("[template]\nsrc = \"haproxy.cfg.tmpl\"\ndest = %q\nkeys = [ \"/clusterstate/demo\" ]\ncheck_cmd = \"haproxy -c -f {{.src}}\"\nreload_cmd = %q\n", lb.cfg, reload)
+		os.WriteFile(filepath.Join(dir, "conf.d", "haproxy.toml"), []byte(toml), 0o644)
 	}
 	renderCmd := func(ctx context.Context, extra ...string) *exec.Cmd {
-		args := append([]string{"-backend", "etcdv3", "-node", srv.Endpoint(), "-confdir", lb}, extra...)
-		cmd := exec.CommandContext(ctx, filepath.Join(bin, "render"), args...)
+		args := append([]string{"-backend", "etcdv3", "-node", endpoint, "-confdir", dir}, extra...)
+		cmd := exec.CommandContext(ctx, filepath.Join(c.bin, "render"), args...)
 		cmd.Env = append(os.Environ(), "HAPROXY_BIND="+bind, "PATH="+os.Getenv("PATH")+":/usr/sbin:/sbin")
 		return cmd
 	}
 	// Wait until both announcements are in, then render once and start haproxy.
 	resource("true")
-	deadline = time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		out, err := renderCmd(ctx, "-onetime").CombinedOutput()
-		data, _ := os.ReadFile(cfg)
+		data, _ := os.ReadFile(lb.cfg)
 		if err == nil && bytes.Contains(data, []byte(ip1+":8080")) && bytes.Contains(data, []byte(ip2+":8080")) {
 			break
 		}
@@ -397,20 +438,21 @@ func Run(t *testing.T, opts Options) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	hp := lbtest.StartHaproxy(t, cfg, bind)
-	resource(hp.ReloadCmd())
+	lb.hp = lbtest.StartHaproxy(t, lb.cfg, bind)
+	resource(lb.hp.ReloadCmd())
 	rctx, rcancel := context.WithCancel(ctx)
 	render := renderCmd(rctx, "-watch")
-	renderLogPath := filepath.Join(dir, "render.log")
+	renderLogPath := filepath.Join(c.dir, "render.log")
 	renderLogFile, err := os.Create(renderLogPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer renderLogFile.Close()
 	render.Stdout, render.Stderr = renderLogFile, renderLogFile
-	renderLog := func() string { b, _ := os.ReadFile(renderLogPath); return string(b) }
+	lb.renderLog = func() string { b, _ := os.ReadFile(renderLogPath); return string(b) }
 	render.Cancel = func() error { return render.Process.Signal(syscall.SIGTERM) }
 	if err := render.Start(); err != nil {
+		renderLogFile.Close()
+		rcancel()
 		t.Fatal(err)
 	}
 	renderDone := make(chan struct{})
@@ -418,71 +460,71 @@ func Run(t *testing.T, opts Options) {
 		render.Wait()
 		close(renderDone)
 	}()
-	defer func() {
+	t.Cleanup(func() {
 		rcancel()
 		<-renderDone
-	}()
-
-	h := lbtest.Hammer{URL: "http://" + bind + "/", Identify: identify}
-	both := func(r lbtest.Result) bool { i := instances(r); return r.Errors == 0 && i["nginx@1"] && i["nginx@2"] }
-	if res, ok := h.Until(ctx, 10, both); !ok {
-		t.Fatalf("traffic never reached both instances: %s\n%s", res, hp.Output())
+		renderLogFile.Close()
+	})
+	lb.h = lbtest.Hammer{URL: "http://" + bind + "/", Identify: identify}
+	if res, ok := lb.h.Until(ctx, 10, lb.both); !ok {
+		t.Fatalf("traffic never reached both instances: %s\n%s", res, lb.hp.Output())
 	}
-	before := h.Send(ctx, 20)
-	t.Logf("through haproxy before: %s", before)
-	if !both(before) {
-		t.Errorf("before the loss: %s", before)
-	}
+	return lb
+}
 
-	// A bad announcement (a value that makes haproxy.cfg invalid) must not
-	// reach haproxy: render's check_cmd refuses it, the live file stays, and
-	// traffic goes on; removing it lets the next good render through.
-	good, _ := os.ReadFile(cfg)
+// refuseBadAnnouncement: a bad announcement (a value that makes haproxy.cfg
+// invalid) must not reach haproxy: render's check_cmd refuses it, the live
+// file stays, and traffic goes on; removing it lets the next good render
+// through.
+func (lb *loadBalancer) refuseBadAnnouncement(ctx context.Context, t *testing.T, srv *etcdtest.Server) {
+	good, _ := os.ReadFile(lb.cfg)
 	bogus := "/clusterstate/demo/bogus.service"
 	kv := srv.Client()
 	if _, err := kv.Put(ctx, bogus, "oops 127.0.0.9:8080 nonsense", 0); err != nil {
 		t.Fatal(err)
 	}
 	refused := func() bool {
-		return strings.Contains(renderLog(), "check_cmd") && strings.Contains(renderLog(), "exited 1")
+		return strings.Contains(lb.renderLog(), "check_cmd") && strings.Contains(lb.renderLog(), "exited 1")
 	}
 	for wait := time.Now().Add(20 * time.Second); !refused(); time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(wait) {
-			t.Fatalf("render never ran check_cmd on the bad announcement:\n%s", renderLog())
+			t.Fatalf("render never ran check_cmd on the bad announcement:\n%s", lb.renderLog())
 		}
 	}
-	if live, _ := os.ReadFile(cfg); !bytes.Equal(live, good) {
+	if live, _ := os.ReadFile(lb.cfg); !bytes.Equal(live, good) {
 		t.Errorf("a bad announcement changed the live haproxy.cfg:\n%s", live)
 	}
-	if res := h.Send(ctx, 20); !both(res) {
+	if res := lb.h.Send(ctx, 20); !lb.both(res) {
 		t.Errorf("traffic with a bad announcement pending: %s", res)
 	}
 	if _, err := kv.Delete(ctx, bogus); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("a bad announcement was refused by check_cmd; haproxy.cfg and traffic untouched")
+}
 
-	// A worker hosting an instance dies.
-	victimUnit, victimIP := "nginx@1.service", ip1
-	if nameOf[ip1] == "" || nameOf[ip1] == "lb-1" {
-		t.Fatalf("nginx@1 on unknown machine %s", ip1)
-	}
+// killAndMove kills (-9) machine victim, which runs victimUnit at victimIP,
+// under traffic through lb, and checks that the unit moves to another worker
+// (not lbIP, not beside the other instance), that haproxy.cfg follows and that
+// traffic reaches both instances again.
+func (c *cluster) killAndMove(ctx context.Context, lb *loadBalancer, victimUnit, victimIP, victim, lbIP string) {
+	t := c.t
 	other := "nginx@2.service"
-	bg := h.Start(ctx)
+	bg := lb.h.Start(ctx)
 	time.Sleep(300 * time.Millisecond)
-	t.Logf("kill -9 %s (%s), which runs %s", nameOf[victimIP], victimIP, victimUnit)
+	t.Logf("kill -9 %s (%s), which runs %s", victim, victimIP, victimUnit)
 	start := time.Now()
-	c.kill(nameOf[victimIP])
+	c.kill(victim)
 	moved := c.waitUnits(ctx, victimUnit+" active on another machine", func(m map[string][]string) bool {
 		return len(m[victimUnit]) == 1 && m[victimUnit][0] != victimIP
 	})
 	tMoved := time.Since(start)
 	newIP := moved[victimUnit][0]
-	if newIP == ipOf["lb-1"] || newIP == moved[other][0] {
+	if newIP == lbIP || newIP == moved[other][0] {
 		t.Errorf("%s moved to %s: the lb machine or beside %s", victimUnit, newIP, other)
 	}
 	for ctx.Err() == nil {
-		data, _ := os.ReadFile(cfg)
+		data, _ := os.ReadFile(lb.cfg)
 		if bytes.Contains(data, []byte(newIP+":8080")) && !bytes.Contains(data, []byte(victimIP+":8080")) {
 			break
 		}
@@ -490,26 +532,26 @@ func Run(t *testing.T, opts Options) {
 	}
 	tCfg := time.Since(start)
 	want := "nginx@1 " + newIP + ":8080"
-	if res, ok := h.Until(ctx, 10, func(r lbtest.Result) bool { return both(r) && r.By[want] > 0 }); !ok {
-		t.Fatalf("traffic never reached %s through haproxy: %s\n%s\n%s", want, res, hp.Output(), renderLog())
+	if res, ok := lb.h.Until(ctx, 10, func(r lbtest.Result) bool { return lb.both(r) && r.By[want] > 0 }); !ok {
+		t.Fatalf("traffic never reached %s through haproxy: %s\n%s\n%s", want, res, lb.hp.Output(), lb.renderLog())
 	}
 	tBack := time.Since(start)
 	during := bg.Stop()
 	t.Logf("during the reschedule: errors/total = %d/%d (%s)", during.Errors, during.Total, during)
 	t.Logf("kill -9 → %s active on %s: %s; → haproxy.cfg updated: %s; → both answering: %s",
 		victimUnit, newIP, tMoved.Round(time.Millisecond), tCfg.Round(time.Millisecond), tBack.Round(time.Millisecond))
-	after := h.Send(ctx, 20)
+	after := lb.h.Send(ctx, 20)
 	t.Logf("through haproxy after: %s", after)
-	if !both(after) || after.By[want] == 0 {
+	if !lb.both(after) || after.By[want] == 0 {
 		t.Errorf("after the reschedule: %s", after)
 	}
 	if during.Total == during.Errors {
 		t.Errorf("no request answered during the reschedule: %s", during)
 	}
-	if strings.Contains(hp.Output(), "Loading failure") {
-		t.Errorf("haproxy was reloaded onto a config that failed to load:\n%s", hp.Output())
+	if strings.Contains(lb.hp.Output(), "Loading failure") {
+		t.Errorf("haproxy was reloaded onto a config that failed to load:\n%s", lb.hp.Output())
 	}
-	if err := lbtest.CheckHaproxyConfig(cfg); err != nil {
+	if err := lbtest.CheckHaproxyConfig(lb.cfg); err != nil {
 		t.Errorf("live haproxy.cfg: %v", err)
 	}
 }
