@@ -35,8 +35,9 @@ build:
 deps:
 	@./scripts/deps.sh $(DEBS)
 
-# gofmt, goimports' grouping (the project's imports after the others) and
-# staticcheck (staticcheck.conf), at pinned versions from the module proxy.
+# gofmt, goimports' grouping (the project's imports after the others),
+# staticcheck (staticcheck.conf), at pinned versions from the module proxy, and
+# no function over 120 lines outside the tests (scripts/funclen).
 GOIMPORTS   := golang.org/x/tools/cmd/goimports@v0.52.0
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 fmt-check:
@@ -46,6 +47,7 @@ fmt-check:
 	out=$$($(GO) run $(GOIMPORTS) -l -local github.com/flotilla/flotilla $$files); \
 	if [ -n "$$out" ]; then echo "goimports -local github.com/flotilla/flotilla needed on:"; echo "$$out"; exit 1; fi
 	$(GO) run $(STATICCHECK) ./...
+	$(GO) run ./scripts/funclen
 
 vet:
 	$(GO) vet ./...
