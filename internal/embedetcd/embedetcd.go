@@ -258,9 +258,6 @@ func (s *Server) IsLearner() bool { return s.etcd.Server.IsLearner() }
 // DataDir returns the server's data directory.
 func (s *Server) DataDir() string { return s.dataDir }
 
-// Err returns a channel that receives a fatal server error, if one happens.
-func (s *Server) Err() <-chan error { return s.etcd.Err() }
-
 // Done is closed once Close has finished.
 func (s *Server) Done() <-chan struct{} { return s.closed }
 

@@ -59,15 +59,6 @@ func Need(t testing.TB, program string) string {
 	return ""
 }
 
-// WaitListening waits until something accepts TCP connections on addr, or
-// fails t after limit (a generous bound that only detects a hang).
-func WaitListening(t testing.TB, addr string, limit time.Duration) {
-	t.Helper()
-	if err := waitListening(addr, limit, nil); err != nil {
-		t.Fatalf("lbtest: %v", err)
-	}
-}
-
 // waitListening polls addr; exited, when non-nil, reports an early process exit.
 func waitListening(addr string, limit time.Duration, exited <-chan struct{}) error {
 	deadline := time.Now().Add(limit)

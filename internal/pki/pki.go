@@ -191,14 +191,6 @@ func (ca *CA) IssuePair(d Dir, cn string, usage Usage, hosts []string, certFile,
 // NewKey makes a private key for a certificate request.
 func NewKey() (*ecdsa.PrivateKey, error) { return ecdsa.GenerateKey(elliptic.P256(), rand.Reader) }
 
-// WriteKey writes key to path, mode 0600.
-func WriteKey(path string, key *ecdsa.PrivateKey) error { return writeKey(path, key) }
-
-// WriteCert writes DER certificate bytes to path as PEM.
-func WriteCert(path string, der []byte) error {
-	return writeFile(path, pemBytes("CERTIFICATE", der), 0o644)
-}
-
 // CertPEM returns a certificate as PEM.
 func CertPEM(c *x509.Certificate) []byte { return pemBytes("CERTIFICATE", c.Raw) }
 

@@ -265,11 +265,6 @@ func CreateRevisionIs(key string, rev int64) Cmp {
 // Missing holds when key does not exist.
 func Missing(key string) Cmp { return CreateRevisionIs(key, 0) }
 
-// ValueIs holds when key exists with exactly this value.
-func ValueIs(key, value string) Cmp {
-	return Cmp{clientv3.Compare(clientv3.Value(key), "=", value)}
-}
-
 // Op is an operation of a transaction.
 type Op struct{ op clientv3.Op }
 
@@ -283,9 +278,6 @@ func OpPut(key, value string, lease LeaseID) Op {
 
 // OpDelete deletes one key.
 func OpDelete(key string) Op { return Op{clientv3.OpDelete(key)} }
-
-// OpDeletePrefix deletes every key under prefix.
-func OpDeletePrefix(prefix string) Op { return Op{clientv3.OpDelete(prefix, clientv3.WithPrefix())} }
 
 // Txn applies then when every condition in ifs holds, otherwise orElse. It
 // reports which branch ran and the resulting revision.
