@@ -86,11 +86,11 @@ func (b *binding) parseInclude(name, clean string) (*texttemplate.Template, erro
 		return nil, err
 	}
 	text, err := root.ReadFile(clean)
+	if err != nil && escapes(root, err) {
+		err = fmt.Errorf("%w: %w", ErrIncludeEscape, err)
+	}
 	root.Close()
 	if err != nil {
-		if strings.Contains(err.Error(), "escapes from parent") {
-			return nil, fmt.Errorf("%w: %w", ErrIncludeEscape, err)
-		}
 		return nil, err
 	}
 	if b.full == nil {
@@ -107,4 +107,14 @@ func (b *binding) parseInclude(name, clean string) (*texttemplate.Template, erro
 		return nil, parseError(name, err)
 	}
 	return inc, nil
+}
+
+// escapes reports whether err is root's refusal of a path that leaves it (a
+// symlink pointing out of the directory). package os keeps that error
+// unexported, so it is taken from a name that leaves root whatever the
+// directory holds, "..", and compared with errors.Is.
+func escapes(root *os.Root, err error) bool {
+	_, probe := root.Stat("..")
+	var pe *os.PathError
+	return errors.As(probe, &pe) && errors.Is(err, pe.Err)
 }

@@ -2,9 +2,8 @@
 // confd's function set over a snapshot of etcd keys, plus hermetic sprig.
 // Rendering is pure: (template, snapshot) → bytes.
 //
-// THIS FILE IS THE CONTRACT between template/ and its users (resources/,
-// internal/render). Its exported API may grow; its signatures should not change
-// without updating every caller. (Store, KVPair and KVPairs are in store.go.)
+// Its users are resources/ and internal/render: Parse a template once, then
+// Render it against each new snapshot of the keys, a Store (store.go).
 //
 // # Functions
 //
