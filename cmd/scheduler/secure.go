@@ -468,7 +468,7 @@ func (s *secureEtcd) joinServer(o *serveOptions, c *store.Client) (*http.Server,
 				if err == nil {
 					break
 				}
-				if !strings.Contains(err.Error(), "unhealthy cluster") || tries >= 60 {
+				if !store.IsUnhealthy(err) || tries >= 60 {
 					return "", err
 				}
 				select {
@@ -538,7 +538,7 @@ func (cl *client) revokeCmd(ctx context.Context, args []string) error {
 			if err == nil {
 				break
 			}
-			if !strings.Contains(err.Error(), "unhealthy cluster") || tries >= 60 {
+			if !store.IsUnhealthy(err) || tries >= 60 {
 				return err
 			}
 			select {

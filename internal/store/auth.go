@@ -2,9 +2,10 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"strings"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -19,7 +20,7 @@ type Perm struct {
 
 // EnsureRole creates role if it is missing and grants it perms.
 func (c *Client) EnsureRole(ctx context.Context, role string, perms []Perm) error {
-	if _, err := c.cli.RoleAdd(ctx, role); err != nil && !strings.Contains(err.Error(), "already exists") {
+	if _, err := c.cli.RoleAdd(ctx, role); err != nil && !errors.Is(err, rpctypes.ErrRoleAlreadyExist) {
 		return fmt.Errorf("add etcd role %s: %w", role, err)
 	}
 	for _, p := range perms {
@@ -46,7 +47,7 @@ func (c *Client) EnsureRole(ctx context.Context, role string, perms []Perm) erro
 func (c *Client) EnsureUser(ctx context.Context, user, password string, roles ...string) (created bool, err error) {
 	if _, err := c.cli.UserAdd(ctx, user, password); err == nil {
 		created = true
-	} else if !strings.Contains(err.Error(), "already exists") {
+	} else if !errors.Is(err, rpctypes.ErrUserAlreadyExist) {
 		return false, fmt.Errorf("add etcd user %s: %w", user, err)
 	}
 	for _, r := range roles {

@@ -2,8 +2,10 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"strings"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 )
 
 // Member is one etcd cluster member.
@@ -57,7 +59,14 @@ func (c *Client) RemoveMember(ctx context.Context, id uint64) error {
 // IsNotReadyToPromote reports whether Promote failed only because the
 // learner is still catching up.
 func IsNotReadyToPromote(err error) bool {
-	return err != nil && strings.Contains(err.Error(), "in sync with leader")
+	return errors.Is(err, rpctypes.ErrMemberLearnerNotReady)
+}
+
+// IsUnhealthy reports whether etcd refused a change of its members because
+// the leader has not been connected to a quorum for long enough (just after
+// a member joined or restarted): the change succeeds when tried again.
+func IsUnhealthy(err error) bool {
+	return errors.Is(err, rpctypes.ErrUnhealthy)
 }
 
 // SyncEndpoints replaces the client's endpoints by the client URLs of the

@@ -96,3 +96,21 @@ func TestAuth(t *testing.T) {
 		t.Error("an anonymous client could write with auth enabled")
 	}
 }
+
+// TestEnsureRoleAndUserTwice: a second EnsureRole and EnsureUser find the
+// role and the user there (etcd's "already exists"), and are no errors.
+func TestEnsureRoleAndUserTwice(t *testing.T) {
+	srv := etcdtest.New(t)
+	c := srv.Client()
+	ctx := ctxT(t)
+	perms := []store.Perm{{Prefix: "/x/", Read: true}}
+	for i, wantCreated := range []bool{true, false} {
+		if err := c.EnsureRole(ctx, "reader", perms); err != nil {
+			t.Fatalf("EnsureRole #%d: %v", i+1, err)
+		}
+		created, err := c.EnsureUser(ctx, "bob", "pw", "reader")
+		if err != nil || created != wantCreated {
+			t.Fatalf("EnsureUser #%d = %v, %v; want %v, nil", i+1, created, err, wantCreated)
+		}
+	}
+}
