@@ -34,7 +34,7 @@ func TestTLS(t *testing.T) {
 		},
 		"no client certificate": {
 			mutate:  func(c *store.Config) { c.Cert, c.Key = "", "" },
-			wantErr: "certificate",
+			wantErr: "TLS: remote error: tls: certificate required",
 		},
 		"missing CA file": {
 			mutate:  func(c *store.Config) { c.CACert = "/nonexistent/ca.pem" },

@@ -221,8 +221,10 @@ func diagnose(ctx context.Context, host string, tlsCfg *tls.Config) string {
 	if err := tconn.HandshakeContext(ctx); err != nil {
 		return fmt.Sprintf("%s: TLS handshake: %v", host, err)
 	}
-	if _, err := tconn.Read(make([]byte, 1)); err != nil && strings.Contains(err.Error(), "certificate") {
-		// TLS 1.3: the server refuses a client certificate after the handshake.
+	// TLS 1.3: the server refuses a client certificate after the handshake,
+	// with an alert (crypto/tls reports alerts as net.OpError "remote error").
+	var alert *net.OpError
+	if _, err := tconn.Read(make([]byte, 1)); errors.As(err, &alert) && alert.Op == "remote error" {
 		return fmt.Sprintf("%s: TLS: %v", host, err)
 	}
 	return ""
