@@ -256,6 +256,13 @@ func (t *Template) state() (*execState, error) {
 // of the output: render into a buffer (Render) when that matters. A nil s is
 // an empty store.
 func (t *Template) Execute(w io.Writer, s *Store) error {
+	return t.ExecuteData(w, s, nil)
+}
+
+// ExecuteData is Execute with data as the template's dot (Execute's is
+// nil, as confd's): a resource with one output per key gives each its name
+// and key this way.
+func (t *Template) ExecuteData(w io.Writer, s *Store, data any) error {
 	if s == nil {
 		s = NewStore(nil)
 	}
@@ -264,7 +271,7 @@ func (t *Template) Execute(w io.Writer, s *Store) error {
 		return err
 	}
 	st.b.store, st.b.depth, st.b.stack = s, 0, append(st.b.stack[:0], cleanName(t.name))
-	err = st.t.Execute(w, nil)
+	err = st.t.Execute(w, data)
 	st.b.store = nil
 	clear(st.b.includes)
 	t.pool.Put(st)
@@ -284,6 +291,11 @@ func (t *Template) SizeHint(n int) {
 
 // Render renders the template against s and returns the bytes.
 func (t *Template) Render(s *Store) ([]byte, error) {
+	return t.RenderData(s, nil)
+}
+
+// RenderData is Render with data as the template's dot (see ExecuteData).
+func (t *Template) RenderData(s *Store, data any) ([]byte, error) {
 	n := int(t.lastSize.Load())
 	n += n / 16
 	var b []byte
@@ -293,7 +305,7 @@ func (t *Template) Render(s *Store) ([]byte, error) {
 		b = make([]byte, 0, n)
 	}
 	buf := bytes.NewBuffer(b)
-	if err := t.Execute(buf, s); err != nil {
+	if err := t.ExecuteData(buf, s, data); err != nil {
 		return nil, err
 	}
 	t.lastSize.Store(int64(buf.Len()))
