@@ -93,7 +93,7 @@ var notes = []struct {
 var suffix = regexp.MustCompile(`/etcd=[^/]+$`)
 
 // peer matches a peer benchmark: prefix, implementation, rest.
-var peer = regexp.MustCompile(`^(.*\.Peer[A-Za-z]+)/(confd|confd-fork)(/.*)?$`)
+var peer = regexp.MustCompile(`^(.*\.Peer[A-Za-z]+)/(confd|confd-fork|floor)(/.*)?$`)
 
 func run(r io.Reader, w io.Writer, all bool) error {
 	var rows []row
@@ -154,6 +154,11 @@ func run(r io.Reader, w io.Writer, all bool) error {
 		if m := peer.FindStringSubmatch(x.Name); m != nil {
 			if i, ok := index[[2]string{m[1] + "/render" + m[3], x.Unit}]; ok && rows[i].Value > 0 && x.Unit != "B/op" && x.Unit != "allocs/op" {
 				ratio := x.Value / rows[i].Value
+				if m[2] == "floor" {
+					note = strings.TrimPrefix(note+"; ", "; ") + floorNote(rows[i].Value/x.Value, m[3])
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", x.Name, fmtv(x.Value), x.Unit, note)
+					continue
+				}
 				rel := fmt.Sprintf("render %s× ahead of %s", fmtv(ratio), m[2])
 				if ratio < 1 {
 					rel = fmt.Sprintf("render %s× behind %s", fmtv(1/ratio), m[2])
@@ -171,6 +176,20 @@ func run(r io.Reader, w io.Writer, all bool) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", x.Name, fmtv(x.Value), x.Unit, note)
 	}
 	return tw.Flush()
+}
+
+// floorNote says how far render is above the floor (bench/floor: start,
+// connect, read the keys), with issue 18's goal at 10k keys.
+func floorNote(ratio float64, rest string) string {
+	note := fmt.Sprintf("render at %s× the floor", fmtv(ratio))
+	if strings.HasPrefix(rest, "/keys=10k") {
+		verdict := "met"
+		if ratio > 1.3 {
+			verdict = "NOT MET"
+		}
+		note += " (goal ≤ 1.3× #18: " + verdict + ")"
+	}
+	return note
 }
 
 func fmtv(v float64) string {
