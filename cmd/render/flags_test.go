@@ -253,7 +253,7 @@ func TestEveryFlag(t *testing.T) {
 			dir, dest := lbDir(t, "")
 			mustRender(t, dest, "-node", ep, "-confdir", dir, "-onetime") // returns by itself
 		},
-		"watch":    func(t *testing.T) { followsChange(t, "watch", "-watch") },
+		"watch": func(t *testing.T) { followsChange(t, "watch", "-watch") },
 		"interval": func(t *testing.T) {
 			followsChange(t, "interval", "-interval", "1")
 			refused(t, "interval", "-node", ep, "-watch", "-interval", "1")
