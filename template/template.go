@@ -298,6 +298,13 @@ func (t *Template) Render(s *Store) ([]byte, error) {
 func (t *Template) RenderData(s *Store, data any) ([]byte, error) {
 	n := int(t.lastSize.Load())
 	n += n / 16
+	if n == 0 && s != nil {
+		// No output yet and no hint: guess the snapshot's size, which
+		// templates that list their keys come close to. The room is only
+		// reserved: pages it does not fill are never touched, where
+		// growing by doubling touches every size on the way and copies.
+		n = min(s.size+s.size/2, maxSizeGuess)
+	}
 	var b []byte
 	if p := t.spare.Swap(nil); p != nil && cap(*p) >= n {
 		b = (*p)[:0]
@@ -311,6 +318,10 @@ func (t *Template) RenderData(s *Store, data any) ([]byte, error) {
 	t.lastSize.Store(int64(buf.Len()))
 	return buf.Bytes(), nil
 }
+
+// maxSizeGuess bounds the room a first render reserves from the size of
+// its snapshot.
+const maxSizeGuess = 64 << 20
 
 // Recycle hands back an output of Render that the caller no longer uses
 // (nor anything it gave it to): a later Render may write over it.
