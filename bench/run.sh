@@ -123,7 +123,9 @@ if [ -n "$CONFD$CONFD_FORK" ]; then
 else
 	step render-floor "gobench integration/render 'BenchmarkPeerOnetime\$' 1s $heavy"
 fi
+step render-floor-turns "gobench integration/render 'BenchmarkFloorOnetime\$' 40x $heavy"
 if [ -n "$etcd_bin" ]; then
+	step render-floor-turns-binary "FLOTILLA_TEST_ETCD_BIN=$etcd_bin gobench integration/render 'BenchmarkFloorOnetime\$' 40x $heavy etcd=binary"
 	step render-floor-binary "FLOTILLA_TEST_ETCD_BIN=$etcd_bin gobench integration/render 'BenchmarkPeerOnetime\$' 1s $heavy etcd=binary"
 fi
 step template "gobench template . $micro $count"

@@ -62,6 +62,7 @@ func goals() []goal {
 		g(`^integration/render\.RSS100k`, "rss-MB", 100, false, "#5"),
 		g(`^integration/render\.CPUEtcdDown`, "cpu-%", 1, false, "#5 (~0)"),
 		g(`^integration/render\.BurstReloads/wait=[0-9]`, "reloads/burst", 1, false, "#5 (one, with -wait)"),
+		g(`^integration/render\.FloorOnetime/keys=10k`, "ratio-p50", 1.3, false, "#18"),
 		g(`^placement/units=10000/machines=1000/`, "ms/place", 1000, false, "#6"),
 		g(`^integration/scheduler\.MachineLossToRunning`, "loss-to-running-s", 3, false, "#6 (TTL 2s + 1 reconcile)"),
 	}
@@ -70,7 +71,7 @@ func goals() []goal {
 // timingIsNoise matches benchmarks whose ns/op is the length of a scripted
 // scenario (a window, a whole series of runs), not a figure: their own
 // metrics say what they measure, so the ms/op row is left out.
-var timingIsNoise = regexp.MustCompile(`\.(StartToVisible|IdleProcess|Hold10k|BurstReloads|PeerBurst|RSS100k|CPUEtcdDown|MachineLossToRunning|StoreMemory)\b`)
+var timingIsNoise = regexp.MustCompile(`\.(StartToVisible|IdleProcess|Hold10k|BurstReloads|PeerBurst|RSS100k|CPUEtcdDown|MachineLossToRunning|StoreMemory|FloorOnetime)\b`)
 
 // notes explain figures whose name does not say enough.
 var notes = []struct {
@@ -84,6 +85,7 @@ var notes = []struct {
 	{regexp.MustCompile(`\.EnginePass`), "loss-pass-requests", "etcd requests after one machine is lost"},
 	{regexp.MustCompile(`\.PeerOnetime/`), "ms/op", "a process per run"},
 	{regexp.MustCompile(`\.PeerStart/`), "ms/op", "process start alone (--version)"},
+	{regexp.MustCompile(`\.FloorOnetime/`), "ratio-p50", "render -onetime / floor (start, connect, read), runs in turn"},
 	{regexp.MustCompile(`\.Onetime/`), "ms/op", "in-process"},
 	{regexp.MustCompile(`^etcdload/`), "req/s", "gRPC messages, idle etcd subtracted"},
 	{regexp.MustCompile(`^machine\.GoProcessStart`), "ms", "a Go program that exits at once"},
