@@ -444,14 +444,24 @@ func (r *Resource) Relative(k string) string {
 	return path.Join("/", rel)
 }
 
-// LoadDir loads every *.toml in dir (sorted by name). Files that fail are
-// reported in errs; the others are returned.
-func LoadDir(dir string, opts LoadOptions) (res []*Resource, errs []error) {
+// Files lists the resource files in dir: every *.toml, sorted by name. A
+// missing dir has none.
+func Files(dir string) ([]string, error) {
 	names, err := filepath.Glob(filepath.Join(dir, "*.toml"))
 	if err != nil {
-		return nil, []error{fmt.Errorf("resources in %s: %w", dir, err)}
+		return nil, fmt.Errorf("resources in %s: %w", dir, err)
 	}
 	sort.Strings(names)
+	return names, nil
+}
+
+// LoadDir loads every resource file in dir (see Files). Files that fail
+// are reported in errs; the others are returned.
+func LoadDir(dir string, opts LoadOptions) (res []*Resource, errs []error) {
+	names, err := Files(dir)
+	if err != nil {
+		return nil, []error{err}
+	}
 	for _, n := range names {
 		r, err := Load(n, opts)
 		if err != nil {

@@ -207,7 +207,7 @@ func newRunner(cfg Config) *runner {
 // good entry, if any. It returns the new entries, the errors, and whether
 // anything changed.
 func (r *runner) loadConfig() (changed bool, errs []error) {
-	names, err := filepath.Glob(filepath.Join(r.cfg.confDir(), "*.toml"))
+	names, err := resources.Files(r.cfg.confDir())
 	if err != nil {
 		return false, []error{err}
 	}
