@@ -3,8 +3,6 @@ package resources
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"encoding/xml"
 	"errors"
@@ -21,6 +19,8 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"go.yaml.in/yaml/v2"
+
+	"github.com/flotilla/flotilla/internal/atomicfile"
 )
 
 // ApplyOptions change how Apply puts a rendered file in place.
@@ -103,18 +103,15 @@ func (r *Resource) applyIn(ctx context.Context, root *os.Root, dir, name string,
 		}
 		return true, nil
 	}
-	staged, err := stage(root, name, content, mode, uid, gid)
+	staged, err := atomicfile.Stage(root, name, content, atomicfile.Owner{Mode: mode, UID: uid, GID: gid})
 	if err != nil {
 		return false, fmt.Errorf("render %s: stage %s: %w", r.Name, dest, err)
 	}
-	keep := r.KeepStageFile
-	defer func() {
-		if !keep {
-			root.Remove(staged)
-		}
-	}()
+	if !r.KeepStageFile {
+		defer staged.Discard() // nothing left to remove once it is in place
+	}
 	if r.CheckCmd != "" && !opts.SyncOnly {
-		cmd, err := expandCmd(r.CheckCmd, filepath.Join(dir, staged), dest)
+		cmd, err := expandCmd(r.CheckCmd, filepath.Join(dir, staged.Name()), dest)
 		if err != nil {
 			return false, fmt.Errorf("render %s: check_cmd: %w", r.Name, err)
 		}
@@ -127,17 +124,15 @@ func (r *Resource) applyIn(ctx context.Context, root *os.Root, dir, name string,
 			return false, fmt.Errorf("render %s: backup %s.bak: %w", r.Name, dest, err)
 		}
 	}
-	if err := root.Rename(staged, name); err != nil {
+	if err := staged.Commit(); err != nil {
 		if !errors.Is(err, syscall.EBUSY) {
-			return false, fmt.Errorf("render %s: rename %s → %s: %w", r.Name, staged, dest, err)
+			return false, fmt.Errorf("render %s: rename %s → %s: %w", r.Name, staged.Name(), dest, err)
 		}
 		// A bind-mounted file (docker -v file:file) cannot be replaced:
 		// write it in place, as confd does.
-		if err := writeInPlace(root, name, content, mode, uid, gid); err != nil {
+		if err := writeInPlace(root, name, content, atomicfile.Owner{Mode: mode, UID: uid, GID: gid}); err != nil {
 			return false, fmt.Errorf("render %s: write %s in place: %w", r.Name, dest, err)
 		}
-	} else {
-		syncDir(root, filepath.Dir(name))
 	}
 	return true, nil
 }
@@ -297,54 +292,14 @@ func ShellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
-// stage writes content to a new hidden file beside name in root, with its
-// mode and owner before the first byte, synced. It returns the staged name.
-func stage(root *os.Root, name string, content []byte, mode os.FileMode, uid, gid int) (string, error) {
-	var rnd [6]byte
-	var f *os.File
-	var staged string
-	for range 10 {
-		rand.Read(rnd[:])
-		staged = filepath.Join(filepath.Dir(name), "."+filepath.Base(name)+"."+hex.EncodeToString(rnd[:]))
-		var err error
-		f, err = root.OpenFile(staged, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, os.ErrExist) {
-			return "", err
-		}
-	}
-	if f == nil {
-		return "", fmt.Errorf("no free staging name beside %s", name)
-	}
-	err := func() error {
-		if err := setMode(f, mode, uid, gid); err != nil { // undo the umask before the first byte
-			return err
-		}
-		if _, err := f.Write(content); err != nil {
-			return err
-		}
-		return f.Sync()
-	}()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		root.Remove(staged)
-		return "", err
-	}
-	return staged, nil
-}
-
-func writeInPlace(root *os.Root, name string, content []byte, mode os.FileMode, uid, gid int) error {
-	f, err := root.OpenFile(name, os.O_WRONLY|os.O_TRUNC, mode)
+func writeInPlace(root *os.Root, name string, content []byte, o atomicfile.Owner) error {
+	f, err := root.OpenFile(name, os.O_WRONLY|os.O_TRUNC, o.Mode)
 	if err != nil {
 		return err
 	}
 	// The file keeps its old mode when opened: narrow it before the first
 	// byte of the new content, or write nothing.
-	if err := setMode(f, mode, uid, gid); err != nil {
+	if err := atomicfile.SetOwner(f, o); err != nil {
 		f.Close()
 		return fmt.Errorf("%s: %w", name, err)
 	}
@@ -357,26 +312,6 @@ func writeInPlace(root *os.Root, name string, content []byte, mode os.FileMode, 
 		return err
 	}
 	return f.Close()
-}
-
-// setMode gives f its mode and owner. Only a chown to oneself refused
-// (EPERM, as for an unprivileged user whose uid is already the file's) is
-// not an error.
-func setMode(f *os.File, mode os.FileMode, uid, gid int) error {
-	if err := f.Chmod(mode); err != nil {
-		return err
-	}
-	if err := f.Chown(uid, gid); err != nil && !(errors.Is(err, syscall.EPERM) && uid == os.Geteuid()) {
-		return err
-	}
-	return nil
-}
-
-func syncDir(root *os.Root, dir string) {
-	if d, err := root.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
 }
 
 // fileHolds reports whether the file at name holds exactly content. It

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/flotilla/flotilla/internal/atomicfile"
 )
 
 // PerKind says what one output of a resource with several stands for.
@@ -252,12 +254,12 @@ func writeManifest(root *os.Root, name string, paths []string) error {
 	if old, err := root.ReadFile(name); err == nil && string(old) == b.String() {
 		return nil
 	}
-	staged, err := stage(root, name, []byte(b.String()), 0o644, os.Geteuid(), os.Getegid())
+	staged, err := atomicfile.Stage(root, name, []byte(b.String()), atomicfile.Owner{Mode: 0o644, UID: -1, GID: -1})
 	if err != nil {
 		return fmt.Errorf("write the list of outputs: %w", err)
 	}
-	if err := root.Rename(staged, name); err != nil {
-		root.Remove(staged)
+	if err := staged.Commit(); err != nil {
+		staged.Discard()
 		return fmt.Errorf("write the list of outputs: %w", err)
 	}
 	return nil
