@@ -165,6 +165,9 @@ func (r *Resource) ApplyEach(ctx context.Context, outs []Output, render func(Out
 		}
 	}
 	root, err := os.OpenRoot(r.DestDir)
+	if err != nil && opts.Noop && errors.Is(err, os.ErrNotExist) {
+		return r.noopNew(outs, render, opts)
+	}
 	if err != nil {
 		return false, fmt.Errorf("render %s: open dest_dir: %w", r.Name, err)
 	}
@@ -209,6 +212,24 @@ func (r *Resource) ApplyEach(ctx context.Context, outs []Output, render func(Out
 		}
 	}
 	return changed, errors.Join(errs...)
+}
+
+// noopNew is ApplyEach with Noop where DestDir does not exist yet: every
+// output would be a new file.
+func (r *Resource) noopNew(outs []Output, render func(Output) ([]byte, error), opts ApplyOptions) (bool, error) {
+	var errs []error
+	for _, o := range outs {
+		content, err := render(o)
+		if err == nil {
+			err = validateFormat(r.OutputFormat, content)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("render %s: output %s (key %s): %w", r.Name, o.Path, o.Key, err))
+			continue
+		}
+		opts.diff(filepath.Join(r.DestDir, o.Path), nil, content)
+	}
+	return len(outs) > len(errs), errors.Join(errs...)
 }
 
 func (r *Resource) applyOutput(ctx context.Context, root *os.Root, o Output, render func(Output) ([]byte, error), opts ApplyOptions) (bool, error) {

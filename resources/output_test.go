@@ -1,7 +1,10 @@
 package resources_test
 
 import (
+	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -77,5 +80,57 @@ func TestOutputs(t *testing.T) {
 				t.Errorf("errors %v, want one with %q", errs, tc.wantE)
 			}
 		})
+	}
+}
+
+// FuzzOutputs: whatever the keys, every output is a visible file below
+// dest_dir, and each key that is no output is either outside per_key or
+// reported.
+func FuzzOutputs(f *testing.F) {
+	for _, k := range []string{"/svc/a", "/svc/../../x", "/svc/a/../../b", "/svc/.x", "/svc//a", "/svc/a/", "/svc/\x00", "/svc/..", "/svc/a/.."} {
+		f.Add(k)
+	}
+	r, err := resources.Parse("/conf/conf.d/r.toml", []byte("[template]\nsrc = \"a\"\nkeys = [\"/svc\"]\ndest_dir = \"/out\"\nper_key = \"/svc\"\ndest_name = \"{name}.conf\"\n"), resources.LoadOptions{})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, key string) {
+		outs, _ := r.Outputs([]string{key}, func(string) string { return "" })
+		for _, o := range outs {
+			if !filepath.IsLocal(o.Path) || filepath.Clean(o.Path) != o.Path {
+				t.Errorf("key %q: output path %q leaves dest_dir", key, o.Path)
+			}
+			for _, part := range strings.Split(o.Path, "/") {
+				if strings.HasPrefix(part, ".") {
+					t.Errorf("key %q: output path %q has a hidden part", key, o.Path)
+				}
+			}
+		}
+	})
+}
+
+// TestApplyEachNoopNewDir: -noop over a dest_dir that does not exist yet
+// shows every output as a new file and creates nothing.
+func TestApplyEachNoopNewDir(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "sites")
+	r, err := resources.Parse("/conf/conf.d/r.toml", []byte(fmt.Sprintf("[template]\nsrc = \"a\"\nkeys = [\"/svc\"]\ndest_dir = %q\nper_key = \"/svc\"\ncreate_dest_dir = true\n", dir)), resources.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	outs, _ := r.Outputs([]string{"/svc/a", "/svc/b"}, func(k string) string { return k })
+	var diff strings.Builder
+	changed, err := r.ApplyEach(context.Background(), outs, func(o resources.Output) ([]byte, error) {
+		return []byte(o.Name + "\n"), nil
+	}, resources.ApplyOptions{Noop: true, Diff: &diff})
+	if err != nil || !changed {
+		t.Fatalf("ApplyEach noop = %v, %v; want changed", changed, err)
+	}
+	for _, want := range []string{"+++ " + filepath.Join(dir, "a"), "+a", "+++ " + filepath.Join(dir, "b")} {
+		if !strings.Contains(diff.String(), want) {
+			t.Errorf("diff lacks %q:\n%s", want, diff.String())
+		}
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("noop created %s: %v", dir, err)
 	}
 }
