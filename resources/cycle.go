@@ -65,16 +65,17 @@ func (r *Resource) Apply(ctx context.Context, content []byte, opts ApplyOptions)
 		return false, fmt.Errorf("render %s: open %s: %w", r.Name, dir, err)
 	}
 	defer root.Close()
-	return r.applyIn(ctx, root, dir, filepath.Base(r.Dest), content, opts)
+	return r.applyIn(ctx, root, dir, filepath.Base(r.Dest), r.Name, content, opts)
 }
 
 // applyIn is Apply for the file name (a local path) inside root, the
-// directory dir: nothing outside root is read or written.
-func (r *Resource) applyIn(ctx context.Context, root *os.Root, dir, name string, content []byte, opts ApplyOptions) (changed bool, err error) {
+// directory dir: nothing outside root is read or written. Errors start
+// "render LABEL:".
+func (r *Resource) applyIn(ctx context.Context, root *os.Root, dir, name, label string, content []byte, opts ApplyOptions) (changed bool, err error) {
 	log := opts.logger()
 	dest := filepath.Join(dir, name)
 	if err := validateFormat(r.OutputFormat, content); err != nil {
-		return false, fmt.Errorf("render %s: %s: output is not valid %s: %w", r.Name, dest, r.OutputFormat, err)
+		return false, fmt.Errorf("render %s: output is not valid %s: %w", label, r.OutputFormat, err)
 	}
 	mode, uid, gid := r.Mode, r.UID, r.GID
 	if uid < 0 {
@@ -105,7 +106,7 @@ func (r *Resource) applyIn(ctx context.Context, root *os.Root, dir, name string,
 	}
 	staged, err := atomicfile.Stage(root, name, content, atomicfile.Owner{Mode: mode, UID: uid, GID: gid})
 	if err != nil {
-		return false, fmt.Errorf("render %s: stage %s: %w", r.Name, dest, err)
+		return false, fmt.Errorf("render %s: stage %s: %w", label, dest, err)
 	}
 	if !r.KeepStageFile {
 		defer staged.Discard() // nothing left to remove once it is in place
@@ -113,25 +114,25 @@ func (r *Resource) applyIn(ctx context.Context, root *os.Root, dir, name string,
 	if r.CheckCmd != "" && !opts.SyncOnly {
 		cmd, err := expandCmd(r.CheckCmd, filepath.Join(dir, staged.Name()), dest)
 		if err != nil {
-			return false, fmt.Errorf("render %s: check_cmd: %w", r.Name, err)
+			return false, fmt.Errorf("render %s: check_cmd: %w", label, err)
 		}
 		if err := RunCommand(ctx, log, cmd, r.CheckTimeout); err != nil {
-			return false, fmt.Errorf("render %s: check_cmd %w", r.Name, err)
+			return false, fmt.Errorf("render %s: check_cmd %w", label, err)
 		}
 	}
 	if r.Backup && statErr == nil {
 		if err := backup(root, name, st.Mode().Perm()); err != nil {
-			return false, fmt.Errorf("render %s: backup %s.bak: %w", r.Name, dest, err)
+			return false, fmt.Errorf("render %s: backup %s.bak: %w", label, dest, err)
 		}
 	}
 	if err := staged.Commit(); err != nil {
 		if !errors.Is(err, syscall.EBUSY) {
-			return false, fmt.Errorf("render %s: rename %s → %s: %w", r.Name, staged.Name(), dest, err)
+			return false, fmt.Errorf("render %s: rename %s → %s: %w", label, staged.Name(), dest, err)
 		}
 		// A bind-mounted file (docker -v file:file) cannot be replaced:
 		// write it in place, as confd does.
 		if err := writeInPlace(root, name, content, atomicfile.Owner{Mode: mode, UID: uid, GID: gid}); err != nil {
-			return false, fmt.Errorf("render %s: write %s in place: %w", r.Name, dest, err)
+			return false, fmt.Errorf("render %s: write %s in place: %w", label, dest, err)
 		}
 	}
 	return true, nil

@@ -233,20 +233,17 @@ func (r *Resource) noopNew(outs []Output, render func(Output) ([]byte, error), o
 }
 
 func (r *Resource) applyOutput(ctx context.Context, root *os.Root, o Output, render func(Output) ([]byte, error), opts ApplyOptions) (bool, error) {
+	label := fmt.Sprintf("%s: output %s (key %s)", r.Name, o.Path, o.Key)
 	content, err := render(o)
 	if err != nil {
-		return false, fmt.Errorf("render %s: output %s (key %s): %w", r.Name, o.Path, o.Key, err)
+		return false, fmt.Errorf("render %s: %w", label, err)
 	}
 	if d := filepath.Dir(o.Path); d != "." && !opts.Noop {
 		if err := root.MkdirAll(d, 0o755); err != nil {
-			return false, fmt.Errorf("render %s: output %s (key %s): %w", r.Name, o.Path, o.Key, err)
+			return false, fmt.Errorf("render %s: %w", label, err)
 		}
 	}
-	ch, err := r.applyIn(ctx, root, r.DestDir, o.Path, content, opts)
-	if err != nil {
-		return false, fmt.Errorf("output %s (key %s): %w", o.Path, o.Key, err)
-	}
-	return ch, nil
+	return r.applyIn(ctx, root, r.DestDir, o.Path, label, content, opts)
 }
 
 // readManifest returns the paths listed in the manifest (none when it is
