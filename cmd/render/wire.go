@@ -104,7 +104,7 @@ func source(o *options) (src render.Source, close func(), err error) {
 // they ask for.
 func wire(ctx context.Context, o *options, set map[string]bool, log *slog.Logger, stdout io.Writer) error {
 	if o.onetime {
-		onetimeGC(os.Getenv)
+		defer onetimeGC(os.Getenv)()
 	}
 	wait, err := waitSetting(o)
 	if err != nil {
