@@ -7,7 +7,8 @@
 # With CONFD=/path/to/confd and/or CONFD_FORK=/path/to/abtreece-confd set, the
 # Peer* benchmarks there run render and the peers as processes over the same
 # etcd and keys; this script prints their figures and the ratios
-# (peer / render: above 1 means render is faster or reloads less) as JSON lines.
+# (peer / render: above 1 means render is faster or reloads less; for the
+# floor, bench/floor, render / floor: how far above it render is) as JSON lines.
 # It never builds a peer: bring your own binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +40,10 @@ awk -F'"' '
 				if (i == "render" || i == "render-wait") continue
 				x = val[i "|" k]; if (x == "") continue
 				split(k, f, "|")
+				if (i == "floor") { # how far above the floor render is
+					if (x > 0) printf "{\"name\":\"%s/%s-vs-floor%s\",\"unit\":\"x (%s)\",\"value\":%.2f}\n", f[1], b, (f[2] != "" ? "/" f[2] : ""), f[3], r / x
+					continue
+				}
 				printf "{\"name\":\"%s/%s-vs-%s%s\",\"unit\":\"x (%s)\",\"value\":%.2f}\n", f[1], i, b, (f[2] != "" ? "/" f[2] : ""), f[3], x / r
 			}
 		}

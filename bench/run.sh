@@ -116,8 +116,17 @@ if [ -n "$etcd_bin" ]; then
 fi
 step render-burst "gobench integration/render 'BenchmarkBurstReloads\$' 3x $heavy"
 step render-process "gobench integration/render 'Benchmark(RSS100k|CPUEtcdDown)\$' 1x $heavy"
+# onetime beside the floor (bench/floor: start, connect, read the prefix),
+# and beside confd and the fork when given
 if [ -n "$CONFD$CONFD_FORK" ]; then
 	step render-peers "gobench integration/render 'BenchmarkPeer' 1s $heavy"
+else
+	step render-floor "gobench integration/render 'BenchmarkPeerOnetime\$' 1s $heavy"
+fi
+step render-floor-turns "gobench integration/render 'BenchmarkFloorOnetime\$' 40x $heavy"
+if [ -n "$etcd_bin" ]; then
+	step render-floor-turns-binary "FLOTILLA_TEST_ETCD_BIN=$etcd_bin gobench integration/render 'BenchmarkFloorOnetime\$' 40x $heavy etcd=binary"
+	step render-floor-binary "FLOTILLA_TEST_ETCD_BIN=$etcd_bin gobench integration/render 'BenchmarkPeerOnetime\$' 1s $heavy etcd=binary"
 fi
 step template "gobench template . $micro $count"
 

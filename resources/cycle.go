@@ -3,8 +3,6 @@ package resources
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"encoding/xml"
 	"errors"
@@ -21,6 +19,8 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"go.yaml.in/yaml/v2"
+
+	"github.com/flotilla/flotilla/internal/atomicfile"
 )
 
 // ApplyOptions change how Apply puts a rendered file in place.
@@ -47,12 +47,35 @@ type ApplyOptions struct {
 // reports whether Dest changed (or, with Noop, would change). On any error
 // Dest is untouched. Apply does not run reload_cmd: see Reload.
 func (r *Resource) Apply(ctx context.Context, content []byte, opts ApplyOptions) (changed bool, err error) {
-	log := opts.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	dir := filepath.Dir(r.Dest)
+	if r.CreateDestDir && !opts.Noop {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return false, fmt.Errorf("render %s: create_dest_dir %s: %w", r.Name, dir, err)
+		}
 	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		if opts.Noop && errors.Is(err, os.ErrNotExist) {
+			if err := validateFormat(r.OutputFormat, content); err != nil {
+				return false, fmt.Errorf("render %s: output is not valid %s: %w", r.Name, r.OutputFormat, err)
+			}
+			opts.diff(r.Dest, nil, content)
+			return true, nil
+		}
+		return false, fmt.Errorf("render %s: open %s: %w", r.Name, dir, err)
+	}
+	defer root.Close()
+	return r.applyIn(ctx, root, dir, filepath.Base(r.Dest), r.Name, content, opts)
+}
+
+// applyIn is Apply for the file name (a local path) inside root, the
+// directory dir: nothing outside root is read or written. Errors start
+// "render LABEL:".
+func (r *Resource) applyIn(ctx context.Context, root *os.Root, dir, name, label string, content []byte, opts ApplyOptions) (changed bool, err error) {
+	log := opts.logger()
+	dest := filepath.Join(dir, name)
 	if err := validateFormat(r.OutputFormat, content); err != nil {
-		return false, fmt.Errorf("render %s: output is not valid %s: %w", r.Name, r.OutputFormat, err)
+		return false, fmt.Errorf("render %s: output is not valid %s: %w", label, r.OutputFormat, err)
 	}
 	mode, uid, gid := r.Mode, r.UID, r.GID
 	if uid < 0 {
@@ -61,91 +84,108 @@ func (r *Resource) Apply(ctx context.Context, content []byte, opts ApplyOptions)
 	if gid < 0 {
 		gid = os.Getegid()
 	}
-	st, statErr := os.Stat(r.Dest)
+	st, statErr := root.Stat(name)
 	if !r.ModeSet {
 		mode = 0o644
 		if statErr == nil {
 			mode = st.Mode().Perm()
 		}
 	}
-	if statErr == nil && st.Size() == int64(len(content)) && sameOwnerMode(st, mode, uid, gid) && fileHolds(r.Dest, content) {
+	if statErr == nil && st.Mode().IsRegular() && st.Size() == int64(len(content)) && sameOwnerMode(st, mode, uid, gid) && fileHolds(root, name, content) {
 		return false, nil
 	}
 	if opts.Noop {
-		if opts.Diff != nil && opts.DiffNamesOnly {
-			fmt.Fprintf(opts.Diff, "would change %s\n", r.Dest)
-		} else if opts.Diff != nil {
-			old, oldErr := os.ReadFile(r.Dest)
-			from := r.Dest
-			if oldErr != nil {
-				from = "/dev/null"
-			}
-			n := opts.DiffContext
-			if n == 0 {
-				n = DefaultDiffContext
-			}
-			d := UnifiedDiffContext(from, r.Dest, old, content, n)
-			if opts.DiffColor {
-				d = colorDiff(d)
-			}
-			if len(d) == 0 && statErr == nil {
-				d = []byte(fmt.Sprintf("%s: mode/owner %v %d:%d → %v %d:%d\n", r.Dest, st.Mode().Perm(), statUID(st), statGID(st), mode, uid, gid))
-			}
-			opts.Diff.Write(d)
+		old, oldErr := root.ReadFile(name)
+		if oldErr != nil {
+			old = nil
+		}
+		if !opts.diff(dest, old, content) && statErr == nil && opts.Diff != nil {
+			fmt.Fprintf(opts.Diff, "%s: mode/owner %v %d:%d → %v %d:%d\n", dest, st.Mode().Perm(), statUID(st), statGID(st), mode, uid, gid)
 		}
 		return true, nil
 	}
-	dir := filepath.Dir(r.Dest)
-	if r.CreateDestDir {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return false, fmt.Errorf("render %s: create_dest_dir %s: %w", r.Name, dir, err)
-		}
-	}
-	staged, err := stage(dir, filepath.Base(r.Dest), content, mode, uid, gid)
+	staged, err := atomicfile.Stage(root, name, content, atomicfile.Owner{Mode: mode, UID: uid, GID: gid})
 	if err != nil {
-		return false, fmt.Errorf("render %s: stage %s: %w", r.Name, r.Dest, err)
+		return false, fmt.Errorf("render %s: stage %s: %w", label, dest, err)
 	}
-	keep := r.KeepStageFile
-	defer func() {
-		if !keep {
-			os.Remove(staged)
-		}
-	}()
+	if !r.KeepStageFile {
+		defer staged.Discard() // nothing left to remove once it is in place
+	}
 	if r.CheckCmd != "" && !opts.SyncOnly {
-		cmd, err := expandCmd(r.CheckCmd, staged, r.Dest)
+		cmd, err := expandCmd(r.CheckCmd, filepath.Join(dir, staged.Name()), dest)
 		if err != nil {
-			return false, fmt.Errorf("render %s: check_cmd: %w", r.Name, err)
+			return false, fmt.Errorf("render %s: check_cmd: %w", label, err)
 		}
 		if err := RunCommand(ctx, log, cmd, r.CheckTimeout); err != nil {
-			return false, fmt.Errorf("render %s: check_cmd %w", r.Name, err)
+			return false, fmt.Errorf("render %s: check_cmd %w", label, err)
 		}
 	}
 	if r.Backup && statErr == nil {
-		bak := r.Dest + ".bak"
-		os.Remove(bak)
-		if err := os.Link(r.Dest, bak); err != nil {
-			old, err := os.ReadFile(r.Dest)
-			if err == nil {
-				err = os.WriteFile(bak, old, st.Mode().Perm())
-			}
-			if err != nil {
-				return false, fmt.Errorf("render %s: backup %s: %w", r.Name, bak, err)
-			}
+		if err := backup(root, name, st.Mode().Perm()); err != nil {
+			return false, fmt.Errorf("render %s: backup %s.bak: %w", label, dest, err)
 		}
 	}
-	if err := os.Rename(staged, r.Dest); err != nil {
+	if err := staged.Commit(); err != nil {
 		if !errors.Is(err, syscall.EBUSY) {
-			return false, fmt.Errorf("render %s: rename %s → %s: %w", r.Name, staged, r.Dest, err)
+			return false, fmt.Errorf("render %s: rename %s → %s: %w", label, staged.Name(), dest, err)
 		}
 		// A bind-mounted file (docker -v file:file) cannot be replaced:
 		// write it in place, as confd does.
-		if err := writeInPlace(r.Dest, content, mode, uid, gid); err != nil {
-			return false, fmt.Errorf("render %s: write %s in place: %w", r.Name, r.Dest, err)
+		if err := writeInPlace(root, name, content, atomicfile.Owner{Mode: mode, UID: uid, GID: gid}); err != nil {
+			return false, fmt.Errorf("render %s: write %s in place: %w", label, dest, err)
 		}
-	} else {
-		syncDir(dir)
 	}
 	return true, nil
+}
+
+func (o *ApplyOptions) logger() *slog.Logger {
+	if o.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return o.Logger
+}
+
+// diff writes what Noop would change in dest to o.Diff, if set (old nil:
+// a new file). It reports whether the content differs.
+func (o *ApplyOptions) diff(dest string, old, content []byte) bool {
+	if bytes.Equal(old, content) && old != nil {
+		return false
+	}
+	if o.Diff == nil {
+		return true
+	}
+	if o.DiffNamesOnly {
+		fmt.Fprintf(o.Diff, "would change %s\n", dest)
+		return true
+	}
+	from := dest
+	if old == nil {
+		from = "/dev/null"
+	}
+	n := o.DiffContext
+	if n == 0 {
+		n = DefaultDiffContext
+	}
+	d := UnifiedDiffContext(from, dest, old, content, n)
+	if o.DiffColor {
+		d = colorDiff(d)
+	}
+	o.Diff.Write(d)
+	return len(d) > 0
+}
+
+// backup keeps name as name.bak: a hard link, or a copy where links fail.
+func backup(root *os.Root, name string, mode os.FileMode) error {
+	bak := name + ".bak"
+	root.Remove(bak)
+	if err := root.Link(name, bak); err == nil {
+		return nil
+	}
+	old, err := root.ReadFile(name)
+	if err == nil {
+		err = root.WriteFile(bak, old, mode)
+	}
+	return err
 }
 
 // ReloadKey says which reload r shares: "group:NAME" for a reload_group,
@@ -253,54 +293,16 @@ func ShellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
-func stage(dir, base string, content []byte, mode os.FileMode, uid, gid int) (string, error) {
-	var rnd [6]byte
-	var f *os.File
-	var name string
-	for range 10 {
-		rand.Read(rnd[:])
-		name = filepath.Join(dir, "."+base+"."+hex.EncodeToString(rnd[:]))
-		var err error
-		f, err = os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, os.ErrExist) {
-			return "", err
-		}
-	}
-	if f == nil {
-		return "", fmt.Errorf("no free staging name in %s", dir)
-	}
-	err := func() error {
-		if err := setMode(f, mode, uid, gid); err != nil { // undo the umask before the first byte
-			return err
-		}
-		if _, err := f.Write(content); err != nil {
-			return err
-		}
-		return f.Sync()
-	}()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(name)
-		return "", err
-	}
-	return name, nil
-}
-
-func writeInPlace(dest string, content []byte, mode os.FileMode, uid, gid int) error {
-	f, err := os.OpenFile(dest, os.O_WRONLY|os.O_TRUNC, mode)
+func writeInPlace(root *os.Root, name string, content []byte, o atomicfile.Owner) error {
+	f, err := root.OpenFile(name, os.O_WRONLY|os.O_TRUNC, o.Mode)
 	if err != nil {
 		return err
 	}
 	// The file keeps its old mode when opened: narrow it before the first
 	// byte of the new content, or write nothing.
-	if err := setMode(f, mode, uid, gid); err != nil {
+	if err := atomicfile.SetOwner(f, o); err != nil {
 		f.Close()
-		return fmt.Errorf("%s: %w", dest, err)
+		return fmt.Errorf("%s: %w", name, err)
 	}
 	if _, err := f.Write(content); err != nil {
 		f.Close()
@@ -313,30 +315,10 @@ func writeInPlace(dest string, content []byte, mode os.FileMode, uid, gid int) e
 	return f.Close()
 }
 
-// setMode gives f its mode and owner. Only a chown to oneself refused
-// (EPERM, as for an unprivileged user whose uid is already the file's) is
-// not an error.
-func setMode(f *os.File, mode os.FileMode, uid, gid int) error {
-	if err := f.Chmod(mode); err != nil {
-		return err
-	}
-	if err := f.Chown(uid, gid); err != nil && !(errors.Is(err, syscall.EPERM) && uid == os.Geteuid()) {
-		return err
-	}
-	return nil
-}
-
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
-}
-
 // fileHolds reports whether the file at name holds exactly content. It
 // reads in chunks: no copy of a large file is kept.
-func fileHolds(name string, content []byte) bool {
-	f, err := os.Open(name)
+func fileHolds(root *os.Root, name string, content []byte) bool {
+	f, err := root.Open(name)
 	if err != nil {
 		return false
 	}

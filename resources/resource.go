@@ -111,6 +111,14 @@ type Resource struct {
 	// "" or "default" as confd does (false in an if, "<no value>" printed),
 	// "error" to fail the render. An addition: confd files keep their meaning.
 	MissingKey string
+	// Per, when set, makes the resource write several files: one per key
+	// (PerKey) or per directory (PerDir) found below PerPrefix, each named
+	// by DestName inside DestDir (see Outputs and ApplyEach). Dest is then
+	// DestDir.
+	Per       PerKind
+	PerPrefix string
+	DestDir   string
+	DestName  string
 	// Warnings are non-fatal findings (unknown keys without strict mode).
 	Warnings []string
 }
@@ -146,6 +154,10 @@ type tomlTemplate struct {
 	KeepStageFile  bool     `toml:"keep_stage_file"`
 	Delims         []string `toml:"delims"`
 	MissingKey     string   `toml:"missingkey"`
+	DestDir        string   `toml:"dest_dir"`
+	PerKey         string   `toml:"per_key"`
+	PerDir         string   `toml:"per_dir"`
+	DestName       string   `toml:"dest_name"`
 }
 
 // duration decodes "5s" strings or integer seconds.
@@ -200,42 +212,63 @@ func Load(filename string, opts LoadOptions) (*Resource, error) {
 
 // Parse reads a resource from the bytes of filename.
 func Parse(filename string, b []byte, opts LoadOptions) (*Resource, error) {
+	t, warnings, err := decode(filename, b, opts.Strict)
+	if err != nil {
+		return nil, err
+	}
+	r := &Resource{File: filename, Name: filepath.Base(filename), UID: -1, GID: -1, Warnings: warnings}
+	for _, step := range []func(*tomlTemplate, LoadOptions) error{
+		r.setPaths, r.setOutputs, r.setOwner, r.setCommands, r.setBehaviour,
+	} {
+		if err := step(t, opts); err != nil {
+			return nil, fmt.Errorf("resource %s: %w", filename, err)
+		}
+	}
+	return r, nil
+}
+
+// decode reads the TOML strictly (unknown keys are errors with strict, else
+// warnings) and checks that the required fields are there.
+func decode(filename string, b []byte, strict bool) (*tomlTemplate, []string, error) {
 	var f file
 	md, err := toml.Decode(string(b), &f)
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
 			if pe.LastKey != "" {
-				return nil, fmt.Errorf("resource %s:%d: key %s: %s", filename, pe.Position.Line, pe.LastKey, pe.Message)
+				return nil, nil, fmt.Errorf("resource %s:%d: key %s: %s", filename, pe.Position.Line, pe.LastKey, pe.Message)
 			}
-			return nil, fmt.Errorf("resource %s:%d: %s", filename, pe.Position.Line, pe.Message)
+			return nil, nil, fmt.Errorf("resource %s:%d: %s", filename, pe.Position.Line, pe.Message)
 		}
-		return nil, fmt.Errorf("resource %s: %w", filename, err)
+		return nil, nil, fmt.Errorf("resource %s: %w", filename, err)
 	}
-	r := &Resource{File: filename, Name: filepath.Base(filename), UID: -1, GID: -1}
+	var warnings []string
 	for _, k := range md.Undecoded() {
 		msg := fmt.Sprintf("resource %s: unknown key %q", filename, k.String())
-		if opts.Strict {
-			return nil, errors.New(msg)
+		if strict {
+			return nil, nil, errors.New(msg)
 		}
-		r.Warnings = append(r.Warnings, msg)
+		warnings = append(warnings, msg)
 	}
 	t := f.Template
-	if t == nil {
-		return nil, fmt.Errorf("resource %s: no [template] table", filename)
+	switch {
+	case t == nil:
+		return nil, nil, fmt.Errorf("resource %s: no [template] table", filename)
+	case t.Src == "":
+		return nil, nil, fmt.Errorf("resource %s: template.src is required", filename)
+	case t.Dest == "" && t.DestDir == "":
+		return nil, nil, fmt.Errorf("resource %s: template.dest is required (or dest_dir)", filename)
+	case len(t.Keys) == 0:
+		return nil, nil, fmt.Errorf("resource %s: template.keys is required", filename)
 	}
-	if t.Src == "" {
-		return nil, fmt.Errorf("resource %s: template.src is required", filename)
-	}
-	if t.Dest == "" {
-		return nil, fmt.Errorf("resource %s: template.dest is required", filename)
-	}
-	if len(t.Keys) == 0 {
-		return nil, fmt.Errorf("resource %s: template.keys is required", filename)
-	}
+	return t, warnings, nil
+}
+
+// setPaths sets Src, Dest, Prefix and Keys.
+func (r *Resource) setPaths(t *tomlTemplate, opts LoadOptions) error {
 	tdir := opts.TemplatesDir
 	if tdir == "" {
-		tdir = filepath.Join(filepath.Dir(filepath.Dir(filename)), "templates")
+		tdir = filepath.Join(filepath.Dir(filepath.Dir(r.File)), "templates")
 	}
 	r.Src = t.Src
 	if !filepath.IsAbs(r.Src) {
@@ -252,14 +285,19 @@ func Parse(filename string, b []byte, opts LoadOptions) (*Resource, error) {
 		}
 	}
 	sort.Strings(r.Keys)
+	return nil
+}
+
+// setOwner sets Mode, UID and GID: uid, then owner/user by name (the fork),
+// defaulting to us.
+func (r *Resource) setOwner(t *tomlTemplate, _ LoadOptions) error {
 	if t.Mode != "" {
 		m, err := strconv.ParseUint(t.Mode, 8, 32)
 		if err != nil || m > 0o7777 {
-			return nil, fmt.Errorf("resource %s: template.mode %q: want an octal mode like \"0644\"", filename, t.Mode)
+			return fmt.Errorf("template.mode %q: want an octal mode like \"0644\"", t.Mode)
 		}
 		r.Mode, r.ModeSet = os.FileMode(m), true
 	}
-	// Owner: uid, then owner/user by name (the fork), defaulting to us.
 	if t.UID != nil {
 		r.UID = *t.UID
 	}
@@ -270,32 +308,37 @@ func Parse(filename string, b []byte, opts LoadOptions) (*Resource, error) {
 	if owner == "" {
 		owner = t.User
 	} else if t.User != "" && t.User != t.Owner {
-		return nil, fmt.Errorf("resource %s: template.owner %q and template.user %q disagree", filename, t.Owner, t.User)
+		return fmt.Errorf("template.owner %q and template.user %q disagree", t.Owner, t.User)
 	}
 	if owner != "" {
 		u, err := lookupUser(owner)
 		if err != nil {
-			return nil, fmt.Errorf("resource %s: template.owner %q: %w", filename, owner, err)
+			return fmt.Errorf("template.owner %q: %w", owner, err)
 		}
 		if t.UID != nil && *t.UID != u {
-			return nil, fmt.Errorf("resource %s: template.owner %q (uid %d) and template.uid %d disagree", filename, owner, u, *t.UID)
+			return fmt.Errorf("template.owner %q (uid %d) and template.uid %d disagree", owner, u, *t.UID)
 		}
 		r.UID = u
 	}
 	if t.Group != "" {
 		g, err := lookupGroup(t.Group)
 		if err != nil {
-			return nil, fmt.Errorf("resource %s: template.group %q: %w", filename, t.Group, err)
+			return fmt.Errorf("template.group %q: %w", t.Group, err)
 		}
 		if t.GID != nil && *t.GID != g {
-			return nil, fmt.Errorf("resource %s: template.group %q (gid %d) and template.gid %d disagree", filename, t.Group, g, *t.GID)
+			return fmt.Errorf("template.group %q (gid %d) and template.gid %d disagree", t.Group, g, *t.GID)
 		}
 		r.GID = g
 	}
+	return nil
+}
+
+// setCommands sets check_cmd, reload_cmd, their group and timeouts.
+func (r *Resource) setCommands(t *tomlTemplate, opts LoadOptions) error {
 	r.CheckCmd, r.ReloadCmd = t.CheckCmd, t.ReloadCmd
 	r.ReloadGroup = t.ReloadGroup
 	if r.ReloadGroup != "" && r.ReloadCmd == "" {
-		return nil, fmt.Errorf("resource %s: reload_group %q without a reload_cmd", filename, r.ReloadGroup)
+		return fmt.Errorf("reload_group %q without a reload_cmd", r.ReloadGroup)
 	}
 	r.CheckTimeout = DefaultCheckTimeout
 	if opts.CheckTimeout > 0 {
@@ -310,28 +353,39 @@ func Parse(filename string, b []byte, opts LoadOptions) (*Resource, error) {
 	}
 	switch {
 	case t.ReloadTimeout.set && t.ReloadTimeout2.set && t.ReloadTimeout.d != t.ReloadTimeout2.d:
-		return nil, fmt.Errorf("resource %s: template.reload_cmd_timeout and template.reload_timeout disagree", filename)
+		return errors.New("template.reload_cmd_timeout and template.reload_timeout disagree")
 	case t.ReloadTimeout.set && t.ReloadTimeout.d > 0:
 		r.ReloadTimeout = t.ReloadTimeout.d
 	case t.ReloadTimeout2.set && t.ReloadTimeout2.d > 0:
 		r.ReloadTimeout = t.ReloadTimeout2.d
 	}
+	r.MinReloadInterval = t.MinReload.d
+	for _, cmd := range []struct{ name, text string }{{"check_cmd", r.CheckCmd}, {"reload_cmd", r.ReloadCmd}} {
+		if _, err := expandCmd(cmd.text, "x", "y"); err != nil {
+			return fmt.Errorf("template.%s: %w", cmd.name, err)
+		}
+	}
+	return nil
+}
+
+// setBehaviour sets output_format, wait, the file options, missingkey and
+// delims.
+func (r *Resource) setBehaviour(t *tomlTemplate, opts LoadOptions) error {
 	switch f := strings.ToLower(t.OutputFormat); f {
 	case "", "json", "yaml", "toml", "xml":
 		r.OutputFormat = f
 	case "yml":
 		r.OutputFormat = "yaml"
 	default:
-		return nil, fmt.Errorf("resource %s: template.output_format %q: want json, yaml, toml or xml", filename, t.OutputFormat)
+		return fmt.Errorf("template.output_format %q: want json, yaml, toml or xml", t.OutputFormat)
 	}
-	r.MinReloadInterval = t.MinReload.d
 	if t.Wait != "" {
 		if t.Debounce.set {
-			return nil, fmt.Errorf("resource %s: template.wait and template.debounce are exclusive", filename)
+			return errors.New("template.wait and template.debounce are exclusive")
 		}
 		w, err := ParseWait(t.Wait)
 		if err != nil {
-			return nil, fmt.Errorf("resource %s: template.%w", filename, err)
+			return fmt.Errorf("template.%w", err)
 		}
 		r.Wait = w
 	} else if t.Debounce.set {
@@ -343,24 +397,19 @@ func Parse(filename string, b []byte, opts LoadOptions) (*Resource, error) {
 	case "", "default", "zero", "error":
 		r.MissingKey = t.MissingKey
 	default:
-		return nil, fmt.Errorf("resource %s: template.missingkey %q: want default, zero or error", filename, t.MissingKey)
+		return fmt.Errorf("template.missingkey %q: want default, zero or error", t.MissingKey)
 	}
 	switch len(t.Delims) {
 	case 0:
 	case 2:
 		if t.Delims[0] == "" || t.Delims[1] == "" {
-			return nil, fmt.Errorf("resource %s: template.delims: both must be non-empty", filename)
+			return errors.New("template.delims: both must be non-empty")
 		}
 		r.Delims = [2]string{t.Delims[0], t.Delims[1]}
 	default:
-		return nil, fmt.Errorf("resource %s: template.delims: want [\"left\", \"right\"]", filename)
+		return errors.New("template.delims: want [\"left\", \"right\"]")
 	}
-	for _, cmd := range []struct{ name, text string }{{"check_cmd", r.CheckCmd}, {"reload_cmd", r.ReloadCmd}} {
-		if _, err := expandCmd(cmd.text, "x", "y"); err != nil {
-			return nil, fmt.Errorf("resource %s: template.%s: %w", filename, cmd.name, err)
-		}
-	}
-	return r, nil
+	return nil
 }
 
 // Match reports whether the etcd key k belongs to r: equal to one of its keys
@@ -395,14 +444,24 @@ func (r *Resource) Relative(k string) string {
 	return path.Join("/", rel)
 }
 
-// LoadDir loads every *.toml in dir (sorted by name). Files that fail are
-// reported in errs; the others are returned.
-func LoadDir(dir string, opts LoadOptions) (res []*Resource, errs []error) {
+// Files lists the resource files in dir: every *.toml, sorted by name. A
+// missing dir has none.
+func Files(dir string) ([]string, error) {
 	names, err := filepath.Glob(filepath.Join(dir, "*.toml"))
 	if err != nil {
-		return nil, []error{fmt.Errorf("resources in %s: %w", dir, err)}
+		return nil, fmt.Errorf("resources in %s: %w", dir, err)
 	}
 	sort.Strings(names)
+	return names, nil
+}
+
+// LoadDir loads every resource file in dir (see Files). Files that fail
+// are reported in errs; the others are returned.
+func LoadDir(dir string, opts LoadOptions) (res []*Resource, errs []error) {
+	names, err := Files(dir)
+	if err != nil {
+		return nil, []error{err}
+	}
 	for _, n := range names {
 		r, err := Load(n, opts)
 		if err != nil {

@@ -56,6 +56,9 @@ type Store struct {
 	// absolute). While it is zero, ls can restrict itself to a prefix scan and
 	// still give exactly memkv's answer.
 	unclean int
+	// size is the bytes of every key and value: a first render with no
+	// better guess sizes its output from it.
+	size int
 	// byValue holds, for each getvs pattern in asked (at the last Clone),
 	// the pairs it matches ordered by value: getvs reads one in order
 	// instead of collecting and sorting every time. Set and Delete keep them
@@ -114,6 +117,10 @@ func (s *Store) Set(key, value string) {
 	if !replaced && isUnclean(key) {
 		s.unclean++
 	}
+	s.size += len(key) + len(value)
+	if replaced {
+		s.size -= len(old.Key) + len(old.Value)
+	}
 	for pattern, idx := range s.byValue {
 		if matchIndexed(pattern, key) {
 			if replaced {
@@ -133,6 +140,7 @@ func (s *Store) Delete(key string) {
 	if isUnclean(key) {
 		s.unclean--
 	}
+	s.size -= len(old.Key) + len(old.Value)
 	for pattern, idx := range s.byValue {
 		if matchIndexed(pattern, key) {
 			idx.Delete(old)
@@ -177,7 +185,7 @@ func (s *Store) Clone() *Store {
 			}
 		}
 	}
-	c := &Store{t: s.t.Clone(), unclean: s.unclean, asked: s.asked}
+	c := &Store{t: s.t.Clone(), unclean: s.unclean, size: s.size, asked: s.asked}
 	if len(s.byValue) > 0 {
 		c.byValue = make(map[string]*btree.BTreeG[KVPair], len(s.byValue))
 		for p, idx := range s.byValue {

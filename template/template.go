@@ -255,6 +255,13 @@ func (t *Template) state() (*execState, error) {
 // of the output: render into a buffer (Render) when that matters. A nil s is
 // an empty store.
 func (t *Template) Execute(w io.Writer, s *Store) error {
+	return t.ExecuteData(w, s, nil)
+}
+
+// ExecuteData is Execute with data as the template's dot (Execute's is
+// nil, as confd's): a resource with one output per key gives each its name
+// and key this way.
+func (t *Template) ExecuteData(w io.Writer, s *Store, data any) error {
 	if s == nil {
 		s = NewStore(nil)
 	}
@@ -263,7 +270,7 @@ func (t *Template) Execute(w io.Writer, s *Store) error {
 		return err
 	}
 	st.b.store, st.b.depth, st.b.stack = s, 0, append(st.b.stack[:0], cleanName(t.name))
-	err = st.t.Execute(w, nil)
+	err = st.t.Execute(w, data)
 	st.b.store = nil
 	clear(st.b.includes)
 	t.pool.Put(st)
@@ -283,8 +290,20 @@ func (t *Template) SizeHint(n int) {
 
 // Render renders the template against s and returns the bytes.
 func (t *Template) Render(s *Store) ([]byte, error) {
+	return t.RenderData(s, nil)
+}
+
+// RenderData is Render with data as the template's dot (see ExecuteData).
+func (t *Template) RenderData(s *Store, data any) ([]byte, error) {
 	n := int(t.lastSize.Load())
 	n += n / 16
+	if n == 0 && s != nil {
+		// No output yet and no hint: guess the snapshot's size, which
+		// templates that list their keys come close to. The room is only
+		// reserved: pages it does not fill are never touched, where
+		// growing by doubling touches every size on the way and copies.
+		n = min(s.size+s.size/2, maxSizeGuess)
+	}
 	var b []byte
 	if p := t.spare.Swap(nil); p != nil && cap(*p) >= n {
 		b = (*p)[:0]
@@ -292,12 +311,16 @@ func (t *Template) Render(s *Store) ([]byte, error) {
 		b = make([]byte, 0, n)
 	}
 	buf := bytes.NewBuffer(b)
-	if err := t.Execute(buf, s); err != nil {
+	if err := t.ExecuteData(buf, s, data); err != nil {
 		return nil, err
 	}
 	t.lastSize.Store(int64(buf.Len()))
 	return buf.Bytes(), nil
 }
+
+// maxSizeGuess bounds the room a first render reserves from the size of
+// its snapshot.
+const maxSizeGuess = 64 << 20
 
 // Recycle hands back an output of Render that the caller no longer uses
 // (nor anything it gave it to): a later Render may write over it.

@@ -25,6 +25,12 @@ func TestRun(t *testing.T) {
 		{"peer ratio", `{"name":"r.PeerOnetime/render/keys=10k","unit":"ns/op","value":1e7}
 {"name":"r.PeerOnetime/confd/keys=10k","unit":"ns/op","value":2e8}`, false,
 			[]string{"render 20× ahead of confd (goal ≥ 10× #4: met)"}, nil},
+		{"floor ratio", `{"name":"r.PeerOnetime/render/keys=10k","unit":"ns/op","value":4e7}
+{"name":"r.PeerOnetime/floor/keys=10k","unit":"ns/op","value":2.5e7}`, false,
+			[]string{"render at 1.6× the floor (goal ≤ 1.3× #18: NOT MET)"}, []string{"ahead of floor", "behind floor"}},
+		{"floor ratio met", `{"name":"r.PeerOnetime/render/keys=10k","unit":"ns/op","value":3e7}
+{"name":"r.PeerOnetime/floor/keys=10k","unit":"ns/op","value":2.5e7}`, false,
+			[]string{"render at 1.2× the floor (goal ≤ 1.3× #18: met)"}, nil},
 		{"peer ratio without a size", `{"name":"r.PeerStart/render","unit":"ns/op","value":3e7}
 {"name":"r.PeerStart/confd-fork","unit":"ns/op","value":4.5e7}`, false,
 			[]string{"process start alone (--version); render 1.5× ahead of confd-fork"}, []string{"goal ≥ 10×"}},

@@ -43,6 +43,7 @@ func (o *options) check(set map[string]bool, notifySocket bool) error {
 		needs("exec", "files written (not -noop)", !o.noop),
 		needs("exec-reload-signal", "-exec", o.exec != ""),
 		needs("exec-kill-timeout", "-exec", o.exec != ""),
+		needs("interval", "polling: a running render without -watch (-watch follows each change as it comes)", watching && !o.watch),
 		needs("preflight-timeout", "-preflight", o.preflight),
 		needs("watch-error-backoff", "-watch", o.watch && watching),
 		needs("shutdown-timeout", "a running render (not -onetime, -check-config or -preflight)", watching),

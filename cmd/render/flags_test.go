@@ -253,8 +253,12 @@ func TestEveryFlag(t *testing.T) {
 			dir, dest := lbDir(t, "")
 			mustRender(t, dest, "-node", ep, "-confdir", dir, "-onetime") // returns by itself
 		},
-		"watch":    func(t *testing.T) { followsChange(t, "watch", "-watch") },
-		"interval": func(t *testing.T) { followsChange(t, "interval", "-interval", "1") },
+		"watch": func(t *testing.T) { followsChange(t, "watch", "-watch") },
+		"interval": func(t *testing.T) {
+			followsChange(t, "interval", "-interval", "1")
+			refused(t, "interval", "-node", ep, "-watch", "-interval", "1")
+			refused(t, "interval", "-node", ep, "-onetime", "-interval", "1")
+		},
 		"prefix": func(t *testing.T) {
 			put("/pre/clusterstate/ns/a", "pre 10.0.0.7:80")
 			dir, dest := lbDir(t, "")

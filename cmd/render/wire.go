@@ -103,6 +103,9 @@ func source(o *options) (src render.Source, close func(), err error) {
 // wire builds the runner's configuration from the settings and runs the mode
 // they ask for.
 func wire(ctx context.Context, o *options, set map[string]bool, log *slog.Logger, stdout io.Writer) error {
+	if o.onetime {
+		defer onetimeGC(os.Getenv)()
+	}
 	wait, err := waitSetting(o)
 	if err != nil {
 		return err

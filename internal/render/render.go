@@ -208,7 +208,7 @@ func newRunner(cfg Config) *runner {
 // loadConfig reads conf.d and templates. A file that fails keeps its previous
 // good entry, if any. It reports whether any entry changed, and the errors.
 func (r *runner) loadConfig() (changed bool, errs []error) {
-	names, err := filepath.Glob(filepath.Join(r.cfg.confDir(), "*.toml"))
+	names, err := resources.Files(r.cfg.confDir())
 	if err != nil {
 		return false, []error{err}
 	}
@@ -547,16 +547,20 @@ func (r *runner) exec(ctx context.Context, j job) result {
 		}
 		return result{job: j, err: j.e.res.Reload(rctx, log)}
 	}
+	opts := resources.ApplyOptions{
+		Noop: r.cfg.Noop, Diff: r.cfg.Diff, SyncOnly: r.cfg.SyncOnly, Logger: log,
+		DiffContext: r.cfg.DiffContext, DiffColor: r.cfg.DiffColor, DiffNamesOnly: r.cfg.DiffNamesOnly,
+	}
+	if j.e.res.Per != resources.PerNone {
+		return r.execEach(ctx, j, log, opts)
+	}
 	start := r.now()
 	content, err := j.e.tmpl.Render(j.store)
 	if err != nil {
 		return result{job: j, err: fmt.Errorf("render %s: %w", j.e.res.Name, err)}
 	}
 	log.Debug("template executed", "bytes", len(content), "took", r.now().Sub(start))
-	changed, err := j.e.res.Apply(ctx, content, resources.ApplyOptions{
-		Noop: r.cfg.Noop, Diff: r.cfg.Diff, SyncOnly: r.cfg.SyncOnly, Logger: log,
-		DiffContext: r.cfg.DiffContext, DiffColor: r.cfg.DiffColor, DiffNamesOnly: r.cfg.DiffNamesOnly,
-	})
+	changed, err := j.e.res.Apply(ctx, content, opts)
 	j.e.tmpl.Recycle(content) // Apply keeps nothing of it
 	return result{job: j, changed: changed, err: err}
 }
@@ -639,23 +643,11 @@ func (r *runner) finishEntry(ctx context.Context, res result) {
 			return
 		}
 		r.log.Info("rendered", "resource", name, "dest", e.res.Dest, "rev", r.rev, "noop", r.cfg.Noop)
-		if r.cfg.Changed != nil && !r.cfg.Noop {
-			r.cfg.Changed(name)
-		}
-		if r.cfg.Noop || r.cfg.SyncOnly || e.res.ReloadCmd == "" {
-			return
-		}
-		if !e.reloadWanted {
-			e.reloadSince = now
-		}
-		e.reloadWanted, e.reloadFails = true, 0
-		e.reloadSeq++
-		e.reloadAt = now
-		if mri := e.res.MinReloadInterval; mri > 0 && !e.lastReload.IsZero() && now.Sub(e.lastReload) < mri {
-			e.reloadAt = e.lastReload.Add(mri)
-			r.log.Info("reload deferred by min_reload_interval", "resource", name, "until", e.reloadAt.Format(time.RFC3339Nano))
-		}
+		r.onChange(e, now)
 		return
+	}
+	if res.changed { // some outputs of a resource with several are in place
+		r.onChange(e, now)
 	}
 	if ctx.Err() != nil {
 		e.dirty = true // not a failure of the resource: try again next run
@@ -672,6 +664,28 @@ func (r *runner) finishEntry(ctx context.Context, res result) {
 	e.retryAt = now.Add(wait)
 	r.cfg.Metrics.failed(name)
 	r.log.Error("render failed; will retry", "resource", name, "retry_in", wait, "err", res.err)
+}
+
+// onChange records that e's file (or some of its outputs) changed: the
+// reload it calls for.
+func (r *runner) onChange(e *entry, now time.Time) {
+	name := e.res.Name
+	if r.cfg.Changed != nil && !r.cfg.Noop {
+		r.cfg.Changed(name)
+	}
+	if r.cfg.Noop || r.cfg.SyncOnly || e.res.ReloadCmd == "" {
+		return
+	}
+	if !e.reloadWanted {
+		e.reloadSince = now
+	}
+	e.reloadWanted, e.reloadFails = true, 0
+	e.reloadSeq++
+	e.reloadAt = now
+	if mri := e.res.MinReloadInterval; mri > 0 && !e.lastReload.IsZero() && now.Sub(e.lastReload) < mri {
+		e.reloadAt = e.lastReload.Add(mri)
+		r.log.Info("reload deferred by min_reload_interval", "resource", name, "until", e.reloadAt.Format(time.RFC3339Nano))
+	}
 }
 
 // workers runs jobs off the loop: at most one per destination at a time.
@@ -922,7 +936,7 @@ func (r *runner) resyncAttempts(ctx context.Context) error {
 
 // lastErr re-renders e in memory to name why it failed (Onetime's report).
 func (r *runner) lastErr(e *entry) error {
-	if _, err := e.tmpl.Render(e.store); err != nil {
+	if err := r.renderCheck(e); err != nil {
 		return fmt.Errorf("render %s: %w", e.res.Name, err)
 	}
 	return fmt.Errorf("render %s: failed (see log)", e.res.Name)
@@ -938,7 +952,7 @@ func CheckConfig(ctx context.Context, cfg Config, out io.Writer) error {
 			errs = append(errs, fmt.Errorf("read keys: %w", err))
 		} else {
 			for _, e := range r.sorted() {
-				if _, err := e.tmpl.Render(e.store); err != nil {
+				if err := r.renderCheck(e); err != nil {
 					errs = append(errs, fmt.Errorf("render %s: %w", e.res.Name, err))
 					continue
 				}
