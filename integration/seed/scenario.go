@@ -362,7 +362,8 @@ func Run(t *testing.T, opts Options) {
 		}
 	}
 
-	// The load balancer: examples/lb's resource and template, for this namespace.
+	// The load balancer: examples/lb's resource and template as they are,
+	// with dest and reload_cmd pointing into the test's directory.
 	lb := filepath.Join(dir, "lb")
 	os.MkdirAll(filepath.Join(lb, "conf.d"), 0o755)
 	os.MkdirAll(filepath.Join(lb, "templates"), 0o755)
@@ -370,12 +371,25 @@ func Run(t *testing.T, opts Options) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.WriteFile(filepath.Join(lb, "templates", "haproxy.cfg.tmpl"), bytes.ReplaceAll(tmpl, []byte("/clusterstate/cruwe_de"), []byte("/clusterstate/demo")), 0o644)
+	os.WriteFile(filepath.Join(lb, "templates", "haproxy.cfg.tmpl"), tmpl, 0o644)
+	example, err := os.ReadFile(filepath.Join(root, "examples/lb/conf.d/haproxy.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	cfg := filepath.Join(lb, "haproxy.cfg")
 	bind := lbtest.FreeAddr(t, "127.0.0.1")
 	resource := func(reload string) {
-		toml := fmt.Sprintf("[template]\nsrc = \"haproxy.cfg.tmpl\"\ndest = %q\nkeys = [ \"/clusterstate/demo\" ]\ncheck_cmd = \"haproxy -c -f {{.src}}\"\nreload_cmd = %q\n", cfg, reload)
-		os.WriteFile(filepath.Join(lb, "conf.d", "haproxy.toml"), []byte(toml), 0o644)
+		var toml []string
+		for _, line := range strings.Split(string(example), "\n") {
+			switch {
+			case strings.HasPrefix(line, "dest = "):
+				line = fmt.Sprintf("dest = %q", cfg)
+			case strings.HasPrefix(line, "reload_cmd = "):
+				line = fmt.Sprintf("reload_cmd = %q", reload)
+			}
+			toml = append(toml, line)
+		}
+		os.WriteFile(filepath.Join(lb, "conf.d", "haproxy.toml"), []byte(strings.Join(toml, "\n")), 0o644)
 	}
 	renderCmd := func(ctx context.Context, extra ...string) *exec.Cmd {
 		args := append([]string{"-backend", "etcdv3", "-node", srv.Endpoint(), "-confdir", lb}, extra...)
