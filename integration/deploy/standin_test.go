@@ -30,9 +30,9 @@ var unitDirs = []string{"/etc/systemd/system", "/lib/systemd/system", "/usr/lib/
 
 // service is what the systemctl stand-in reads from a unit's [Service].
 type service struct {
-	env      []string // Environment= and EnvironmentFile= in order
-	start    string   // ExecStart=
-	reload   []string // ExecReload=
+	env    []string // Environment= and EnvironmentFile= in order
+	start  string   // ExecStart=
+	reload []string // ExecReload=
 }
 
 // systemctlMain is systemctl inside the test's machines, which have no
