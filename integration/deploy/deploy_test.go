@@ -81,6 +81,11 @@ func TestDeployDoc(t *testing.T) {
 					t.Fatalf("%s:%d on %s: %v", docPath, s.line, m.name, err)
 				}
 			}
+		case "poweroff":
+			for _, m := range targets(t, net, s) {
+				m.powerOff()
+				t.Logf("%s:%d: %s powered off (every process killed)", docPath, s.line, m.name)
+			}
 		case "traffic":
 			want := strings.Split(s.target, ",")
 			sort.Strings(want)
@@ -95,8 +100,11 @@ func checkCoverage(t *testing.T, steps []step) {
 	t.Helper()
 	var traffics []string
 	ran := map[string]bool{}
+	poweroff := false
 	for _, s := range steps {
 		switch s.kind {
+		case "poweroff":
+			poweroff = true
 		case "traffic":
 			traffics = append(traffics, s.target)
 		case "run":
@@ -105,8 +113,8 @@ func checkCoverage(t *testing.T, steps []step) {
 			}
 		}
 	}
-	if !slices.Contains(traffics, "worker-1,worker-2") || !slices.Contains(traffics, "worker-1") {
-		t.Fatalf("%s: the marked path must check traffic to both workers and, after the failover, to worker-1 alone; it checks %v", docPath, traffics)
+	if !slices.Contains(traffics, "worker-1,worker-2") || !slices.Contains(traffics, "worker-1") || !poweroff {
+		t.Fatalf("%s: the marked path must check traffic to both workers and, after a worker stops and after one is powered off, to worker-1 alone; it checks %v (power-off: %v)", docPath, traffics, poweroff)
 	}
 	if !ran["lb"] || !(ran["workers"] || ran["worker-1"] && ran["worker-2"]) {
 		t.Fatalf("%s: the marked path must run commands on lb and on the workers; it runs on %v", docPath, ran)

@@ -18,14 +18,15 @@ import (
 //	<!-- deploy-test: file all -->        the block is a file whose first line, "# /path", says where
 //	<!-- deploy-test: traffic worker-1,worker-2 -->   requests through the load balancer reach
 //	                                       exactly the instances on these machines
+//	<!-- deploy-test: poweroff worker-2 -->   every process of the machine is killed at once
 type step struct {
-	kind   string // run, file or traffic
+	kind   string // run, file, traffic or poweroff
 	target string // machine names (comma-separated), "workers" or "all"; traffic: the machines
 	text   string // the block's content
 	line   int    // of the marker in the doc
 }
 
-var marker = regexp.MustCompile(`^<!-- deploy-test: (run|file|traffic) (\S+) -->$`)
+var marker = regexp.MustCompile(`^<!-- deploy-test: (run|file|traffic|poweroff) (\S+) -->$`)
 
 // parseDoc returns the marked steps of a markdown document.
 func parseDoc(doc string) ([]step, error) {
@@ -52,7 +53,7 @@ func parseDoc(doc string) ([]step, error) {
 			continue
 		}
 		s := step{kind: m[1], target: m[2], line: n}
-		if s.kind == "traffic" {
+		if s.kind == "traffic" || s.kind == "poweroff" {
 			steps = append(steps, s)
 			continue
 		}
@@ -105,11 +106,12 @@ func TestParseDoc(t *testing.T) {
 		{
 			name: "run, file and traffic in order",
 			doc: "intro\n<!-- deploy-test: file all -->\n```ini\n# /etc/x.env  (mode 0640)\nA=1\n```\n" +
-				"text\n<!-- deploy-test: run lb,worker-1 -->\n```sh\necho hi\n```\n<!-- deploy-test: traffic worker-1 -->\n",
+				"text\n<!-- deploy-test: run lb,worker-1 -->\n```sh\necho hi\n```\n<!-- deploy-test: traffic worker-1 -->\n<!-- deploy-test: poweroff worker-2 -->\n",
 			want: []step{
 				{kind: "file", target: "all", text: "# /etc/x.env  (mode 0640)\nA=1\n", line: 2},
 				{kind: "run", target: "lb,worker-1", text: "echo hi\n", line: 8},
 				{kind: "traffic", target: "worker-1", line: 12},
+				{kind: "poweroff", target: "worker-2", line: 13},
 			},
 		},
 		{name: "unmarked blocks are not steps", doc: "```sh\nrm -rf /\n```\n"},
