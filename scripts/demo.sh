@@ -173,7 +173,7 @@ machine() { # NAME IP METADATA [extra flags…]
 	id=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 	echo "$id" >"$D/$name.id"
 	mkdir -p "$D/$name"
-	say "\$ bin/scheduler serve --machine-id ${id:0:8}… --public-ip $ip --metadata $md $* (host name $name)"
+	say "\$ bin/scheduler serve --machine-id ${id:0:8}… --public-ip $ip --metadata $md --executor process --data-dir .demo/$name --ttl 3s $* (host name $name)"
 	bg "$name" env -u FLOTILLA_ENDPOINTS -u ETCDCTL_ENDPOINTS unshare --uts sh -c 'hostname "$0" && exec "$@"' "$name" \
 		"$S" serve --machine-id "$id" --public-ip "$ip" --metadata "$md" \
 		--executor process --data-dir "$D/$name" --ttl 3s "$@"
@@ -279,7 +279,7 @@ grep -q "^prefix = \"$NS\"" "$D/lb/conf.d/haproxy.toml" || die "examples/lb/conf
 say "conf.d/haproxy.toml is examples/lb's with dest and reload_cmd pointing into .demo/lb/;"
 say "the template is examples/lb/templates/haproxy.cfg.tmpl as it is (prefix = \"$NS\" in the resource)."
 show cat "$D/lb/conf.d/haproxy.toml"
-say "\$ HAPROXY_BIND=127.0.0.1:$PORT bin/render -backend etcdv3 -node $ENDPOINT -confdir .demo/lb -watch -publish-status"
+say "\$ HAPROXY_BIND=127.0.0.1:$PORT bin/render -backend etcdv3 -node $ENDPOINT -confdir .demo/lb -watch -publish-status -log-level info"
 say "  (-publish-status: render tells etcd which revision haproxy has loaded, so that a stopping"
 say "   instance's announce --withdraw waits until haproxy no longer sends it requests)"
 bg render env HAPROXY_BIND="127.0.0.1:$PORT" "$BIN/render" -backend etcdv3 -node "$ENDPOINT" -confdir "$D/lb" -watch -publish-status -log-level info
