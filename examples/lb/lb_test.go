@@ -6,7 +6,9 @@ import (
 	"context"
 	"flag"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/flotilla/flotilla/internal/render"
@@ -30,7 +32,7 @@ func keys(t *testing.T, dir string) map[string]string {
 	return kvs
 }
 
-func renderResource(t *testing.T, dir string, r *resources.Resource, kvs map[string]string) []byte {
+func renderResource(t *testing.T, dir string, r *resources.Resource, kvs map[string]string, env map[string]string) []byte {
 	t.Helper()
 	m := map[string]string{}
 	for k, v := range kvs {
@@ -43,7 +45,7 @@ func renderResource(t *testing.T, dir string, r *resources.Resource, kvs map[str
 		t.Fatal(err)
 	}
 	tm, err := template.Parse(filepath.Base(r.Src), text, template.Options{
-		Delims: r.Delims, Dir: filepath.Join(dir, "templates"), Getenv: func(string) string { return "" },
+		Delims: r.Delims, Dir: filepath.Join(dir, "templates"), Getenv: func(k string) string { return env[k] },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -78,7 +80,7 @@ func TestExamplesRenderGoldens(t *testing.T) {
 			if r.Prefix != "/clusterstate/demo" {
 				t.Errorf("%s: prefix %q, want the units' namespace /clusterstate/demo", r.Name, r.Prefix)
 			}
-			got := renderResource(t, tc.dir, r, keys(t, tc.dir))
+			got := renderResource(t, tc.dir, r, keys(t, tc.dir), nil)
 			golden := filepath.Join(tc.dir, "testdata", filepath.Base(r.Dest)+".golden")
 			if *update {
 				if err := os.WriteFile(golden, got, 0o644); err != nil {
@@ -93,6 +95,47 @@ func TestExamplesRenderGoldens(t *testing.T) {
 				t.Errorf("%s renders differently from %s:\n%s", r.Name, golden, resources.UnifiedDiff(golden, "rendered", want, got))
 			}
 		})
+	}
+}
+
+// TestHaproxyDebianSettings renders the haproxy template with the settings
+// of Debian's own haproxy.cfg in render's environment (as deploy.md's
+// render.service sets them): each lands in global, and haproxy accepts the
+// file. Unset, they are left out (the golden above).
+func TestHaproxyDebianSettings(t *testing.T) {
+	res, errs := resources.LoadDir("conf.d", resources.LoadOptions{Strict: true, TemplatesDir: "templates"})
+	if len(errs) > 0 || len(res) != 1 {
+		t.Fatalf("conf.d: %d resources, %v", len(res), errs)
+	}
+	env := map[string]string{
+		"HAPROXY_BIND":         "127.0.0.1:8080",
+		"HAPROXY_USER":         "haproxy",
+		"HAPROXY_CHROOT":       "/var/lib/haproxy",
+		"HAPROXY_STATS_SOCKET": "/run/haproxy/admin.sock",
+		"HAPROXY_LOG":          "/dev/log",
+	}
+	got := string(renderResource(t, ".", res[0], keys(t, "."), env))
+	global, rest, _ := strings.Cut(got, "\ndefaults\n")
+	for _, want := range []string{
+		"\n    user haproxy\n", "\n    group haproxy\n", "\n    chroot /var/lib/haproxy\n",
+		"\n    stats socket /run/haproxy/admin.sock mode 660 level admin\n", "\n    log /dev/log local0",
+	} {
+		if !strings.Contains(global+"\n", want) {
+			t.Errorf("global lacks %q:\n%s", want, global)
+		}
+	}
+	if !strings.HasPrefix(rest, "    mode http\n    log global\n") {
+		t.Errorf("defaults do not start with mode http, log global:\n%s", rest)
+	}
+	if _, err := exec.LookPath("haproxy"); err != nil {
+		return
+	}
+	f := filepath.Join(t.TempDir(), "haproxy.cfg")
+	if err := os.WriteFile(f, []byte(got), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("haproxy", "-c", "-f", f).CombinedOutput(); err != nil {
+		t.Errorf("haproxy -c refuses the file: %v\n%s\n%s", err, out, got)
 	}
 }
 

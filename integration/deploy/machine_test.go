@@ -23,7 +23,8 @@ import (
 // private /run (tmpfs), and /etc, /var/lib and /usr/local as overlays of the
 // host's, so that the doc's paths (/etc/flotilla, /etc/confd,
 // /var/lib/flotilla, /usr/local/bin, /etc/machine-id) are this machine's
-// alone and the host's stay untouched.
+// alone and the host's stay untouched. /run/haproxy is made at boot, as the
+// haproxy package's tmpfiles.d entry does on Debian.
 type machine struct {
 	name, ip, netns string
 	holder          *exec.Cmd
