@@ -65,8 +65,19 @@ func TestDeployDoc(t *testing.T) {
 			}
 		}
 	})
+	var load *requests
 	for _, s := range steps {
 		switch s.kind {
+		case "requests":
+			if s.target == "start" {
+				load = startRequests(t, net.byName(t, "lb"))
+				continue
+			}
+			if load == nil {
+				t.Fatalf("%s:%d: requests stop without start", docPath, s.line)
+			}
+			load.stop(t, s.line)
+			load = nil
 		case "file":
 			for _, m := range targets(t, net, s) {
 				writeFile(t, m, s)
@@ -209,6 +220,57 @@ func traffic(t *testing.T, lb *machine, want []string, line int) {
 		return nil
 	})
 	t.Logf("%s:%d: 20 requests through haproxy answered by %v", docPath, line, want)
+}
+
+// requests is a loop of requests through the load balancer, sent from lb
+// one after the other, each answer ("ok" or "error") a line of out.
+type requests struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	out    testmain.SyncBuffer
+}
+
+func startRequests(t *testing.T, lb *machine) *requests {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &requests{cancel: cancel, done: make(chan struct{})}
+	cmd := lb.command(ctx, "/", "sh", "-c", fmt.Sprintf(`while :; do curl -s -f -m 5 -o /dev/null http://%s/ && echo ok || echo error; done`, lb.ip))
+	cmd.Stdout = &r.out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { cmd.Wait(); close(r.done) }()
+	t.Cleanup(func() { cancel(); <-r.done })
+	// Started once the first answer is in.
+	testmain.Eventually(t, time.Minute, 50*time.Millisecond, "first request through haproxy", func() error {
+		if !strings.Contains(r.out.String(), "\n") {
+			return fmt.Errorf("no answer yet")
+		}
+		return nil
+	})
+	return r
+}
+
+// stop ends the loop and fails the test if a request was not answered.
+func (r *requests) stop(t *testing.T, line int) {
+	t.Helper()
+	r.cancel()
+	<-r.done
+	lines := strings.Split(strings.TrimSpace(r.out.String()), "\n")
+	// The last line may be the request the cancellation interrupted.
+	if len(lines) > 1 {
+		lines = lines[:len(lines)-1]
+	}
+	errs := 0
+	for _, l := range lines {
+		if l != "ok" {
+			errs++
+		}
+	}
+	if errs > 0 {
+		t.Fatalf("%s:%d: %d of %d requests through haproxy failed", docPath, line, errs, len(lines))
+	}
+	t.Logf("%s:%d: %d requests through haproxy meanwhile, every one answered", docPath, line, len(lines))
 }
 
 // dumpLogs prints the tails of what ran on m: the stand-in's service logs

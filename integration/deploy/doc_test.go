@@ -19,14 +19,16 @@ import (
 //	<!-- deploy-test: traffic worker-1,worker-2 -->   requests through the load balancer reach
 //	                                       exactly the instances on these machines
 //	<!-- deploy-test: poweroff worker-2 -->   every process of the machine is killed at once
+//	<!-- deploy-test: requests start -->  requests go on through the load balancer, one after
+//	<!-- deploy-test: requests stop -->   the other, from start to stop, and every one is answered
 type step struct {
-	kind   string // run, file, traffic or poweroff
+	kind   string // run, file, traffic, poweroff or requests
 	target string // machine names (comma-separated), "workers" or "all"; traffic: the machines
 	text   string // the block's content
 	line   int    // of the marker in the doc
 }
 
-var marker = regexp.MustCompile(`^<!-- deploy-test: (run|file|traffic|poweroff) (\S+) -->$`)
+var marker = regexp.MustCompile(`^<!-- deploy-test: (run|file|traffic|poweroff|requests) (\S+) -->$`)
 
 // parseDoc returns the marked steps of a markdown document.
 func parseDoc(doc string) ([]step, error) {
@@ -53,7 +55,7 @@ func parseDoc(doc string) ([]step, error) {
 			continue
 		}
 		s := step{kind: m[1], target: m[2], line: n}
-		if s.kind == "traffic" || s.kind == "poweroff" {
+		if s.kind == "traffic" || s.kind == "poweroff" || s.kind == "requests" {
 			steps = append(steps, s)
 			continue
 		}
