@@ -78,10 +78,14 @@ func newNetwork(t *testing.T, names []string, ips map[string]string) *network {
 	if os.Geteuid() != 0 {
 		t.Skip("the machines are namespaces: needs root")
 	}
-	for _, b := range []string{"ip", "nsenter", "unshare", "haproxy", "nginx", "curl"} {
+	// What the doc installs from Debian's packages (make deps).
+	for _, b := range []string{"ip", "nsenter", "unshare", "haproxy", "nginx", "curl", "etcd", "etcdctl"} {
 		if _, err := exec.LookPath(b); err != nil {
 			t.Skipf("needs %s", b)
 		}
+	}
+	if _, err := os.Stat("/lib/systemd/system/haproxy.service"); err != nil {
+		t.Skip("needs Debian's haproxy package (its haproxy.service)")
 	}
 	n := &network{id: fmt.Sprintf("%04x", rand.Uint32()%0xffff)}
 	n.sw = "flt-deploy-" + n.id
