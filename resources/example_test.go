@@ -15,7 +15,7 @@ func ExampleParse() {
 src = "haproxy.cfg.tmpl"
 dest = "/etc/haproxy/haproxy.cfg"
 prefix = "/clusterstate"
-keys = [ "/cruwe_de" ]
+keys = [ "/demo" ]
 check_cmd = "haproxy -c -f {{.src}}"
 reload_cmd = "systemctl reload haproxy.service"
 wait = "50ms:500ms"
@@ -26,14 +26,14 @@ wait = "50ms:500ms"
 	}
 	fmt.Println(r.Src)
 	fmt.Println(r.Keys)
-	fmt.Println(r.Match("/prod/clusterstate/cruwe_de/nginx@1.service"), r.Match("/prod/clusterstate/cruwe_de2/x"))
-	fmt.Println(r.Relative("/prod/clusterstate/cruwe_de/nginx@1.service"))
+	fmt.Println(r.Match("/prod/clusterstate/demo/nginx@1.service"), r.Match("/prod/clusterstate/demo2/x"))
+	fmt.Println(r.Relative("/prod/clusterstate/demo/nginx@1.service"))
 	fmt.Println(r.Wait)
 	// Output:
 	// /etc/confd/templates/haproxy.cfg.tmpl
-	// [/prod/clusterstate/cruwe_de]
+	// [/prod/clusterstate/demo]
 	// true false
-	// /cruwe_de/nginx@1.service
+	// /demo/nginx@1.service
 	// 50ms:500ms
 }
 

@@ -21,12 +21,12 @@ func TestParse(t *testing.T) {
 		wantErr string
 	}{
 		"seed": {
-			text: "[template]\nsrc = \"haproxy.cfg.tmpl\"\ndest = \"/etc/haproxy/haproxy.cfg\"\nkeys = [ \"/clusterstate/cruwe_de\" ]\nreload_cmd = \"echo reloading && systemctl reload haproxy.service\"\n",
+			text: "[template]\nsrc = \"haproxy.cfg.tmpl\"\ndest = \"/etc/haproxy/haproxy.cfg\"\nkeys = [ \"/clusterstate/demo\" ]\nreload_cmd = \"echo reloading && systemctl reload haproxy.service\"\n",
 			check: func(t *testing.T, r *resources.Resource) {
 				if r.Src != "/conf/templates/haproxy.cfg.tmpl" || r.Dest != "/etc/haproxy/haproxy.cfg" {
 					t.Errorf("src/dest = %s %s", r.Src, r.Dest)
 				}
-				if r.Prefix != "/" || len(r.Keys) != 1 || r.Keys[0] != "/clusterstate/cruwe_de" {
+				if r.Prefix != "/" || len(r.Keys) != 1 || r.Keys[0] != "/clusterstate/demo" {
 					t.Errorf("prefix %q keys %q", r.Prefix, r.Keys)
 				}
 				if r.ModeSet || r.UID != -1 || r.GID != -1 {

@@ -173,7 +173,7 @@ machine() { # NAME IP METADATA [extra flags…]
 	id=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 	echo "$id" >"$D/$name.id"
 	mkdir -p "$D/$name"
-	say "\$ bin/scheduler serve --machine-id ${id:0:8}… --public-ip $ip --metadata $md $* (host name $name)"
+	say "\$ bin/scheduler serve --machine-id ${id:0:8}… --public-ip $ip --metadata $md --executor process --data-dir .demo/$name --ttl 3s $* (host name $name)"
 	bg "$name" env -u FLOTILLA_ENDPOINTS -u ETCDCTL_ENDPOINTS unshare --uts sh -c 'hostname "$0" && exec "$@"' "$name" \
 		"$S" serve --machine-id "$id" --public-ip "$ip" --metadata "$md" \
 		--executor process --data-dir "$D/$name" --ttl 3s "$@"
@@ -248,7 +248,7 @@ fi
 
 # ----------------------------------------------------------------- lb ----
 step "4. The load balancer on lb-1: render (confd's drop-in) writes haproxy.cfg and reloads haproxy"
-sed "s#/clusterstate/cruwe_de#$NS#g" examples/lb/templates/haproxy.cfg.tmpl >"$D/lb/templates/haproxy.cfg.tmpl"
+cp examples/lb/templates/haproxy.cfg.tmpl "$D/lb/templates/haproxy.cfg.tmpl"
 cat >"$D/lb/reload-haproxy" <<EOF
 #!/bin/sh
 # Reload the demo's master-worker haproxy: SIGUSR2, then wait for the master's
@@ -271,19 +271,15 @@ done
 grep 'Loading ' "\$log" | tail -n 1 | grep -q success && echo "haproxy reloaded"
 EOF
 chmod +x "$D/lb/reload-haproxy"
-cat >"$D/lb/conf.d/haproxy.toml" <<EOF
-# examples/lb/conf.d/haproxy.toml, with the demo's paths
-[template]
-src = "haproxy.cfg.tmpl"
-dest = "$D/lb/haproxy.cfg"
-keys = [ "$NS" ]
-check_cmd = "haproxy -c -f {{.src}}"
-reload_cmd = "$D/lb/reload-haproxy"
-EOF
+# examples/lb/conf.d/haproxy.toml with the demo's dest and reload_cmd; its
+# prefix (the namespace the units announce under) stays as it is.
+sed -e "s#^dest = .*#dest = \"$D/lb/haproxy.cfg\"#" -e "s#^reload_cmd = .*#reload_cmd = \"$D/lb/reload-haproxy\"#" \
+	examples/lb/conf.d/haproxy.toml >"$D/lb/conf.d/haproxy.toml"
+grep -q "^prefix = \"$NS\"" "$D/lb/conf.d/haproxy.toml" || die "examples/lb/conf.d/haproxy.toml does not read $NS"
 say "conf.d/haproxy.toml is examples/lb's with dest and reload_cmd pointing into .demo/lb/;"
-say "the template is examples/lb/templates/haproxy.cfg.tmpl reading $NS instead of /clusterstate/cruwe_de."
+say "the template is examples/lb/templates/haproxy.cfg.tmpl as it is (prefix = \"$NS\" in the resource)."
 show cat "$D/lb/conf.d/haproxy.toml"
-say "\$ HAPROXY_BIND=127.0.0.1:$PORT bin/render -backend etcdv3 -node $ENDPOINT -confdir .demo/lb -watch -publish-status"
+say "\$ HAPROXY_BIND=127.0.0.1:$PORT bin/render -backend etcdv3 -node $ENDPOINT -confdir .demo/lb -watch -publish-status -log-level info"
 say "  (-publish-status: render tells etcd which revision haproxy has loaded, so that a stopping"
 say "   instance's announce --withdraw waits until haproxy no longer sends it requests)"
 bg render env HAPROXY_BIND="127.0.0.1:$PORT" "$BIN/render" -backend etcdv3 -node "$ENDPOINT" -confdir "$D/lb" -watch -publish-status -log-level info

@@ -182,12 +182,14 @@ func put(t *testing.T, c *store.Client, k, v string) {
 	}
 }
 
-func confdir(t *testing.T, resource, tmpl string, replace ...string) (dir string) {
+// confdir copies one resource of the example confdir sub (under examples/lb)
+// and its template, each replace pair applied to the resource.
+func confdir(t *testing.T, sub, resource, tmpl string, replace ...string) (dir string) {
 	t.Helper()
 	dir = t.TempDir()
 	os.MkdirAll(filepath.Join(dir, "conf.d"), 0o755)
 	os.MkdirAll(filepath.Join(dir, "templates"), 0o755)
-	res := read(filepath.Join(examples, "conf.d", resource))
+	res := read(filepath.Join(examples, sub, "conf.d", resource))
 	for i := 0; i+1 < len(replace); i += 2 {
 		if !strings.Contains(res, replace[i]) {
 			t.Fatalf("%s has no %q", resource, replace[i])
@@ -195,7 +197,7 @@ func confdir(t *testing.T, resource, tmpl string, replace ...string) (dir string
 		res = strings.Replace(res, replace[i], replace[i+1], 1)
 	}
 	os.WriteFile(filepath.Join(dir, "conf.d", resource), []byte(res), 0o644)
-	os.WriteFile(filepath.Join(dir, "templates", tmpl), []byte(read(filepath.Join(examples, "templates", tmpl))), 0o644)
+	os.WriteFile(filepath.Join(dir, "templates", tmpl), []byte(read(filepath.Join(examples, sub, "templates", tmpl))), 0o644)
 	return dir
 }
 
@@ -212,13 +214,13 @@ func TestHaproxy(t *testing.T) {
 	t.Setenv("HAPROXY_BIND", bind)
 	work := t.TempDir()
 	cfg, pidfile := filepath.Join(work, "haproxy.cfg"), filepath.Join(work, "haproxy.pid")
-	dir := confdir(t, "haproxy.toml", "haproxy.cfg.tmpl",
+	dir := confdir(t, ".", "haproxy.toml", "haproxy.cfg.tmpl",
 		`dest = "/etc/haproxy/haproxy.cfg"`, fmt.Sprintf("dest = %q", cfg),
 		`reload_cmd = "echo reloading && systemctl reload haproxy.service"`,
 		// Nothing to reload before the test starts haproxy; then USR2 to its master.
 		fmt.Sprintf(`reload_cmd = "test -s %[1]s || exit 0; echo reloading && kill -USR2 $(cat %[1]s)"`, pidfile))
-	put(t, c, "/clusterstate/cruwe_de/nginx@1.service", "host1 "+b1)
-	put(t, c, "/clusterstate/cruwe_de/nginx@2.service", "host2 "+b2)
+	put(t, c, "/clusterstate/demo/nginx@1.service", "host1 "+b1)
+	put(t, c, "/clusterstate/demo/nginx@2.service", "host2 "+b2)
 	logs := &syncBuf{}
 	runRender(t, dir, srv, logs)
 	eventually(t, "haproxy.cfg rendered", func() bool { return strings.Contains(read(cfg), "server host2 "+b2+" check") })
@@ -234,7 +236,7 @@ func TestHaproxy(t *testing.T) {
 	// A bad announcement: haproxy -c rejects the staged file; the live file
 	// and the running haproxy stay as they were.
 	good := read(cfg)
-	put(t, c, "/clusterstate/cruwe_de/nginx@9.service", "host9 not-an-address:xx")
+	put(t, c, "/clusterstate/demo/nginx@9.service", "host9 not-an-address:xx")
 	eventually(t, "check_cmd rejecting the bad config", func() bool { return strings.Contains(logs.String(), "render failed") })
 	if read(cfg) != good {
 		t.Fatal("a config haproxy rejected replaced the live file")
@@ -247,9 +249,9 @@ func TestHaproxy(t *testing.T) {
 	}
 
 	// Fixed, and a third backend: rendered, checked, reloaded; traffic reaches it.
-	c.Delete(context.Background(), "/clusterstate/cruwe_de/nginx@9.service")
+	c.Delete(context.Background(), "/clusterstate/demo/nginx@9.service")
 	start := time.Now()
-	put(t, c, "/clusterstate/cruwe_de/nginx@3.service", "host3 "+b3)
+	put(t, c, "/clusterstate/demo/nginx@3.service", "host3 "+b3)
 	eventually(t, "third backend rendered", func() bool { return strings.Contains(read(cfg), "server host3 "+b3+" check") })
 	t.Logf("put → file in %s (includes the delete's render)", time.Since(start))
 	eventually(t, "haproxy reloaded onto the third backend", func() bool {
@@ -291,12 +293,11 @@ http {
     include %[3]s;
 }
 `, user, work, upstream)), 0o644)
-	dir := confdir(t, "nginx.toml", "nginx-upstream.conf.tmpl",
+	dir := confdir(t, "nginx", "nginx.toml", "nginx-upstream.conf.tmpl",
 		`dest = "/etc/nginx/conf.d/upstream.conf"`, fmt.Sprintf("dest = %q", upstream),
 		`reload_cmd = "nginx -s reload"`, fmt.Sprintf(`reload_cmd = "nginx -s reload -c %s"`, main))
 	announce := func(n int, addr, host string) {
-		put(t, c, fmt.Sprintf("/clusterstate/demo/nginx@%d.service", n),
-			fmt.Sprintf(`{"host":%q,"addr":%q,"unit":"nginx@%d.service","machine":"m%d"}`, host, addr, n, n))
+		put(t, c, fmt.Sprintf("/clusterstate/demo/nginx@%d.service", n), host+" "+addr)
 	}
 	announce(1, b1, "Worker-1")
 	logs := &syncBuf{}
@@ -315,7 +316,7 @@ http {
 
 	// An announcement nginx rejects (bad address) leaves the live upstream.
 	good := read(upstream)
-	put(t, c, "/clusterstate/demo/nginx@3.service", `{"host":"bad","addr":"bad address:80","unit":"x","machine":"m"}`)
+	put(t, c, "/clusterstate/demo/nginx@3.service", "bad bad-address:80x")
 	eventually(t, "nginx -t rejecting", func() bool { return strings.Contains(logs.String(), "render failed") })
 	if read(upstream) != good {
 		t.Fatal("a fragment nginx -t rejected replaced the live upstream")

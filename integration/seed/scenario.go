@@ -411,12 +411,25 @@ func (c *cluster) startLB(ctx context.Context, root, endpoint, ip1, ip2 string) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.WriteFile(filepath.Join(dir, "templates", "haproxy.cfg.tmpl"), bytes.ReplaceAll(tmpl, []byte("/clusterstate/cruwe_de"), []byte("/clusterstate/demo")), 0o644)
+	os.WriteFile(filepath.Join(dir, "templates", "haproxy.cfg.tmpl"), tmpl, 0o644)
+	example, err := os.ReadFile(filepath.Join(root, "examples/lb/conf.d/haproxy.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	lb := &loadBalancer{cfg: filepath.Join(dir, "haproxy.cfg")}
 	bind := lbtest.FreeAddr(t, "127.0.0.1")
 	resource := func(reload string) {
-		toml := fmt.Sprintf("[template]\nsrc = \"haproxy.cfg.tmpl\"\ndest = %q\nkeys = [ \"/clusterstate/demo\" ]\ncheck_cmd = \"haproxy -c -f {{.src}}\"\nreload_cmd = %q\n", lb.cfg, reload)
-		os.WriteFile(filepath.Join(dir, "conf.d", "haproxy.toml"), []byte(toml), 0o644)
+		var toml []string
+		for _, line := range strings.Split(string(example), "\n") {
+			switch {
+			case strings.HasPrefix(line, "dest = "):
+				line = fmt.Sprintf("dest = %q", lb.cfg)
+			case strings.HasPrefix(line, "reload_cmd = "):
+				line = fmt.Sprintf("reload_cmd = %q", reload)
+			}
+			toml = append(toml, line)
+		}
+		os.WriteFile(filepath.Join(dir, "conf.d", "haproxy.toml"), []byte(strings.Join(toml, "\n")), 0o644)
 	}
 	renderCmd := func(ctx context.Context, extra ...string) *exec.Cmd {
 		args := append([]string{"-backend", "etcdv3", "-node", endpoint, "-confdir", dir}, extra...)

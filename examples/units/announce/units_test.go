@@ -232,14 +232,14 @@ func TestSeedWebCommandRuns(t *testing.T) {
 	}
 	pgid := cmd.Process.Pid
 	defer syscall.Kill(-pgid, syscall.SIGKILL)
-	kv := waitKey(t, c, "/clusterstate/cruwe_de/seed-web@1.service", true)
+	kv := waitKey(t, c, "/clusterstate/demo/seed-web@1.service", true)
 	hostname, _ := os.Hostname()
 	if host, addr, ok := strings.Cut(string(kv.Value), " "); !ok || host != hostname || !strings.HasSuffix(addr, ":8080") {
 		t.Fatalf("announced %q, want \"%s <route ip>:8080\"", kv.Value, hostname)
 	}
 	// Unit stop: SIGTERM to the cgroup (here the process group), then ExecStopPost.
 	syscall.Kill(-pgid, syscall.SIGTERM)
-	waitKey(t, c, "/clusterstate/cruwe_de/seed-web@1.service", false)
+	waitKey(t, c, "/clusterstate/demo/seed-web@1.service", false)
 	stop := command(t, f, "seed-web@1.service", "ExecStopPost", "web1", nil)
 	del := exec.Command(bin, stop[1:]...)
 	del.Env = append(os.Environ(), "ANNOUNCE_ENDPOINTS="+srv.Endpoint())
