@@ -43,6 +43,7 @@ import (
 	"github.com/flotilla/flotilla/internal/process"
 	"github.com/flotilla/flotilla/internal/registry"
 	"github.com/flotilla/flotilla/internal/store"
+	"github.com/flotilla/flotilla/internal/unit"
 )
 
 // Options configures an Agent.
@@ -100,8 +101,10 @@ type Agent struct {
 	started    map[string]string // hash each launched unit was last started with
 	failed     map[string]string // units the executor refused, with the error
 	bodies     map[string][]byte
-	fencedBody map[string]bool        // by hash: the body asks OnDisconnect=stop
-	leases     map[store.LeaseID]bool // presence leases of this machine (this run's, the previous run's)
+	fencedBody map[string]bool               // by hash: the body asks OnDisconnect=stop
+	policies   map[string]unit.FailurePolicy // by hash
+	fails      map[string]*failState         // by unit: the failure policy's bookkeeping
+	leases     map[store.LeaseID]bool        // presence leases of this machine (this run's, the previous run's)
 
 	// fenceMu is held across starting a fenced unit and across a fencing
 	// pass, so that no fenced unit starts past its deadline unseen.
@@ -151,6 +154,8 @@ func New(opts Options) (*Agent, error) {
 		failed:     map[string]string{},
 		bodies:     map[string][]byte{},
 		fencedBody: map[string]bool{},
+		policies:   map[string]unit.FailurePolicy{},
+		fails:      map[string]*failState{},
 		leases:     map[store.LeaseID]bool{},
 		fenced:     map[string]bool{},
 		held:       map[string]bool{},

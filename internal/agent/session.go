@@ -278,6 +278,7 @@ func (s *session) apply(ctx context.Context, name string) {
 	case !want:
 		delete(a.started, name)
 		delete(a.failed, name)
+		delete(a.fails, name)
 		if err := a.ex.Remove(ctx, name); err != nil {
 			log.Error("remove unit", "err", err)
 			return
@@ -322,6 +323,7 @@ func (s *session) apply(ctx context.Context, name string) {
 		log.Info("unit started", "hash", registry.ShortHash(as.Hash))
 	default: // loaded: installed here, not running
 		delete(a.failed, name)
+		a.resetFailures(name)
 		if _, ok := a.started[name]; ok {
 			delete(a.started, name)
 			if err := a.ex.Stop(ctx, name); err != nil {
@@ -378,6 +380,7 @@ func (s *session) report(ctx context.Context) {
 		a.log.Error("read unit states", "err", err)
 		return
 	}
+	s.handleFailed(ctx, states)
 	now := map[string]registry.UnitState{}
 	for name, as := range s.desired {
 		st, ok := states[name]
@@ -393,6 +396,7 @@ func (s *session) report(ctx context.Context) {
 		if msg, bad := a.failed[name]; bad {
 			us.Load, us.Active, us.Sub, us.Message = "error", "failed", "failed", msg
 		}
+		a.failureReport(name, &us)
 		now[name] = us
 	}
 	for name, st := range states {

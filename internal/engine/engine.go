@@ -275,7 +275,7 @@ func (e *Engine) lead(ctx context.Context, lead *store.Leadership) error {
 func (e *Engine) relevant(key string) bool {
 	rest := strings.TrimPrefix(key, e.reg.Prefix())
 	switch {
-	case strings.HasPrefix(rest, "jobs/"), strings.HasPrefix(rest, "machines/"), plannedChange(rest):
+	case strings.HasPrefix(rest, "jobs/"), strings.HasPrefix(rest, "machines/"), plannedChange(rest), failureChange(rest):
 		return true
 	case strings.HasPrefix(rest, "states/"):
 		rest = strings.TrimPrefix(rest, "states/")
@@ -614,7 +614,7 @@ func (e *Engine) plan(snap *registry.Snapshot) plan {
 			p.unplaced[name] = fmt.Sprintf("unit file: %v", pu.err)
 			continue
 		}
-		u := schedule.Unit{Name: name, Fleet: pu.file.Fleet}
+		u := schedule.Unit{Name: name, Fleet: pu.file.Fleet, Avoid: avoided(snap, name)}
 		fenced := pu.file.Flotilla.Fenced()
 		stay := false
 		for _, m := range snap.Targets(name) {
