@@ -145,7 +145,11 @@ func (e *Executor) Start(ctx context.Context, spec executor.Spec) error {
 	cur := e.units[spec.Name]
 	e.mu.Unlock()
 	if cur != nil && !cur.finished() && cur.spec.Hash == spec.Hash {
-		return nil
+		// Running, or failed/dead with its lifecycle still returning (its
+		// state is set before it ends): only the former is left alone.
+		if st := cur.getState(); st.Active != "failed" && st.Active != "inactive" {
+			return nil
+		}
 	}
 	if cur != nil {
 		if err := cur.stop(ctx); err != nil {
