@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/flotilla/flotilla/internal/agent"
 	"github.com/flotilla/flotilla/internal/engine"
 	"github.com/flotilla/flotilla/internal/etcdtest"
 	"github.com/flotilla/flotilla/internal/registry"
@@ -132,4 +133,72 @@ func leaseOf(ctx context.Context, t *testing.T, reg *registry.Registry, key stri
 		t.Fatalf("get %s: found %v, %v", key, found, err)
 	}
 	return kv.Lease
+}
+
+// An agent told at shutdown that it is being restarted (Handover, the
+// systemd executor's AgentRestarting) leaves its units running and its
+// presence in place for the next run, which takes them over without a
+// restart; fenced units stop with it.
+func TestHandoverKeepsUnits(t *testing.T) {
+	srv := etcdtest.New(t)
+	reg := registry.New(srv.Client(), "/h/")
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	ex := newExecutor(t, dir)
+	pids := filepath.Join(dir, "pids")
+	free := []byte(fmt.Sprintf("[Service]\nExecStart=/bin/sh -c 'echo $$$$ >> %s; exec sleep 1000'\n", pids))
+	fenced := []byte("[Service]\nExecStart=/bin/sleep 1000\n[X-Flotilla]\nOnDisconnect=stop\n")
+	launch(ctx, t, reg, "m1", "free.service", free)
+	launch(ctx, t, reg, "m1", "fenced.service", fenced)
+	m := registry.Machine{ID: "m1", IP: "127.0.0.1"}
+	run := func(handover bool) func() error {
+		a, err := agent.New(agent.Options{
+			Registry: reg, Executor: ex, TTL: 5 * time.Second, PollInterval: 200 * time.Millisecond, Machine: m,
+			EnvFile: filepath.Join(dir, "machine.env"), LeaseFile: filepath.Join(dir, "presence.lease"),
+			Handover: func(context.Context) bool { return handover },
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		actx, stop := context.WithCancel(ctx)
+		var g errgroup.Group
+		g.Go(func() error { return a.Run(actx) })
+		return func() error { stop(); return g.Wait() }
+	}
+	running := func(name string) bool {
+		st, _ := ex.States(ctx)
+		return st[name].Active == "active"
+	}
+	stop := run(true)
+	eventually(t, "both units running", func() bool { return running("free.service") && running("fenced.service") })
+	first := readPID(pids)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if !running("free.service") || !alive(first) {
+		t.Fatal("the unfenced unit stopped with an agent that hands over")
+	}
+	if st, _ := ex.States(ctx); st["fenced.service"].Active == "active" {
+		t.Error("the fenced unit kept running past its agent")
+	}
+	if s, err := reg.Snapshot(ctx); err != nil || s.Machines["m1"].ID != "m1" {
+		t.Errorf("presence after a handover: %v, %v; want kept for the next run", s.Machines, err)
+	}
+	// The next run (no handover this time) takes over at once: the same
+	// process, the fenced unit started again.
+	stop = run(false)
+	eventually(t, "the fenced unit started again", func() bool { return running("fenced.service") })
+	if p := readPID(pids); p != first || !alive(first) {
+		t.Errorf("the unfenced unit was restarted by the next run: pid %d, then %d", first, p)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if running("free.service") || alive(first) {
+		t.Error("a plain shutdown left the unit running")
+	}
+	if s, _ := reg.Snapshot(ctx); len(s.Machines) != 0 {
+		t.Errorf("presence after a shutdown: %v", s.Machines)
+	}
 }

@@ -57,8 +57,13 @@ func (a *Agent) session(ctx context.Context) (registered bool, err error) {
 	defer func() {
 		if ctx.Err() != nil {
 			// A shutdown: units stop before the presence key goes, so that
-			// the engine never sees this machine gone while they run.
-			a.stopAll()
+			// the engine never sees this machine gone while they run. A
+			// restart (handover) keeps both for the next run.
+			a.shutdown()
+			if a.handingOver() {
+				lease.Abandon()
+				return
+			}
 			lease.Close()
 			return
 		}
@@ -292,7 +297,8 @@ func (s *session) apply(ctx context.Context, name string) {
 		body, err := s.body(ctx, as.Hash)
 		if err == nil {
 			spec := executor.Spec{Name: name, Body: body, Hash: as.Hash, EnvFile: a.opts.EnvFile, Env: a.env}
-			if a.isFenced(name, as.Hash, body) {
+			spec.Fenced = a.isFenced(name, as.Hash, body)
+			if spec.Fenced {
 				a.fenceMu.Lock()
 				if a.fenceExpired() {
 					a.fenceMu.Unlock()
