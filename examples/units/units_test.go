@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 	"github.com/flotilla/flotilla/internal/executor"
 	"github.com/flotilla/flotilla/internal/lbtest"
 	"github.com/flotilla/flotilla/internal/process"
+	"github.com/flotilla/flotilla/internal/store"
 	"github.com/flotilla/flotilla/internal/systemdtest"
 	"github.com/flotilla/flotilla/internal/unit"
 )
@@ -277,14 +279,80 @@ func TestNginxUnitUnderSystemd(t *testing.T) {
 		t.Errorf("prefetch.service (Wants= of nginx@) not active: %q %v", out, err)
 	}
 
-	if out, err := m.Systemctl(ctx, "stop", "nginx@1.service"); err != nil {
-		t.Fatal(err, out)
+	// The graceful stop, in order: the key is withdrawn (ExecStop= announce
+	// --withdraw) while nginx still answers, and only then nginx quits.
+	withdrawn, lastOK := stopInOrder(ctx, t, c, key, h, func() {
+		if out, err := m.Systemctl(ctx, "stop", "nginx@1.service"); err != nil {
+			t.Fatal(err, out)
+		}
+	})
+	if withdrawn.IsZero() || !lastOK.After(withdrawn) {
+		t.Errorf("stop order: key deleted at %s, nginx last answered at %s: want the withdrawal first, nginx answering after it\n%s",
+			withdrawn.Format(time.StampMicro), lastOK.Format(time.StampMicro), status())
 	}
-	waitKey(t, ctx, func() (string, bool) {
-		_, found, _, err := c.Get(ctx, key)
-		return "", !found && err == nil
-	}, "", status)
+	t.Logf("key withdrawn, nginx answered %s more", lastOK.Sub(withdrawn).Round(time.Millisecond))
+	if _, found, _, err := c.Get(ctx, key); found || err != nil {
+		t.Errorf("key still there after stop (%v)", err)
+	}
 	if _, err := h.One(ctx); err == nil {
 		t.Errorf("nginx@1 still answers after stop\n%s", status())
 	}
+	if out, _ := m.Systemctl(ctx, "show", "-p", "Result", "nginx@1.service"); strings.TrimSpace(out) != "Result=success" {
+		t.Errorf("nginx@1 stop: %s (a stop past TimeoutStopSec, or a kill, is not success)\n%s", out, status())
+	}
+}
+
+// stopInOrder runs stop while watching key and asking nginx (h) without
+// pause; it returns when the key's delete was seen and the last time nginx
+// answered 200 before stop returned.
+func stopInOrder(ctx context.Context, t *testing.T, c *store.Client, key string, h lbtest.Hammer, stop func()) (withdrawn, lastOK time.Time) {
+	t.Helper()
+	_, _, rev, err := c.Get(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := c.WatchPrefix(ctx, key, rev+1)
+	defer w.Close()
+	done := make(chan struct{})
+	var ask sync.WaitGroup
+	ask.Add(1)
+	go func() {
+		defer ask.Done()
+		client := &http.Client{Timeout: 2 * time.Second}
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			resp, err := client.Get(h.URL)
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					lastOK = time.Now()
+				}
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	watched := make(chan time.Time, 1)
+	go func() {
+		for b := range w.C {
+			for _, ev := range b.Events {
+				if ev.Type == store.EventDelete && ev.KV.Key == key {
+					watched <- time.Now()
+					return
+				}
+			}
+		}
+		close(watched)
+	}()
+	stop()
+	close(done)
+	ask.Wait()
+	select {
+	case withdrawn = <-watched:
+	case <-ctx.Done():
+	}
+	return withdrawn, lastOK
 }
