@@ -71,4 +71,3 @@ func TestFailedUnitMovesUnderSystemd(t *testing.T) {
 		t.Errorf("schedule %v, want m2", s.Schedule[name])
 	}
 }
-
