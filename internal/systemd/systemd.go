@@ -66,7 +66,10 @@
 // Restart= is systemd's: a unit that fails and is restarted by systemd goes
 // through "activating/auto-restart" and back to "active/running"; the
 // executor reports those states and does nothing else, so the engine never
-// moves a unit because systemd restarted it.
+// moves a unit because systemd restarted it. A unit systemd leaves failed
+// (Restart=no, or its start limit hit) is the agent's to handle, by the
+// unit's failure policy ([X-Flotilla] RestartFailed=, OnFailed=): Start on a
+// failed unit resets it (reset-failed clears the start limit) and starts it.
 //
 // # Journal
 //
