@@ -64,7 +64,9 @@ func (a *Agent) session(ctx context.Context) (registered bool, err error) {
 				lease.Abandon()
 				return
 			}
-			lease.Close()
+			if err := lease.Close(); err != nil {
+				a.log.Warn("revoke presence lease; the machine leaves when it runs out", "err", err)
+			}
 			return
 		}
 		// Cut off: the lease is gone or unreachable; units keep running.

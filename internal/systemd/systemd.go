@@ -135,9 +135,9 @@ type Options struct {
 	// or $XDG_RUNTIME_DIR/systemd/user for User.
 	UnitDir string
 	// AgentUnit is the agent's own unit name when the agent runs under
-	// systemd; every fenced unit (Spec.Fenced) then gets
-	// AgentDependency=AgentUnit in its drop-in, and AgentRestarting can
-	// tell a restart of the agent from a stop.
+	// systemd (AgentUnitAuto: found by New); every fenced unit
+	// (Spec.Fenced) then gets AgentDependency=AgentUnit in its drop-in, and
+	// AgentRestarting can tell a restart of the agent from a stop.
 	AgentUnit string
 	// AgentDependency is BindsTo (default) or PartOf.
 	AgentDependency string
@@ -195,7 +195,7 @@ func New(ctx context.Context, opts Options) (*Executor, error) {
 	default:
 		return nil, fmt.Errorf("systemd: agent dependency %q: want %s or %s", opts.AgentDependency, BindsTo, PartOf)
 	}
-	if opts.AgentUnit != "" {
+	if opts.AgentUnit != "" && opts.AgentUnit != AgentUnitAuto {
 		if _, err := parseName(opts.AgentUnit); err != nil {
 			return nil, fmt.Errorf("systemd: agent unit: %w", err)
 		}
@@ -247,6 +247,10 @@ func New(ctx context.Context, opts Options) (*Executor, error) {
 	for name := range owned {
 		e.owned[name] = true
 	}
+	if opts.AgentUnit == AgentUnitAuto {
+		e.opts.AgentUnit = ownUnit(ctx, conn)
+		e.log.Debug("agent unit", "unit", e.opts.AgentUnit)
+	}
 	if err := e.subscribe(ctx); err != nil {
 		conn.Close()
 		cancel()
@@ -254,6 +258,20 @@ func New(ctx context.Context, opts Options) (*Executor, error) {
 	}
 	e.log.Debug("connected", "bus", addr, "unit_dir", unitDir, "owned", len(owned))
 	return e, nil
+}
+
+// AgentUnitAuto as Options.AgentUnit makes New find the agent's unit: the
+// service this process runs in, if the manager it talks to runs it; none
+// otherwise (a shell, another manager).
+const AgentUnitAuto = "auto"
+
+// ownUnit returns the service of this manager that runs this process, or "".
+func ownUnit(ctx context.Context, c *sddbus.Conn) string {
+	name, err := c.GetUnitNameByPID(ctx, uint32(os.Getpid()))
+	if err != nil || !strings.HasSuffix(name, ".service") {
+		return ""
+	}
+	return name
 }
 
 // agentUnit is the agent unit spec is bound to: AgentUnit for a fenced
@@ -264,6 +282,9 @@ func (e *Executor) agentUnit(spec executor.Spec) string {
 	}
 	return e.opts.AgentUnit
 }
+
+// AgentUnit returns the agent's unit in effect ("" for none).
+func (e *Executor) AgentUnit() string { return e.opts.AgentUnit }
 
 // AgentRestarting reports whether systemd is restarting the agent's unit
 // (Options.AgentUnit): a job of type restart (systemctl restart, try-restart,

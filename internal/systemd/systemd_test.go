@@ -650,6 +650,10 @@ func TestAgentRestarting(t *testing.T) {
 	os.WriteFile(release, nil, 0o644)
 	until("the agent stopped", func() bool { return systemctl("is-active", "agent.service") == "inactive" })
 
+	// auto finds no unit for a process its manager does not run (this test).
+	if u := en.executor(systemd.Options{AgentUnit: systemd.AgentUnitAuto}).AgentUnit(); u != "" {
+		t.Errorf("AgentUnit auto outside the manager = %q, want none", u)
+	}
 	// Without AgentUnit it never claims a restart.
 	if r, err := en.executor(systemd.Options{}).AgentRestarting(en.ctx); r || err != nil {
 		t.Errorf("AgentRestarting without AgentUnit = %v, %v", r, err)
