@@ -269,7 +269,8 @@ func (e *Engine) lead(ctx context.Context, lead *store.Leadership) error {
 }
 
 // relevant reports whether a change under the prefix calls for a pass:
-// jobs and machines always; a unit's reported state only while the unit
+// jobs, machines, planned change and failure records always; a unit's
+// reported state only while the unit
 // waits to stop somewhere before it may start elsewhere. The engine's own
 // writes (schedule/, unplaced/), bodies and the election do not.
 func (e *Engine) relevant(key string) bool {
