@@ -216,6 +216,9 @@ func newExecutor(ctx context.Context, o serveOptions, log *slog.Logger, m *regis
 		log.Info("executor: systemd", "unit-dir", ex.UnitDir(), "agent-unit", ex.AgentUnit())
 		return ex, nil
 	}
+	if o.agentUnit != systemd.AgentUnitAuto && o.agentUnit != "" {
+		return nil, cmdline.Usagef("--agent-unit %s: only the systemd executor binds units to the agent's unit (this machine runs the process executor, whose units end with the agent)", o.agentUnit)
+	}
 	logs, err := filepath.Abs(filepath.Join(o.dataDir, "logs"))
 	if err != nil {
 		return nil, err

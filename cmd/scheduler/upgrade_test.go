@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -140,5 +141,18 @@ Restart=on-failure
 	}
 	if presence() != 0 {
 		t.Errorf("presence left after systemctl stop of the agent\n%s", journal())
+	}
+}
+
+// TestAgentUnitRefusedWithProcessExecutor: --agent-unit binds nothing under
+// the process executor (its units end with the agent anyway): refused.
+func TestAgentUnitRefusedWithProcessExecutor(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	args := []string{"serve", "--data-dir", t.TempDir(), "--etcd-listen", etcdtest.FreeAddr(t), "--machine-id", "m1",
+		"--executor", "process", "--agent-unit", "flotilla.service"}
+	err := runEnv(ctx, args, func(string) string { return "" }, &bytes.Buffer{}, &syncBuffer{})
+	if err == nil || !strings.Contains(err.Error(), "--agent-unit flotilla.service: only the systemd executor") {
+		t.Errorf("serve %q: %v, want a refusal of --agent-unit", args, err)
 	}
 }
