@@ -84,3 +84,26 @@ func TestFailedUnitMovesAndShows(t *testing.T) {
 		return fmt.Sprintf("status %d, no %s", resp.StatusCode, want), strings.Contains(string(b), want)
 	})
 }
+
+// TestSubmitRefusesBadFailurePolicy: [X-Flotilla] failure policy values
+// are checked at submit, the error naming file and line.
+func TestSubmitRefusesBadFailurePolicy(t *testing.T) {
+	e := newEnv(t)
+	dir := t.TempDir()
+	for name, line := range map[string]string{
+		"count.service":  "RestartFailed=lots",
+		"window.service": "RestartFailedWindow=100ms",
+		"move.service":   "OnFailed=retry",
+		"avoid.service":  "AvoidFailedFor=forever",
+	} {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte("[Service]\nExecStart=/bin/true\n[X-Flotilla]\n"+line+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, _, err := e.run("submit", p)
+		key, _, _ := strings.Cut(line, "=")
+		if err == nil || !strings.Contains(err.Error(), p+":4:") || !strings.Contains(err.Error(), key) {
+			t.Errorf("submit %s: %v, want %s:4: naming %s", line, err, p, key)
+		}
+	}
+}
