@@ -56,29 +56,6 @@ func (r *Registry) ClearFailure(ctx context.Context, unit, machine string) error
 	return nil
 }
 
-// Failures reads every failure record: unit → machine → record. Records
-// that do not decode are left out and returned as errors.
-func (r *Registry) Failures(ctx context.Context) (map[string]map[string]Failure, []error, error) {
-	kvs, _, err := r.c.GetPrefix(ctx, r.FailedPrefix())
-	if err != nil {
-		return nil, nil, fmt.Errorf("read failure records: %w", err)
-	}
-	out := map[string]map[string]Failure{}
-	var bad []error
-	for _, kv := range kvs {
-		f, err := r.decodeFailure(kv.Key, kv.Value)
-		if err != nil {
-			bad = append(bad, err)
-			continue
-		}
-		if out[f.Unit] == nil {
-			out[f.Unit] = map[string]Failure{}
-		}
-		out[f.Unit][f.Machine] = f
-	}
-	return out, bad, nil
-}
-
 func (r *Registry) decodeFailure(key string, value []byte) (Failure, error) {
 	rest := strings.TrimPrefix(key, r.FailedPrefix())
 	i := strings.LastIndexByte(rest, '/')
