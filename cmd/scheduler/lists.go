@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
@@ -67,7 +68,7 @@ func (cl *client) hash(h string) string {
 }
 
 func (cl *client) listUnitsCmd(ctx context.Context, _ []string) error {
-	fields, err := cl.columns([]string{"unit", "machine", "active", "sub", "load", "hash"}, []string{"unit", "machine", "active", "sub"})
+	fields, err := cl.columns([]string{"unit", "machine", "active", "sub", "load", "hash", "restarts", "failed"}, []string{"unit", "machine", "active", "sub"})
 	if err != nil {
 		return err
 	}
@@ -82,10 +83,26 @@ func (cl *client) listUnitsCmd(ctx context.Context, _ []string) error {
 			rows = append(rows, map[string]string{
 				"unit": n, "machine": machineLabel(s.Machines[m], m, cl.o.full),
 				"active": st.Active, "sub": st.Sub, "load": st.Load, "hash": cl.hash(st.Hash),
+				"restarts": strconv.Itoa(st.Restarts), "failed": cl.failedOn(s, n),
 			})
 		}
 	}
 	return cl.print(table{fields: fields}, rows)
+}
+
+// failedOn lists the machines where unit's current body failed for good
+// (failure records of [X-Flotilla] RestartFailed=), "-" if none.
+func (cl *client) failedOn(s *registry.Snapshot, unit string) string {
+	var out []string
+	for _, m := range sortedKeys(s.Failed[unit]) {
+		if f := s.Failed[unit][m]; f.Hash == s.Jobs[unit].Hash {
+			out = append(out, machineLabel(s.Machines[m], m, cl.o.full))
+		}
+	}
+	if len(out) == 0 {
+		return "-"
+	}
+	return strings.Join(out, ",")
 }
 
 func (cl *client) listUnitFilesCmd(ctx context.Context, _ []string) error {

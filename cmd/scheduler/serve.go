@@ -80,7 +80,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	fs.StringVar(&o.publicIP, "public-ip", "", "this machine's public IP (default: the first non-loopback IPv4 address)")
 	fs.StringVar(&o.executor, "executor", "auto", "how units run: auto, systemd or process")
 	fs.BoolVar(&o.systemdUser, "systemd-user", false, "systemd executor: use the user manager instead of the system one")
-	fs.StringVar(&o.agentUnit, "agent-unit", "", "systemd executor: the unit this agent runs as (units get BindsTo= it)")
+	fs.StringVar(&o.agentUnit, "agent-unit", systemd.AgentUnitAuto, "systemd executor: the unit this agent runs as (auto: the service it runs in, if any): a restart of it (an upgrade) leaves the units running for the next run, a stop stops them; fenced units ([X-Flotilla] OnDisconnect=stop) get BindsTo= it")
 	fs.DurationVar(&o.ttl, "ttl", 10*time.Second, "machine presence TTL: a machine silent this long is gone (its units move --move-grace later; they keep running while it is cut off)")
 	fs.DurationVar(&o.moveGrace, "move-grace", engine.DefaultMoveGrace, "engine: how long a gone machine's presence must stay absent, counted while etcd is healthy, before its units move (0: at once; fenced units wait 1s)")
 	fs.DurationVar(&o.enginePeriod, "engine-period", 30*time.Second, "engine: longest time between two reconcile passes")
@@ -154,7 +154,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err := o.store.FromEnv(getenv, "FLOTILLA_ENDPOINTS"); err != nil {
 		return cmdline.Usagef("%v", err)
 	}
-	c, err := store.Open(ctx, o.store)
+	// The client outlives ctx (SIGTERM) until Close: a shutdown still has
+	// to revoke the presence lease and resign the engine's leadership.
+	c, err := store.Open(context.WithoutCancel(ctx), o.store)
 	if err != nil {
 		return err
 	}
@@ -176,7 +178,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	ag, err := agent.New(agent.Options{
 		Registry: reg, Executor: ex, Machine: machine, TTL: o.ttl,
 		EnvFile: filepath.Join(o.dataDir, "machine.env"), LeaseFile: filepath.Join(o.dataDir, "presence.lease"),
-		Logger: log.With("component", "agent"),
+		Logger: log.With("component", "agent"), Handover: handover(ex, log),
 	})
 	if err != nil {
 		return err
@@ -210,8 +212,11 @@ func newExecutor(ctx context.Context, o serveOptions, log *slog.Logger, m *regis
 		if err != nil {
 			return nil, err
 		}
-		log.Info("executor: systemd", "unit-dir", ex.UnitDir())
+		log.Info("executor: systemd", "unit-dir", ex.UnitDir(), "agent-unit", ex.AgentUnit())
 		return ex, nil
+	}
+	if o.agentUnit != systemd.AgentUnitAuto && o.agentUnit != "" {
+		return nil, cmdline.Usagef("--agent-unit %s: only the systemd executor binds units to the agent's unit (this machine runs the process executor, whose units end with the agent)", o.agentUnit)
 	}
 	logs, err := filepath.Abs(filepath.Join(o.dataDir, "logs"))
 	if err != nil {
@@ -224,6 +229,23 @@ func newExecutor(ctx context.Context, o serveOptions, log *slog.Logger, m *regis
 	m.LogDir = logs
 	log.Info("executor: process", "logs", logs)
 	return ex, nil
+}
+
+// handover is the agent's Handover for the systemd executor with
+// --agent-unit: a restart of the agent's unit (an upgrade) keeps the units
+// running for the next run; a stop stops them. nil otherwise.
+func handover(ex executor.Executor, log *slog.Logger) func(context.Context) bool {
+	sd, ok := ex.(*systemd.Executor)
+	if !ok {
+		return nil
+	}
+	return func(ctx context.Context) bool {
+		restarting, err := sd.AgentRestarting(ctx)
+		if err != nil {
+			log.Warn("cannot tell a restart of the agent's unit from a stop; stopping the units", "err", err)
+		}
+		return restarting
+	}
 }
 
 // moveGrace maps the flag to engine.Options.MoveGrace, where zero means the

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 	"github.com/flotilla/flotilla/internal/executor"
 	"github.com/flotilla/flotilla/internal/lbtest"
 	"github.com/flotilla/flotilla/internal/process"
+	"github.com/flotilla/flotilla/internal/store"
 	"github.com/flotilla/flotilla/internal/systemdtest"
 	"github.com/flotilla/flotilla/internal/unit"
 )
@@ -277,14 +279,62 @@ func TestNginxUnitUnderSystemd(t *testing.T) {
 		t.Errorf("prefetch.service (Wants= of nginx@) not active: %q %v", out, err)
 	}
 
-	if out, err := m.Systemctl(ctx, "stop", "nginx@1.service"); err != nil {
-		t.Fatal(err, out)
+	// The graceful stop, in order: the key is withdrawn (ExecStop= announce
+	// --withdraw) while nginx still answers, and only then nginx quits.
+	after := stopInOrder(ctx, t, c, key, h, func() {
+		if out, err := m.Systemctl(ctx, "stop", "nginx@1.service"); err != nil {
+			t.Fatal(err, out)
+		}
+	})
+	if after == 0 {
+		t.Errorf("stop order: nginx never answered once the key was gone: want the withdrawal first, nginx quitting after\n%s", status())
 	}
-	waitKey(t, ctx, func() (string, bool) {
-		_, found, _, err := c.Get(ctx, key)
-		return "", !found && err == nil
-	}, "", status)
+	t.Logf("nginx answered %d times after the key was withdrawn", after)
+	if _, found, _, err := c.Get(ctx, key); found || err != nil {
+		t.Errorf("key still there after stop (%v)", err)
+	}
 	if _, err := h.One(ctx); err == nil {
 		t.Errorf("nginx@1 still answers after stop\n%s", status())
 	}
+	if out, _ := m.Systemctl(ctx, "show", "-p", "Result", "nginx@1.service"); strings.TrimSpace(out) != "Result=success" {
+		t.Errorf("nginx@1 stop: %s (a stop past TimeoutStopSec, or a kill, is not success)\n%s", out, status())
+	}
+}
+
+// stopInOrder runs stop while asking, again and again, first etcd for key
+// and then nginx (h); it returns how many times nginx answered 200 after a
+// read had found the key gone — each one an answer after the withdrawal,
+// whatever the clocks and delays.
+func stopInOrder(ctx context.Context, t *testing.T, c *store.Client, key string, h lbtest.Hammer, stop func()) (after int) {
+	t.Helper()
+	done := make(chan struct{})
+	var ask sync.WaitGroup
+	ask.Add(1)
+	go func() {
+		defer ask.Done()
+		client := &http.Client{Timeout: 2 * time.Second}
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			_, found, _, err := c.Get(ctx, key)
+			if err != nil || found {
+				time.Sleep(5 * time.Millisecond)
+				continue
+			}
+			resp, err := client.Get(h.URL)
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					after++
+				}
+			}
+		}
+	}()
+	stop()
+	close(done)
+	ask.Wait()
+	return after
 }

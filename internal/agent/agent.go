@@ -20,7 +20,10 @@
 // ErrDuplicateMachine, naming the other machine's IP.
 //
 // Run stops every unit when its ctx ends (a deliberate shutdown), then
-// revokes the presence lease. On start, and after every re-registration,
+// revokes the presence lease — unless Options.Handover says the agent is
+// being restarted (an upgrade under systemd): then only fenced units stop,
+// and the units and the presence lease are left to the next run, which
+// takes both over without restarting anything. On start, and after every re-registration,
 // units the executor runs that are not targeted at this machine are stopped
 // and removed.
 package agent
@@ -43,6 +46,7 @@ import (
 	"github.com/flotilla/flotilla/internal/process"
 	"github.com/flotilla/flotilla/internal/registry"
 	"github.com/flotilla/flotilla/internal/store"
+	"github.com/flotilla/flotilla/internal/unit"
 )
 
 // Options configures an Agent.
@@ -67,6 +71,13 @@ type Options struct {
 	// that its next run (a restart, an upgrade) takes over its own presence
 	// key at once instead of waiting for the old lease to expire.
 	LeaseFile string
+	// Handover, if set, is asked once when Run's ctx ends: true means this
+	// agent is being restarted (an upgrade: the systemd executor's
+	// AgentRestarting) and its units stay for the next run. Run then stops
+	// only its fenced units, and leaves the presence lease to the next run
+	// (LeaseFile) instead of revoking it, so that nothing moves. False (or
+	// nil) is a shutdown: every unit stops and the lease is revoked.
+	Handover func(ctx context.Context) bool
 	// Logger receives the agent's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -100,8 +111,10 @@ type Agent struct {
 	started    map[string]string // hash each launched unit was last started with
 	failed     map[string]string // units the executor refused, with the error
 	bodies     map[string][]byte
-	fencedBody map[string]bool        // by hash: the body asks OnDisconnect=stop
-	leases     map[store.LeaseID]bool // presence leases of this machine (this run's, the previous run's)
+	fencedBody map[string]bool               // by hash: the body asks OnDisconnect=stop
+	policies   map[string]unit.FailurePolicy // by hash
+	fails      map[string]*failState         // by unit: the failure policy's bookkeeping
+	leases     map[store.LeaseID]bool        // presence leases of this machine (this run's, the previous run's)
 
 	// fenceMu is held across starting a fenced unit and across a fencing
 	// pass, so that no fenced unit starts past its deadline unseen.
@@ -115,6 +128,9 @@ type Agent struct {
 	// held holds fenced units killed (or not started) for want of a
 	// confirmed renewal: started again once one comes, if still targeted.
 	held map[string]bool
+	// handover is Options.Handover's answer, asked once at shutdown.
+	handover     bool
+	handoverOnce sync.Once
 }
 
 // New checks opts and returns an agent.
@@ -151,6 +167,8 @@ func New(opts Options) (*Agent, error) {
 		failed:     map[string]string{},
 		bodies:     map[string][]byte{},
 		fencedBody: map[string]bool{},
+		policies:   map[string]unit.FailurePolicy{},
+		fails:      map[string]*failState{},
 		leases:     map[store.LeaseID]bool{},
 		fenced:     map[string]bool{},
 		held:       map[string]bool{},
@@ -231,7 +249,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			backoff = 200 * time.Millisecond
 		}
 		if ctx.Err() != nil {
-			a.stopAll()
+			a.shutdown()
 			return nil
 		}
 		if !registered && errors.Is(err, ErrDuplicateMachine) {
@@ -244,7 +262,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			"err", err, "units", a.running(), "fenced", a.fencedCount(), "since", lostAt.Format(time.RFC3339Nano))
 		select {
 		case <-ctx.Done():
-			a.stopAll()
+			a.shutdown()
 			return nil
 		case <-time.After(backoff):
 		}
@@ -376,6 +394,51 @@ func (a *Agent) kill(name string, deadline time.Time) {
 	a.log.Warn("fencing: unit killed (OnDisconnect=stop): no renewal of the presence lease confirmed in time",
 		"unit", name, "deadline", deadline.Format(time.RFC3339Nano), "late", time.Since(deadline).Round(time.Millisecond),
 		"took", time.Since(start).Round(time.Millisecond))
+}
+
+// handingOver reports, asking Options.Handover once, whether this shutdown
+// is a restart whose next run takes the units over.
+func (a *Agent) handingOver() bool {
+	a.handoverOnce.Do(func() {
+		if a.opts.Handover == nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		a.handover = a.opts.Handover(ctx)
+		if a.handover {
+			a.log.Info("agent restarting: units keep running for the next run, which takes over the presence lease; fenced units stop")
+		}
+	})
+	return a.handover
+}
+
+// shutdown ends the units as Run's end requires: all of them, or only the
+// fenced ones when handing over.
+func (a *Agent) shutdown() {
+	if !a.handingOver() {
+		a.stopAll()
+		return
+	}
+	a.fenceMu.Lock()
+	defer a.fenceMu.Unlock()
+	a.mu.Lock()
+	var fenced []string
+	for n := range a.fenced {
+		fenced = append(fenced, n)
+	}
+	clear(a.fenced)
+	a.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), a.opts.StopTimeout)
+	defer cancel()
+	for _, name := range fenced {
+		if err := a.ex.Remove(ctx, name); err != nil {
+			a.log.Error("stop fenced unit", "unit", name, "err", err)
+		} else {
+			a.log.Info("stopped fenced unit (it stops with its agent)", "unit", name)
+		}
+		delete(a.started, name)
+	}
 }
 
 // stopAll stops and removes every unit the executor has.

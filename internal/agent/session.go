@@ -57,9 +57,16 @@ func (a *Agent) session(ctx context.Context) (registered bool, err error) {
 	defer func() {
 		if ctx.Err() != nil {
 			// A shutdown: units stop before the presence key goes, so that
-			// the engine never sees this machine gone while they run.
-			a.stopAll()
-			lease.Close()
+			// the engine never sees this machine gone while they run. A
+			// restart (handover) keeps both for the next run.
+			a.shutdown()
+			if a.handingOver() {
+				lease.Abandon()
+				return
+			}
+			if err := lease.Close(); err != nil {
+				a.log.Warn("revoke presence lease; the machine leaves when it runs out", "err", err)
+			}
 			return
 		}
 		// Cut off: the lease is gone or unreachable; units keep running.
@@ -278,6 +285,7 @@ func (s *session) apply(ctx context.Context, name string) {
 	case !want:
 		delete(a.started, name)
 		delete(a.failed, name)
+		delete(a.fails, name)
 		if err := a.ex.Remove(ctx, name); err != nil {
 			log.Error("remove unit", "err", err)
 			return
@@ -291,7 +299,8 @@ func (s *session) apply(ctx context.Context, name string) {
 		body, err := s.body(ctx, as.Hash)
 		if err == nil {
 			spec := executor.Spec{Name: name, Body: body, Hash: as.Hash, EnvFile: a.opts.EnvFile, Env: a.env}
-			if a.isFenced(name, as.Hash, body) {
+			spec.Fenced = a.isFenced(name, as.Hash, body)
+			if spec.Fenced {
 				a.fenceMu.Lock()
 				if a.fenceExpired() {
 					a.fenceMu.Unlock()
@@ -322,6 +331,7 @@ func (s *session) apply(ctx context.Context, name string) {
 		log.Info("unit started", "hash", registry.ShortHash(as.Hash))
 	default: // loaded: installed here, not running
 		delete(a.failed, name)
+		a.resetFailures(name)
 		if _, ok := a.started[name]; ok {
 			delete(a.started, name)
 			if err := a.ex.Stop(ctx, name); err != nil {
@@ -378,6 +388,7 @@ func (s *session) report(ctx context.Context) {
 		a.log.Error("read unit states", "err", err)
 		return
 	}
+	s.handleFailed(ctx, states)
 	now := map[string]registry.UnitState{}
 	for name, as := range s.desired {
 		st, ok := states[name]
@@ -393,6 +404,7 @@ func (s *session) report(ctx context.Context) {
 		if msg, bad := a.failed[name]; bad {
 			us.Load, us.Active, us.Sub, us.Message = "error", "failed", "failed", msg
 		}
+		a.failureReport(name, &us)
 		now[name] = us
 	}
 	for name, st := range states {

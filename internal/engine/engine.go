@@ -269,13 +269,14 @@ func (e *Engine) lead(ctx context.Context, lead *store.Leadership) error {
 }
 
 // relevant reports whether a change under the prefix calls for a pass:
-// jobs and machines always; a unit's reported state only while the unit
+// jobs, machines, planned change and failure records always; a unit's
+// reported state only while the unit
 // waits to stop somewhere before it may start elsewhere. The engine's own
 // writes (schedule/, unplaced/), bodies and the election do not.
 func (e *Engine) relevant(key string) bool {
 	rest := strings.TrimPrefix(key, e.reg.Prefix())
 	switch {
-	case strings.HasPrefix(rest, "jobs/"), strings.HasPrefix(rest, "machines/"), plannedChange(rest):
+	case strings.HasPrefix(rest, "jobs/"), strings.HasPrefix(rest, "machines/"), plannedChange(rest), failureChange(rest):
 		return true
 	case strings.HasPrefix(rest, "states/"):
 		rest = strings.TrimPrefix(rest, "states/")
@@ -614,7 +615,7 @@ func (e *Engine) plan(snap *registry.Snapshot) plan {
 			p.unplaced[name] = fmt.Sprintf("unit file: %v", pu.err)
 			continue
 		}
-		u := schedule.Unit{Name: name, Fleet: pu.file.Fleet}
+		u := schedule.Unit{Name: name, Fleet: pu.file.Fleet, Avoid: avoided(snap, name)}
 		fenced := pu.file.Flotilla.Fenced()
 		stay := false
 		for _, m := range snap.Targets(name) {

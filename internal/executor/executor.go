@@ -21,6 +21,11 @@ type Spec struct {
 	EnvFile string
 	// Env holds the same facts, for executors that pass them directly.
 	Env map[string]string
+	// Fenced is set when the unit asks to stop with its agent
+	// ([X-Flotilla] OnDisconnect=stop): an executor that can bind the
+	// unit's lifetime to the agent's (systemd's AgentUnit) does so for
+	// these units alone, so that an agent restart leaves the others running.
+	Fenced bool
 }
 
 // State is a unit's state as systemd reports it (and fleet shows it):

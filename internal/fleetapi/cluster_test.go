@@ -139,8 +139,10 @@ func TestClusterThroughAPI(t *testing.T) {
 		{Section: "X-Fleet", Name: "MachineMetadata", Value: "disk=tape"}}}); err != nil {
 		t.Fatal(err)
 	}
-	// A unit that keeps failing on m1, restarted by its agent (Restart=always).
+	// A unit that keeps failing on m1, restarted by its agent (Restart=always,
+	// no start limit: it never ends failed).
 	if _, err := cl.SetUnit(ctx, &fleetapi.Unit{Name: "flappy.service", DesiredState: "launched", Options: []*fleetapi.UnitOption{
+		{Section: "Unit", Name: "StartLimitIntervalSec", Value: "0"},
 		{Section: "Service", Name: "ExecStart", Value: "/bin/sh -c 'sleep 0.5; exit 1'"},
 		{Section: "Service", Name: "Restart", Value: "always"},
 		{Section: "Service", Name: "RestartSec", Value: "1"},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -30,6 +31,7 @@ type Metrics struct {
 	restarts      *prometheus.CounterVec
 
 	unitsDesc, desiredDesc, unplacedDesc, machinesDesc, upDesc, leaderDesc *prometheus.Desc
+	failedDesc, inPlaceDesc                                                *prometheus.Desc
 
 	mu     sync.Mutex
 	leader string
@@ -50,6 +52,11 @@ func newMetrics(s *Server) *Metrics {
 	m.unitsDesc = prometheus.NewDesc("flotilla_units", "Units by current state (as fleet derives it; global units count once per machine reporting them).", []string{"state"}, nil)
 	m.desiredDesc = prometheus.NewDesc("flotilla_units_desired", "Units by desired state.", []string{"state"}, nil)
 	m.unplacedDesc = prometheus.NewDesc("flotilla_unit_unplaced", "1 for each loaded or launched unit the engine could not place, with the reason.", []string{"unit", "reason"}, nil)
+	m.failedDesc = prometheus.NewDesc("flotilla_unit_failed",
+		"1 for each machine where a unit's current body failed with its restart budget used ([X-Flotilla] RestartFailed=); move=\"true\": the machine is avoided (OnFailed=move).",
+		[]string{"unit", "machine", "move"}, nil)
+	m.inPlaceDesc = prometheus.NewDesc("flotilla_unit_failed_restarts",
+		"Restarts in place of a failed unit by its agent within its RestartFailedWindow, as the agent reports them.", []string{"unit", "machine"}, nil)
 	m.machinesDesc = prometheus.NewDesc("flotilla_machines", "Machines present (holding their presence lease).", nil, nil)
 	m.upDesc = prometheus.NewDesc("flotilla_registry_up", "1 when the scheduler state could be read from etcd for this scrape.", nil, nil)
 	m.leaderDesc = prometheus.NewDesc("flotilla_engine_leader", "1 for the machine that leads the engine, as last seen.", []string{"machine"}, nil)
@@ -72,7 +79,7 @@ func (m *Metrics) handler() http.Handler {
 type clusterCollector Metrics
 
 func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.unitsDesc, c.desiredDesc, c.unplacedDesc, c.machinesDesc, c.upDesc, c.leaderDesc} {
+	for _, d := range []*prometheus.Desc{c.unitsDesc, c.desiredDesc, c.unplacedDesc, c.machinesDesc, c.upDesc, c.leaderDesc, c.failedDesc, c.inPlaceDesc} {
 		ch <- d
 	}
 }
@@ -112,6 +119,20 @@ func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for u, why := range v.snap.Unplaced {
 		ch <- prometheus.MustNewConstMetric(m.unplacedDesc, prometheus.GaugeValue, 1, u, why)
+	}
+	for u, ms := range v.snap.Failed {
+		for mach, f := range ms {
+			if j, ok := v.snap.Jobs[u]; ok && j.Hash == f.Hash {
+				ch <- prometheus.MustNewConstMetric(m.failedDesc, prometheus.GaugeValue, 1, u, mach, strconv.FormatBool(f.Move))
+			}
+		}
+	}
+	for u, ms := range v.snap.States {
+		for mach, st := range ms {
+			if st.Restarts > 0 {
+				ch <- prometheus.MustNewConstMetric(m.inPlaceDesc, prometheus.GaugeValue, float64(st.Restarts), u, mach)
+			}
+		}
 	}
 	ch <- prometheus.MustNewConstMetric(m.machinesDesc, prometheus.GaugeValue, float64(len(v.snap.Machines)))
 	m.mu.Lock()

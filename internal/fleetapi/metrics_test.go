@@ -79,3 +79,40 @@ func TestMetricsWatches(t *testing.T) {
 	}
 	wait(`flotilla_unit_restarts_total{machine="m1",unit="r.service"}`, 2)
 }
+
+// TestMetricsFailedUnits: failure records of a unit's current body and the
+// restarts in place its agent reports are gauges; a record of an older body
+// is not.
+func TestMetricsFailedUnits(t *testing.T) {
+	f := newFixture(t)
+	if _, err := f.reg.Submit(f.ctx, "c.service", "h2", []byte("[Service]\nExecStart=/bin/true\n"), registry.ReplaceBody); err != nil {
+		t.Fatal(err)
+	}
+	j, err := f.reg.Job(f.ctx, "c.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rec := range []registry.Failure{
+		{Unit: "c.service", Machine: "m1", Hash: j.Hash, Restarts: 2, Move: true},
+		{Unit: "c.service", Machine: "m3", Hash: j.Hash, Restarts: 2, Move: false},
+		{Unit: "c.service", Machine: "m4", Hash: "older", Restarts: 2, Move: true},
+	} {
+		if err := f.reg.PutFailure(f.ctx, rec, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := registry.UnitState{Hash: j.Hash, Load: "loaded", Active: "activating", Sub: "start-pre", Restarts: 1}
+	if _, err := f.c.Put(f.ctx, f.reg.StateKey("c.service", "m2"), registry.Encode(st), 0); err != nil {
+		t.Fatal(err)
+	}
+	for metric, want := range map[string]float64{
+		`flotilla_unit_failed{machine="m1",move="true",unit="c.service"}`:  1,
+		`flotilla_unit_failed{machine="m3",move="false",unit="c.service"}`: 1,
+		`flotilla_unit_failed{machine="m4",move="true",unit="c.service"}`:  -1, // absent
+		`flotilla_unit_failed_restarts{machine="m2",unit="c.service"}`:     1,
+	} {
+		if got := scrape(t, f.url, metric); got != want {
+			t.Errorf("%s = %v, want %v", metric, got, want)
+		}
+	}
+}

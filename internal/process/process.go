@@ -3,8 +3,11 @@
 // ExecStopPost with systemd's semantics for the "-" prefix, Type=simple,
 // oneshot (with RemainAfterExit) and forking (a "lite" form: the unit is
 // running while any process of its group lives), Restart=on-failure/always
-// with RestartSec, Environment=, EnvironmentFile= and the agent's machine
-// facts file, and systemd specifiers (%n %N %p %i %I %H %m …).
+// with RestartSec and systemd's start rate limit (StartLimitIntervalSec=,
+// StartLimitBurst=, 10s and 5 by default: one start more fails the unit,
+// "start-limit-hit", until the next Start), Environment=, EnvironmentFile=
+// and the agent's machine facts file, and systemd specifiers (%n %N %p %i
+// %I %H %m …).
 //
 // Every run of a unit has its own process group, led by a small guard
 // process. Every process is forked by one dedicated locked OS thread with
@@ -145,7 +148,11 @@ func (e *Executor) Start(ctx context.Context, spec executor.Spec) error {
 	cur := e.units[spec.Name]
 	e.mu.Unlock()
 	if cur != nil && !cur.finished() && cur.spec.Hash == spec.Hash {
-		return nil
+		// Running, or failed/dead with its lifecycle still returning (its
+		// state is set before it ends): only the former is left alone.
+		if st := cur.getState(); st.Active != "failed" && st.Active != "inactive" {
+			return nil
+		}
 	}
 	if cur != nil {
 		if err := cur.stop(ctx); err != nil {

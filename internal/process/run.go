@@ -114,7 +114,15 @@ func (r *run) lifecycle() {
 		return
 	}
 	defer logFile.Close()
+	var starts []time.Time
 	for {
+		if !r.allowStart(&starts) {
+			logf(logFile, name, "Start request repeated too quickly (StartLimitBurst=%d within StartLimitIntervalSec=%s)",
+				r.svc.startLimitBurst, r.svc.startLimitInterval)
+			logf(logFile, name, "Failed with result 'start-limit-hit'.")
+			r.setState("failed", "failed")
+			return
+		}
 		res := r.attempt(logFile)
 		if r.stopRequested() {
 			r.setState("inactive", "dead")
@@ -140,6 +148,29 @@ func (r *run) lifecycle() {
 			return
 		}
 	}
+}
+
+// allowStart applies the start rate limit to one more start: starts holds
+// the times of earlier starts of this run (a new Start, like systemd's
+// reset-failed, begins afresh).
+func (r *run) allowStart(starts *[]time.Time) bool {
+	interval := r.svc.startLimitInterval
+	if interval <= 0 || r.svc.startLimitBurst <= 0 {
+		return true
+	}
+	now := time.Now()
+	kept := (*starts)[:0]
+	for _, t := range *starts {
+		if now.Sub(t) < interval {
+			kept = append(kept, t)
+		}
+	}
+	*starts = kept
+	if len(kept) >= r.svc.startLimitBurst {
+		return false
+	}
+	*starts = append(*starts, now)
+	return true
 }
 
 // attempt runs the unit once, from ExecStartPre to ExecStopPost.

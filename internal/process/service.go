@@ -3,6 +3,7 @@ package process
 import (
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -37,6 +38,47 @@ type service struct {
 	envFiles                  []envFile
 	workDir                   string
 	remain                    bool
+	// The start rate limit (systemd's StartLimitIntervalSec=, 10s, and
+	// StartLimitBurst=, 5): more than burst starts within interval fail
+	// the unit; an interval of 0 disables it.
+	startLimitInterval time.Duration
+	startLimitBurst    int
+}
+
+// startLimit reads a unit's start rate limit: [Unit] StartLimitIntervalSec=
+// and StartLimitBurst= (or their older [Service] StartLimitInterval= and
+// StartLimitBurst=), systemd's defaults when absent.
+func startLimit(f *unit.File) (time.Duration, int, error) {
+	interval, burst := 10*time.Second, 5
+	last := func(section, key string) string {
+		vs := f.Values(section, key)
+		if len(vs) == 0 {
+			return ""
+		}
+		return vs[len(vs)-1]
+	}
+	for _, k := range [][2]string{{"Service", "StartLimitInterval"}, {"Unit", "StartLimitIntervalSec"}} {
+		if v := last(k[0], k[1]); v != "" {
+			d, err := unit.ParseTimespan(v)
+			if err != nil {
+				return 0, 0, fmt.Errorf("unit %s: %s=%s: %v", f.Name.Full, k[1], v, err)
+			}
+			if d == unit.Infinity {
+				d = 0
+			}
+			interval = d
+		}
+	}
+	for _, sec := range []string{"Service", "Unit"} {
+		if v := last(sec, "StartLimitBurst"); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				return 0, 0, fmt.Errorf("unit %s: StartLimitBurst=%s: want a number", f.Name.Full, v)
+			}
+			burst = n
+		}
+	}
+	return interval, burst, nil
 }
 
 // parseService parses spec's body (as the unit named spec.Name) into the
@@ -56,12 +98,18 @@ func parseService(spec executor.Spec, hostname, machineID string, defTimeout tim
 		machineID = spec.Env["FLOTILLA_MACHINE_ID"]
 	}
 	s := f.Service
+	interval, burst, err := startLimit(f)
+	if err != nil {
+		return nil, err
+	}
 	svc := &service{
-		spec:         unit.Specifiers{Name: f.Name, Hostname: hostname, MachineID: machineID},
-		remain:       s.RemainAfterExit,
-		restartSec:   s.RestartSec,
-		startTimeout: s.TimeoutStartSec,
-		stopTimeout:  s.TimeoutStopSec,
+		startLimitInterval: interval,
+		startLimitBurst:    burst,
+		spec:               unit.Specifiers{Name: f.Name, Hostname: hostname, MachineID: machineID},
+		remain:             s.RemainAfterExit,
+		restartSec:         s.RestartSec,
+		startTimeout:       s.TimeoutStartSec,
+		stopTimeout:        s.TimeoutStopSec,
 	}
 	switch s.Type {
 	case "oneshot", "forking":

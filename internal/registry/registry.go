@@ -20,6 +20,9 @@
 //	                             agent, JSON {"hash","load","active","sub"};
 //	                             bound to the agent's presence lease
 //	<p>engine/<lease>            engine leader election (concurrency.Election)
+//	<p>failed/<unit>/<machine>   the unit failed there after its restart budget
+//	                             (see failed.go); written by that machine's
+//	                             agent, bound to a lease that runs out
 //	<p>drain/, moves/, pins/     planned change (drains, move requests, bodies
 //	                             pinned during a rollout): see rollout.go
 //
@@ -168,8 +171,14 @@ type UnitState struct {
 	Load   string `json:"load"`
 	Active string `json:"active"`
 	Sub    string `json:"sub"`
-	// Message says why a unit could not be started, when it could not.
+	// Message says why a unit could not be started, when it could not, or
+	// that it failed for good here.
 	Message string `json:"message,omitempty"`
+	// Restarts is how many times the agent started the failed unit again
+	// on this machine within its RestartFailedWindow.
+	Restarts int `json:"restarts,omitempty"`
+	// GaveUp is set once the unit failed with its restart budget used here.
+	GaveUp bool `json:"gave_up,omitempty"`
 }
 
 // Running reports whether the state means the unit has (or may have)
@@ -200,6 +209,8 @@ type Snapshot struct {
 	Skipped []error
 	// Plan holds drains, moves and pins (see rollout.go).
 	Plan Plan
+	// Failed maps unit → machine → failure record (see failed.go).
+	Failed map[string]map[string]Failure
 }
 
 // Snapshot reads jobs, machines, schedule, unplaced and states in one
@@ -207,7 +218,7 @@ type Snapshot struct {
 // Skipped (each error names the key): one hostile or corrupt key must not stop
 // the engine from reconciling everything else.
 func (r *Registry) Snapshot(ctx context.Context) (*Snapshot, error) {
-	prefixes := []string{r.sub("jobs"), r.sub("machines"), r.sub("schedule"), r.sub("unplaced"), r.sub("states"), r.MetadataPrefix("")}
+	prefixes := []string{r.sub("jobs"), r.sub("machines"), r.sub("schedule"), r.sub("unplaced"), r.sub("states"), r.MetadataPrefix(""), r.FailedPrefix()}
 	m, rev, err := r.c.GetPrefixes(ctx, append(prefixes, r.planPrefixes()...))
 	if err != nil {
 		return nil, fmt.Errorf("read scheduler state: %w", err)
@@ -265,6 +276,18 @@ func (r *Registry) Snapshot(ctx context.Context) (*Snapshot, error) {
 			s.States[st.Unit] = map[string]UnitState{}
 		}
 		s.States[st.Unit][st.Machine] = st
+	}
+	s.Failed = map[string]map[string]Failure{}
+	for _, kv := range m[prefixes[6]] {
+		f, err := r.decodeFailure(kv.Key, kv.Value)
+		if err != nil {
+			s.Skipped = append(s.Skipped, err)
+			continue
+		}
+		if s.Failed[f.Unit] == nil {
+			s.Failed[f.Unit] = map[string]Failure{}
+		}
+		s.Failed[f.Unit][f.Machine] = f
 	}
 	r.decodePlan(s, m)
 	return s, nil

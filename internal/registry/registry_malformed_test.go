@@ -28,6 +28,9 @@ func TestSnapshotSkipsUndecodableKeys(t *testing.T) {
 		reg.StateKey("good.service", "m1"):     strings.Repeat("x", 1<<20),
 		reg.StateKey("good.service", "m2"):     registry.Encode(registry.UnitState{Hash: "abc", Active: "active", Sub: "running"}),
 		reg.ScheduleKey("m2", "good.service"):  registry.Encode(registry.Assignment{Hash: "abc", Desired: registry.Launched}),
+		reg.FailedKey("good.service", "m1"):    "[",
+		"/m/failed/nomachine":                  "{}",
+		reg.FailedKey("good.service", "m2"):    registry.Encode(registry.Failure{Hash: "abc", Restarts: 3, Move: true}),
 	}
 	for k, v := range puts {
 		if _, err := c.Put(ctx, k, v, 0); err != nil {
@@ -55,7 +58,11 @@ func TestSnapshotSkipsUndecodableKeys(t *testing.T) {
 		all = append(all, e.Error())
 	}
 	joined := strings.Join(all, "\n")
-	for _, key := range []string{reg.JobKey("binary.service"), reg.MachineKey("evil"), reg.ScheduleKey("m1", "ghost.service"), "/m/schedule/nounit", reg.StateKey("good.service", "m1")} {
+	if got := s.Avoided("good.service", "abc"); len(got) != 1 || got[0] != "m2" {
+		t.Errorf("avoided = %v, want [m2]", got)
+	}
+	for _, key := range []string{reg.JobKey("binary.service"), reg.MachineKey("evil"), reg.ScheduleKey("m1", "ghost.service"), "/m/schedule/nounit", reg.StateKey("good.service", "m1"),
+		reg.FailedKey("good.service", "m1"), "/m/failed/nomachine"} {
 		if !strings.Contains(joined, key) {
 			t.Errorf("Skipped does not name %s:\n%s", key, joined)
 		}

@@ -35,8 +35,10 @@ type uinfo struct {
 	holds     []int32 // ids of the patterns in its Conflicts and Replaces
 	replaces  []int32 // ids of the patterns in its Replaces
 	matchedBy []int32 // ids of the patterns that match its name
-	elig      bitset  // machines satisfying its metadata
-	sig       string  // metadata signature (key of elig)
+	elig      bitset  // machines satisfying its metadata, less those it avoids
+	sig       string  // metadata signature (key of elig), with the avoided machines
+	metaSig   string  // metadata signature alone
+	avoided   []int   // machine indexes of Avoid that exist
 	pinned    int     // machine index of MachineID; -1 none
 	peers     []int   // unit indexes of MachineOf
 	depth     int     // MachineOf depth: 0 for units that follow nobody
@@ -216,8 +218,8 @@ func (p *placer) prepare(u *uinfo) {
 		}
 		sig.WriteByte(1)
 	}
-	u.sig = sig.String()
-	set, ok := p.metaSets[u.sig]
+	u.metaSig = sig.String()
+	set, ok := p.metaSets[u.metaSig]
 	if !ok {
 		set = newBitset(len(p.ms))
 		for i, m := range p.ms {
@@ -225,9 +227,11 @@ func (p *placer) prepare(u *uinfo) {
 				set.set(i)
 			}
 		}
-		p.metaSets[u.sig] = set
+		p.metaSets[u.metaSig] = set
 	}
 	u.elig = set
+	p.avoid(u, &sig)
+	u.sig = sig.String()
 	if f.MachineID != "" {
 		i, reason := p.resolveMachineID(f.MachineID)
 		if cur, ok := p.mIndex[u.Current]; reason != "" && ok && strings.HasPrefix(u.Current, f.MachineID) {
@@ -259,6 +263,36 @@ func (p *placer) prepare(u *uinfo) {
 	default:
 		u.class = 2
 	}
+}
+
+// avoid takes the machines u avoids out of its eligible set, and adds them
+// to its signature (sig).
+func (p *placer) avoid(u *uinfo, sig *strings.Builder) {
+	for _, id := range u.Avoid {
+		i, ok := p.mIndex[id]
+		if !ok || slices.Contains(u.avoided, i) {
+			continue
+		}
+		if u.avoided == nil {
+			u.elig = slices.Clone(u.elig)
+		}
+		u.avoided = append(u.avoided, i)
+		u.elig.clear(i)
+	}
+	slices.Sort(u.avoided)
+	for _, i := range u.avoided {
+		sig.WriteByte(3)
+		sig.WriteString(strconv.Itoa(i))
+	}
+}
+
+// avoidedNames lists the machines u avoids.
+func (p *placer) avoidedNames(u *uinfo) string {
+	names := make([]string, len(u.avoided))
+	for i, m := range u.avoided {
+		names[i] = p.ms[m].ID
+	}
+	return listNames(names, 3)
 }
 
 // resolveMachineID finds the machine a MachineID names.
@@ -536,6 +570,9 @@ func (p *placer) check(u *uinfo, m int) string {
 		return fmt.Sprintf("MachineID pins it to %s, not %s", p.ms[u.pinned].ID, mid)
 	}
 	if !u.elig.has(m) {
+		if slices.Contains(u.avoided, m) {
+			return fmt.Sprintf("it failed on machine %s, which it avoids for now (AvoidFailedFor)", mid)
+		}
 		return fmt.Sprintf("machine %s does not match MachineMetadata %s", mid, metaString(u))
 	}
 	if !u.global && !p.room.has(m) {
@@ -658,6 +695,9 @@ func (p *placer) explain(u *uinfo) string {
 		return "no machines"
 	}
 	if u.elig.count() == 0 {
+		if len(u.avoided) > 0 && p.metaSets[u.metaSig].count() > 0 {
+			return fmt.Sprintf("it failed on every machine it may run on (%s), which it avoids for now (AvoidFailedFor)", p.avoidedNames(u))
+		}
 		return p.explainMetadata(u)
 	}
 	var full, conflict int

@@ -36,6 +36,7 @@ func mach(id, meta string, capacity int) Machine {
 
 type uspec struct {
 	name, xfleet, current string
+	avoid                 []string
 }
 
 func TestPlace(t *testing.T) {
@@ -67,6 +68,27 @@ func TestPlace(t *testing.T) {
 			units:    []uspec{{name: "a.service", xfleet: "MachineMetadata=role=worker", current: "lb"}},
 			machines: seed,
 			targets:  map[string]string{"a.service": "w1"},
+		},
+		"avoid: leaves its current machine for the least loaded other": {
+			units:    []uspec{{name: "a.service", current: "m1", avoid: []string{"m1", "gone"}}, {name: "b.service", current: "m2"}},
+			machines: three,
+			targets:  map[string]string{"a.service": "m3", "b.service": "m2"},
+		},
+		"avoid: every eligible machine": {
+			units:    []uspec{{name: "a.service", xfleet: "MachineMetadata=role=worker", avoid: []string{"w1", "w2"}}, {name: "b.service", xfleet: "MachineMetadata=role=worker"}},
+			machines: seed,
+			targets:  map[string]string{"b.service": "w1"},
+			unplaced: map[string]string{"a.service": "it failed on every machine it may run on (w1, w2), which it avoids for now (AvoidFailedFor)"},
+		},
+		"avoid: pinned machine": {
+			units:    []uspec{{name: "a.service", xfleet: "MachineID=m2", avoid: []string{"m2"}}},
+			machines: three,
+			unplaced: map[string]string{"a.service": "it failed on machine m2, which it avoids for now (AvoidFailedFor)"},
+		},
+		"avoid: global unit skips the machine": {
+			units:    []uspec{{name: "g.service", xfleet: "Global=true", avoid: []string{"m2"}}},
+			machines: three,
+			global:   map[string][]string{"g.service": {"m1", "m3"}},
 		},
 		"no machines": {
 			units:    []uspec{{name: "a.service"}, {name: "g.service", xfleet: "Global=true"}},
@@ -393,7 +415,7 @@ func TestPlace(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			var units []Unit
 			for _, s := range tc.units {
-				units = append(units, Unit{Name: s.name, Fleet: fl(t, s.name, s.xfleet), Current: s.current})
+				units = append(units, Unit{Name: s.name, Fleet: fl(t, s.name, s.xfleet), Current: s.current, Avoid: s.avoid})
 			}
 			got := Place(units, tc.machines)
 			want := Result{Targets: nonNil(tc.targets), Global: nonNil(tc.global), Unplaced: nonNil(tc.unplaced)}
@@ -457,6 +479,9 @@ func checkInvariants(t testing.TB, units []Unit, machines []Machine, r Result) {
 		if !u.Fleet.MatchesMetadata(m.Metadata) {
 			t.Errorf("%s on %s violates its metadata", name, mid)
 		}
+		if slices.Contains(u.Avoid, mid) {
+			t.Errorf("%s on %s, which it avoids", name, mid)
+		}
 		if id := u.Fleet.MachineID; id != "" && mid != id && !strings.HasPrefix(mid, id) {
 			t.Errorf("%s on %s violates MachineID=%s", name, mid, id)
 		}
@@ -481,6 +506,9 @@ func checkInvariants(t testing.TB, units []Unit, machines []Machine, r Result) {
 			if !u.Fleet.MatchesMetadata(byID[mid].Metadata) {
 				t.Errorf("global %s on %s violates its metadata", name, mid)
 			}
+			if slices.Contains(u.Avoid, mid) {
+				t.Errorf("global %s on %s, which it avoids", name, mid)
+			}
 			on[mid] = append(on[mid], name)
 		}
 		seen++
@@ -503,7 +531,7 @@ func checkInvariants(t testing.TB, units []Unit, machines []Machine, r Result) {
 			continue
 		}
 		for mid, m := range byID {
-			if !u.Fleet.MatchesMetadata(m.Metadata) {
+			if !u.Fleet.MatchesMetadata(m.Metadata) || slices.Contains(u.Avoid, mid) {
 				continue
 			}
 			if !u.Fleet.Global && m.Capacity != 0 && load[mid] >= m.Capacity {
@@ -528,7 +556,7 @@ func checkInvariants(t testing.TB, units []Unit, machines []Machine, r Result) {
 	for name, ms := range r.Global {
 		u := byName[name]
 		for mid, m := range byID {
-			if slices.Contains(ms, mid) || !u.Fleet.MatchesMetadata(m.Metadata) {
+			if slices.Contains(ms, mid) || !u.Fleet.MatchesMetadata(m.Metadata) || slices.Contains(u.Avoid, mid) {
 				continue
 			}
 			if !slices.ContainsFunc(on[mid], func(o string) bool { return conflictsRef(u, byName[o]) }) {

@@ -32,6 +32,10 @@
 //     other unit — or stays unplaced if it fits nowhere else.
 //   - Capacity: a machine with Capacity > 0 takes at most that many
 //     non-global units.
+//   - Avoid: a unit never goes to (nor stays on) a machine it avoids (one
+//     where it failed with its restart budget used, [X-Flotilla]
+//     OnFailed=move); a unit that avoids every machine it may run on is
+//     unplaced with that reason.
 //   - Global units run on every machine that matches their metadata and
 //     holds no conflicting unit; they are placed after all non-global units
 //     (so they yield to them), in name order. They do not count towards
@@ -57,12 +61,13 @@ type Machine struct {
 }
 
 // Unit is a unit to place: its name, its [X-Fleet] settings (specifiers
-// already expanded, as unit.Parse does) and the machine it is on now ("" if
-// none).
+// already expanded, as unit.Parse does), the machine it is on now ("" if
+// none) and the machines it must avoid (ids; unknown ones are ignored).
 type Unit struct {
 	Name    string
 	Fleet   unit.Fleet
 	Current string
+	Avoid   []string
 }
 
 // Result is the outcome of Place. Every unit given appears in exactly one

@@ -27,19 +27,26 @@
 //     default: availability), stops those the engine moved away once it
 //     reconnects, and kills fenced units ([X-Flotilla] OnDisconnect=stop)
 //     with Kill before its presence lease can expire (the agent's job).
-//   - When the agent runs under systemd, Options.AgentUnit makes every unit
-//     BindsTo= the agent's unit (PartOf= with Options.AgentDependency), so
-//     systemd stops the units the moment the agent stops, crashes or is
-//     killed — even with kill -9, when the agent can do nothing itself.
+//   - When the agent runs under systemd, Options.AgentUnit makes every
+//     fenced unit (Spec.Fenced, [X-Flotilla] OnDisconnect=stop) BindsTo=
+//     the agent's unit (PartOf= with Options.AgentDependency), so systemd
+//     stops them the moment the agent stops, crashes or is killed — even
+//     with kill -9, when the agent can do nothing itself. Other units are
+//     not bound to the agent: they keep running while it restarts (an
+//     upgrade), as they do while it is cut off from etcd, and the agent
+//     adopts them when it is back. AgentRestarting tells the agent, as it
+//     shuts down, whether systemd is restarting it (keep the units, hand
+//     the presence over to the next run) or stopping it (stop them: they
+//     move).
 //   - On start, the agent calls Adopt with the set of units still targeted at
 //     its machine: every owned unit not in it is stopped and uninstalled (it
 //     may have been rescheduled elsewhere while the agent was away). Units
 //     still targeted keep running untouched, so an agent restart does not
 //     restart them.
 //
-// Without AgentUnit (the agent not under systemd), a unit keeps running while
-// its agent is dead until the agent comes back and adopts; run the agent
-// under systemd in production.
+// Without AgentUnit (the agent not under systemd), a fenced unit too keeps
+// running while its agent is dead until the agent comes back and adopts; run
+// the agent under systemd in production.
 //
 // # D-Bus
 //
@@ -59,7 +66,10 @@
 // Restart= is systemd's: a unit that fails and is restarted by systemd goes
 // through "activating/auto-restart" and back to "active/running"; the
 // executor reports those states and does nothing else, so the engine never
-// moves a unit because systemd restarted it.
+// moves a unit because systemd restarted it. A unit systemd leaves failed
+// (Restart=no, or its start limit hit) is the agent's to handle, by the
+// unit's failure policy ([X-Flotilla] RestartFailed=, OnFailed=): Start on a
+// failed unit resets it (reset-failed clears the start limit) and starts it.
 //
 // # Journal
 //
@@ -125,7 +135,9 @@ type Options struct {
 	// or $XDG_RUNTIME_DIR/systemd/user for User.
 	UnitDir string
 	// AgentUnit is the agent's own unit name when the agent runs under
-	// systemd; every unit then gets AgentDependency=AgentUnit in its drop-in.
+	// systemd (AgentUnitAuto: found by New); every fenced unit
+	// (Spec.Fenced) then gets AgentDependency=AgentUnit in its drop-in, and
+	// AgentRestarting can tell a restart of the agent from a stop.
 	AgentUnit string
 	// AgentDependency is BindsTo (default) or PartOf.
 	AgentDependency string
@@ -183,7 +195,7 @@ func New(ctx context.Context, opts Options) (*Executor, error) {
 	default:
 		return nil, fmt.Errorf("systemd: agent dependency %q: want %s or %s", opts.AgentDependency, BindsTo, PartOf)
 	}
-	if opts.AgentUnit != "" {
+	if opts.AgentUnit != "" && opts.AgentUnit != AgentUnitAuto {
 		if _, err := parseName(opts.AgentUnit); err != nil {
 			return nil, fmt.Errorf("systemd: agent unit: %w", err)
 		}
@@ -235,6 +247,10 @@ func New(ctx context.Context, opts Options) (*Executor, error) {
 	for name := range owned {
 		e.owned[name] = true
 	}
+	if opts.AgentUnit == AgentUnitAuto {
+		e.opts.AgentUnit = ownUnit(ctx, conn)
+		e.log.Debug("agent unit", "unit", e.opts.AgentUnit)
+	}
 	if err := e.subscribe(ctx); err != nil {
 		conn.Close()
 		cancel()
@@ -242,6 +258,57 @@ func New(ctx context.Context, opts Options) (*Executor, error) {
 	}
 	e.log.Debug("connected", "bus", addr, "unit_dir", unitDir, "owned", len(owned))
 	return e, nil
+}
+
+// AgentUnitAuto as Options.AgentUnit makes New find the agent's unit: the
+// service this process runs in, if the manager it talks to runs it; none
+// otherwise (a shell, another manager).
+const AgentUnitAuto = "auto"
+
+// ownUnit returns the service of this manager that runs this process, or "".
+func ownUnit(ctx context.Context, c *sddbus.Conn) string {
+	name, err := c.GetUnitNameByPID(ctx, uint32(os.Getpid()))
+	if err != nil || !strings.HasSuffix(name, ".service") {
+		return ""
+	}
+	return name
+}
+
+// agentUnit is the agent unit spec is bound to: AgentUnit for a fenced
+// unit, else none.
+func (e *Executor) agentUnit(spec executor.Spec) string {
+	if !spec.Fenced {
+		return ""
+	}
+	return e.opts.AgentUnit
+}
+
+// AgentUnit returns the agent's unit in effect ("" for none).
+func (e *Executor) AgentUnit() string { return e.opts.AgentUnit }
+
+// AgentRestarting reports whether systemd is restarting the agent's unit
+// (Options.AgentUnit): a job of type restart (systemctl restart, try-restart,
+// reload-or-restart, a package upgrade) is running on it. During a stop it
+// is false, as it is without AgentUnit. The agent asks when it is told to
+// shut down.
+func (e *Executor) AgentRestarting(ctx context.Context) (bool, error) {
+	if e.opts.AgentUnit == "" {
+		return false, nil
+	}
+	c, err := e.bus(ctx)
+	if err != nil {
+		return false, err
+	}
+	jobs, err := c.ListJobsContext(ctx)
+	if err != nil {
+		return false, fmt.Errorf("systemd: list jobs: %w", err)
+	}
+	for _, j := range jobs {
+		if j.Unit == e.opts.AgentUnit && strings.Contains(j.JobType, "restart") {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // busAddress resolves the D-Bus address New connects to.
@@ -653,7 +720,10 @@ func (e *Executor) install(ctx context.Context, c *sddbus.Conn, n unitName, hash
 			}
 		}
 	}
-	if err := write(dropPath, dropIn(n, hash, spec.EnvFile, spec.Env, e.opts.AgentUnit, e.opts.AgentDependency)); err != nil {
+	// A drop-in that changed alone (the agent binding of an older version,
+	// the facts file's path) takes a reload, not a restart of the unit.
+	bodyChanged := changed || !prev.exists
+	if err := write(dropPath, dropIn(n, hash, spec.EnvFile, spec.Env, e.agentUnit(spec), e.opts.AgentDependency)); err != nil {
 		return "", false, err
 	}
 	e.setOwned(n.full, true)
@@ -662,7 +732,7 @@ func (e *Executor) install(ctx context.Context, c *sddbus.Conn, n unitName, hash
 			return "", false, fmt.Errorf("daemon-reload: %w", err)
 		}
 	}
-	return prev.hash, changed, nil
+	return prev.hash, bodyChanged, nil
 }
 
 // templateInUse reports whether another owned instance of n's template runs

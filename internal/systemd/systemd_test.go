@@ -528,10 +528,11 @@ func TestRestartBySystemd(t *testing.T) {
 	}
 }
 
-// TestBoundToAgent: with AgentUnit, units stop when the agent's unit goes
-// away — with BindsTo (the default) even when it is killed with SIGKILL, the
-// invariant when the agent can do nothing itself; with PartOf when it is
-// stopped.
+// TestBoundToAgent: with AgentUnit, fenced units (OnDisconnect=stop) stop
+// when the agent's unit goes away — with BindsTo (the default) even when it
+// is killed with SIGKILL, when the agent can do nothing itself; with PartOf
+// when it is stopped. Other units are not bound: they keep running (an
+// agent restart must not stop them).
 func TestBoundToAgent(t *testing.T) {
 	tests := map[string]struct {
 		dep  string
@@ -560,17 +561,102 @@ func TestBoundToAgent(t *testing.T) {
 				t.Fatal(err)
 			}
 			en.e = en.executor(systemd.Options{AgentUnit: "agent.service", AgentDependency: tc.dep})
-			en.start(en.e, "u.service", "[Service]\nExecStart=/bin/sleep 1000\n")
-			en.waitState(en.e, "u.service", is("active", "running"))
-			b, _ := os.ReadFile(filepath.Join(m.UnitDir, "u.service.d", "50-flotilla.conf"))
+			body := []byte("[Service]\nExecStart=/bin/sleep 1000\n")
+			if err := en.e.Start(en.ctx, executor.Spec{Name: "fenced.service", Body: body, EnvFile: en.envFile(), Fenced: true}); err != nil {
+				t.Fatal(err)
+			}
+			en.start(en.e, "free.service", string(body))
+			en.waitState(en.e, "fenced.service", is("active", "running"))
+			en.waitState(en.e, "free.service", is("active", "running"))
+			b, _ := os.ReadFile(filepath.Join(m.UnitDir, "fenced.service.d", "50-flotilla.conf"))
 			if !strings.Contains(string(b), tc.want) {
-				t.Errorf("drop-in lacks %s:\n%s", tc.want, b)
+				t.Errorf("fenced unit's drop-in lacks %s:\n%s", tc.want, b)
+			}
+			b, _ = os.ReadFile(filepath.Join(m.UnitDir, "free.service.d", "50-flotilla.conf"))
+			if strings.Contains(string(b), "agent.service") {
+				t.Errorf("unfenced unit bound to the agent:\n%s", b)
 			}
 			if err := tc.kill(en); err != nil {
 				t.Fatal(err)
 			}
-			en.waitState(en.e, "u.service", is("inactive", "dead"))
+			en.waitState(en.e, "fenced.service", is("inactive", "dead"))
+			if st, err := en.e.States(en.ctx); err != nil || st["free.service"].Active != "active" {
+				t.Errorf("unfenced unit after the agent went: %+v, %v; want active", st["free.service"], err)
+			}
 		})
+	}
+}
+
+// TestAgentRestarting: AgentRestarting tells a restart of the agent's unit
+// (what an upgrade does) from a stop, while the agent is being stopped —
+// when the agent asks, on its SIGTERM.
+func TestAgentRestarting(t *testing.T) {
+	m := systemdtest.New(t)
+	en := &env{t: t, m: m, ctx: ctxT(t)}
+	release := filepath.Join(m.Dir, "release")
+	// The stand-in agent holds its stop until the test releases it.
+	agent := fmt.Sprintf("[Service]\nExecStart=/bin/sh -c 'trap \"while [ ! -e %s ]; do sleep 0.05; done; exit 0\" TERM; while :; do sleep 0.05; done'\nTimeoutStopSec=infinity\n", release)
+	if err := os.WriteFile(filepath.Join(m.UnitDir, "agent.service"), []byte(agent), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	systemctl := func(args ...string) string {
+		t.Helper()
+		out, err := m.Systemctl(en.ctx, args...)
+		if err != nil && args[0] != "is-active" {
+			t.Fatalf("systemctl %v: %v %s", args, err, out)
+		}
+		return strings.TrimSpace(out)
+	}
+	systemctl("daemon-reload")
+	systemctl("start", "agent.service")
+	en.e = en.executor(systemd.Options{AgentUnit: "agent.service"})
+	restarting := func() bool {
+		t.Helper()
+		r, err := en.e.AgentRestarting(en.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	until := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(hang)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if restarting() {
+		t.Fatal("AgentRestarting while the agent just runs")
+	}
+
+	systemctl("restart", "--no-block", "agent.service")
+	until("the agent deactivating", func() bool { return systemctl("is-active", "agent.service") == "deactivating" })
+	if !restarting() {
+		t.Error("AgentRestarting false during systemctl restart")
+	}
+	os.WriteFile(release, nil, 0o644)
+	until("the agent active again", func() bool { return systemctl("is-active", "agent.service") == "active" })
+	until("the restart job over", func() bool { return !restarting() })
+	os.Remove(release)
+
+	systemctl("stop", "--no-block", "agent.service")
+	until("the agent deactivating", func() bool { return systemctl("is-active", "agent.service") == "deactivating" })
+	if restarting() {
+		t.Error("AgentRestarting true during systemctl stop")
+	}
+	os.WriteFile(release, nil, 0o644)
+	until("the agent stopped", func() bool { return systemctl("is-active", "agent.service") == "inactive" })
+
+	// auto finds no unit for a process its manager does not run (this test).
+	if u := en.executor(systemd.Options{AgentUnit: systemd.AgentUnitAuto}).AgentUnit(); u != "" {
+		t.Errorf("AgentUnit auto outside the manager = %q, want none", u)
+	}
+	// Without AgentUnit it never claims a restart.
+	if r, err := en.executor(systemd.Options{}).AgentRestarting(en.ctx); r || err != nil {
+		t.Errorf("AgentRestarting without AgentUnit = %v, %v", r, err)
 	}
 }
 

@@ -31,7 +31,11 @@
 // [X-Flotilla] (type Flotilla): flotilla-only settings beside [X-Fleet].
 // OnDisconnect=keep-running (default) or stop (fenced: the agent kills the
 // unit before its machine's lease can expire, so it never runs twice);
-// unknown keys and values are rejected with their line.
+// the failure policy (FailurePolicy): RestartFailed=N (default 3) starts a
+// failed unit again on its machine up to N times within
+// RestartFailedWindow= (default 10min), then OnFailed=move (default; the
+// machine is avoided for AvoidFailedFor=, default 1h) or stay; unknown
+// keys and values are rejected with their line.
 //
 // [Service] (type Service, Exec): Type, Exec{StartPre,Start,StartPost,
 // Stop,StopPost}, Restart, RestartSec, Timeout{Start,Stop,}Sec,

@@ -18,9 +18,11 @@ import (
 // under a real (user-mode) systemd, started by systemdtest in its own cgroup,
 // mount and PID namespaces: the key appears once nginx answers and the
 // sidekick reported READY=1; stopping nginx@1 stops the sidekick through
-// BindsTo=, which revokes the lease — the key goes at once, not after --ttl.
-// In between, kill -9 of the sidekick: systemd restarts it, and it announces
-// again with a new lease.
+// Requires=/PartOf=, which revokes the lease — the key goes at once, not
+// after --ttl. In between: kill -9 of the sidekick: systemd restarts it, and
+// it announces again with a new lease; a restart of nginx@1 restarts the
+// sidekick with it; nginx@1 crashing and restarting on its own (Restart=)
+// leaves the sidekick running, and the key is there again afterwards.
 func TestSidekickUnderSystemd(t *testing.T) {
 	if _, err := os.Stat("/usr/sbin/nginx"); err != nil {
 		t.Skip("/usr/sbin/nginx not installed")
@@ -49,6 +51,8 @@ Description=nginx@%i stand-in
 ExecStartPre=/bin/mkdir -p ${XDG_RUNTIME_DIR}/nginx-%i
 ExecStartPre=/bin/sh -c "printf 'pid %%s/nginx.pid; error_log stderr warn; events {} http { access_log off; client_body_temp_path %%s/b; proxy_temp_path %%s/p; server { listen %%s:8080; location / { return 200 ok; } } }' ${XDG_RUNTIME_DIR}/nginx-%i ${XDG_RUNTIME_DIR}/nginx-%i ${XDG_RUNTIME_DIR}/nginx-%i ${PUBLIC_IP} >${XDG_RUNTIME_DIR}/nginx-%i/nginx.conf"
 ExecStart=/usr/sbin/nginx -p ${XDG_RUNTIME_DIR}/nginx-%i -e stderr -c ${XDG_RUNTIME_DIR}/nginx-%i/nginx.conf -g "daemon off;"
+Restart=on-failure
+RestartSec=200ms
 `
 	sidekick, err := os.ReadFile("nginx-announce@.service")
 	if err != nil {
@@ -109,7 +113,42 @@ ExecStart=/usr/sbin/nginx -p ${XDG_RUNTIME_DIR}/nginx-%i -e stderr -c ${XDG_RUNT
 		time.Sleep(20 * time.Millisecond)
 	}
 
-	// BindsTo=: stopping nginx stops the sidekick, which revokes the lease.
+	// A restart of nginx@1 (by hand, or the scheduler's) restarts the
+	// sidekick with it (PartOf=): a new invocation, the key written again.
+	inv := systemctl(t, "show", "-p", "InvocationID", "nginx-announce@1.service")
+	systemctl(t, "restart", "nginx@1.service")
+	waitActive := func(what string) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for systemctl(t, "show", "-p", "ActiveState", "nginx-announce@1.service") != "ActiveState=active" {
+			if time.Now().After(deadline) {
+				t.Fatalf("sidekick not active %s: %s", what, systemctl(t, "status", "--lines=20", "nginx-announce@1.service"))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitActive("after nginx@1 restarted")
+	if now := systemctl(t, "show", "-p", "InvocationID", "nginx-announce@1.service"); now == inv {
+		t.Errorf("sidekick not restarted with nginx@1 (%s)", now)
+	}
+	waitKey(t, c, key, true)
+
+	// nginx@1 crashes and systemd restarts it (Restart=on-failure): the
+	// sidekick is not stopped for good (as BindsTo= would), and the key is
+	// there once nginx answers again.
+	nginxRestarts := systemctl(t, "show", "-p", "NRestarts", "nginx@1.service")
+	systemctl(t, "kill", "-s", "KILL", "--kill-whom=main", "nginx@1.service")
+	deadline = time.Now().Add(30 * time.Second)
+	for systemctl(t, "show", "-p", "NRestarts", "nginx@1.service") == nginxRestarts {
+		if time.Now().After(deadline) {
+			t.Fatalf("nginx@1 not restarted by systemd after kill -9")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	waitActive("after nginx@1 crashed and restarted")
+	waitKey(t, c, key, true)
+
+	// Requires=/PartOf=: stopping nginx stops the sidekick, which revokes the lease.
 	began := time.Now()
 	systemctl(t, "stop", "nginx@1.service")
 	for {

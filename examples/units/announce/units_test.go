@@ -85,8 +85,13 @@ func TestSidekickUnit(t *testing.T) {
 		}
 		return vals
 	}
-	if got := expand(f.Values("Unit", "BindsTo")); !slices.Equal(got, []string{"nginx@1.service"}) {
-		t.Errorf("BindsTo = %q", got)
+	for _, dep := range []string{"Requires", "PartOf"} {
+		if got := expand(f.Values("Unit", dep)); !slices.Equal(got, []string{"nginx@1.service"}) {
+			t.Errorf("%s = %q", dep, got)
+		}
+	}
+	if got := f.Values("Unit", "BindsTo"); len(got) > 0 {
+		t.Errorf("BindsTo = %q: would stop the sidekick for good when nginx restarts on its own", got)
 	}
 	if got := expand(f.Values("Unit", "After")); !slices.Contains(got, "nginx@1.service") {
 		t.Errorf("After = %q", got)
@@ -203,7 +208,7 @@ func TestSidekickCommandRuns(t *testing.T) {
 	if want := "web1 " + ip + ":8080"; string(kv.Value) != want {
 		t.Fatalf("announced %q, want %q", kv.Value, want)
 	}
-	// BindsTo=: systemd stops the sidekick with SIGTERM when nginx@1 stops.
+	// Requires=/PartOf=: systemd stops the sidekick with SIGTERM when nginx@1 is stopped.
 	cmd.Process.Signal(syscall.SIGTERM)
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("sidekick exit after SIGTERM: %v", err)
