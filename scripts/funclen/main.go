@@ -33,7 +33,6 @@ func knownLong() map[string]bool {
 	return map[string]bool{
 		"cmd/scheduler/serve.go:serve":          true,
 		"internal/engine/engine.go:Engine.plan": true,
-		"resources/resource.go:Parse":           true,
 	}
 }
 
