@@ -27,13 +27,17 @@ func roleSet(prefix string, machines, renderPrefixes []string, announcePrefix st
 	rw := func(p string) store.Perm { return store.Perm{Prefix: p, Read: true, Write: true} }
 	roles := map[string][]store.Perm{
 		// operators submit, start, stop and destroy; ask for journals; publish
-		// revocations; roll, drain and move (pins, drain marks, move requests).
+		// revocations; roll, drain and move (pins, drain marks, move requests,
+		// the rollout records the driver carries out).
 		"flotilla-operator": {rd(prefix), rw(prefix + "units/"), rw(prefix + "jobs/"), rw(prefix + "journal/"), rw(prefix + "pki/"),
-			rw(prefix + "pins/"), rw(prefix + "drain/"), rw(prefix + "moves/")},
+			rw(prefix + "pins/"), rw(prefix + "drain/"), rw(prefix + "moves/"), rw(prefix + "rollouts/")},
 		// the engine targets units at machines, holds its election, clears the
-		// move requests it carried out; a serve's API writes machine metadata.
+		// move requests it carried out; a serve's API writes machine metadata;
+		// the rollout driver (elected among the serves) writes what a rollout
+		// changes (bodies, jobs, pins, moves) and its records.
 		"flotilla-engine": {rd(prefix), rw(prefix + "schedule/"), rw(prefix + "unplaced/"), rw(prefix + "engine"),
-			rw(prefix + "moves/"), rw(prefix + "metadata/")},
+			rw(prefix + "moves/"), rw(prefix + "metadata/"), rw(prefix + "units/"), rw(prefix + "jobs/"), rw(prefix + "pins/"),
+			rw(prefix + "rollouts/"), rw(prefix + "rollout-driver")},
 		// render reads its prefixes and writes only status keys.
 		"flotilla-render": append([]store.Perm{rw(renderStatusPrefix)}, mapPerms(renderPrefixes, rd)...),
 		// announce writes only under its prefix and its own markers
