@@ -11,7 +11,7 @@ import (
 )
 
 // TestRolloutFlagsRefused: a planned-change flag is refused by a verb it does
-// not apply to, and roll/move refuse --no-block (before any etcd is dialled).
+// not apply to (before any etcd is dialled).
 func TestRolloutFlagsRefused(t *testing.T) {
 	tests := map[string]struct {
 		args []string
@@ -21,8 +21,7 @@ func TestRolloutFlagsRefused(t *testing.T) {
 		"max-unavailable: move": {args: []string{"move", "--max-unavailable", "2", "a.service"}, want: "--max-unavailable applies only to roll"},
 		"surge on drain":        {args: []string{"drain", "--surge", "m1"}, want: "--surge applies only to roll"},
 		"timeout on list":       {args: []string{"list-units", "--timeout", "1s"}, want: "--timeout applies only to roll, move, drain"},
-		"roll no-block":         {args: []string{"roll", "--no-block", "a.service"}, want: "--no-block: roll is carried out by this command"},
-		"move no-block":         {args: []string{"move", "--no-block", "a.service"}, want: "--no-block: move is carried out"},
+		"to on roll":            {args: []string{"roll", "--no-block", "--to", "m1", "a.service"}, want: "--to applies only to move"},
 		"move two units":        {args: []string{"move", "a.service", "b.service"}, want: "too many arguments"},
 	}
 	for name, tc := range tests {

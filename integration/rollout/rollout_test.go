@@ -93,9 +93,10 @@ func TestRollingUpdate(t *testing.T) {
 }
 
 // TestDrainMoveScaleDown drains a machine running 2 instances (they move
-// away one at a time), restarts its serve (still drained), undrains it, moves
-// an instance back with `move --to`, and destroys one, with 0 failed
-// requests throughout.
+// away one at a time; drain --no-block returns at once, `rollouts ID`
+// follows the drain), restarts its serve (still drained), undrains it, moves
+// an instance back with `move --to`, moves one with --no-block, and destroys
+// one, with 0 failed requests throughout.
 func TestDrainMoveScaleDown(t *testing.T) {
 	c := newCluster(t)
 	c.machine("m1", 2)
@@ -117,7 +118,7 @@ func TestDrainMoveScaleDown(t *testing.T) {
 	bg := c.hammer.Start(c.ctx)
 	time.Sleep(500 * time.Millisecond)
 	start := time.Now()
-	out := c.mustSched("drain", "m1")
+	out := c.mustSched("rollouts", c.noBlock("drain", "m1"))
 	took := time.Since(start)
 	if n := strings.Count(out, "moved m1 → "); n != 2 {
 		t.Errorf("drain printed %d moves, want 2:\n%s", n, out)
@@ -147,7 +148,7 @@ func TestDrainMoveScaleDown(t *testing.T) {
 	if !strings.Contains(out, "Unit app@1.service moved ") || c.where("app@1.service")["app@1.service"] != "m1" {
 		t.Errorf("move --to m1: %q, now on %v", out, c.where("app@1.service"))
 	}
-	out = c.mustSched("move", "app@2.service")
+	out = c.mustSched("rollouts", c.noBlock("move", "app@2.service"))
 	if c.where("app@2.service")["app@2.service"] == w["app@2.service"] {
 		t.Errorf("move app@2 without --to left it on %s: %s", w["app@2.service"], out)
 	}
