@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -301,8 +302,16 @@ func (d *Driver) carry(ctx context.Context, lead *store.Leadership, st stored) e
 // execute carries out rc's record with r.
 func (d *Driver) execute(ctx context.Context, r *Roller, rc *recorder, resume bool) error {
 	rec := rc.rec // the fields read here are the CLI's, not changed by saves
+	rec.Targets = slices.Clone(rec.Targets)
 	switch rec.Kind {
 	case KindRoll:
+		for i, t := range rec.Targets {
+			b, err := d.reg.Body(ctx, t.Hash)
+			if err != nil {
+				return fmt.Errorf("roll %s: %w", t.Unit, err)
+			}
+			rec.Targets[i].Body = b
+		}
 		if rec.Announced == nil {
 			names := make([]string, len(rec.Targets))
 			for i, t := range rec.Targets {

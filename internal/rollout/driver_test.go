@@ -104,7 +104,10 @@ func TestDriver(t *testing.T) {
 	}
 
 	// A record a gone driver left running is resumed.
-	gone := Record{Kind: KindRoll, Targets: []Target{{Unit: "a.service", Body: body("v3")}}, AnnouncePrefix: "-", StatusPrefix: "-",
+	if _, err := reg.Client().Put(ctx, reg.BodyKey(unit.Hash(body("v3"))), string(body("v3")), 0); err != nil {
+		t.Fatal(err)
+	}
+	gone := Record{Kind: KindRoll, Targets: []Target{{Unit: "a.service", Hash: unit.Hash(body("v3"))}}, AnnouncePrefix: "-", StatusPrefix: "-",
 		State: Running, Driver: "gone", Created: time.Now().UTC(), Started: time.Now().UTC(), Progress: []string{"earlier line"}}
 	if _, err := reg.Client().Put(ctx, RecordPrefix(reg)+"00000000-gone", registry.Encode(gone), 0); err != nil {
 		t.Fatal(err)
@@ -170,5 +173,43 @@ func TestRecorderFenced(t *testing.T) {
 	kv, _, _, err := c.Get(ctx, rc.key)
 	if err != nil || strings.Contains(string(kv.Value), "a line") || !strings.Contains(string(kv.Value), `"running"`) {
 		t.Errorf("record after the lead was lost: %s, %v", kv.Value, err)
+	}
+}
+
+// TestRecordKeepsBodies: a record not yet over keeps the bodies it stored
+// from the engine's collection of unused bodies.
+func TestRecordKeepsBodies(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	reg := registry.New(etcdtest.New(t).Client(), "")
+	body := []byte("[Service]\nExecStart=/bin/true\n")
+	id, err := Submit(ctx, reg, Record{Kind: KindRoll, Targets: []Target{{Unit: "a.service", Body: body}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	unused := func() []string {
+		kvs, err := reg.UnusedBodies(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, kv := range kvs {
+			out = append(out, kv.Key)
+		}
+		return out
+	}
+	if u := unused(); len(u) != 0 {
+		t.Errorf("unused bodies with the record pending: %v, want none", u)
+	}
+	rec, err := Get(ctx, reg, id)
+	if err != nil || len(rec.Targets) != 1 || rec.Targets[0].Hash != unit.Hash(body) {
+		t.Fatalf("record: %+v, %v", rec, err)
+	}
+	rec.State = Done
+	if _, err := reg.Client().Put(ctx, RecordPrefix(reg)+id, registry.Encode(rec), 0); err != nil {
+		t.Fatal(err)
+	}
+	if u := unused(); len(u) != 1 || u[0] != reg.BodyKey(unit.Hash(body)) {
+		t.Errorf("unused bodies with the record done: %v, want its body", u)
 	}
 }

@@ -8,12 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/flotilla/flotilla/internal/registry"
 	"github.com/flotilla/flotilla/internal/store"
+	"github.com/flotilla/flotilla/internal/unit"
 )
 
 // Records: a planned change (roll, move, drain) is written by the CLI as a
@@ -63,6 +65,10 @@ type Record struct {
 	To   string `json:"to,omitempty"`
 	// Drain: the machine (already marked drained by the CLI).
 	Machine string `json:"machine,omitempty"`
+
+	// Hashes are the bodies of Targets, stored under the registry's units/
+	// with the record (kept there while the record is not over).
+	Hashes []string `json:"hashes,omitempty"`
 
 	// How the waits go (see Options).
 	AnnouncePrefix string        `json:"announce_prefix,omitempty"`
@@ -131,7 +137,7 @@ func (rec *Record) Check() error {
 }
 
 // RecordPrefix is where records are kept.
-func RecordPrefix(reg *registry.Registry) string { return reg.Prefix() + "rollouts/" }
+func RecordPrefix(reg *registry.Registry) string { return reg.RolloutPrefix() }
 
 // ElectionPrefix is the driver's election.
 func ElectionPrefix(reg *registry.Registry) string { return reg.Prefix() + "rollout-driver" }
@@ -139,8 +145,9 @@ func ElectionPrefix(reg *registry.Registry) string { return reg.Prefix() + "roll
 // ErrNoRecord is returned for a record id that is not stored.
 var ErrNoRecord = errors.New("rollout: no such rollout")
 
-// Submit stores rec as a new pending record and returns its id. It does not
-// block on the change itself (see Follow).
+// Submit stores rec as a new pending record, and the bodies of its targets,
+// in one transaction, and returns its id. It does not block on the change
+// itself (see Follow).
 func Submit(ctx context.Context, reg *registry.Registry, rec Record) (string, error) {
 	if err := rec.Check(); err != nil {
 		return "", err
@@ -154,7 +161,22 @@ func Submit(ctx context.Context, reg *registry.Registry, rec Record) (string, er
 	}
 	rec.ID = rec.Created.Format("20060102-150405.000") + "-" + hex.EncodeToString(b)
 	key := RecordPrefix(reg) + rec.ID
-	ok, _, err := reg.Client().Txn(ctx, []store.Cmp{store.Missing(key)}, []store.Op{store.OpPut(key, registry.Encode(rec), 0)}, nil)
+	var ops []store.Op
+	rec.Hashes = nil
+	rec.Targets = slices.Clone(rec.Targets)
+	for i, t := range rec.Targets {
+		h := unit.Hash(t.Body)
+		rec.Targets[i].Hash = h
+		if !slices.Contains(rec.Hashes, h) {
+			rec.Hashes = append(rec.Hashes, h)
+			ops = append(ops, store.OpPut(reg.BodyKey(h), string(t.Body), 0))
+		}
+	}
+	if len(ops) >= registry.MaxTxnOps {
+		return "", fmt.Errorf("store %s: %d bodies; at most %d in one rollout", rec.What(), len(ops), registry.MaxTxnOps-1)
+	}
+	ops = append(ops, store.OpPut(key, registry.Encode(rec), 0))
+	ok, _, err := reg.Client().Txn(ctx, []store.Cmp{store.Missing(key)}, ops, nil)
 	if err != nil {
 		return "", fmt.Errorf("store %s: %w", rec.What(), err)
 	}

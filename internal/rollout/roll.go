@@ -33,10 +33,13 @@ type RollOptions struct {
 	Announced map[string]bool
 }
 
-// Target is a unit and the body it should run.
+// Target is a unit and the body it should run. A rollout record keeps the
+// unit and the body's hash (the body itself is stored under the registry's
+// units/).
 type Target struct {
 	Unit string `json:"unit"`
-	Body []byte `json:"body"`
+	Hash string `json:"hash,omitempty"`
+	Body []byte `json:"-"`
 }
 
 // Roll gives every target its new body, at most maxUnavailable instances
@@ -120,7 +123,7 @@ func (r *Roller) rollOne(ctx context.Context, t Target, opts RollOptions) error 
 			return err
 		}
 	}
-	if _, err := r.reg.Submit(ctx, t.Unit, hash, t.Body, registry.ReplaceBody); err != nil {
+	if err := r.setBody(ctx, t); err != nil {
 		return err
 	}
 	if len(pinned) > 0 {
@@ -142,6 +145,19 @@ func (r *Roller) rollOne(ctx context.Context, t Target, opts RollOptions) error 
 	}
 	fmt.Fprintf(r.o.Out, "Unit %s body %s → %s: %s\n", t.Unit, r.short(job.Hash), r.short(hash), r.describe(rd))
 	return nil
+}
+
+// setBody gives t.Unit's job the body t.Body, keeping its desired state: it
+// points the job at the stored body when there is one (a rollout record
+// stores its bodies, so the driver need not be allowed to write any), else
+// stores the body too.
+func (r *Roller) setBody(ctx context.Context, t Target) error {
+	hash := unit.Hash(t.Body)
+	_, err := r.reg.SetHash(ctx, t.Unit, hash)
+	if errors.Is(err, registry.ErrNotFound) {
+		_, err = r.reg.Submit(ctx, t.Unit, hash, t.Body, registry.ReplaceBody)
+	}
+	return err
 }
 
 // announced says whether unit was announced before the rollout began: as
@@ -220,7 +236,7 @@ func (r *Roller) rollGlobal(ctx context.Context, t Target, maxUnavailable int, r
 		}
 	}
 	if job.Hash != hash {
-		if _, err := r.reg.Submit(ctx, t.Unit, hash, t.Body, registry.ReplaceBody); err != nil {
+		if err := r.setBody(ctx, t); err != nil {
 			return err
 		}
 	}
@@ -528,7 +544,7 @@ func (r *Roller) surge(ctx context.Context, t Target, job registry.Job, announce
 	if err := r.reg.Pin(ctx, t.Unit, job.Hash, []string{from}); err != nil {
 		return false, err
 	}
-	if _, err := r.reg.Submit(ctx, t.Unit, hash, t.Body, registry.ReplaceBody); err != nil {
+	if err := r.setBody(ctx, t); err != nil {
 		return false, err
 	}
 	if err := r.reg.RequestMove(ctx, t.Unit, to, true); err != nil {
