@@ -59,7 +59,9 @@ func TestDriver(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	reg := registry.New(etcdtest.New(t).Client(), "")
-	body := func(v string) []byte { return []byte("[Unit]\nDescription=" + v + "\n[Service]\nExecStart=/bin/true\n") }
+	body := func(v string) []byte {
+		return []byte("[Unit]\nDescription=" + v + "\n[Service]\nExecStart=/bin/true\n")
+	}
 	if _, err := reg.Submit(ctx, "a.service", unit.Hash(body("v1")), body("v1"), registry.KeepExisting); err != nil {
 		t.Fatal(err)
 	}
