@@ -109,13 +109,6 @@ func rolloutCommand(verb string) (command, bool) {
 	return command{}, false
 }
 
-func (cl *client) roller() (*rollout.Roller, error) {
-	return rollout.New(rollout.Options{
-		Registry: cl.reg, AnnouncePrefix: cl.o.rollout.announcePrefix, StatusPrefix: cl.o.rollout.statusPrefix,
-		Timeout: cl.o.rollout.timeout, Out: cl.stdout, Full: cl.o.full,
-	})
-}
-
 // rollCmd: roll FILE… (a template file rolls its submitted instances).
 func (cl *client) rollCmd(ctx context.Context, args []string) error {
 	if cl.o.rollout.maxUnavailable < 1 {
@@ -239,11 +232,7 @@ func (cl *client) replaceGlobal(ctx context.Context, src source) (registry.Job, 
 	if err != nil || j.Desired != registry.Launched || j.Hash == unit.Hash(src.body) {
 		return registry.Job{}, false, nil
 	}
-	r, err := cl.roller()
-	if err != nil {
-		return registry.Job{}, false, err
-	}
-	if err := r.Roll(ctx, []rollout.Target{{Unit: src.name, Body: src.body}}, rollout.RollOptions{MaxUnavailable: 1}); err != nil {
+	if err := cl.carry(ctx, rollout.Record{Kind: rollout.KindRoll, Targets: []rollout.Target{{Unit: src.name, Body: src.body}}, MaxUnavailable: 1}); err != nil {
 		return registry.Job{}, true, err
 	}
 	j, err = cl.reg.Job(ctx, src.name)
