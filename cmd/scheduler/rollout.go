@@ -218,12 +218,9 @@ func (cl *client) moveCmd(ctx context.Context, args []string) error {
 }
 
 // replaceGlobal gives a launched global unit its new body machine by machine
-// (as roll does) when --replace changes it, unless --no-block asks for the
-// old all-at-once replacement. It reports whether it did.
+// (a rollout, as roll stores; with --no-block it returns once the rollout
+// is stored) when --replace changes it. It reports whether it did.
 func (cl *client) replaceGlobal(ctx context.Context, src source) (registry.Job, bool, error) {
-	if cl.o.noBlock {
-		return registry.Job{}, false, nil
-	}
 	f, err := unit.Parse(src.name, src.body)
 	if err != nil || !f.Fleet.Global {
 		return registry.Job{}, false, nil
