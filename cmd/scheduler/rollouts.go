@@ -28,7 +28,7 @@ func (cl *client) carry(ctx context.Context, rec rollout.Record) error {
 
 func (cl *client) followRollout(ctx context.Context, id string) error {
 	return rollout.Follow(ctx, cl.reg, id, cl.stdout, func() {
-		fmt.Fprintf(cl.stderr, "rollout %s: still pending and no driver is elected; is a `scheduler serve` of this version running?\n", id)
+		fmt.Fprintf(cl.stderr, "rollout %s: no rollout driver is elected; is a `scheduler serve` of this version running?\n", id)
 	})
 }
 

@@ -243,9 +243,9 @@ func list(ctx context.Context, reg *registry.Registry) ([]stored, int64, error) 
 // Follow writes the progress lines of record id to out as they come, from
 // the first, and blocks until the record is over: it returns nil when the
 // change is done and an error naming the instance and the reason when it
-// failed. When the record is still pending after a few seconds and no
-// driver is elected, it calls noDriver once (nil: nothing). Returning early
-// (ctx done) leaves the change going on.
+// failed. When the record is not over after a few seconds and no driver is
+// elected, it calls noDriver once (nil: nothing). Returning early (ctx done)
+// leaves the change going on.
 func Follow(ctx context.Context, reg *registry.Registry, id string, out io.Writer, noDriver func()) error {
 	printed := 0
 	start := time.Now()
@@ -264,7 +264,7 @@ func Follow(ctx context.Context, reg *registry.Registry, id string, out io.Write
 				return nil
 			case Failed:
 				return fmt.Errorf("%s: %s", rec.What(), rec.Error)
-			case Pending:
+			default: // pending, or running with its driver gone
 				if !warned && time.Since(start) > 5*time.Second {
 					if _, found, err := reg.Client().Leader(ctx, ElectionPrefix(reg)); err == nil && !found {
 						warned = true
