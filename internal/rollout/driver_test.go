@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -202,6 +203,14 @@ func TestRecordKeepsBodies(t *testing.T) {
 	}
 	if u := unused(); len(u) != 0 {
 		t.Errorf("unused bodies with the record pending: %v, want none", u)
+	}
+	// No driver runs here: Follow says so, once, and goes on waiting.
+	fctx, fcancel := context.WithCancel(ctx)
+	warned := 0
+	err = Follow(fctx, reg, id, io.Discard, func() { warned++; fcancel() })
+	fcancel()
+	if warned != 1 || err == nil || !strings.Contains(err.Error(), "the change goes on") {
+		t.Errorf("Follow with no driver: warned %d times, %v", warned, err)
 	}
 	rec, err := Get(ctx, reg, id)
 	if err != nil || len(rec.Targets) != 1 || rec.Targets[0].Hash != unit.Hash(body) {
