@@ -163,3 +163,65 @@ func TestRollRenderStopped(t *testing.T) {
 		t.Errorf("no announce log says the drain timeout cut the wait short (logs %v)", logs)
 	}
 }
+
+// TestDrainFailover: `drain --no-block` of a machine running 2 instances; the
+// serve running the driver is killed while the first move is under way, and
+// the next driver elected resumes the drain (waiting for the move already
+// requested, not asking again): both instances end elsewhere, 0 failed
+// requests.
+func TestDrainFailover(t *testing.T) {
+	c := newCluster(t)
+	c.machine("d1", 5)
+	testmain.Eventually(t, 30*time.Second, 50*time.Millisecond, "d1 leads the rollout driver election", func() error {
+		v, found, err := c.c.Leader(c.ctx, rollout.ElectionPrefix(c.reg))
+		if err != nil || !found || v != "d1" {
+			return fmt.Errorf("leader %q (found %v): %v", v, found, err)
+		}
+		return nil
+	})
+	c.machine("d2", 6)
+	c.machine("m1", 2, "--metadata", "role=web")
+	c.startLB()
+	var dir string
+	for i := 1; i <= 2; i++ {
+		p := c.writeUnit(fmt.Sprintf("app@%d.service", i), c.unitFileAt("v1", "[X-Fleet]\nMachineMetadata=role=web\n", freePort(t)))
+		dir = p[:len(p)-len("app@1.service")]
+	}
+	c.mustSched("start", dir+"app@1.service", dir+"app@2.service")
+	c.machine("m2", 3, "--metadata", "role=web")
+	c.machine("m3", 4, "--metadata", "role=web")
+	c.waitServing("app@1 v1", "app@2 v1")
+
+	bg := c.hammer.Start(c.ctx)
+	time.Sleep(500 * time.Millisecond)
+	id := c.noBlock("drain", "m1")
+	testmain.Eventually(t, 2*time.Minute, 20*time.Millisecond, "a move requested by the drain", func() error {
+		s, err := c.reg.Snapshot(c.ctx)
+		if err != nil {
+			return err
+		}
+		if len(s.Plan.Moves) == 0 {
+			return fmt.Errorf("no move yet")
+		}
+		return nil
+	})
+	c.kill("d1")
+	rec, err := rollout.Get(c.ctx, c.reg, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("d1 killed with the drain %s after %d line(s), driven by %s", rec.State, len(rec.Progress), rec.Driver)
+	out := c.mustSched("rollouts", id)
+	if !strings.Contains(out, "Resumed by the driver on d2") || !strings.Contains(out, "Machine m1: ") {
+		t.Errorf("the drain was not resumed by d2 to its end:\n%s", out)
+	}
+	w := c.where("app@1.service", "app@2.service")
+	if w["app@1.service"] == "m1" || w["app@2.service"] == "m1" || w["app@1.service"] == "" || w["app@2.service"] == "" {
+		t.Errorf("after the drain: %v", w)
+	}
+	c.waitServing("app@1 v1", "app@2 v1")
+	for bg.Snapshot().Total < 5000 && c.ctx.Err() == nil {
+		time.Sleep(100 * time.Millisecond)
+	}
+	checkZero(t, c.hp, "drain --no-block with the driver's serve killed mid-move", bg.Stop())
+}

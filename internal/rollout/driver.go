@@ -345,7 +345,25 @@ func (d *Driver) execute(ctx context.Context, r *Roller, rc *recorder, resume bo
 			return err
 		}
 	case KindDrain:
-		n, err := r.Drain(ctx, rec.Machine)
+		if rec.Announced == nil {
+			s, err := d.reg.Snapshot(ctx)
+			if err != nil {
+				return err
+			}
+			names, err := r.drainable(ctx, s, rec.Machine)
+			if err != nil {
+				return err
+			}
+			a, err := r.Announced(ctx, names)
+			if err != nil {
+				return err
+			}
+			if err := rc.save(func(r *Record) { r.Announced = a }); err != nil {
+				return err
+			}
+			rec.Announced = a
+		}
+		n, err := r.Drain(ctx, rec.Machine, rec.Announced)
 		if err != nil {
 			return err
 		}

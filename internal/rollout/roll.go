@@ -400,8 +400,11 @@ func (r *Roller) Carry(ctx context.Context, p MovePlan) (Ready, error) {
 
 // Drain moves every non-global unit off machine, one at a time (the machine
 // must already be marked drained, so that nothing new lands there). It
-// returns how many units it moved; global units stay.
-func (r *Roller) Drain(ctx context.Context, machine string) (int, error) {
+// returns how many units it moved; global units stay. A move under way (one
+// a driver that is gone requested) is waited for first, not asked again.
+// known, when not nil, says which units were announced before the drain
+// began (see RollOptions.Announced).
+func (r *Roller) Drain(ctx context.Context, machine string, known map[string]bool) (int, error) {
 	moved := 0
 	for {
 		s, err := r.reg.Snapshot(ctx)
@@ -411,35 +414,63 @@ func (r *Roller) Drain(ctx context.Context, machine string) (int, error) {
 		if _, drained := s.Plan.Drained[machine]; !drained {
 			return moved, fmt.Errorf("drain %s: the machine is not marked drained (undrained meanwhile?)", r.label(machine))
 		}
-		bodies, err := r.reg.Bodies(ctx)
+		names, err := r.drainable(ctx, s, machine)
 		if err != nil {
 			return moved, err
 		}
-		next := ""
-		var names []string
-		for name := range s.Schedule {
-			names = append(names, name)
-		}
-		sort.Strings(names)
-		for _, name := range names {
-			if _, there := s.Schedule[name][machine]; !there {
-				continue
-			}
-			f, err := unit.Parse(name, bodies[s.Jobs[name].Hash])
-			if err != nil || f.Fleet.Global || s.Jobs[name].Desired != registry.Launched {
-				continue
-			}
-			next = name
-			break
-		}
-		if next == "" {
+		var p MovePlan
+		if name, mv, ok := underway(s); ok {
+			a, aerr := r.announced(ctx, name, known)
+			p, err = MovePlan{Unit: name, Hash: s.Jobs[name].Hash, From: machine, To: mv.To, Announced: a}, aerr
+		} else if len(names) == 0 {
 			return moved, nil
+		} else if p, err = r.PlanMove(ctx, names[0], ""); err == nil && known != nil {
+			p.Announced = known[names[0]]
 		}
-		if _, err := r.Move(ctx, next, ""); err != nil {
+		if err == nil {
+			_, err = r.Carry(ctx, p)
+		}
+		if err != nil {
 			return moved, fmt.Errorf("drain %s halted: %w", r.label(machine), err)
 		}
 		moved++
 	}
+}
+
+// underway returns a requested move (not a surge) of a launched unit, the
+// first by name, if any.
+func underway(s *registry.Snapshot) (string, registry.Move, bool) {
+	var names []string
+	for n, mv := range s.Plan.Moves {
+		if !mv.Surge && s.Jobs[n].Desired == registry.Launched {
+			names = append(names, n)
+		}
+	}
+	if len(names) == 0 {
+		return "", registry.Move{}, false
+	}
+	sort.Strings(names)
+	return names[0], s.Plan.Moves[names[0]], true
+}
+
+// drainable returns the launched non-global units targeted at machine, by
+// name.
+func (r *Roller) drainable(ctx context.Context, s *registry.Snapshot, machine string) ([]string, error) {
+	bodies, err := r.reg.Bodies(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for name := range s.Schedule {
+		if _, there := s.Schedule[name][machine]; !there || s.Jobs[name].Desired != registry.Launched {
+			continue
+		}
+		if f, err := unit.Parse(name, bodies[s.Jobs[name].Hash]); err == nil && !f.Fleet.Global {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	return names, nil
 }
 
 // ResolveMachine finds a present or drained machine by id or unique id
