@@ -186,7 +186,7 @@ type recorder struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 	c      *store.Client
-	guard  store.Cmp
+	guards []store.Cmp
 	key    string
 	rec    Record
 	err    error
@@ -206,7 +206,7 @@ func (rc *recorder) saveLocked(change func(*Record)) error {
 		return rc.err
 	}
 	change(&rc.rec)
-	ok, _, err := rc.c.Txn(rc.ctx, []store.Cmp{rc.guard}, []store.Op{store.OpPut(rc.key, registry.Encode(rc.rec), 0)}, nil)
+	ok, _, err := rc.c.Txn(rc.ctx, rc.guards, []store.Op{store.OpPut(rc.key, registry.Encode(rc.rec), 0)}, nil)
 	switch {
 	case err != nil:
 		rc.err = fmt.Errorf("write rollout %s: %w", rc.rec.ID, err)
@@ -248,9 +248,9 @@ func (d *Driver) carry(ctx context.Context, lead *store.Leadership, st stored) e
 	rctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	resume := st.State == Running
-	rc := &recorder{ctx: rctx, cancel: cancel, c: d.reg.Client(), guard: lead.Guard(), key: RecordPrefix(d.reg) + st.ID, rec: st.Record}
+	rc := &recorder{ctx: rctx, cancel: cancel, c: d.reg.Client(), key: RecordPrefix(d.reg) + st.ID, rec: st.Record}
 	// The first write also checks that nobody changed the record meanwhile.
-	rc.guard = store.ModRevisionIs(rc.key, st.mod)
+	rc.guards = []store.Cmp{lead.Guard(), store.ModRevisionIs(rc.key, st.mod)}
 	err := rc.save(func(r *Record) {
 		r.State, r.Driver = Running, d.o.ID
 		if r.Started.IsZero() {
@@ -260,7 +260,7 @@ func (d *Driver) carry(ctx context.Context, lead *store.Leadership, st stored) e
 			r.Progress = append(r.Progress, "Resumed by the driver on "+d.o.ID)
 		}
 	})
-	rc.guard = lead.Guard()
+	rc.guards = []store.Cmp{lead.Guard()}
 	if err != nil {
 		if errors.Is(err, errLostLead) {
 			return nil // changed meanwhile: read again

@@ -12,6 +12,7 @@ import (
 
 	"github.com/flotilla/flotilla/internal/etcdtest"
 	"github.com/flotilla/flotilla/internal/registry"
+	"github.com/flotilla/flotilla/internal/store"
 	"github.com/flotilla/flotilla/internal/testmain"
 	"github.com/flotilla/flotilla/internal/unit"
 )
@@ -159,7 +160,7 @@ func TestRecorderFenced(t *testing.T) {
 	}
 	rctx, rcancel := context.WithCancelCause(ctx)
 	defer rcancel(nil)
-	rc := &recorder{ctx: rctx, cancel: rcancel, c: c, guard: lead.Guard(), key: RecordPrefix(reg) + "x", rec: Record{ID: "x", Kind: KindDrain, Machine: "m1"}}
+	rc := &recorder{ctx: rctx, cancel: rcancel, c: c, guards: []store.Cmp{lead.Guard()}, key: RecordPrefix(reg) + "x", rec: Record{ID: "x", Kind: KindDrain, Machine: "m1"}}
 	if err := rc.save(func(r *Record) { r.State = Running }); err != nil {
 		t.Fatalf("save while leading: %v", err)
 	}
