@@ -27,13 +27,19 @@ func roleSet(prefix string, machines, renderPrefixes []string, announcePrefix st
 	rw := func(p string) store.Perm { return store.Perm{Prefix: p, Read: true, Write: true} }
 	roles := map[string][]store.Perm{
 		// operators submit, start, stop and destroy; ask for journals; publish
-		// revocations; roll, drain and move (pins, drain marks, move requests).
+		// revocations; roll, drain and move (pins, drain marks, move requests,
+		// the rollout records the driver carries out).
 		"flotilla-operator": {rd(prefix), rw(prefix + "units/"), rw(prefix + "jobs/"), rw(prefix + "journal/"), rw(prefix + "pki/"),
-			rw(prefix + "pins/"), rw(prefix + "drain/"), rw(prefix + "moves/")},
+			rw(prefix + "pins/"), rw(prefix + "drain/"), rw(prefix + "moves/"), rw(prefix + "rollouts/")},
 		// the engine targets units at machines, holds its election, clears the
 		// move requests it carried out; a serve's API writes machine metadata.
 		"flotilla-engine": {rd(prefix), rw(prefix + "schedule/"), rw(prefix + "unplaced/"), rw(prefix + "engine"),
 			rw(prefix + "moves/"), rw(prefix + "metadata/")},
+		// the rollout driver (elected among the serves) points jobs at the
+		// bodies the operator stored with a rollout, pins and moves units,
+		// and writes the rollout records; it writes no body.
+		"flotilla-rollout": {rd(prefix), rw(prefix + "jobs/"), rw(prefix + "pins/"), rw(prefix + "moves/"),
+			rw(prefix + "rollouts/"), rw(prefix + "rollout-driver")},
 		// render reads its prefixes and writes only status keys.
 		"flotilla-render": append([]store.Perm{rw(renderStatusPrefix)}, mapPerms(renderPrefixes, rd)...),
 		// announce writes only under its prefix and its own markers
@@ -59,7 +65,8 @@ func mapPerms(ps []string, f func(string) store.Perm) []store.Perm {
 // rolesCmd creates the roles and one user per part (its password in
 // --password-dir, mode 0600): flotilla-operator, flotilla-engine,
 // flotilla-render, flotilla-announce, and flotilla-machine-<id> (agent of
-// that machine and engine candidate, what `serve` needs) per --machines.
+// that machine, engine and rollout driver candidate, what `serve` needs)
+// per --machines.
 func (cl *client) rolesCmd(ctx context.Context, _ []string) error {
 	o := cl.o
 	if o.passwordDir == "" {
@@ -96,7 +103,7 @@ func (cl *client) rolesCmd(ctx context.Context, _ []string) error {
 		"flotilla-render": {"flotilla-render"}, "flotilla-announce": {"flotilla-announce"},
 	}
 	for _, m := range machines {
-		users["flotilla-machine-"+m] = []string{"flotilla-agent-" + m, "flotilla-engine"}
+		users["flotilla-machine-"+m] = []string{"flotilla-agent-" + m, "flotilla-engine", "flotilla-rollout"}
 	}
 	for user, roles := range users {
 		b := make([]byte, 18)

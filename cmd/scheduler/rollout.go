@@ -20,7 +20,10 @@ import (
 
 const rolloutUsage = `
 Planned change (one line per instance; each counts done when it is active,
-announced and applied by every render that publishes its status):
+announced and applied by every render that publishes its status). roll,
+move and drain store a rollout that the elected driver of the serve
+machines carries out; the command follows it to its end, or returns at
+once with --no-block (the change goes on; Ctrl-C stops following only):
   roll FILE…               give units the body of FILE, --max-unavailable N
                            at a time (default 1; --surge: start the new one
                            on another machine first where [X-Fleet] allows,
@@ -29,9 +32,11 @@ announced and applied by every render that publishes its status):
                            machine by machine; halts at the first instance
                            that does not become ready (exit 1)
   drain MACHINE            the machine takes no new units; its units move
-                           away one at a time (--no-block: mark only)
+                           away one at a time
   undrain MACHINE          the machine takes new units again
-  move UNIT                move a unit to another machine (--to MACHINE)`
+  move UNIT                move a unit to another machine (--to MACHINE)
+  rollouts [ID]            list the rollouts (ID KIND STATE WHAT LAST); with
+                           an ID, follow that one (--no-block: print it)`
 
 // rolloutFlags are the flags of the planned-change verbs.
 type rolloutFlags struct {
@@ -69,7 +74,7 @@ func rolloutFlagVerbs(flag string) []string {
 }
 
 // checkRolloutFlags refuses a planned-change flag given to a verb it does
-// not apply to, and --no-block where a verb cannot honour it.
+// not apply to.
 func checkRolloutFlags(fs *flag.FlagSet, verb string) error {
 	var err error
 	fs.Visit(func(f *flag.Flag) {
@@ -84,17 +89,7 @@ func checkRolloutFlags(fs *flag.FlagSet, verb string) error {
 		}
 		err = cmdline.Usagef("--%s applies only to %s", f.Name, strings.Join(verbs, ", "))
 	})
-	if err != nil {
-		return err
-	}
-	if verb == "roll" || verb == "move" {
-		noBlock := false
-		fs.Visit(func(f *flag.Flag) { noBlock = noBlock || f.Name == "no-block" })
-		if noBlock {
-			return cmdline.Usagef("--no-block: %s is carried out by this command, one instance after the other; run it in the background instead", verb)
-		}
-	}
-	return nil
+	return err
 }
 
 // rolloutCommand returns the planned-change verbs (their flags: registerRollout).
@@ -108,15 +103,10 @@ func (cl *client) rolloutCommand(verb string) (command, bool) {
 		return command{minArgs: 1, maxArgs: 1, run: cl.undrainCmd}, true
 	case "move":
 		return command{minArgs: 1, maxArgs: 1, run: cl.moveCmd}, true
+	case "rollouts":
+		return command{minArgs: 0, maxArgs: 1, run: cl.rolloutsCmd}, true
 	}
 	return command{}, false
-}
-
-func (cl *client) roller() (*rollout.Roller, error) {
-	return rollout.New(rollout.Options{
-		Registry: cl.reg, AnnouncePrefix: cl.o.rollout.announcePrefix, StatusPrefix: cl.o.rollout.statusPrefix,
-		Timeout: cl.o.rollout.timeout, Out: cl.stdout, Full: cl.o.full,
-	})
 }
 
 // rollCmd: roll FILE… (a template file rolls its submitted instances).
@@ -175,16 +165,8 @@ func (cl *client) rollCmd(ctx context.Context, args []string) error {
 			add(name, src.body)
 		}
 	}
-	r, err := cl.roller()
-	if err != nil {
-		return err
-	}
-	start := time.Now()
-	if err := r.Roll(ctx, targets, rollout.RollOptions{MaxUnavailable: cl.o.rollout.maxUnavailable, Surge: cl.o.rollout.surge}); err != nil {
-		return err
-	}
-	fmt.Fprintf(cl.stdout, "Rolled %d unit(s) in %s\n", len(targets), time.Since(start).Round(10*time.Millisecond))
-	return nil
+	return cl.carry(ctx, rollout.Record{Kind: rollout.KindRoll, Targets: targets,
+		MaxUnavailable: cl.o.rollout.maxUnavailable, Surge: cl.o.rollout.surge})
 }
 
 func (cl *client) machineArg(ctx context.Context, id string) (string, error) {
@@ -207,19 +189,7 @@ func (cl *client) drainCmd(ctx context.Context, args []string) error {
 		return err
 	}
 	fmt.Fprintf(cl.stdout, "Machine %s drained: it takes no new units\n", m)
-	if cl.o.noBlock {
-		return nil
-	}
-	r, err := cl.roller()
-	if err != nil {
-		return err
-	}
-	n, err := r.Drain(ctx, m)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(cl.stdout, "Machine %s: %d unit(s) moved away\n", m, n)
-	return nil
+	return cl.carry(ctx, rollout.Record{Kind: rollout.KindDrain, Machine: m})
 }
 
 func (cl *client) undrainCmd(ctx context.Context, args []string) error {
@@ -240,21 +210,17 @@ func (cl *client) undrainCmd(ctx context.Context, args []string) error {
 }
 
 func (cl *client) moveCmd(ctx context.Context, args []string) error {
-	r, err := cl.roller()
-	if err != nil {
-		return err
+	name := filepath.Base(args[0])
+	if _, err := cl.reg.Job(ctx, name); err != nil {
+		return fmt.Errorf("move %s: %w", name, err)
 	}
-	_, err = r.Move(ctx, filepath.Base(args[0]), cl.o.rollout.to)
-	return err
+	return cl.carry(ctx, rollout.Record{Kind: rollout.KindMove, Unit: name, To: cl.o.rollout.to})
 }
 
 // replaceGlobal gives a launched global unit its new body machine by machine
-// (as roll does) when --replace changes it, unless --no-block asks for the
-// old all-at-once replacement. It reports whether it did.
+// (a rollout, as roll stores; with --no-block it returns once the rollout
+// is stored) when --replace changes it. It reports whether it did.
 func (cl *client) replaceGlobal(ctx context.Context, src source) (registry.Job, bool, error) {
-	if cl.o.noBlock {
-		return registry.Job{}, false, nil
-	}
 	f, err := unit.Parse(src.name, src.body)
 	if err != nil || !f.Fleet.Global {
 		return registry.Job{}, false, nil
@@ -263,11 +229,7 @@ func (cl *client) replaceGlobal(ctx context.Context, src source) (registry.Job, 
 	if err != nil || j.Desired != registry.Launched || j.Hash == unit.Hash(src.body) {
 		return registry.Job{}, false, nil
 	}
-	r, err := cl.roller()
-	if err != nil {
-		return registry.Job{}, false, err
-	}
-	if err := r.Roll(ctx, []rollout.Target{{Unit: src.name, Body: src.body}}, rollout.RollOptions{MaxUnavailable: 1}); err != nil {
+	if err := cl.carry(ctx, rollout.Record{Kind: rollout.KindRoll, Targets: []rollout.Target{{Unit: src.name, Body: src.body}}, MaxUnavailable: 1}); err != nil {
 		return registry.Job{}, true, err
 	}
 	j, err = cl.reg.Job(ctx, src.name)

@@ -142,8 +142,12 @@ func (o *options) registerRollout(fs *flag.FlagSet, verb string) {
 			fs.Var(f.Value, f.Name, f.Usage)
 		}
 	})
-	if verb != "roles" && verb != "undrain" {
-		fs.BoolVar(&o.noBlock, "no-block", false, "drain: mark the machine drained, do not move its units")
+	switch verb {
+	case "roll", "drain", "move":
+		fs.BoolVar(&o.noBlock, "no-block", false, "store the change and return at once (serve's rollout driver carries it out; scheduler rollouts shows it)")
+	case "rollouts":
+		fs.BoolVar(&o.noBlock, "no-block", false, "with an ID: print the record once, do not follow it")
+		fs.BoolVar(&o.noLegend, "no-legend", false, "do not print the header line")
 	}
 	o.registerFull(fs)
 }

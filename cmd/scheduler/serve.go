@@ -22,6 +22,7 @@ import (
 	"github.com/flotilla/flotilla/internal/executor"
 	"github.com/flotilla/flotilla/internal/process"
 	"github.com/flotilla/flotilla/internal/registry"
+	"github.com/flotilla/flotilla/internal/rollout"
 	"github.com/flotilla/flotilla/internal/store"
 	"github.com/flotilla/flotilla/internal/systemd"
 )
@@ -190,10 +191,15 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err != nil {
 		return err
 	}
+	dr, err := rollout.NewDriver(rollout.DriverOptions{Registry: reg, ID: id, TTL: o.ttl, Logger: log.With("component", "rollout")})
+	if err != nil {
+		return err
+	}
 	log.Info("machine serving", "ip", ip, "metadata", o.metadata, "endpoints", strings.Join(o.store.Endpoints, ","))
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return ag.Run(gctx) })
 	g.Go(func() error { return en.Run(gctx) })
+	g.Go(func() error { return dr.Run(gctx) })
 	g.Go(func() error { return api.run(gctx) })
 	g.Go(func() error { return sec.run(gctx, &o, c) })
 	return g.Wait()

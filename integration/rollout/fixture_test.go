@@ -145,8 +145,9 @@ func freePort(t *testing.T) int {
 	return 0
 }
 
-// machine starts `scheduler serve` as machine id on 127.0.0.<n>.
-func (c *cluster) machine(id string, n int) {
+// machine starts `scheduler serve` as machine id on 127.0.0.<n>, with
+// serve's extra flags.
+func (c *cluster) machine(id string, n int, extra ...string) {
 	c.t.Helper()
 	c.ips[id] = fmt.Sprintf("127.0.0.%d", n)
 	logf, err := os.OpenFile(filepath.Join(c.dir, id+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
@@ -157,6 +158,7 @@ func (c *cluster) machine(id string, n int) {
 	cmd := exec.Command(testmain.Bin("scheduler"), "serve", "--endpoints", c.endpoint,
 		"--data-dir", filepath.Join(c.dir, id), "--machine-id", id, "--public-ip", c.ips[id],
 		"--executor", "process", "--ttl", "2s", "--engine-period", "2s")
+	cmd.Args = append(cmd.Args, extra...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -195,6 +197,19 @@ func (c *cluster) stop(id string) {
 		c.t.Errorf("machine %s did not stop on SIGTERM; killing it", id)
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		<-done
+	}
+}
+
+// kill kills a machine's serve (SIGKILL, its process group: no unit of its
+// may run), as a crash would.
+func (c *cluster) kill(id string) {
+	c.mu.Lock()
+	cmd := c.machines[id]
+	delete(c.machines, id)
+	c.mu.Unlock()
+	if cmd != nil {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cmd.Wait()
 	}
 }
 
@@ -262,15 +277,19 @@ func (c *cluster) mustSched(args ...string) string {
 }
 
 // lbTemplate: haproxy over every announced instance, with health checks
-// (a backend gone between two renders is marked down, not hammered).
+// (a backend gone between two renders is marked down, not hammered), and
+// retries on another server (redispatch) of a request whose connection was
+// refused or closed without an answer: what carries the requests over a
+// restart when render is not there to take the instance out first.
 const lbTemplate = `global
     log stderr format raw local0 info
 defaults
     mode http
     log global
     option httplog
-    option redispatch
+    option redispatch 1
     retries 3
+    retry-on all-retryable-errors
     timeout connect 500ms
     timeout client 10s
     timeout server 10s

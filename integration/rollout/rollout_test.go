@@ -17,10 +17,52 @@ const spread = "[X-Fleet]\nConflicts=web@*.service\n"
 // the rollout halts at the first instance, the others keep serving v2.
 func TestRollingUpdate(t *testing.T) {
 	c := newCluster(t)
+	tmpl := rollInPlace(t, c)
+
+	// A body whose ExecStart fails halts the rollout at web@1.
+	bg := c.hammer.Start(c.ctx)
+	bad := strings.Replace(string(c.unitFile("v3", spread)), "[Service]\n", "[Service]\nExecStartPre=/bin/false\n", 1)
+	c.writeUnit("web@.service", []byte(bad))
+	out, err := c.sched("roll", "--timeout", "30s", tmpl)
+	if err == nil {
+		t.Fatalf("roll of a failing body succeeded:\n%s", out)
+	}
+	t.Logf("roll of a failing body: %v\n%s", err, out)
+	if !strings.Contains(err.Error(), "web@1.service") || !strings.Contains(err.Error(), "halted") {
+		t.Errorf("the error does not name web@1.service and the halt: %v", err)
+	}
+	v2 := unit.Hash(c.unitFile("v2", spread))
+	for _, u := range []string{"web@2.service", "web@3.service"} {
+		j, err := c.reg.Job(c.ctx, u)
+		if err != nil || j.Hash != v2 {
+			t.Errorf("%s: job %+v, %v; want it left on v2 %s", u, j, err, v2[:7])
+		}
+	}
+	c.waitServing("web@2 v2", "web@3 v2")
+	res := bg.Stop()
+	checkZero(t, c.hp, "failing new body", res)
+	if res.By["web@2 v2"] == 0 || res.By["web@3 v2"] == 0 {
+		t.Errorf("web@2, web@3 did not keep serving: %s", res)
+	}
+}
+
+// TestRollingUpdateRenderWait is the in-place roll of TestRollingUpdate with
+// render running with -wait quiescence (it applies a change only after
+// 200ms without another, at most 1s late).
+func TestRollingUpdateRenderWait(t *testing.T) {
+	rollInPlace(t, newCluster(t), "-wait", "200ms:1s")
+}
+
+// rollInPlace starts web@1..3 (v1) on three machines behind haproxy, with
+// render's extra flags, and rolls them to v2 in place under ≥ 5,000
+// requests, asserting 0 failed, one line per instance in order, and every
+// instance answering with both versions. It returns the template's path.
+func rollInPlace(t *testing.T, c *cluster, renderFlags ...string) string {
+	t.Helper()
 	for i := 1; i <= 3; i++ {
 		c.machine(fmt.Sprintf("m%d", i), i+1)
 	}
-	c.startLB()
+	c.startLB(renderFlags...)
 	tmpl := c.writeUnit("web@.service", c.unitFile("v1", spread))
 	c.mustSched("start", tmpl[:len(tmpl)-len("web@.service")]+"web@1.service",
 		tmpl[:len(tmpl)-len("web@.service")]+"web@2.service", tmpl[:len(tmpl)-len("web@.service")]+"web@3.service")
@@ -52,7 +94,7 @@ func TestRollingUpdate(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	res := bg.Stop()
-	checkZero(t, c.hp, "rolling update of 3 instances", res)
+	checkZero(t, c.hp, fmt.Sprintf("rolling update of 3 instances (render %q)", renderFlags), res)
 	t.Logf("roll of 3 instances took %s", took.Round(time.Millisecond))
 	for i := 1; i <= 3; i++ {
 		for _, v := range []string{"v1", "v2"} {
@@ -64,38 +106,14 @@ func TestRollingUpdate(t *testing.T) {
 	if after := c.where("web@1.service", "web@2.service", "web@3.service"); fmt.Sprint(after) != fmt.Sprint(before) {
 		t.Errorf("instances moved during an in-place roll: %v → %v", before, after)
 	}
-
-	// A body whose ExecStart fails halts the rollout at web@1.
-	bg = c.hammer.Start(c.ctx)
-	bad := strings.Replace(string(c.unitFile("v3", spread)), "[Service]\n", "[Service]\nExecStartPre=/bin/false\n", 1)
-	c.writeUnit("web@.service", []byte(bad))
-	out, err := c.sched("roll", "--timeout", "30s", tmpl)
-	if err == nil {
-		t.Fatalf("roll of a failing body succeeded:\n%s", out)
-	}
-	t.Logf("roll of a failing body: %v\n%s", err, out)
-	if !strings.Contains(err.Error(), "web@1.service") || !strings.Contains(err.Error(), "halted") {
-		t.Errorf("the error does not name web@1.service and the halt: %v", err)
-	}
-	v2 := unit.Hash(c.unitFile("v2", spread))
-	for _, u := range []string{"web@2.service", "web@3.service"} {
-		j, err := c.reg.Job(c.ctx, u)
-		if err != nil || j.Hash != v2 {
-			t.Errorf("%s: job %+v, %v; want it left on v2 %s", u, j, err, v2[:7])
-		}
-	}
-	c.waitServing("web@2 v2", "web@3 v2")
-	res = bg.Stop()
-	checkZero(t, c.hp, "failing new body", res)
-	if res.By["web@2 v2"] == 0 || res.By["web@3 v2"] == 0 {
-		t.Errorf("web@2, web@3 did not keep serving: %s", res)
-	}
+	return tmpl
 }
 
 // TestDrainMoveScaleDown drains a machine running 2 instances (they move
-// away one at a time), restarts its serve (still drained), undrains it, moves
-// an instance back with `move --to`, and destroys one, with 0 failed
-// requests throughout.
+// away one at a time; drain --no-block returns at once, `rollouts ID`
+// follows the drain), restarts its serve (still drained), undrains it, moves
+// an instance back with `move --to`, moves one with --no-block, and destroys
+// one, with 0 failed requests throughout.
 func TestDrainMoveScaleDown(t *testing.T) {
 	c := newCluster(t)
 	c.machine("m1", 2)
@@ -117,7 +135,7 @@ func TestDrainMoveScaleDown(t *testing.T) {
 	bg := c.hammer.Start(c.ctx)
 	time.Sleep(500 * time.Millisecond)
 	start := time.Now()
-	out := c.mustSched("drain", "m1")
+	out := c.mustSched("rollouts", c.noBlock("drain", "m1"))
 	took := time.Since(start)
 	if n := strings.Count(out, "moved m1 → "); n != 2 {
 		t.Errorf("drain printed %d moves, want 2:\n%s", n, out)
@@ -147,7 +165,7 @@ func TestDrainMoveScaleDown(t *testing.T) {
 	if !strings.Contains(out, "Unit app@1.service moved ") || c.where("app@1.service")["app@1.service"] != "m1" {
 		t.Errorf("move --to m1: %q, now on %v", out, c.where("app@1.service"))
 	}
-	out = c.mustSched("move", "app@2.service")
+	out = c.mustSched("rollouts", c.noBlock("move", "app@2.service"))
 	if c.where("app@2.service")["app@2.service"] == w["app@2.service"] {
 		t.Errorf("move app@2 without --to left it on %s: %s", w["app@2.service"], out)
 	}

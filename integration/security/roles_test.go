@@ -93,6 +93,8 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 	check(op, "operator", "/flotilla/machines/m1", false)
 	check(op, "operator", "/clusterstate/web/a", false)
 	check(op, "operator", "/flotilla/drain/m1", true)
+	check(op, "operator", "/flotilla/rollouts/x", true)
+	op.Delete(ctx, "/flotilla/rollouts/x")
 	op.Delete(ctx, "/flotilla/drain/m1")
 	op.Delete(ctx, "/flotilla/jobs/x.service")
 
@@ -103,7 +105,9 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 
 	check(m1, "machine m1", "/flotilla/machines/m2", false)
 	check(m1, "machine m1", "/flotilla/machines/m10", false)
-	check(m1, "machine m1", "/flotilla/jobs/x.service", false)
+	check(m1, "machine m1", "/flotilla/units/0123456789abcdef", false)
+	check(m1, "machine m1", "/flotilla/rollouts/x", true) // the rollout driver
+	m1.Delete(ctx, "/flotilla/rollouts/x")
 	check(m1, "machine m1", "/clusterstate/web/a", false)
 
 	// The binaries under their users.
@@ -132,4 +136,11 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 		}
 		return nil
 	})
+	// A roll: the operator stores the record and the new body, m1's serve
+	// (the rollout driver, which may write no body) carries it out.
+	os.WriteFile(unit, []byte("[Unit]\nDescription=v2\n[Service]\nExecStart=/bin/sleep 1000\n"), 0o644)
+	rcmd := exec.Command(bin("scheduler"), append(append([]string{"roll", "--announce-prefix", "-", "--status-prefix", "-"}, creds("flotilla-operator")...), unit)...)
+	if b, err := rcmd.CombinedOutput(); err != nil || !strings.Contains(string(b), "Rolled 1 unit(s)") {
+		t.Errorf("roll as flotilla-operator, driven by flotilla-machine-m1: %v\n%s", err, b)
+	}
 }

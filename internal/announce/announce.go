@@ -171,10 +171,10 @@ func register(ctx context.Context, c *store.Client, cfg *Config, health <-chan b
 		if !ok {
 			return nil
 		}
-		lease, rev, err := put(ctx, c, cfg)
+		lease, rev, err := put(ctx, c, cfg, log)
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil
+				return nil // put withdrew what it may have written
 			}
 			failures++
 			if failures == 1 || failures%10 == 0 {
@@ -538,14 +538,27 @@ func restore(ctx context.Context, c *store.Client, cfg *Config, lease *store.Lea
 
 // put grants a lease and writes the key with it. Each step is bounded by the
 // TTL: past that, a lease granted before a hang may be gone anyway.
-func put(ctx context.Context, c *store.Client, cfg *Config) (*store.Lease, int64, error) {
+//
+// A stop (ctx ending) interrupts the grant (nothing is written yet) but not
+// the write: once sent, it may reach etcd whatever happens here, so put
+// waits for its answer, and when ctx has ended meanwhile withdraws the key
+// as any stop does (deleted if it is ours, the renders waited for, then the
+// lease revoked), instead of dropping it with the lease unannounced.
+func put(ctx context.Context, c *store.Client, cfg *Config, log *slog.Logger) (*store.Lease, int64, error) {
 	actx, cancel := context.WithTimeout(ctx, max(cfg.TTL, 2*time.Second))
 	defer cancel()
 	lease, err := c.GrantLease(actx, cfg.TTL)
 	if err != nil {
 		return nil, 0, err
 	}
-	rev, err := lease.Put(actx, cfg.Key, cfg.Value)
+	pctx, pcancel := context.WithTimeout(context.WithoutCancel(ctx), max(cfg.TTL, 2*time.Second))
+	defer pcancel()
+	rev, err := lease.Put(pctx, cfg.Key, cfg.Value)
+	if ctx.Err() != nil {
+		log.Info("stopped while the key was being written; withdrawing it", "put_err", err)
+		drain(c, cfg, lease, log)
+		return nil, 0, ctx.Err()
+	}
 	if err != nil {
 		lease.Abandon()
 		// Best effort: the lease would expire by itself anyway.

@@ -188,7 +188,7 @@ func ShortHash(hash string) string {
 // (nor an error: a corrupt job must not stop the engine).
 func (r *Registry) UnusedBodies(ctx context.Context) ([]store.KV, error) {
 	jobs, units, pins := r.sub("jobs"), r.sub("units"), r.sub("pins")
-	m, _, err := r.c.GetPrefixes(ctx, []string{jobs, units, pins})
+	m, _, err := r.c.GetPrefixes(ctx, []string{jobs, units, pins, r.RolloutPrefix()})
 	if err != nil {
 		return nil, fmt.Errorf("find unused unit bodies: %w", err)
 	}
@@ -203,6 +203,7 @@ func (r *Registry) UnusedBodies(ctx context.Context) ([]store.KV, error) {
 	for _, kv := range m[pins] { // a rollout's old body, still running somewhere
 		used[string(kv.Value)] = true
 	}
+	rolloutHashes(m[r.RolloutPrefix()], used) // a rollout's new body, not given yet
 	var out []store.KV
 	for _, kv := range m[units] {
 		if !used[kv.Key[len(units):]] {

@@ -26,6 +26,12 @@ import (
 //	                            so a global unit's new body reaches its
 //	                            machines one at a time. Written by `scheduler
 //	                            roll`, removed one machine at a time.
+//	<p>rollouts/<id>            a rollout record (internal/rollout): JSON
+//	                            whose "state" and "hashes" (the bodies it
+//	                            gives units) this package reads, so that
+//	                            UnusedBodies keeps the bodies of a record not
+//	                            yet over. Written by `scheduler roll|move|drain`
+//	                            and by the rollout driver of `serve`.
 
 // DrainKey marks machine drained.
 func (r *Registry) DrainKey(machine string) string { return r.prefix + "drain/" + machine }
@@ -188,4 +194,61 @@ func (s *Snapshot) Hash(unit, machine string) string {
 		return h
 	}
 	return s.Jobs[unit].Hash
+}
+
+// RolloutPrefix is where rollout records are kept.
+func (r *Registry) RolloutPrefix() string { return r.sub("rollouts") }
+
+// rolloutBodies is what UnusedBodies reads of a rollout record.
+type rolloutBodies struct {
+	State  string   `json:"state"`
+	Hashes []string `json:"hashes"`
+}
+
+// rolloutHashes adds to used the bodies of the rollout records not over.
+func rolloutHashes(kvs []store.KV, used map[string]bool) {
+	for _, kv := range kvs {
+		var rb rolloutBodies
+		if json.Unmarshal(kv.Value, &rb) != nil || rb.State == "done" || rb.State == "failed" {
+			continue
+		}
+		for _, h := range rb.Hashes {
+			used[h] = true
+		}
+	}
+}
+
+// SetHash points unit's job at the body already stored under hash, keeping
+// its desired state: what Submit with ReplaceBody does, without writing the
+// body (the rollout driver may not). ErrNotFound when the job or the body
+// is missing.
+func (r *Registry) SetHash(ctx context.Context, unit, hash string) (Job, error) {
+	if _, found, _, err := r.c.Get(ctx, r.BodyKey(hash)); err != nil || !found {
+		if err == nil {
+			err = fmt.Errorf("unit body %s: %w", ShortHash(hash), ErrNotFound)
+		}
+		return Job{}, fmt.Errorf("set body of %s: %w", unit, err)
+	}
+	for attempt := 0; attempt < 10; attempt++ {
+		kv, found, _, err := r.c.Get(ctx, r.JobKey(unit))
+		if err != nil {
+			return Job{}, fmt.Errorf("set body of %s: %w", unit, err)
+		}
+		if !found {
+			return Job{}, fmt.Errorf("set body of %s: %w", unit, ErrNotFound)
+		}
+		job, err := r.DecodeJob(kv)
+		if err != nil || job.Hash == hash {
+			return job, err
+		}
+		job.Hash = hash
+		ok, _, err := r.c.Txn(ctx, []store.Cmp{store.ModRevisionIs(kv.Key, kv.ModRevision)}, []store.Op{store.OpPut(kv.Key, Encode(job), 0)}, nil)
+		if err != nil {
+			return Job{}, fmt.Errorf("set body of %s: %w", unit, err)
+		}
+		if ok {
+			return job, nil
+		}
+	}
+	return Job{}, fmt.Errorf("set body of %s: too much contention on %s", unit, r.JobKey(unit))
 }

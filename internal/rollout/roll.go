@@ -23,12 +23,23 @@ type RollOptions struct {
 	// a machine for it (the instance then moves there); where none does,
 	// the instance is replaced in place.
 	Surge bool
+	// Resume says the rollout was begun earlier (by a driver that is gone):
+	// an instance that already has the new body may be restarting with it,
+	// so it is waited for instead of skipped.
+	Resume bool
+	// Announced, when not nil, says which units were announced before the
+	// rollout began; a resumed rollout cannot tell from what it sees now (an
+	// instance being replaced has withdrawn its key). Nil: look now.
+	Announced map[string]bool
 }
 
-// Target is a unit and the body it should run.
+// Target is a unit and the body it should run. A rollout record keeps the
+// unit and the body's hash (the body itself is stored under the registry's
+// units/).
 type Target struct {
-	Unit string
-	Body []byte
+	Unit string `json:"unit"`
+	Hash string `json:"hash,omitempty"`
+	Body []byte `json:"-"`
 }
 
 // Roll gives every target its new body, at most maxUnavailable instances
@@ -57,7 +68,7 @@ func (r *Roller) Roll(ctx context.Context, targets []Target, opts RollOptions) e
 			return fmt.Errorf("roll %s: %w (submit and start it first)", t.Unit, err)
 		}
 		if f.Fleet.Global {
-			if err := r.rollGlobal(ctx, t, maxUnavailable); err != nil {
+			if err := r.rollGlobal(ctx, t, maxUnavailable, opts.Resume); err != nil {
 				return err
 			}
 			continue
@@ -68,7 +79,7 @@ func (r *Roller) Roll(ctx context.Context, targets []Target, opts RollOptions) e
 		n := min(len(plain), maxUnavailable)
 		g, gctx := errgroup.WithContext(ctx)
 		for _, t := range plain[:n] {
-			g.Go(func() error { return r.rollOne(gctx, t, opts.Surge) })
+			g.Go(func() error { return r.rollOne(gctx, t, opts) })
 		}
 		if err := g.Wait(); err != nil {
 			return fmt.Errorf("rollout halted: %w", err)
@@ -79,7 +90,7 @@ func (r *Roller) Roll(ctx context.Context, targets []Target, opts RollOptions) e
 }
 
 // rollOne replaces one non-global unit's body and waits for it.
-func (r *Roller) rollOne(ctx context.Context, t Target, surge bool) error {
+func (r *Roller) rollOne(ctx context.Context, t Target, opts RollOptions) error {
 	hash := unit.Hash(t.Body)
 	s, err := r.reg.Snapshot(ctx)
 	if err != nil {
@@ -92,24 +103,27 @@ func (r *Roller) rollOne(ctx context.Context, t Target, surge bool) error {
 	// A surge that halted leaves the old machine pinned to its old body:
 	// that is what it runs.
 	pinned := s.Plan.Pins[t.Unit]
+	announced, err := r.announced(ctx, t.Unit, opts.Announced)
+	if err != nil {
+		return err
+	}
 	if job.Hash == hash && len(pinned) == 0 {
-		fmt.Fprintf(r.o.Out, "Unit %s already has body %s\n", t.Unit, r.short(hash))
-		return nil
+		if !opts.Resume || job.Desired != registry.Launched {
+			fmt.Fprintf(r.o.Out, "Unit %s already has body %s\n", t.Unit, r.short(hash))
+			return nil
+		}
+		return r.resumeOne(ctx, t.Unit, hash, announced)
 	}
 	for _, h := range pinned {
 		job.Hash = h // the body it runs, for the surge's pin and the progress line
 	}
-	_, announced, err := r.announceKey(ctx, t.Unit)
-	if err != nil {
-		return err
-	}
-	if surge && job.Desired == registry.Launched {
+	if opts.Surge && job.Desired == registry.Launched {
 		done, err := r.surge(ctx, t, job, announced)
 		if done || err != nil {
 			return err
 		}
 	}
-	if _, err := r.reg.Submit(ctx, t.Unit, hash, t.Body, registry.ReplaceBody); err != nil {
+	if err := r.setBody(ctx, t); err != nil {
 		return err
 	}
 	if len(pinned) > 0 {
@@ -133,8 +147,60 @@ func (r *Roller) rollOne(ctx context.Context, t Target, surge bool) error {
 	return nil
 }
 
+// setBody gives t.Unit's job the body t.Body, keeping its desired state: it
+// points the job at the stored body when there is one (a rollout record
+// stores its bodies, so the driver need not be allowed to write any), else
+// stores the body too.
+func (r *Roller) setBody(ctx context.Context, t Target) error {
+	hash := unit.Hash(t.Body)
+	_, err := r.reg.SetHash(ctx, t.Unit, hash)
+	if errors.Is(err, registry.ErrNotFound) {
+		_, err = r.reg.Submit(ctx, t.Unit, hash, t.Body, registry.ReplaceBody)
+	}
+	return err
+}
+
+// announced says whether unit was announced before the rollout began: as
+// recorded in known, else as seen now.
+func (r *Roller) announced(ctx context.Context, unit string, known map[string]bool) (bool, error) {
+	if known != nil {
+		return known[unit], nil
+	}
+	_, found, err := r.announceKey(ctx, unit)
+	return found, err
+}
+
+// Announced returns the units of names announced now, to be kept as
+// RollOptions.Announced of a rollout that may have to be resumed.
+func (r *Roller) Announced(ctx context.Context, names []string) (map[string]bool, error) {
+	out := make(map[string]bool, len(names))
+	for _, n := range names {
+		_, found, err := r.announceKey(ctx, n)
+		if err != nil {
+			return nil, err
+		}
+		out[n] = found
+	}
+	return out, nil
+}
+
+// resumeOne waits for an instance that a rollout begun earlier gave its new
+// body: an announcement counts if written after the body was.
+func (r *Roller) resumeOne(ctx context.Context, name, hash string, announced bool) error {
+	kv, _, _, err := r.reg.Client().Get(ctx, r.reg.JobKey(name))
+	if err != nil {
+		return fmt.Errorf("resume %s: %w", name, err)
+	}
+	rd, err := r.wait(ctx, want{unit: name, hash: hash, since: kv.ModRevision, announce: announced})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(r.o.Out, "Unit %s body → %s (resumed): %s\n", name, r.short(hash), r.describe(rd))
+	return nil
+}
+
 // rollGlobal walks a global unit's machines.
-func (r *Roller) rollGlobal(ctx context.Context, t Target, maxUnavailable int) error {
+func (r *Roller) rollGlobal(ctx context.Context, t Target, maxUnavailable int, resume bool) error {
 	hash := unit.Hash(t.Body)
 	s, err := r.reg.Snapshot(ctx)
 	if err != nil {
@@ -143,7 +209,7 @@ func (r *Roller) rollGlobal(ctx context.Context, t Target, maxUnavailable int) e
 	job := s.Jobs[t.Unit]
 	// Pin every machine to what it runs now, then change the job.
 	byHash := map[string][]string{}
-	var todo []string
+	var todo, rolled []string
 	for _, m := range s.Targets(t.Unit) {
 		if _, alive := s.Machines[m]; !alive {
 			continue
@@ -151,6 +217,17 @@ func (r *Roller) rollGlobal(ctx context.Context, t Target, maxUnavailable int) e
 		if h := s.Hash(t.Unit, m); h != hash {
 			byHash[h] = append(byHash[h], m)
 			todo = append(todo, m)
+		} else {
+			rolled = append(rolled, m)
+		}
+	}
+	if resume && job.Desired == registry.Launched {
+		// A machine unpinned by the driver that began the rollout may be
+		// restarting with the new body.
+		for _, m := range rolled {
+			if _, err := r.wait(ctx, want{unit: t.Unit, hash: hash, machine: m}); err != nil {
+				return fmt.Errorf("rollout halted: %w", err)
+			}
 		}
 	}
 	for h, ms := range byHash {
@@ -159,7 +236,7 @@ func (r *Roller) rollGlobal(ctx context.Context, t Target, maxUnavailable int) e
 		}
 	}
 	if job.Hash != hash {
-		if _, err := r.reg.Submit(ctx, t.Unit, hash, t.Body, registry.ReplaceBody); err != nil {
+		if err := r.setBody(ctx, t); err != nil {
 			return err
 		}
 	}
@@ -203,81 +280,131 @@ func (r *Roller) rollGlobal(ctx context.Context, t Target, maxUnavailable int) e
 // ErrNoMachine is returned when a unit has nowhere to move to.
 var ErrNoMachine = errors.New("rollout: no machine to move the unit to")
 
+// MovePlan is a move resolved against the cluster: which unit, with which
+// body, from where to where, and whether it was announced before the move.
+type MovePlan struct {
+	Unit      string `json:"unit"`
+	Hash      string `json:"hash"`
+	From      string `json:"from"`
+	To        string `json:"to"`
+	Announced bool   `json:"announced,omitempty"`
+}
+
 // Move moves a non-global launched unit from the machine it runs on to
 // machine to ("" : where the scheduler would place it if that machine were
 // gone), through the engine's two-phase move: its agent stops it (ExecStop
 // withdraws it), the new machine starts it. It blocks until the unit is
 // ready there.
 func (r *Roller) Move(ctx context.Context, name, to string) (Ready, error) {
-	s, err := r.reg.Snapshot(ctx)
+	p, err := r.PlanMove(ctx, name, to)
 	if err != nil {
 		return Ready{}, err
 	}
+	return r.Carry(ctx, p)
+}
+
+// PlanMove resolves a move (see Move) without changing anything. A move of
+// the unit already requested (by a drain or a move begun earlier) is
+// continued: the plan goes where that one goes.
+func (r *Roller) PlanMove(ctx context.Context, name, to string) (MovePlan, error) {
+	s, err := r.reg.Snapshot(ctx)
+	if err != nil {
+		return MovePlan{}, err
+	}
 	job, ok := s.Jobs[name]
 	if !ok {
-		return Ready{}, fmt.Errorf("move %s: %w", name, registry.ErrNotFound)
+		return MovePlan{}, fmt.Errorf("move %s: %w", name, registry.ErrNotFound)
 	}
 	bodies, err := r.reg.Bodies(ctx)
 	if err != nil {
-		return Ready{}, fmt.Errorf("move %s: %w", name, err)
+		return MovePlan{}, fmt.Errorf("move %s: %w", name, err)
 	}
 	f, err := unit.Parse(name, bodies[job.Hash])
 	if err != nil {
-		return Ready{}, fmt.Errorf("move %s: %w", name, err)
+		return MovePlan{}, fmt.Errorf("move %s: %w", name, err)
 	}
 	if f.Fleet.Global {
-		return Ready{}, fmt.Errorf("move %s: a global unit runs on every machine; it cannot move", name)
+		return MovePlan{}, fmt.Errorf("move %s: a global unit runs on every machine; it cannot move", name)
 	}
 	if job.Desired != registry.Launched {
-		return Ready{}, fmt.Errorf("move %s: the unit is %s, not launched", name, job.Desired)
+		return MovePlan{}, fmt.Errorf("move %s: the unit is %s, not launched", name, job.Desired)
 	}
+	mv, pending := s.Plan.Moves[name]
+	pending = pending && !mv.Surge && (to == "" || to == mv.To)
 	from := ""
 	for _, m := range s.Targets(name) {
-		if _, alive := s.Machines[m]; alive {
+		if _, alive := s.Machines[m]; alive && (!pending || m != mv.To) {
 			from = m
 		}
 	}
 	if from == "" {
-		return Ready{}, fmt.Errorf("move %s: the unit is not on any present machine", name)
+		return MovePlan{}, fmt.Errorf("move %s: the unit is not on any present machine", name)
 	}
-	if to == "" {
+	switch {
+	case pending:
+		to = mv.To
+	case to == "":
 		if to, err = choose(s, bodies, name, from); err != nil {
-			return Ready{}, fmt.Errorf("move %s off %s: %w", name, r.label(from), err)
+			return MovePlan{}, fmt.Errorf("move %s off %s: %w", name, r.label(from), err)
 		}
-	} else {
+	default:
 		if to, err = ResolveMachine(s, to); err != nil {
-			return Ready{}, fmt.Errorf("move %s: %w", name, err)
+			return MovePlan{}, fmt.Errorf("move %s: %w", name, err)
 		}
 		if _, drained := s.Plan.Drained[to]; drained {
-			return Ready{}, fmt.Errorf("move %s: machine %s is drained", name, r.label(to))
+			return MovePlan{}, fmt.Errorf("move %s: machine %s is drained", name, r.label(to))
 		}
 	}
 	if to == from {
-		return Ready{}, fmt.Errorf("move %s: the unit already runs on %s", name, r.label(to))
+		return MovePlan{}, fmt.Errorf("move %s: the unit already runs on %s", name, r.label(to))
 	}
 	_, announced, err := r.announceKey(ctx, name)
 	if err != nil {
-		return Ready{}, err
+		return MovePlan{}, err
 	}
-	if err := r.reg.RequestMove(ctx, name, to, false); err != nil {
-		return Ready{}, err
-	}
-	since, err := r.revision(ctx)
+	return MovePlan{Unit: name, Hash: job.Hash, From: from, To: to, Announced: announced}, nil
+}
+
+// Carry carries out a planned move and blocks until the unit is ready on
+// p.To. It may be called again for the same plan (by a driver resuming
+// what another began): a move already requested is waited for, not asked
+// again, and a move already made is only waited for.
+func (r *Roller) Carry(ctx context.Context, p MovePlan) (Ready, error) {
+	s, err := r.reg.Snapshot(ctx)
 	if err != nil {
 		return Ready{}, err
 	}
-	rd, err := r.wait(ctx, want{unit: name, hash: job.Hash, machine: to, since: since, announce: announced, move: true})
+	var since int64
+	mv, pending := s.Plan.Moves[p.Unit]
+	targets := s.Targets(p.Unit)
+	switch {
+	case pending && mv.To == p.To && !mv.Surge:
+		since = s.ModRevs[r.reg.MoveKey(p.Unit)]
+	case len(targets) == 1 && targets[0] == p.To:
+		// Moved already; what is left is the wait.
+	default:
+		if err := r.reg.RequestMove(ctx, p.Unit, p.To, false); err != nil {
+			return Ready{}, err
+		}
+		if since, err = r.revision(ctx); err != nil {
+			return Ready{}, err
+		}
+	}
+	rd, err := r.wait(ctx, want{unit: p.Unit, hash: p.Hash, machine: p.To, since: since, announce: p.Announced, move: true})
 	if err != nil {
 		return Ready{}, err
 	}
-	fmt.Fprintf(r.o.Out, "Unit %s moved %s → %s: %s\n", name, r.label(from), r.label(to), r.describe(rd))
+	fmt.Fprintf(r.o.Out, "Unit %s moved %s → %s: %s\n", p.Unit, r.label(p.From), r.label(p.To), r.describe(rd))
 	return rd, nil
 }
 
 // Drain moves every non-global unit off machine, one at a time (the machine
 // must already be marked drained, so that nothing new lands there). It
-// returns how many units it moved; global units stay.
-func (r *Roller) Drain(ctx context.Context, machine string) (int, error) {
+// returns how many units it moved; global units stay. A move under way (one
+// a driver that is gone requested) is waited for first, not asked again.
+// known, when not nil, says which units were announced before the drain
+// began (see RollOptions.Announced).
+func (r *Roller) Drain(ctx context.Context, machine string, known map[string]bool) (int, error) {
 	moved := 0
 	for {
 		s, err := r.reg.Snapshot(ctx)
@@ -287,35 +414,63 @@ func (r *Roller) Drain(ctx context.Context, machine string) (int, error) {
 		if _, drained := s.Plan.Drained[machine]; !drained {
 			return moved, fmt.Errorf("drain %s: the machine is not marked drained (undrained meanwhile?)", r.label(machine))
 		}
-		bodies, err := r.reg.Bodies(ctx)
+		names, err := r.drainable(ctx, s, machine)
 		if err != nil {
 			return moved, err
 		}
-		next := ""
-		var names []string
-		for name := range s.Schedule {
-			names = append(names, name)
-		}
-		sort.Strings(names)
-		for _, name := range names {
-			if _, there := s.Schedule[name][machine]; !there {
-				continue
-			}
-			f, err := unit.Parse(name, bodies[s.Jobs[name].Hash])
-			if err != nil || f.Fleet.Global || s.Jobs[name].Desired != registry.Launched {
-				continue
-			}
-			next = name
-			break
-		}
-		if next == "" {
+		var p MovePlan
+		if name, mv, ok := underway(s); ok {
+			a, aerr := r.announced(ctx, name, known)
+			p, err = MovePlan{Unit: name, Hash: s.Jobs[name].Hash, From: machine, To: mv.To, Announced: a}, aerr
+		} else if len(names) == 0 {
 			return moved, nil
+		} else if p, err = r.PlanMove(ctx, names[0], ""); err == nil && known != nil {
+			p.Announced = known[names[0]]
 		}
-		if _, err := r.Move(ctx, next, ""); err != nil {
+		if err == nil {
+			_, err = r.Carry(ctx, p)
+		}
+		if err != nil {
 			return moved, fmt.Errorf("drain %s halted: %w", r.label(machine), err)
 		}
 		moved++
 	}
+}
+
+// underway returns a requested move (not a surge) of a launched unit, the
+// first by name, if any.
+func underway(s *registry.Snapshot) (string, registry.Move, bool) {
+	var names []string
+	for n, mv := range s.Plan.Moves {
+		if !mv.Surge && s.Jobs[n].Desired == registry.Launched {
+			names = append(names, n)
+		}
+	}
+	if len(names) == 0 {
+		return "", registry.Move{}, false
+	}
+	sort.Strings(names)
+	return names[0], s.Plan.Moves[names[0]], true
+}
+
+// drainable returns the launched non-global units targeted at machine, by
+// name.
+func (r *Roller) drainable(ctx context.Context, s *registry.Snapshot, machine string) ([]string, error) {
+	bodies, err := r.reg.Bodies(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for name := range s.Schedule {
+		if _, there := s.Schedule[name][machine]; !there || s.Jobs[name].Desired != registry.Launched {
+			continue
+		}
+		if f, err := unit.Parse(name, bodies[s.Jobs[name].Hash]); err == nil && !f.Fleet.Global {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	return names, nil
 }
 
 // ResolveMachine finds a present or drained machine by id or unique id
@@ -420,7 +575,7 @@ func (r *Roller) surge(ctx context.Context, t Target, job registry.Job, announce
 	if err := r.reg.Pin(ctx, t.Unit, job.Hash, []string{from}); err != nil {
 		return false, err
 	}
-	if _, err := r.reg.Submit(ctx, t.Unit, hash, t.Body, registry.ReplaceBody); err != nil {
+	if err := r.setBody(ctx, t); err != nil {
 		return false, err
 	}
 	if err := r.reg.RequestMove(ctx, t.Unit, to, true); err != nil {

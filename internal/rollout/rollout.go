@@ -8,9 +8,12 @@
 // after the change) and every render that publishes its status (see
 // Watcher.StatusPrefix) and watches that key has applied the announcement.
 //
-// A Roller is driven by one CLI command; it blocks until done, or until an
-// instance fails (then the rollout halts there, the instances not yet
-// touched keep their old body, and the error names the unit and the reason).
+// A Roller's methods block until done, or until an instance fails (then the
+// rollout halts there, the instances not yet touched keep their old body,
+// and the error names the unit and the reason). The CLI does not run them
+// itself: it stores a Record (Submit) and follows it (Follow), and the
+// Driver elected among the `scheduler serve` machines carries records out
+// with a Roller, one at a time, resuming after a failover.
 package rollout
 
 import (
