@@ -68,9 +68,8 @@ type serveOptions struct {
 	sec          secureOptions
 }
 
-func serve(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	o := serveOptions{store: store.Default()}
-	fs := flag.NewFlagSet("scheduler serve", flag.ContinueOnError)
+// register registers serve's flags.
+func (o *serveOptions) register(fs *flag.FlagSet) {
 	o.store.RegisterFlags(fs)
 	fs.StringVar(&o.prefix, "prefix", registry.DefaultPrefix, "etcd key prefix of the scheduler's state")
 	fs.StringVar(&o.dataDir, "data-dir", defaultDataDir, "state of this machine: embedded etcd data, machine id, unit logs")
@@ -93,6 +92,41 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	fs.StringVar(&o.sec.token, "token", "", "join token for --join (env FLOTILLA_TOKEN); needed only the first time")
 	fs.StringVar(&o.sec.joinListen, "join-listen", "", "join endpoint address on the machine holding the CA (default: --etcd-listen's host, port "+defaultJoinPort+")")
 	fs.DurationVar(&o.sec.tokenTTL, "token-ttl", 24*time.Hour, "validity of the join token created on the first start")
+}
+
+// check refuses bad flag values; it returns the machine's metadata and IP.
+func (o *serveOptions) check() (map[string]string, string, error) {
+	md, err := parseMetadata(o.metadata)
+	if err != nil {
+		return nil, "", cmdline.Usagef("--metadata: %v", err)
+	}
+	switch o.executor {
+	case "auto", "systemd", "process":
+	default:
+		return nil, "", cmdline.Usagef("--executor %q: want auto, systemd or process", o.executor)
+	}
+	if err := o.api.check(); err != nil {
+		return nil, "", err
+	}
+	if o.moveGrace < 0 {
+		return nil, "", cmdline.Usagef("--move-grace %s: must not be negative", o.moveGrace)
+	}
+	if o.ttl < store.MinTTL {
+		return nil, "", cmdline.Usagef("--ttl %s: at least %s", o.ttl, store.MinTTL)
+	}
+	ip := o.publicIP
+	if ip == "" {
+		ip = defaultIP()
+	} else if net.ParseIP(ip) == nil {
+		return nil, "", cmdline.Usagef("--public-ip %q: not an IP address", ip)
+	}
+	return md, ip, nil
+}
+
+func serve(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	o := serveOptions{store: store.Default()}
+	fs := flag.NewFlagSet("scheduler serve", flag.ContinueOnError)
+	o.register(fs)
 	if err := cmdline.Parse(fs, args, stdout, serveUsage); err != nil {
 		return err
 	}
@@ -103,29 +137,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err != nil {
 		return err
 	}
-	md, err := parseMetadata(o.metadata)
+	md, ip, err := o.check()
 	if err != nil {
-		return cmdline.Usagef("--metadata: %v", err)
-	}
-	switch o.executor {
-	case "auto", "systemd", "process":
-	default:
-		return cmdline.Usagef("--executor %q: want auto, systemd or process", o.executor)
-	}
-	if err := o.api.check(); err != nil {
 		return err
-	}
-	if o.moveGrace < 0 {
-		return cmdline.Usagef("--move-grace %s: must not be negative", o.moveGrace)
-	}
-	if o.ttl < store.MinTTL {
-		return cmdline.Usagef("--ttl %s: at least %s", o.ttl, store.MinTTL)
-	}
-	ip := o.publicIP
-	if ip == "" {
-		ip = defaultIP()
-	} else if net.ParseIP(ip) == nil {
-		return cmdline.Usagef("--public-ip %q: not an IP address", ip)
 	}
 	if err := o.checkSecureFlags(getenv); err != nil {
 		return err

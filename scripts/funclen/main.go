@@ -31,7 +31,6 @@ const maxLines = 120
 // "Type.Method"), that are longer than maxLines and have yet to be split.
 func knownLong() map[string]bool {
 	return map[string]bool{
-		"cmd/scheduler/serve.go:serve":          true,
 		"internal/engine/engine.go:Engine.plan": true,
 	}
 }
