@@ -1,123 +1,20 @@
 package announce_test
 
 import (
-	"bytes"
 	"context"
-	"io"
 	"log/slog"
-	"net"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/flotilla/flotilla/internal/announce"
 	"github.com/flotilla/flotilla/internal/applied"
 	"github.com/flotilla/flotilla/internal/etcdtest"
+	"github.com/flotilla/flotilla/internal/netcut"
 	"github.com/flotilla/flotilla/internal/store"
+	"github.com/flotilla/flotilla/internal/testmain"
 )
-
-// gate is a TCP proxy to etcd that holds the first client chunk holding
-// match (announce's put: only it carries the value) until release is
-// closed, and says on held when it holds it.
-type gate struct {
-	l       net.Listener
-	target  string
-	match   []byte
-	held    chan struct{}
-	release chan struct{}
-	once    sync.Once
-	wg      sync.WaitGroup
-	mu      sync.Mutex
-	conns   []net.Conn
-}
-
-func newGate(t *testing.T, target string, match []byte) *gate {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := &gate{l: l, target: target, match: match, held: make(chan struct{}), release: make(chan struct{})}
-	g.wg.Add(1)
-	go g.accept()
-	t.Cleanup(g.close)
-	return g
-}
-
-func (g *gate) accept() {
-	defer g.wg.Done()
-	for {
-		c, err := g.l.Accept()
-		if err != nil {
-			return
-		}
-		s, err := net.Dial("tcp", g.target)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		g.mu.Lock()
-		g.conns = append(g.conns, c, s)
-		g.mu.Unlock()
-		g.wg.Add(2)
-		go func() { defer g.wg.Done(); io.Copy(c, s); c.Close() }()
-		go func() { defer g.wg.Done(); g.up(c, s); s.Close() }()
-	}
-}
-
-// up copies client → server, holding the chunk that holds match.
-func (g *gate) up(c, s net.Conn) {
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := c.Read(buf)
-		if n > 0 {
-			if bytes.Contains(buf[:n], g.match) {
-				g.once.Do(func() { close(g.held) })
-				<-g.release
-			}
-			if _, werr := s.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
-func (g *gate) close() {
-	g.l.Close()
-	select {
-	case <-g.release:
-	default:
-		close(g.release)
-	}
-	g.mu.Lock()
-	for _, c := range g.conns {
-		c.Close()
-	}
-	g.mu.Unlock()
-	g.wg.Wait()
-}
-
-// syncBuffer is a log destination safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestStopWhilePutInFlight: a stop (ctx ending, SIGTERM in cmd/announce)
 // while the first put is on its way to etcd still ends with the acknowledged
@@ -143,9 +40,14 @@ func TestStopWhilePutInFlight(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := newGate(t, u.Host, []byte(value))
+	g, err := netcut.New(u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	held, release := g.Hold([]byte(value))
 	cfg := srv.Config()
-	cfg.Endpoints = []string{"http://" + g.l.Addr().String()}
+	cfg.Endpoints = []string{"http://" + g.Addr()}
 	c, err := store.Open(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -154,7 +56,7 @@ func TestStopWhilePutInFlight(t *testing.T) {
 
 	w := direct.WatchPrefix(ctx, key, rev0+1)
 	defer w.Close()
-	var logs syncBuffer
+	var logs testmain.SyncBuffer
 	rctx, stop := context.WithCancel(ctx)
 	defer stop()
 	done := make(chan error, 1)
@@ -164,12 +66,12 @@ func TestStopWhilePutInFlight(t *testing.T) {
 			Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	}()
 	select {
-	case <-g.held:
+	case <-held:
 	case <-ctx.Done():
 		t.Fatal("announce's put never reached the proxy")
 	}
 	stop() // the stop comes while the put is held on its way
-	close(g.release)
+	release()
 
 	// The key appears (the put landed), then is deleted with its lease alive.
 	var lease store.LeaseID

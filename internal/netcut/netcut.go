@@ -5,6 +5,7 @@
 package netcut
 
 import (
+	"bytes"
 	"io"
 	"net"
 	"sync"
@@ -18,6 +19,16 @@ type Proxy struct {
 	down   bool
 	conns  []net.Conn
 	wg     sync.WaitGroup
+	hold   *hold
+}
+
+// hold is a client chunk to hold back on its way to the target.
+type hold struct {
+	match   []byte
+	once    sync.Once
+	held    chan struct{}
+	release chan struct{}
+	freed   sync.Once
 }
 
 // New listens on a free loopback port and forwards to target (host:port).
@@ -57,8 +68,48 @@ func (p *Proxy) serve() {
 		p.conns = append(p.conns, c, up)
 		p.mu.Unlock()
 		p.wg.Add(2)
-		go func() { defer p.wg.Done(); io.Copy(up, c); up.Close() }()
+		go func() { defer p.wg.Done(); p.copyUp(up, c); up.Close() }()
 		go func() { defer p.wg.Done(); io.Copy(c, up); c.Close() }()
+	}
+}
+
+// Hold holds back the first chunk a client sends that contains match (e.g.
+// the value of one etcd put) until release is called; held is closed when
+// that chunk arrives. Call it before the client connects. Close releases it.
+func (p *Proxy) Hold(match []byte) (held <-chan struct{}, release func()) {
+	h := &hold{match: match, held: make(chan struct{}), release: make(chan struct{})}
+	p.mu.Lock()
+	p.hold = h
+	p.mu.Unlock()
+	return h.held, h.free
+}
+
+func (h *hold) free() { h.freed.Do(func() { close(h.release) }) }
+
+// copyUp copies client → target, holding back the chunk Hold asks for.
+func (p *Proxy) copyUp(up, c net.Conn) {
+	p.mu.Lock()
+	h := p.hold
+	p.mu.Unlock()
+	if h == nil {
+		io.Copy(up, c)
+		return
+	}
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := c.Read(buf)
+		if n > 0 {
+			if bytes.Contains(buf[:n], h.match) {
+				h.once.Do(func() { close(h.held) })
+				<-h.release
+			}
+			if _, werr := up.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
 	}
 }
 
@@ -78,6 +129,11 @@ func (p *Proxy) Cut(down bool) {
 // proxy's goroutines to end.
 func (p *Proxy) Close() {
 	p.ln.Close()
+	p.mu.Lock()
+	if p.hold != nil {
+		p.hold.free()
+	}
+	p.mu.Unlock()
 	p.Cut(true)
 	p.wg.Wait()
 }
