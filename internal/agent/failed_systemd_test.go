@@ -46,25 +46,12 @@ func TestFailedUnitMovesUnderSystemd(t *testing.T) {
 	body := []byte(fmt.Sprintf("[Unit]\nStartLimitIntervalSec=1h\nStartLimitBurst=2\n[Service]\nRestart=on-failure\nRestartSec=100ms\n"+
 		"ExecStart=/bin/sh -c 'echo . >> %s/starts-$${FLOTILLA_MACHINE_ID}; [ \"$${FLOTILLA_MACHINE_ID}\" != m1 ] || exit 3; exec sleep 1000'\n"+
 		"[X-Flotilla]\nRestartFailed=1\n", dir))
-	const name = "crash.service"
-	hash := unit.Hash(body)
-	if _, err := reg.Submit(ctx, name, hash, body, registry.ReplaceBody); err != nil {
-		t.Fatal(err)
-	}
-	if err := reg.SetDesired(ctx, name, registry.Launched); err != nil {
-		t.Fatal(err)
-	}
-	var s *registry.Snapshot
-	eventually(t, "the unit running on m2", func() bool {
-		var err error
-		s, err = reg.Snapshot(ctx)
-		return err == nil && s.States[name]["m2"].Sub == "running" && len(s.Schedule[name]) == 1
-	})
+	name, s := launchUntilMoved(ctx, t, reg, body)
 	// Two starts per StartLimitBurst=2, a restart in place, two more.
 	if got := starts(dir, "m1"); got != 4 {
 		t.Errorf("ExecStart ran %d times on m1, want 4", got)
 	}
-	if f, ok := s.Failed[name]["m1"]; !ok || f.Restarts != 1 || !f.Move || f.Hash != hash {
+	if f, ok := s.Failed[name]["m1"]; !ok || f.Restarts != 1 || !f.Move || f.Hash != unit.Hash(body) {
 		t.Errorf("failure record on m1 = %+v (present %v)", f, ok)
 	}
 	if _, ok := s.Schedule[name]["m2"]; !ok {

@@ -38,6 +38,26 @@ func runEngine(t *testing.T, reg *registry.Registry) {
 }
 
 // starts counts the lines of a unit's start log on one machine.
+// launchUntilMoved submits body as crash.service, launched, and waits until
+// it runs on m2 (its failures on m1 spent there) and nowhere else.
+func launchUntilMoved(ctx context.Context, t *testing.T, reg *registry.Registry, body []byte) (string, *registry.Snapshot) {
+	t.Helper()
+	const name = "crash.service"
+	if _, err := reg.Submit(ctx, name, unit.Hash(body), body, registry.ReplaceBody); err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.SetDesired(ctx, name, registry.Launched); err != nil {
+		t.Fatal(err)
+	}
+	var s *registry.Snapshot
+	eventually(t, "the unit running on m2", func() bool {
+		var err error
+		s, err = reg.Snapshot(ctx)
+		return err == nil && s.States[name]["m2"].Sub == "running" && len(s.Schedule[name]) == 1
+	})
+	return name, s
+}
+
 func starts(dir, machine string) int {
 	b, _ := os.ReadFile(filepath.Join(dir, "starts-"+machine))
 	return strings.Count(string(b), "\n")
@@ -84,21 +104,8 @@ func TestFailedUnitRestartsInPlaceThenMoves(t *testing.T) {
 			body := []byte(fmt.Sprintf("[Unit]\nStartLimitIntervalSec=1h\nStartLimitBurst=%d\n[Service]\n%s"+
 				"ExecStart=/bin/sh -c 'echo . >> %s/starts-$${FLOTILLA_MACHINE_ID}; [ \"$${FLOTILLA_MACHINE_ID}\" != m1 ] || exit 3; exec sleep 1000'\n"+
 				"[X-Flotilla]\nRestartFailed=2\nAvoidFailedFor=1h\n", tc.attempts, tc.service, dir))
-			const name = "crash.service"
+			name, s := launchUntilMoved(ctx, t, reg, body)
 			hash := unit.Hash(body)
-			if _, err := reg.Submit(ctx, name, hash, body, registry.ReplaceBody); err != nil {
-				t.Fatal(err)
-			}
-			if err := reg.SetDesired(ctx, name, registry.Launched); err != nil {
-				t.Fatal(err)
-			}
-
-			var s *registry.Snapshot
-			eventually(t, "the unit running on m2", func() bool {
-				var err error
-				s, err = reg.Snapshot(ctx)
-				return err == nil && s.States[name]["m2"].Sub == "running" && len(s.Schedule[name]) == 1
-			})
 			// 1 start + 2 restarts in place, each of tc.attempts runs.
 			if got, want := starts(dir, "m1"), 3*tc.attempts; got != want {
 				t.Errorf("ExecStart ran %d times on m1, want %d (a start and RestartFailed=2 restarts, %d runs each)", got, want, tc.attempts)

@@ -299,6 +299,21 @@ func (d *Driver) carry(ctx context.Context, lead *store.Leadership, st stored) e
 	return serr
 }
 
+// recordAnnounced reads which of names are announced now and keeps it in
+// the record (saved, so that a resumed rollout waits for the same ones) and
+// in rec.
+func (rc *recorder) recordAnnounced(ctx context.Context, r *Roller, rec *Record, names []string) error {
+	a, err := r.Announced(ctx, names)
+	if err != nil {
+		return err
+	}
+	if err := rc.save(func(r *Record) { r.Announced = a }); err != nil {
+		return err
+	}
+	rec.Announced = a
+	return nil
+}
+
 // execute carries out rc's record with r.
 func (d *Driver) execute(ctx context.Context, r *Roller, rc *recorder, resume bool) error {
 	rec := rc.rec // the fields read here are the CLI's, not changed by saves
@@ -317,14 +332,9 @@ func (d *Driver) execute(ctx context.Context, r *Roller, rc *recorder, resume bo
 			for i, t := range rec.Targets {
 				names[i] = t.Unit
 			}
-			a, err := r.Announced(ctx, names)
-			if err != nil {
+			if err := rc.recordAnnounced(ctx, r, &rec, names); err != nil {
 				return err
 			}
-			if err := rc.save(func(r *Record) { r.Announced = a }); err != nil {
-				return err
-			}
-			rec.Announced = a
 		}
 		if err := r.Roll(ctx, rec.Targets, RollOptions{MaxUnavailable: rec.MaxUnavailable, Surge: rec.Surge, Resume: resume, Announced: rec.Announced}); err != nil {
 			return err
@@ -354,14 +364,9 @@ func (d *Driver) execute(ctx context.Context, r *Roller, rc *recorder, resume bo
 			if err != nil {
 				return err
 			}
-			a, err := r.Announced(ctx, names)
-			if err != nil {
+			if err := rc.recordAnnounced(ctx, r, &rec, names); err != nil {
 				return err
 			}
-			if err := rc.save(func(r *Record) { r.Announced = a }); err != nil {
-				return err
-			}
-			rec.Announced = a
 		}
 		n, err := r.Drain(ctx, rec.Machine, rec.Announced)
 		if err != nil {
