@@ -169,9 +169,14 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err := o.store.FromEnv(getenv, "FLOTILLA_ENDPOINTS"); err != nil {
 		return cmdline.Usagef("%v", err)
 	}
-	// The client outlives ctx (SIGTERM) until Close: a shutdown still has
-	// to revoke the presence lease and resign the engine's leadership.
-	c, err := store.Open(context.WithoutCancel(ctx), o.store)
+	// The client outlives ctx (SIGTERM): a shutdown still has to stop the
+	// units, revoke the presence lease and resign the leaderships. It ends
+	// resignGrace after the agent is done, since etcd's election retries a
+	// candidate's resignation with the client's context, for ever if etcd is
+	// gone.
+	cctx, cancelClient := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelClient()
+	c, err := store.Open(cctx, o.store)
 	if err != nil {
 		return err
 	}
@@ -211,13 +216,20 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	log.Info("machine serving", "ip", ip, "metadata", o.metadata, "endpoints", strings.Join(o.store.Endpoints, ","))
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return ag.Run(gctx) })
+	g.Go(func() error {
+		defer time.AfterFunc(resignGrace, cancelClient)
+		return ag.Run(gctx)
+	})
 	g.Go(func() error { return en.Run(gctx) })
 	g.Go(func() error { return dr.Run(gctx) })
 	g.Go(func() error { return api.run(gctx) })
 	g.Go(func() error { return sec.run(gctx, &o, c) })
 	return g.Wait()
 }
+
+// resignGrace is how long the engine and the rollout driver may take to
+// resign once the agent has stopped.
+const resignGrace = 5 * time.Second
 
 func newExecutor(ctx context.Context, o serveOptions, log *slog.Logger, m *registry.Machine) (executor.Executor, error) {
 	kind := o.executor
