@@ -14,6 +14,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"runtime"
@@ -23,8 +24,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/sync/errgroup"
 
 	"github.com/flotilla/flotilla/internal/engine"
 	"github.com/flotilla/flotilla/internal/etcdtest"
@@ -224,31 +223,18 @@ func TestScale(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 
-	// 1. Submit and start everything.
+	// 1. Submit and start everything, as `scheduler start` does: every
+	// file parsed, then registry.Ensure (batched transactions).
 	start := time.Now()
-	var g errgroup.Group
-	g.SetLimit(32)
-	for name, body := range bodies {
-		g.Go(func() error {
-			// An overloaded etcd times requests out; an operator's script
-			// would try again, and so does this one.
-			var err error
-			for attempt := range 5 {
-				if attempt > 0 {
-					t.Logf("submit %s, attempt %d: %v", name, attempt+1, err)
-					time.Sleep(time.Duration(attempt) * time.Second)
-				}
-				if _, err = reg.Submit(ctx, name, unit.Hash(body), body, registry.KeepExisting); err != nil {
-					continue
-				}
-				if err = reg.SetDesired(ctx, name, registry.Launched); err == nil {
-					return nil
-				}
-			}
-			return err
-		})
+	names := slices.Sorted(maps.Keys(bodies))
+	wants := make([]registry.Want, 0, len(names))
+	for _, name := range names {
+		if _, err := unit.Parse(name, bodies[name]); err != nil {
+			t.Fatal(err)
+		}
+		wants = append(wants, registry.Want{Name: name, Hash: unit.Hash(bodies[name]), Body: bodies[name], Desired: registry.Launched})
 	}
-	if err := g.Wait(); err != nil {
+	if err := registry.FirstError(reg.Ensure(ctx, wants, registry.KeepExisting)); err != nil {
 		t.Fatal(err)
 	}
 	submitted := time.Since(start)
