@@ -42,6 +42,7 @@ import (
 	"github.com/flotilla/flotilla/internal/registry"
 	"github.com/flotilla/flotilla/internal/store"
 	"github.com/flotilla/flotilla/internal/unit"
+	"golang.org/x/sync/errgroup"
 )
 
 // Options configures an Engine.
@@ -86,6 +87,9 @@ type PassStats struct {
 	Unplaced  int
 	Moved     int // units given a new machine
 	Unchanged bool
+	// Partial says the pass wrote only part of what it planned (a leader's
+	// pass writes a bounded number of transactions); another follows.
+	Partial bool
 }
 
 // DefaultMoveGrace is Options.MoveGrace's default: with the default 10s
@@ -361,58 +365,90 @@ func (e *Engine) loadUnits(ctx context.Context, snap *registry.Snapshot) (reques
 	return requests, nil
 }
 
-// write applies the batches in guarded transactions of at most
-// registry.MaxTxnOps operations and as many conditions, never splitting one
+// txn is one guarded transaction of a pass.
+type txn struct {
+	cmps []store.Cmp
+	ops  []store.Op
+}
+
+// txns packs the batches into transactions of at most registry.MaxTxnOps
+// operations and as many conditions (the guard first), never splitting one
 // unit's batch unless it alone is larger than that.
-// It returns the revision of its last transaction.
-func (e *Engine) write(ctx context.Context, guard store.Cmp, batches []batch) (txns, ops int, rev int64, err error) {
-	c := e.reg.Client()
-	var cur []store.Op
-	cmps := []store.Cmp{guard}
-	flush := func() error {
-		if len(cur) == 0 {
-			return nil
+func txns(guard store.Cmp, batches []batch) []txn {
+	var out []txn
+	cur := txn{cmps: []store.Cmp{guard}}
+	flush := func() {
+		if len(cur.ops) > 0 {
+			out = append(out, cur)
 		}
-		ok, r, err := c.Txn(ctx, cmps, cur, nil)
-		txns++
-		rev = max(rev, r)
-		if err != nil {
-			return fmt.Errorf("engine: write placement: %w", err)
-		}
-		if !ok {
-			if len(cmps) > 1 {
-				// A machine came back, or leadership was lost: the next
-				// pass (soon, on the presence change) sorts out which.
-				return fmt.Errorf("engine: write placement: %w", errMachineBack)
-			}
-			return fmt.Errorf("engine: write placement: %w", ErrNotLeader)
-		}
-		ops += len(cur)
-		cur = cur[:0]
-		cmps = cmps[:1]
-		return nil
+		cur = txn{cmps: []store.Cmp{guard}}
 	}
 	for _, b := range batches {
-		if len(cur)+len(b.ops) > registry.MaxTxnOps || len(cmps)+len(b.cmps) > registry.MaxTxnOps {
-			if err := flush(); err != nil {
-				return txns, ops, rev, err
-			}
+		if len(cur.ops)+len(b.ops) > registry.MaxTxnOps || len(cur.cmps)+len(b.cmps) > registry.MaxTxnOps {
+			flush()
 		}
-		cmps = append(cmps, b.cmps...)
+		cur.cmps = append(cur.cmps, b.cmps...)
 		o := b.ops
 		// A global unit on many machines may need several transactions;
 		// each of its keys stands alone.
 		for len(o) > registry.MaxTxnOps {
-			cur = append(cur, o[:registry.MaxTxnOps]...)
-			if err := flush(); err != nil {
-				return txns, ops, rev, err
-			}
+			cur.ops = append(cur.ops, o[:registry.MaxTxnOps]...)
+			flush()
 			o = o[registry.MaxTxnOps:]
 		}
-		cur = append(cur, o...)
+		cur.ops = append(cur.ops, o...)
 	}
-	err = flush()
-	return txns, ops, rev, err
+	flush()
+	return out
+}
+
+// writeInFlight is how many of a pass's transactions are in flight at once:
+// each holds whole units, so their order does not matter.
+const writeInFlight = 4
+
+// write applies the batches in guarded transactions (see txns), at most
+// limit of them (0: all; partial reports that some were left for the next
+// pass), writeInFlight at a time. It returns the revision of its last
+// transaction.
+func (e *Engine) write(ctx context.Context, guard store.Cmp, batches []batch, limit int) (res writeResult, err error) {
+	all := txns(guard, batches)
+	if limit > 0 && len(all) > limit {
+		all, res.partial = all[:limit], true
+	}
+	c := e.reg.Client()
+	var mu sync.Mutex
+	var g errgroup.Group
+	g.SetLimit(writeInFlight)
+	for _, t := range all {
+		g.Go(func() error {
+			ok, r, err := c.Txn(ctx, t.cmps, t.ops, nil)
+			mu.Lock()
+			defer mu.Unlock()
+			res.txns++
+			res.rev = max(res.rev, r)
+			switch {
+			case err != nil:
+				return fmt.Errorf("engine: write placement: %w", err)
+			case !ok && len(t.cmps) > 1:
+				// A machine came back, or leadership was lost: the next
+				// pass (soon, on the presence change) sorts out which.
+				return fmt.Errorf("engine: write placement: %w", errMachineBack)
+			case !ok:
+				return fmt.Errorf("engine: write placement: %w", ErrNotLeader)
+			}
+			res.ops += len(t.ops)
+			return nil
+		})
+	}
+	err = g.Wait()
+	return res, err
+}
+
+// writeResult is what write did.
+type writeResult struct {
+	txns, ops int
+	rev       int64
+	partial   bool
 }
 
 // collectBodies deletes stored bodies no job refers to any more. Jobs and

@@ -105,9 +105,12 @@ func (e *Engine) watchLoop(ctx context.Context, lead *store.Leadership, live *re
 			return nil
 		}
 		pending = false
-		_, err := e.PassOn(ctx, lead.Guard(), live.Snapshot())
+		st, err := e.pass(ctx, lead.Guard(), live.Snapshot(), time.Now(), 0, leaderPassTxns)
 		switch {
 		case err == nil:
+			// A partial pass: the rest once the watch has brought these
+			// writes back.
+			pending = st.Partial
 		case fatal(ctx, err):
 			return err
 		case errors.Is(err, errMachineBack):
@@ -180,6 +183,7 @@ func (e *Engine) watchLoop(ctx context.Context, lead *store.Leadership, live *re
 			}
 			live.Apply(b)
 			if pending && live.Rev() >= e.written && debounce == nil {
+				pending = false
 				debounce = time.After(0)
 			}
 		case <-debounce:

@@ -21,16 +21,24 @@ func (e *Engine) Pass(ctx context.Context, guard store.Cmp) (PassStats, error) {
 	if err != nil {
 		return PassStats{Requests: 1}, err
 	}
-	return e.pass(ctx, guard, snap, start, 1)
+	return e.pass(ctx, guard, snap, start, 1, 0)
 }
 
 // PassOn is Pass on a snapshot the caller keeps current (a registry.Live's,
 // as the leader does): it reads only the bodies it has not parsed yet.
 func (e *Engine) PassOn(ctx context.Context, guard store.Cmp, snap *registry.Snapshot) (PassStats, error) {
-	return e.pass(ctx, guard, snap, time.Now(), 0)
+	return e.pass(ctx, guard, snap, time.Now(), 0, 0)
 }
 
-func (e *Engine) pass(ctx context.Context, guard store.Cmp, snap *registry.Snapshot, start time.Time, reads int) (PassStats, error) {
+// leaderPassTxns is the most transactions one of the leader's passes
+// writes: a pass with more to write (the first placement of thousands of
+// units) leaves the rest to the next pass, which follows at once, so that a
+// change meanwhile (a machine lost) waits for one short pass, not a long one.
+const leaderPassTxns = 12
+
+// pass plans from snap and writes the difference, at most limit
+// transactions of it (0: all).
+func (e *Engine) pass(ctx context.Context, guard store.Cmp, snap *registry.Snapshot, start time.Time, reads, limit int) (PassStats, error) {
 	res := PassStats{Requests: reads}
 	e.logSkipped(snap.Skipped)
 	reqs, err := e.loadUnits(ctx, snap)
@@ -40,16 +48,16 @@ func (e *Engine) pass(ctx context.Context, guard store.Cmp, snap *registry.Snaps
 	}
 	plan := e.plan(snap)
 	res.Units, res.Machines, res.Unplaced, res.Moved = len(snap.Jobs), len(snap.Machines), len(plan.unplaced), plan.moved
-	txns, ops, rev, err := e.write(ctx, guard, plan.batches)
+	w, err := e.write(ctx, guard, plan.batches, limit)
 	e.mu.Lock()
-	e.written = max(e.written, rev)
+	e.written = max(e.written, w.rev)
 	e.mu.Unlock()
-	res.Txns, res.Ops = txns, ops
-	res.Requests += txns
-	res.Unchanged = ops == 0
+	res.Txns, res.Ops, res.Partial = w.txns, w.ops, w.partial
+	res.Requests += w.txns
+	res.Unchanged = w.ops == 0
 	res.Duration = time.Since(start)
-	if err == nil && ops > 0 {
-		e.log.Info("engine pass", "units", res.Units, "machines", res.Machines, "ops", ops, "txns", txns,
+	if err == nil && res.Ops > 0 {
+		e.log.Info("engine pass", "units", res.Units, "machines", res.Machines, "ops", res.Ops, "txns", res.Txns, "partial", res.Partial,
 			"moved", res.Moved, "unplaced", res.Unplaced, "took", res.Duration.Round(time.Microsecond))
 	}
 	if e.opts.OnPass != nil {
