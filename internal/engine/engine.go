@@ -39,10 +39,11 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/flotilla/flotilla/internal/registry"
 	"github.com/flotilla/flotilla/internal/store"
 	"github.com/flotilla/flotilla/internal/unit"
-	"golang.org/x/sync/errgroup"
 )
 
 // Options configures an Engine.
