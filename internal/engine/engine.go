@@ -1,15 +1,20 @@
 // Package engine is the scheduler's reconciler. Every `scheduler serve` runs
 // one as a candidate; the one elected leader (etcd concurrency.Election under
-// <prefix>engine) reads the registry, asks internal/schedule where every
-// loaded or launched unit belongs, and writes the difference to the
-// schedule/ and unplaced/ keys. It passes on every relevant change (jobs,
-// machines coming and going, unit states), debounced, and on a period.
+// <prefix>engine) reads the registry once, at a revision, and keeps it
+// current from a watch from there (registry.Live; a compacted watch reads
+// afresh). On every relevant change (jobs, machines coming and going,
+// metadata, planned changes, unit states it waits for), debounced, and on a
+// period, it asks internal/schedule where every loaded or launched unit
+// belongs and writes the difference to the schedule/ and unplaced/ keys. A
+// pass plans only from a state that includes the leader's own last write.
 //
 // Fencing: every write is a transaction conditioned on the leader key still
 // existing with the revision it was created at, so an engine that lost its
 // leadership (its lease expired while it was cut off) cannot move a unit.
 // Writes are batched, up to registry.MaxTxnOps per transaction, keeping the
-// writes of one unit in one transaction.
+// writes of one unit in one transaction; a few transactions are in flight at
+// once, and a leader's pass writes a bounded number of them, leaving the
+// rest to the pass that follows.
 //
 // No unit is targeted at a new machine while another machine still reports
 // it running: a unit leaving a live machine is first untargeted there, and

@@ -34,7 +34,7 @@ func (e *Engine) PassOn(ctx context.Context, guard store.Cmp, snap *registry.Sna
 // writes: a pass with more to write (the first placement of thousands of
 // units) leaves the rest to the next pass, which follows at once, so that a
 // change meanwhile (a machine lost) waits for one short pass, not a long one.
-const leaderPassTxns = 12
+const leaderPassTxns = 8
 
 // pass plans from snap and writes the difference, at most limit
 // transactions of it (0: all).
