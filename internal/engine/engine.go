@@ -84,7 +84,10 @@ type Options struct {
 
 // PassStats describes one pass.
 type PassStats struct {
-	Duration  time.Duration
+	Duration time.Duration
+	// Plan is the part of Duration spent planning (the rest: reading the
+	// bodies it had not parsed, and writing).
+	Plan      time.Duration
 	Units     int // jobs considered
 	Machines  int
 	Requests  int // etcd requests made (reads and transactions)

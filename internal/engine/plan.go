@@ -34,7 +34,7 @@ func (e *Engine) PassOn(ctx context.Context, guard store.Cmp, snap *registry.Sna
 // writes: a pass with more to write (the first placement of thousands of
 // units) leaves the rest to the next pass, which follows at once, so that a
 // change meanwhile (a machine lost) waits for one short pass, not a long one.
-const leaderPassTxns = 8
+const leaderPassTxns = 4
 
 // pass plans from snap and writes the difference, at most limit
 // transactions of it (0: all).
@@ -46,7 +46,9 @@ func (e *Engine) pass(ctx context.Context, guard store.Cmp, snap *registry.Snaps
 	if err != nil {
 		return res, err
 	}
+	planStart := time.Now()
 	plan := e.plan(snap)
+	res.Plan = time.Since(planStart)
 	res.Units, res.Machines, res.Unplaced, res.Moved = len(snap.Jobs), len(snap.Machines), len(plan.unplaced), plan.moved
 	w, err := e.write(ctx, guard, plan.batches, limit)
 	e.mu.Lock()
