@@ -104,43 +104,12 @@ func (e *Engine) watchLoop(ctx context.Context, lead *store.Leadership, live *re
 			pending = true
 			return nil
 		}
-		pending = false
-		st, err := e.pass(ctx, lead.Guard(), live.Snapshot(), time.Now(), 0, leaderPassTxns)
-		switch {
-		case err == nil:
-			// A partial pass: the rest once the watch has brought these
-			// writes back.
-			pending = st.Partial
-		case fatal(ctx, err):
-			return err
-		case errors.Is(err, errMachineBack):
-			e.log.Info("engine pass: a machine came back meanwhile; passing again", "err", err)
-			debounce = time.After(100 * time.Millisecond)
-			return nil
-		default:
-			e.log.Warn("engine pass failed; retrying", "err", err)
-			debounce = time.After(time.Second)
-			return nil
+		again, wait, err := e.leaderPass(ctx, lead, live, collect)
+		pending = wait
+		if again > 0 {
+			debounce = time.After(again)
 		}
-		if !collect {
-			return nil
-		}
-		e.mu.Lock()
-		collect, e.collect = e.collect, false
-		e.mu.Unlock()
-		if !collect {
-			return nil
-		}
-		if err := e.collectBodies(ctx, lead.Guard()); err != nil {
-			if fatal(ctx, err) {
-				return err
-			}
-			e.log.Warn("collect unused bodies", "err", err)
-			e.mu.Lock()
-			e.collect = true
-			e.mu.Unlock()
-		}
-		return nil
+		return err
 	}
 	for {
 		// A unit held on an absent machine may move at e.wake: pass then.
@@ -196,4 +165,44 @@ func (e *Engine) watchLoop(ctx context.Context, lead *store.Leadership, live *re
 			return err
 		}
 	}
+}
+
+// leaderPass is one pass of the leader on live's state, then, when collect
+// is set and a job or pin changed since, the collection of unused bodies.
+// It returns how soon to pass again after a failure (0: on the next
+// change), whether the next pass must wait for the watch to bring this
+// one's writes back (a partial pass), and an error only when leadership or
+// ctx ended.
+func (e *Engine) leaderPass(ctx context.Context, lead *store.Leadership, live *registry.Live, collect bool) (again time.Duration, wait bool, err error) {
+	st, err := e.pass(ctx, lead.Guard(), live.Snapshot(), time.Now(), 0, leaderPassTxns)
+	switch {
+	case err == nil:
+	case fatal(ctx, err):
+		return 0, false, err
+	case errors.Is(err, errMachineBack):
+		e.log.Info("engine pass: a machine came back meanwhile; passing again", "err", err)
+		return 100 * time.Millisecond, false, nil
+	default:
+		e.log.Warn("engine pass failed; retrying", "err", err)
+		return time.Second, false, nil
+	}
+	e.mu.Lock()
+	collect = collect && e.collect
+	if collect {
+		e.collect = false
+	}
+	e.mu.Unlock()
+	if !collect {
+		return 0, st.Partial, nil
+	}
+	if err := e.collectBodies(ctx, lead.Guard()); err != nil {
+		if fatal(ctx, err) {
+			return 0, false, err
+		}
+		e.log.Warn("collect unused bodies", "err", err)
+		e.mu.Lock()
+		e.collect = true
+		e.mu.Unlock()
+	}
+	return 0, st.Partial, nil
 }
