@@ -49,6 +49,9 @@ func (r *Registry) Ensure(ctx context.Context, wants []Want, mode SubmitMode) []
 		i   int
 		job Job
 		cmp store.Cmp
+		// same says the job stands as wanted: only its body is written
+		// again (a lost body repaired, a body in use kept from collection).
+		same bool
 	}
 	var chunks [][]entry
 	var cur []entry
@@ -77,22 +80,28 @@ func (r *Registry) Ensure(ctx context.Context, wants []Want, mode SubmitMode) []
 		if w.Desired != "" {
 			job.Desired = w.Desired
 		}
-		need := 1
-		if w.Body != nil && !bodies[w.Hash] {
-			need++
+		same := found && job == old.job
+		if same && w.Body == nil {
+			continue
 		}
-		if ops+need > MaxTxnOps {
-			chunks, cur, ops, bodies = append(chunks, cur), nil, 0, map[string]bool{}
-			need = 1
-			if w.Body != nil {
-				need++
+		need := func() int {
+			n := 1
+			if same {
+				n = 0
 			}
+			if w.Body != nil && !bodies[w.Hash] {
+				n++
+			}
+			return n
 		}
+		if ops+need() > MaxTxnOps {
+			chunks, cur, ops, bodies = append(chunks, cur), nil, 0, map[string]bool{}
+		}
+		ops += need()
 		if w.Body != nil {
 			bodies[w.Hash] = true
 		}
-		ops += need
-		cur = append(cur, entry{i: i, job: job, cmp: cmp})
+		cur = append(cur, entry{i: i, job: job, cmp: cmp, same: same})
 	}
 	if len(cur) > 0 {
 		chunks = append(chunks, cur)
@@ -110,8 +119,10 @@ func (r *Registry) Ensure(ctx context.Context, wants []Want, mode SubmitMode) []
 					put[w.Hash] = true
 					txn = append(txn, store.OpPut(r.BodyKey(w.Hash), string(w.Body), 0))
 				}
-				cmps = append(cmps, e.cmp)
-				txn = append(txn, store.OpPut(r.JobKey(w.Name), Encode(e.job), 0))
+				if !e.same {
+					cmps = append(cmps, e.cmp)
+					txn = append(txn, store.OpPut(r.JobKey(w.Name), Encode(e.job), 0))
+				}
 			}
 			ok, _, err := r.c.Txn(ctx, cmps, txn, nil)
 			if err == nil && ok {

@@ -66,6 +66,24 @@ func TestEnsure(t *testing.T) {
 		})
 	}
 
+	// A unit that stands as wanted: its job is not written again, its body is.
+	before, _, _, err := c.Get(ctx, r.JobKey("a.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Delete(ctx, r.BodyKey("h-a")); err != nil {
+		t.Fatal(err)
+	}
+	if err := registry.FirstError(r.Ensure(ctx, []registry.Want{{Name: "a.service", Hash: "h-a", Body: []byte("a"), Desired: registry.Launched}}, registry.KeepExisting)); err != nil {
+		t.Fatal(err)
+	}
+	if after, _, _, err := c.Get(ctx, r.JobKey("a.service")); err != nil || after.ModRevision != before.ModRevision {
+		t.Errorf("unchanged job rewritten: mod revision %d, was %d (%v)", after.ModRevision, before.ModRevision, err)
+	}
+	if b, err := r.Body(ctx, "h-a"); err != nil || string(b) != "a" {
+		t.Errorf("lost body not written again: %q %v", b, err)
+	}
+
 	// Many units (several transactions, every job read at once), with a
 	// name given twice (etcd refuses the transaction: each unit alone)
 	// and one conflict: every other unit is submitted and launched.
