@@ -25,7 +25,9 @@ func (e *Engine) Pass(ctx context.Context, guard store.Cmp) (PassStats, error) {
 }
 
 // PassOn is Pass on a snapshot the caller keeps current (a registry.Live's,
-// as the leader does): it reads only the bodies it has not parsed yet.
+// as the leader does): it reads only the bodies it has not parsed yet. It
+// writes everything it plans (the leader's own passes write at most
+// leaderPassTxns transactions each).
 func (e *Engine) PassOn(ctx context.Context, guard store.Cmp, snap *registry.Snapshot) (PassStats, error) {
 	return e.pass(ctx, guard, snap, time.Now(), 0, 0)
 }
