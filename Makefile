@@ -23,7 +23,7 @@ LDFLAGS := -s -w $(if $(VERSION),-X $(VERSION_PKG).version=$(VERSION)) \
 	$(if $(GIT_COMMIT),-X $(VERSION_PKG).commit=$(GIT_COMMIT)) $(if $(GIT_DIRTY),-X $(VERSION_PKG).modified=true)
 DIST    ?= $(BIN)/dist
 
-.PHONY: all build test unit store-binary vet fmt-check deps demo bench faults scale clean dist image package-test
+.PHONY: all build test unit store-binary vet fmt-check deps demo bench faults scale scale-serve clean dist image package-test
 
 all: build
 
@@ -78,8 +78,17 @@ clean:
 SCALE ?= 1000x10000
 scale: deps
 	@mkdir -p bench/results
-	FLOTILLA_SCALE=$(SCALE) FLOTILLA_SCALE_JSON=bench/results/scale.jsonl $(GO) test -count=1 -timeout 40m -v -run TestScale ./integration/scale/ >bench/results/scale.log 2>&1; \
+	FLOTILLA_SCALE=$(SCALE) FLOTILLA_SCALE_JSON=$(CURDIR)/bench/results/scale.jsonl $(GO) test -count=1 -timeout 40m -v -run 'TestScale$$' ./integration/scale/ >bench/results/scale.log 2>&1; \
 	rc=$$?; grep -E '^(--- |ok|FAIL)|FIGURE|scale:' bench/results/scale.log; echo "full log: bench/results/scale.log"; exit $$rc
+
+# The same scenarios at SCALE_SERVE (default 50x500) twice: hollow machines,
+# then real `scheduler serve` processes (process executor) started by
+# `scheduler start`, to hold the hollow figures against real ones.
+SCALE_SERVE ?= 50x500
+scale-serve: deps
+	@mkdir -p bench/results
+	FLOTILLA_SCALE=$(SCALE_SERVE) FLOTILLA_SCALE_SERVE=1 FLOTILLA_SCALE_JSON=$(CURDIR)/bench/results/scale.jsonl $(GO) test -count=1 -timeout 40m -v -run 'TestScale$$|TestScaleServe' ./integration/scale/ >bench/results/scale-serve.log 2>&1; \
+	rc=$$?; grep -E '^(--- |ok|FAIL)|FIGURE|scale:' bench/results/scale-serve.log; echo "full log: bench/results/scale-serve.log"; exit $$rc
 
 # The long fault suite: a 30 s etcd outage, 50 kill iterations, a 30 s partition.
 # (`make test` runs the same suite in its short form.)

@@ -64,14 +64,22 @@ func resolve(arg string) (source, error) {
 	return source{name: name}, nil
 }
 
-// submit validates and stores one unit.
-func (cl *client) submit(ctx context.Context, src source) (registry.Job, error) {
+// validate parses a unit's body, naming its file and line in the error.
+func validate(src source) error {
 	if _, err := unit.Parse(src.name, src.body); err != nil {
 		var ue *unit.Error
 		if errors.As(err, &ue) && ue.Line > 0 {
-			return registry.Job{}, fmt.Errorf("%s:%d: %w", src.path, ue.Line, ue.Err)
+			return fmt.Errorf("%s:%d: %w", src.path, ue.Line, ue.Err)
 		}
-		return registry.Job{}, fmt.Errorf("%s: %w", src.path, err)
+		return fmt.Errorf("%s: %w", src.path, err)
+	}
+	return nil
+}
+
+// submit validates and stores one unit.
+func (cl *client) submit(ctx context.Context, src source) (registry.Job, error) {
+	if err := validate(src); err != nil {
+		return registry.Job{}, err
 	}
 	mode := registry.KeepExisting
 	if cl.o.replace {
@@ -108,6 +116,10 @@ func (cl *client) ensureSubmitted(ctx context.Context, src source) (registry.Job
 }
 
 func (cl *client) submitCmd(ctx context.Context, args []string) error {
+	if !cl.o.replace {
+		_, err := cl.ensure(ctx, args, "", submitFiles)
+		return err
+	}
 	for _, a := range args {
 		src, err := resolve(a)
 		if err != nil {
@@ -123,8 +135,59 @@ func (cl *client) submitCmd(ctx context.Context, args []string) error {
 	return nil
 }
 
+// ensure validates every unit named, then (sub) submits those given by a
+// file and sets all to d ("": as they are), many per transaction
+// (registry.Ensure). Nothing is written when a unit file does not parse.
+// It returns the units' names.
+func (cl *client) ensure(ctx context.Context, args []string, d registry.Desired, sub submitFirst) ([]string, error) {
+	wants := make([]registry.Want, 0, len(args))
+	names := make([]string, 0, len(args))
+	for _, a := range args {
+		if d != registry.Inactive && d != "" {
+			if n, err := unit.ParseName(filepath.Base(a)); err == nil && n.IsTemplate() {
+				return nil, fmt.Errorf("unit %s: %w", n.Full, unit.ErrTemplate)
+			}
+		}
+		w := registry.Want{Name: filepath.Base(a), Desired: d}
+		if sub {
+			src, err := resolve(a)
+			if err != nil {
+				return nil, err
+			}
+			switch {
+			case src.body != nil:
+				if err := validate(src); err != nil {
+					return nil, err
+				}
+				w.Hash, w.Body = unit.Hash(src.body), src.body
+			case d == "":
+				return nil, fmt.Errorf("submit %s: no such file", a)
+			default:
+				// A submitted unit, or an instance of a submitted template.
+				if _, err := cl.ensureSubmitted(ctx, src); err != nil {
+					return nil, err
+				}
+			}
+			w.Name = src.name
+		}
+		wants = append(wants, w)
+		names = append(names, w.Name)
+	}
+	if err := registry.FirstError(cl.reg.Ensure(ctx, wants, registry.KeepExisting)); err != nil {
+		return nil, err
+	}
+	return names, nil
+}
+
 // setCmd moves units to a desired state (load, start, stop, unload).
 func (cl *client) setCmd(ctx context.Context, args []string, d registry.Desired, sub submitFirst) error {
+	if !cl.o.replace {
+		names, err := cl.ensure(ctx, args, d, sub)
+		if err != nil || cl.o.noBlock || len(names) == 0 {
+			return err
+		}
+		return cl.wait(ctx, names, d)
+	}
 	var names []string
 	for _, a := range args {
 		if d != registry.Inactive {

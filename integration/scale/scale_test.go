@@ -14,6 +14,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"runtime"
@@ -23,8 +24,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/sync/errgroup"
 
 	"github.com/flotilla/flotilla/internal/engine"
 	"github.com/flotilla/flotilla/internal/etcdtest"
@@ -92,7 +91,7 @@ func goalString(goal float64, lower bool) string {
 func workload(machines, units int) (bodies map[string][]byte, global map[string]bool) {
 	bodies = map[string][]byte{}
 	plain := []byte("[Service]\nExecStart=/bin/sleep infinity\n")
-	tmpl := []byte("[Service]\nExecStart=/bin/sleep %i\n")
+	tmpl := []byte("[Unit]\nDescription=instance %i\n\n[Service]\nExecStart=/bin/sleep infinity\n")
 	bodies["global.service"] = []byte("[Service]\nExecStart=/bin/sleep infinity\n\n[X-Fleet]\nGlobal=true\n")
 	group := max(machines/2, 1)
 	for i := 1; len(bodies) < units; i++ {
@@ -146,6 +145,7 @@ func cpuTime() time.Duration {
 }
 
 func TestScale(t *testing.T) {
+	begin := time.Now()
 	machines, units, full := size(t)
 	cl := etcdtest.NewCluster(t, 3)
 	cfg := cl.Members[0].Config()
@@ -224,31 +224,18 @@ func TestScale(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 
-	// 1. Submit and start everything.
+	// 1. Submit and start everything, as `scheduler start` does: every
+	// file parsed, then registry.Ensure (batched transactions).
 	start := time.Now()
-	var g errgroup.Group
-	g.SetLimit(32)
-	for name, body := range bodies {
-		g.Go(func() error {
-			// An overloaded etcd times requests out; an operator's script
-			// would try again, and so does this one.
-			var err error
-			for attempt := range 5 {
-				if attempt > 0 {
-					t.Logf("submit %s, attempt %d: %v", name, attempt+1, err)
-					time.Sleep(time.Duration(attempt) * time.Second)
-				}
-				if _, err = reg.Submit(ctx, name, unit.Hash(body), body, registry.KeepExisting); err != nil {
-					continue
-				}
-				if err = reg.SetDesired(ctx, name, registry.Launched); err == nil {
-					return nil
-				}
-			}
-			return err
-		})
+	names := slices.Sorted(maps.Keys(bodies))
+	wants := make([]registry.Want, 0, len(names))
+	for _, name := range names {
+		if _, err := unit.Parse(name, bodies[name]); err != nil {
+			t.Fatal(err)
+		}
+		wants = append(wants, registry.Want{Name: name, Hash: unit.Hash(bodies[name]), Body: bodies[name], Desired: registry.Launched})
 	}
-	if err := g.Wait(); err != nil {
+	if err := registry.FirstError(reg.Ensure(ctx, wants, registry.KeepExisting)); err != nil {
 		t.Fatal(err)
 	}
 	submitted := time.Since(start)
@@ -285,6 +272,7 @@ func TestScale(t *testing.T) {
 		hc.Lose(n)
 	}
 	lostAt := time.Now()
+	t.Logf("lost %d machines at +%s", len(lost), lostAt.Sub(begin).Round(time.Millisecond))
 	settle("machines lost", 3*time.Minute)
 	// The issue's goal is TTL + 2 s; units now wait out the move grace too
 	// (docs/design.md, "When etcd is unreachable"), so the goal carries it.
@@ -310,6 +298,7 @@ func TestScale(t *testing.T) {
 	}
 	retargets0 = checker.Status(lost).Retargets
 	killed := time.Now()
+	t.Logf("engine leader %s lost at +%s", leaderID, killed.Sub(begin).Round(time.Millisecond))
 	for {
 		id, found, err := admin.Leader(ctx, reg.ElectionPrefix())
 		if err == nil && found && id == other.ID && hc.LastPass(other.ID).After(killed) {
@@ -328,6 +317,7 @@ func TestScale(t *testing.T) {
 
 	// 5. The etcd leader killed: nothing moves, everything keeps reporting.
 	li := cl.Leader()
+	t.Logf("etcd leader (member %d) killed at +%s", li, time.Since(begin).Round(time.Millisecond))
 	cl.Members[li].Kill()
 	time.Sleep(ttl)
 	cl.Restart(li)
@@ -339,6 +329,11 @@ func TestScale(t *testing.T) {
 	var durs []float64
 	for _, p := range hc.Passes() {
 		durs = append(durs, p.Duration.Seconds()*1000)
+		if p.Duration > 250*time.Millisecond || p.Moved > 0 {
+			t.Logf("engine pass %s at +%s: %s (planning %s), %d ops in %d txns, %d requests, %d moved, %d unplaced", p.Engine,
+				p.At.Sub(begin).Round(time.Millisecond), p.Duration.Round(time.Millisecond), p.Plan.Round(time.Millisecond),
+				p.Ops, p.Txns, p.Requests, p.Moved, p.Unplaced)
+		}
 	}
 	slices.Sort(durs)
 	if len(durs) > 0 {

@@ -1,15 +1,20 @@
 // Package engine is the scheduler's reconciler. Every `scheduler serve` runs
 // one as a candidate; the one elected leader (etcd concurrency.Election under
-// <prefix>engine) reads the registry, asks internal/schedule where every
-// loaded or launched unit belongs, and writes the difference to the
-// schedule/ and unplaced/ keys. It passes on every relevant change (jobs,
-// machines coming and going, unit states), debounced, and on a period.
+// <prefix>engine) reads the registry once, at a revision, and keeps it
+// current from a watch from there (registry.Live; a compacted watch reads
+// afresh). On every relevant change (jobs, machines coming and going,
+// metadata, planned changes, unit states it waits for), debounced, and on a
+// period, it asks internal/schedule where every loaded or launched unit
+// belongs and writes the difference to the schedule/ and unplaced/ keys. A
+// pass plans only from a state that includes the leader's own last write.
 //
 // Fencing: every write is a transaction conditioned on the leader key still
 // existing with the revision it was created at, so an engine that lost its
 // leadership (its lease expired while it was cut off) cannot move a unit.
 // Writes are batched, up to registry.MaxTxnOps per transaction, keeping the
-// writes of one unit in one transaction.
+// writes of one unit in one transaction; a few transactions are in flight at
+// once, and a leader's pass writes a bounded number of them, leaving the
+// rest to the pass that follows.
 //
 // No unit is targeted at a new machine while another machine still reports
 // it running: a unit leaving a live machine is first untargeted there, and
@@ -36,13 +41,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"sort"
-	"strings"
 	"sync"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/flotilla/flotilla/internal/registry"
-	"github.com/flotilla/flotilla/internal/schedule"
 	"github.com/flotilla/flotilla/internal/store"
 	"github.com/flotilla/flotilla/internal/unit"
 )
@@ -80,7 +84,10 @@ type Options struct {
 
 // PassStats describes one pass.
 type PassStats struct {
-	Duration  time.Duration
+	Duration time.Duration
+	// Plan is the part of Duration spent planning (the rest: reading the
+	// bodies it had not parsed, and writing).
+	Plan      time.Duration
 	Units     int // jobs considered
 	Machines  int
 	Requests  int // etcd requests made (reads and transactions)
@@ -89,6 +96,9 @@ type PassStats struct {
 	Unplaced  int
 	Moved     int // units given a new machine
 	Unchanged bool
+	// Partial says the pass wrote only part of what it planned (a leader's
+	// pass writes a bounded number of transactions); another follows.
+	Partial bool
 }
 
 // DefaultMoveGrace is Options.MoveGrace's default: with the default 10s
@@ -130,6 +140,18 @@ type Engine struct {
 	wake time.Time
 	// released holds the absent machines whose grace has been logged as over.
 	released map[string]bool
+	// goneAt is when the leader's watch saw each machine's presence go.
+	goneAt map[string]time.Time
+
+	// bodies holds the unit bodies the watch delivered since the last
+	// pass, by hash: the pass parses them without reading them.
+	bodies map[string][]byte
+	// collect says a job or pin changed since unused bodies were last
+	// collected.
+	collect bool
+	// written is the revision of the leader's last write: a pass plans
+	// from a state that includes it.
+	written int64
 }
 
 type parsed struct {
@@ -181,7 +203,8 @@ func New(opts Options) (*Engine, error) {
 		opts.HealthInterval = 500 * time.Millisecond
 	}
 	return &Engine{opts: opts, reg: opts.Registry, log: opts.Logger, cache: map[string]parsed{}, waiting: map[string]bool{},
-		absentSince: map[string]time.Time{}, healthySince: time.Now()}, nil
+		absentSince: map[string]time.Time{}, goneAt: map[string]time.Time{}, bodies: map[string][]byte{},
+		healthySince: time.Now()}, nil
 }
 
 // Run campaigns for leadership and reconciles while leader, until ctx is
@@ -234,138 +257,9 @@ func (e *Engine) term(ctx context.Context, c *store.Client) (led bool, err error
 	e.mu.Lock()
 	e.absentSince, e.released = map[string]time.Time{}, nil
 	e.healthySince, e.etcdTerm, e.unhealthy, e.wake = time.Now(), 0, false, time.Time{}
+	e.goneAt, e.bodies, e.collect, e.written = map[string]time.Time{}, map[string][]byte{}, true, 0
 	e.mu.Unlock()
 	return true, e.lead(ctx, lead)
-}
-
-// lead reconciles until ctx is done or leadership is lost.
-func (e *Engine) lead(ctx context.Context, lead *store.Leadership) error {
-	c := e.reg.Client()
-	period := time.NewTicker(e.opts.Period)
-	defer period.Stop()
-	for {
-		st, err := e.pass(ctx, lead.Guard())
-		if err != nil {
-			if fatal(ctx, err) || !errors.Is(err, errMachineBack) {
-				return err
-			}
-			e.log.Info("engine pass: a machine came back meanwhile; passing again", "err", err)
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-lead.Done():
-				return ErrNotLeader
-			case <-time.After(100 * time.Millisecond):
-			}
-			continue
-		}
-		w := c.WatchPrefix(ctx, e.reg.Prefix(), st.rev+1)
-		err = e.watchLoop(ctx, lead, w, period.C)
-		w.Close()
-		if !errors.Is(err, store.ErrCompacted) {
-			return err
-		}
-	}
-}
-
-// relevant reports whether a change under the prefix calls for a pass:
-// jobs, machines, planned change and failure records always; a unit's
-// reported state only while the unit
-// waits to stop somewhere before it may start elsewhere. The engine's own
-// writes (schedule/, unplaced/), bodies and the election do not.
-func (e *Engine) relevant(key string) bool {
-	rest := strings.TrimPrefix(key, e.reg.Prefix())
-	switch {
-	case strings.HasPrefix(rest, "jobs/"), strings.HasPrefix(rest, "machines/"), plannedChange(rest), failureChange(rest):
-		return true
-	case strings.HasPrefix(rest, "states/"):
-		rest = strings.TrimPrefix(rest, "states/")
-		i := strings.LastIndexByte(rest, '/')
-		if i < 0 {
-			return false
-		}
-		e.mu.Lock()
-		defer e.mu.Unlock()
-		return e.waiting[rest[:i]]
-	}
-	return false
-}
-
-func (e *Engine) watchLoop(ctx context.Context, lead *store.Leadership, w *store.Watch, period <-chan time.Time) error {
-	var debounce <-chan time.Time
-	health := time.NewTicker(e.opts.HealthInterval)
-	defer health.Stop()
-	var wake *time.Timer
-	var wakeC <-chan time.Time
-	var wakeAt time.Time
-	defer func() {
-		if wake != nil {
-			wake.Stop()
-		}
-	}()
-	for {
-		// A unit held on an absent machine may move at e.wake: pass then.
-		e.mu.Lock()
-		next := e.wake
-		e.mu.Unlock()
-		if !next.IsZero() && !next.Equal(wakeAt) {
-			if wake != nil {
-				wake.Stop()
-			}
-			wakeAt = next
-			wake = time.NewTimer(max(time.Until(next), 0) + 10*time.Millisecond)
-			wakeC = wake.C
-		}
-		select {
-		case <-health.C:
-			e.checkHealth(ctx, lead)
-		case <-wakeC:
-			wakeC, wakeAt = nil, time.Time{}
-			if debounce == nil {
-				debounce = time.After(0)
-			}
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-lead.Done():
-			return ErrNotLeader
-		case b, ok := <-w.C:
-			if !ok {
-				return ctx.Err()
-			}
-			if b.Err != nil {
-				return b.Err
-			}
-			for _, ev := range b.Events {
-				if debounce == nil && e.relevant(ev.KV.Key) {
-					debounce = time.After(e.opts.Debounce)
-				}
-			}
-		case <-debounce:
-			debounce = nil
-			if _, err := e.Pass(ctx, lead.Guard()); err != nil {
-				if fatal(ctx, err) {
-					return err
-				}
-				e.log.Warn("engine pass failed; retrying", "err", err)
-				debounce = time.After(time.Second)
-			}
-		case <-period:
-			if _, err := e.Pass(ctx, lead.Guard()); err != nil {
-				if fatal(ctx, err) {
-					return err
-				}
-				e.log.Warn("engine pass failed; retrying", "err", err)
-				debounce = time.After(time.Second)
-				continue
-			}
-			if err := e.collectBodies(ctx, lead.Guard()); err != nil {
-				if fatal(ctx, err) {
-					return err
-				}
-				e.log.Warn("collect unused bodies", "err", err)
-			}
-		}
-	}
 }
 
 // checkHealth asks etcd for its Raft term. A failed request, or a term
@@ -419,53 +313,6 @@ func (e *Engine) logSkipped(skipped []error) {
 	e.skipped = seen
 }
 
-// passResult is PassStats plus the revision the pass read at.
-type passResult struct {
-	PassStats
-	rev int64
-}
-
-// Pass reads the registry once, computes placement and writes the
-// difference, every transaction conditioned on guard (a leadership's
-// Guard). It returns ErrNotLeader (wrapped) when guard fails. Passes must
-// not run concurrently.
-func (e *Engine) Pass(ctx context.Context, guard store.Cmp) (PassStats, error) {
-	r, err := e.pass(ctx, guard)
-	return r.PassStats, err
-}
-
-func (e *Engine) pass(ctx context.Context, guard store.Cmp) (passResult, error) {
-	start := time.Now()
-	var res passResult
-	snap, err := e.reg.Snapshot(ctx)
-	if err != nil {
-		return res, err
-	}
-	res.rev = snap.Rev
-	res.Requests++
-	e.logSkipped(snap.Skipped)
-	reqs, err := e.loadUnits(ctx, snap)
-	res.Requests += reqs
-	if err != nil {
-		return res, err
-	}
-	plan := e.plan(snap)
-	res.Units, res.Machines, res.Unplaced, res.Moved = len(snap.Jobs), len(snap.Machines), len(plan.unplaced), plan.moved
-	txns, ops, err := e.write(ctx, guard, plan.batches)
-	res.Txns, res.Ops = txns, ops
-	res.Requests += txns
-	res.Unchanged = ops == 0
-	res.Duration = time.Since(start)
-	if err == nil && ops > 0 {
-		e.log.Info("engine pass", "units", res.Units, "machines", res.Machines, "ops", ops, "txns", txns,
-			"moved", res.Moved, "unplaced", res.Unplaced, "took", res.Duration.Round(time.Microsecond))
-	}
-	if e.opts.OnPass != nil {
-		e.opts.OnPass(res.PassStats)
-	}
-	return res, err
-}
-
 // loadUnits parses the body of every job whose hash is not cached.
 func (e *Engine) loadUnits(ctx context.Context, snap *registry.Snapshot) (requests int, err error) {
 	e.mu.Lock()
@@ -481,18 +328,23 @@ func (e *Engine) loadUnits(ctx context.Context, snap *registry.Snapshot) (reques
 			delete(e.cache, name)
 		}
 	}
-	if len(missing) == 0 {
-		return 0, nil
+	// Bodies the watch delivered need no read.
+	bodies := e.bodies
+	e.bodies = map[string][]byte{}
+	var unread []registry.Job
+	for _, j := range missing {
+		if _, ok := bodies[j.Hash]; !ok {
+			unread = append(unread, j)
+		}
 	}
-	bodies := map[string][]byte{}
-	if len(missing) > 20 {
+	if len(unread) > 20 {
 		all, err := e.reg.Bodies(ctx)
 		if err != nil {
 			return 1, err
 		}
 		bodies, requests = all, 1
 	} else {
-		for _, j := range missing {
+		for _, j := range unread {
 			if _, ok := bodies[j.Hash]; ok {
 				continue
 			}
@@ -522,289 +374,90 @@ func (e *Engine) loadUnits(ctx context.Context, snap *registry.Snapshot) (reques
 	return requests, nil
 }
 
-type plan struct {
-	batches  []batch // each: the writes of one unit
-	unplaced map[string]string
-	moved    int
-}
-
-// batch is the writes of one unit and the conditions they need besides the
-// leadership guard (a move off an absent machine: its presence still absent).
-type batch struct {
-	ops  []store.Op
+// txn is one guarded transaction of a pass.
+type txn struct {
 	cmps []store.Cmp
+	ops  []store.Op
 }
 
-// plan computes the writes that bring the registry to the placement.
-func (e *Engine) plan(snap *registry.Snapshot) plan {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	p := plan{unplaced: map[string]string{}}
-	e.waiting = map[string]bool{}
-	now := time.Now()
-	// Absence clocks: a machine targeted by some unit and without presence
-	// is absent since this leader first saw it so, or since etcd was last
-	// unhealthy, whichever is later.
-	absent := map[string]bool{}
-	for _, ms := range snap.Schedule {
-		for m := range ms {
-			if _, alive := snap.Machines[m]; !alive {
-				absent[m] = true
-			}
-		}
-	}
-	for m := range e.absentSince {
-		if !absent[m] {
-			delete(e.absentSince, m)
-			delete(e.released, m)
-			delete(e.released, m+" fenced")
-		}
-	}
-	for m := range absent {
-		if _, ok := e.absentSince[m]; !ok {
-			e.absentSince[m] = now
-		}
-	}
-	e.wake = time.Time{}
-	// held reports whether unit name, fenced or not, stays on absent
-	// machine m for now, and notes when it may move.
-	held := func(name, m string, fenced bool) bool {
-		since := e.absentSince[m]
-		if since.Before(e.healthySince) {
-			since = e.healthySince
-		}
-		wait := e.opts.MoveGrace
-		if fenced {
-			wait = e.opts.FenceWait
-		}
-		until := since.Add(wait)
-		if now.Before(until) {
-			if e.wake.IsZero() || until.Before(e.wake) {
-				e.wake = until
-			}
-			return true
-		}
-		key := m
-		if fenced {
-			key += " fenced"
-		}
-		if e.released == nil {
-			e.released = map[string]bool{}
-		}
-		if !e.released[key] {
-			e.released[key] = true
-			e.log.Info("engine: machine gone for longer than its grace (counted while etcd was healthy); its units move",
-				"machine", m, "absent-for", now.Sub(since).Round(time.Millisecond), "grace", wait, "fenced-units", fenced)
-		}
-		return false
-	}
-	// keep holds the targets on absent machines that stay for now.
-	keep := map[string]map[string]bool{}
-	machines := make([]schedule.Machine, 0, len(snap.Machines))
-	for _, m := range snap.Machines {
-		machines = append(machines, schedule.Machine{ID: m.ID, IP: m.IP, Metadata: m.Metadata, Capacity: m.Capacity})
-	}
-	moves := e.applyMoves(snap)
-	var units []schedule.Unit
-	for name, j := range snap.Jobs {
-		if j.Desired != registry.Loaded && j.Desired != registry.Launched {
-			continue
-		}
-		pu := e.cache[name]
-		if pu.err != nil || pu.file == nil {
-			p.unplaced[name] = fmt.Sprintf("unit file: %v", pu.err)
-			continue
-		}
-		u := schedule.Unit{Name: name, Fleet: pu.file.Fleet, Avoid: avoided(snap, name)}
-		fenced := pu.file.Flotilla.Fenced()
-		stay := false
-		for _, m := range snap.Targets(name) {
-			if _, alive := snap.Machines[m]; alive {
-				if !u.Fleet.Global && u.Current == "" {
-					u.Current = m
-				}
-			} else if held(name, m, fenced) {
-				if keep[name] == nil {
-					keep[name] = map[string]bool{}
-				}
-				keep[name][m] = true
-				stay = !u.Fleet.Global
-			}
-		}
-		if stay && u.Current == "" {
-			// Its machine is absent, not yet for long enough: the unit stays
-			// targeted there, out of this placement.
-			continue
-		}
-		units = append(units, u)
-	}
-	sort.Slice(units, func(i, j int) bool { return units[i].Name < units[j].Name })
-	res := e.placeWithPlan(snap, units, machines, moves)
-	for name, why := range res.Unplaced {
-		p.unplaced[name] = why
-	}
-	want := map[string]map[string]bool{}
-	for name, m := range res.Targets {
-		want[name] = map[string]bool{m: true}
-	}
-	for name, ms := range res.Global {
-		set := make(map[string]bool, len(ms))
-		for _, m := range ms {
-			set[m] = true
-		}
-		want[name] = set
-	}
-	for name, ms := range keep {
-		if want[name] == nil {
-			want[name] = map[string]bool{}
-		}
-		for m := range ms {
-			want[name][m] = true
-		}
-	}
-	// Two-phase moves: hold a new target while another live machine still
-	// reports the unit running.
-	surge := e.surges(snap, res)
-	for name := range res.Targets {
-		target := res.Targets[name]
-		if from, ok := surge[name]; ok {
-			want[name][from] = true // started on target before stopped on from
-			if _, ok := snap.Schedule[name][target]; !ok {
-				p.moved++
-			}
-			continue
-		}
-		if _, ok := snap.Schedule[name][target]; ok {
-			continue
-		}
-		for m, st := range snap.States[name] {
-			if m != target && st.Running() {
-				delete(want, name)
-				p.unplaced[name] = fmt.Sprintf("waiting for it to stop on %s before starting it on %s", m, target)
-				e.waiting[name] = true
-				break
-			}
-		}
-		if want[name] != nil {
-			p.moved++
-		}
-	}
-
-	names := map[string]bool{}
-	for n := range snap.Schedule {
-		names[n] = true
-	}
-	for n := range want {
-		names[n] = true
-	}
-	for n := range snap.Unplaced {
-		names[n] = true
-	}
-	for n := range p.unplaced {
-		names[n] = true
-	}
-	for n := range snap.Plan.Moves {
-		names[n] = true
-	}
-	sorted := make([]string, 0, len(names))
-	for n := range names {
-		sorted = append(sorted, n)
-	}
-	sort.Strings(sorted)
-	for _, name := range sorted {
-		var ops []store.Op
-		var cmps []store.Cmp
-		job := snap.Jobs[name]
-		encs := map[string]string{} // by hash: a pin (a rollout in progress) keeps a machine on its body
-		val := func(m string) string {
-			h := snap.Hash(name, m)
-			if _, ok := encs[h]; !ok {
-				encs[h] = registry.Encode(registry.Assignment{Hash: h, Desired: job.Desired})
-			}
-			return encs[h]
-		}
-		for m, a := range snap.Schedule[name] {
-			if !want[name][m] {
-				ops = append(ops, store.OpDelete(e.reg.ScheduleKey(m, name)))
-				if absent[m] {
-					// Moving off an absent machine: only while it is still
-					// absent (it may have registered again since the read).
-					cmps = append(cmps, store.Missing(e.reg.MachineKey(m)))
-				}
-			} else if a.Hash != snap.Hash(name, m) || a.Desired != job.Desired {
-				ops = append(ops, store.OpPut(e.reg.ScheduleKey(m, name), val(m), 0))
-			}
-		}
-		for m := range want[name] {
-			if _, ok := snap.Schedule[name][m]; !ok {
-				ops = append(ops, store.OpPut(e.reg.ScheduleKey(m, name), val(m), 0))
-			}
-		}
-		why, unplaced := p.unplaced[name]
-		old, had := snap.Unplaced[name]
-		switch {
-		case unplaced && (!had || old != why):
-			ops = append(ops, store.OpPut(e.reg.UnplacedKey(name), why, 0))
-		case !unplaced && had:
-			ops = append(ops, store.OpDelete(e.reg.UnplacedKey(name)))
-		}
-		ops = append(ops, e.moveDone(snap, name, want[name])...)
-		if len(ops) > 0 {
-			p.batches = append(p.batches, batch{ops: ops, cmps: cmps})
-		}
-	}
-	return p
-}
-
-// write applies the batches in guarded transactions of at most
-// registry.MaxTxnOps operations and as many conditions, never splitting one
+// txns packs the batches into transactions of at most registry.MaxTxnOps
+// operations and as many conditions (the guard first), never splitting one
 // unit's batch unless it alone is larger than that.
-func (e *Engine) write(ctx context.Context, guard store.Cmp, batches []batch) (txns, ops int, err error) {
-	c := e.reg.Client()
-	var cur []store.Op
-	cmps := []store.Cmp{guard}
-	flush := func() error {
-		if len(cur) == 0 {
-			return nil
+func txns(guard store.Cmp, batches []batch) []txn {
+	var out []txn
+	cur := txn{cmps: []store.Cmp{guard}}
+	flush := func() {
+		if len(cur.ops) > 0 {
+			out = append(out, cur)
 		}
-		ok, _, err := c.Txn(ctx, cmps, cur, nil)
-		txns++
-		if err != nil {
-			return fmt.Errorf("engine: write placement: %w", err)
-		}
-		if !ok {
-			if len(cmps) > 1 {
-				// A machine came back, or leadership was lost: the next
-				// pass (soon, on the presence change) sorts out which.
-				return fmt.Errorf("engine: write placement: %w", errMachineBack)
-			}
-			return fmt.Errorf("engine: write placement: %w", ErrNotLeader)
-		}
-		ops += len(cur)
-		cur = cur[:0]
-		cmps = cmps[:1]
-		return nil
+		cur = txn{cmps: []store.Cmp{guard}}
 	}
 	for _, b := range batches {
-		if len(cur)+len(b.ops) > registry.MaxTxnOps || len(cmps)+len(b.cmps) > registry.MaxTxnOps {
-			if err := flush(); err != nil {
-				return txns, ops, err
-			}
+		if len(cur.ops)+len(b.ops) > registry.MaxTxnOps || len(cur.cmps)+len(b.cmps) > registry.MaxTxnOps {
+			flush()
 		}
-		cmps = append(cmps, b.cmps...)
+		cur.cmps = append(cur.cmps, b.cmps...)
 		o := b.ops
 		// A global unit on many machines may need several transactions;
 		// each of its keys stands alone.
 		for len(o) > registry.MaxTxnOps {
-			cur = append(cur, o[:registry.MaxTxnOps]...)
-			if err := flush(); err != nil {
-				return txns, ops, err
-			}
+			cur.ops = append(cur.ops, o[:registry.MaxTxnOps]...)
+			flush()
 			o = o[registry.MaxTxnOps:]
 		}
-		cur = append(cur, o...)
+		cur.ops = append(cur.ops, o...)
 	}
-	return txns, ops, flush()
+	flush()
+	return out
+}
+
+// writeInFlight is how many of a pass's transactions are in flight at once:
+// each holds whole units, so their order does not matter.
+const writeInFlight = 4
+
+// write applies the batches in guarded transactions (see txns), at most
+// limit of them (0: all; partial reports that some were left for the next
+// pass), writeInFlight at a time. It returns the revision of its last
+// transaction.
+func (e *Engine) write(ctx context.Context, guard store.Cmp, batches []batch, limit int) (res writeResult, err error) {
+	all := txns(guard, batches)
+	if limit > 0 && len(all) > limit {
+		all, res.partial = all[:limit], true
+	}
+	c := e.reg.Client()
+	var mu sync.Mutex
+	var g errgroup.Group
+	g.SetLimit(writeInFlight)
+	for _, t := range all {
+		g.Go(func() error {
+			ok, r, err := c.Txn(ctx, t.cmps, t.ops, nil)
+			mu.Lock()
+			defer mu.Unlock()
+			res.txns++
+			res.rev = max(res.rev, r)
+			switch {
+			case err != nil:
+				return fmt.Errorf("engine: write placement: %w", err)
+			case !ok && len(t.cmps) > 1:
+				// A machine came back, or leadership was lost: the next
+				// pass (soon, on the presence change) sorts out which.
+				return fmt.Errorf("engine: write placement: %w", errMachineBack)
+			case !ok:
+				return fmt.Errorf("engine: write placement: %w", ErrNotLeader)
+			}
+			res.ops += len(t.ops)
+			return nil
+		})
+	}
+	err = g.Wait()
+	return res, err
+}
+
+// writeResult is what write did.
+type writeResult struct {
+	txns, ops int
+	rev       int64
+	partial   bool
 }
 
 // collectBodies deletes stored bodies no job refers to any more. Jobs and

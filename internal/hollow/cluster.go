@@ -49,9 +49,16 @@ type Cluster struct {
 	Engines  []*Node
 
 	mu     sync.Mutex
-	passes []engine.PassStats
+	passes []Pass
 	// lastPass is when each engine last finished a pass.
 	lastPass map[string]time.Time
+}
+
+// Pass is one engine pass: its figures, its engine and when it ended.
+type Pass struct {
+	engine.PassStats
+	Engine string
+	At     time.Time
 }
 
 // Node is one hollow machine or engine candidate: its own etcd client and
@@ -59,10 +66,11 @@ type Cluster struct {
 type Node struct {
 	ID     string
 	client *store.Client
-	proxy  *netcut.Proxy // engines reach etcd through it: Lose cuts it
-	cancel context.CancelFunc
-	done   chan struct{}
-	lost   bool
+	// proxies are how an engine reaches each etcd member: Lose cuts them.
+	proxies []*netcut.Proxy
+	cancel  context.CancelFunc
+	done    chan struct{}
+	lost    bool
 }
 
 // Lost reports whether Lose was called on the node.
@@ -127,7 +135,7 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 			Logger: cfg.Logger.With("engine", id),
 			OnPass: func(ps engine.PassStats) {
 				c.mu.Lock()
-				c.passes = append(c.passes, ps)
+				c.passes = append(c.passes, Pass{PassStats: ps, Engine: id, At: time.Now()})
 				c.lastPass[id] = time.Now()
 				c.mu.Unlock()
 			},
@@ -149,25 +157,39 @@ func (c *Cluster) open(ctx context.Context, id string) (*Node, error) {
 	return &Node{ID: id, client: cl, done: make(chan struct{})}, nil
 }
 
-// openProxied opens a client that reaches the first endpoint through a
-// proxy that Lose can sever.
+// openProxied opens a client that reaches every endpoint through a proxy
+// that Lose can sever (one member down leaves it the others, as a direct
+// client has).
 func (c *Cluster) openProxied(ctx context.Context, id string) (*Node, error) {
-	u, err := url.Parse(c.cfg.Store.Endpoints[0])
-	if err != nil {
-		return nil, fmt.Errorf("hollow %s: %w", id, err)
-	}
-	p, err := netcut.New(u.Host)
-	if err != nil {
-		return nil, fmt.Errorf("hollow %s: %w", id, err)
+	n := &Node{ID: id, done: make(chan struct{})}
+	closeAll := func() {
+		for _, p := range n.proxies {
+			p.Close()
+		}
 	}
 	cfg := c.cfg.Store
-	cfg.Endpoints = []string{u.Scheme + "://" + p.Addr()}
+	cfg.Endpoints = nil
+	for _, ep := range c.cfg.Store.Endpoints {
+		u, err := url.Parse(ep)
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("hollow %s: %w", id, err)
+		}
+		p, err := netcut.New(u.Host)
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("hollow %s: %w", id, err)
+		}
+		n.proxies = append(n.proxies, p)
+		cfg.Endpoints = append(cfg.Endpoints, u.Scheme+"://"+p.Addr())
+	}
 	cl, err := store.Open(ctx, cfg)
 	if err != nil {
-		p.Close()
+		closeAll()
 		return nil, fmt.Errorf("hollow %s: %w", id, err)
 	}
-	return &Node{ID: id, client: cl, proxy: p, done: make(chan struct{})}, nil
+	n.client = cl
+	return n, nil
 }
 
 func (c *Cluster) run(ctx context.Context, n *Node, run func(context.Context) error) {
@@ -187,18 +209,20 @@ func (c *Cluster) run(ctx context.Context, n *Node, run func(context.Context) er
 // units are its to keep).
 func (c *Cluster) Lose(n *Node) {
 	n.lost = true
-	if n.proxy != nil {
-		n.proxy.Cut(true)
+	if len(n.proxies) > 0 {
+		for _, p := range n.proxies {
+			p.Cut(true)
+		}
 		return
 	}
 	n.client.Close()
 }
 
 // Passes returns the engine passes so far.
-func (c *Cluster) Passes() []engine.PassStats {
+func (c *Cluster) Passes() []Pass {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return append([]engine.PassStats(nil), c.passes...)
+	return append([]Pass(nil), c.passes...)
 }
 
 // LastPass returns when engine id last finished a pass (zero if never).
@@ -226,8 +250,8 @@ func (c *Cluster) Close() {
 				<-n.done
 			}
 			n.client.Close()
-			if n.proxy != nil {
-				n.proxy.Close()
+			for _, p := range n.proxies {
+				p.Close()
 			}
 		}
 	}

@@ -218,11 +218,22 @@ type Snapshot struct {
 // Skipped (each error names the key): one hostile or corrupt key must not stop
 // the engine from reconciling everything else.
 func (r *Registry) Snapshot(ctx context.Context) (*Snapshot, error) {
-	prefixes := []string{r.sub("jobs"), r.sub("machines"), r.sub("schedule"), r.sub("unplaced"), r.sub("states"), r.MetadataPrefix(""), r.FailedPrefix()}
+	prefixes := r.snapshotPrefixes()
 	m, rev, err := r.c.GetPrefixes(ctx, append(prefixes, r.planPrefixes()...))
 	if err != nil {
 		return nil, fmt.Errorf("read scheduler state: %w", err)
 	}
+	return r.decodeSnapshot(prefixes, m, rev), nil
+}
+
+// snapshotPrefixes are the prefixes a Snapshot reads besides the plan's.
+func (r *Registry) snapshotPrefixes() []string {
+	return []string{r.sub("jobs"), r.sub("machines"), r.sub("schedule"), r.sub("unplaced"), r.sub("states"), r.MetadataPrefix(""), r.FailedPrefix()}
+}
+
+// decodeSnapshot builds a Snapshot from the kvs read under prefixes
+// (snapshotPrefixes) and the plan's, at revision rev.
+func (r *Registry) decodeSnapshot(prefixes []string, m map[string][]store.KV, rev int64) *Snapshot {
 	s := &Snapshot{
 		Rev:      rev,
 		Jobs:     make(map[string]Job, len(m[prefixes[0]])),
@@ -290,7 +301,7 @@ func (r *Registry) Snapshot(ctx context.Context) (*Snapshot, error) {
 		s.Failed[f.Unit][f.Machine] = f
 	}
 	r.decodePlan(s, m)
-	return s, nil
+	return s
 }
 
 // Targets returns the machines unit is targeted at, sorted.

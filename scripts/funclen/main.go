@@ -2,10 +2,6 @@
 // 120 lines (make fmt-check): such a function is split before it is merged.
 // It reads every .go file below the current directory but _test.go files,
 // testdata and hidden directories.
-//
-// The functions in knownLong are reported but do not fail the check; each is
-// to be split, and taken off the list then (funclen says when an entry no
-// longer applies).
 package main
 
 import (
@@ -27,14 +23,6 @@ import (
 // closing brace.
 const maxLines = 120
 
-// knownLong returns the functions, as "dir/file.go:Func" (methods as
-// "Type.Method"), that are longer than maxLines and have yet to be split.
-func knownLong() map[string]bool {
-	return map[string]bool{
-		"internal/engine/engine.go:Engine.plan": true,
-	}
-}
-
 func main() { cmdline.Main("funclen", run) }
 
 func run(_ context.Context, args []string, stdout, stderr io.Writer) error {
@@ -49,23 +37,9 @@ func run(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	known := knownLong()
 	var bad []string
 	for _, f := range long {
-		if known[f.name] {
-			fmt.Fprintf(stderr, "funclen: %s: %d lines (a known exception, to be split)\n", f.name, f.lines)
-			delete(known, f.name)
-			continue
-		}
 		bad = append(bad, fmt.Sprintf("%s: %d lines", f.name, f.lines))
-	}
-	stale := make([]string, 0, len(known))
-	for name := range known {
-		stale = append(stale, name)
-	}
-	sort.Strings(stale)
-	for _, name := range stale {
-		fmt.Fprintf(stderr, "funclen: %s is no longer over %d lines (or gone): take it off knownLong\n", name, maxLines)
 	}
 	if len(bad) > 0 {
 		return fmt.Errorf("functions over %d lines (split them): %s", maxLines, strings.Join(bad, "; "))

@@ -1,0 +1,73 @@
+package engine_test
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/flotilla/flotilla/internal/engine"
+	"github.com/flotilla/flotilla/internal/registry"
+	"github.com/flotilla/flotilla/internal/unit"
+)
+
+// TestLeaderPlacesManyInBoundedPasses: the leader plans from the state its
+// watch keeps and writes a bounded number of transactions per pass; units
+// submitted at once, more than one pass may write, all end up placed, each
+// on one machine, with passes marked partial until then; a metadata change
+// made later (a key the leader only learns from its watch) moves the units
+// it concerns.
+func TestLeaderPlacesManyInBoundedPasses(t *testing.T) {
+	f := newFixture(t)
+	for _, id := range []string{"m1", "m2", "m3"} {
+		f.machine(id, map[string]string{"role": "worker"})
+	}
+	const n = 2000 // a put and an unplaced delete or none each: more than one bounded pass
+	body := "[Service]\nExecStart=/bin/sleep 1000\n[X-Fleet]\nMachineMetadata=role=worker\n"
+	var wants []registry.Want
+	for i := range n {
+		wants = append(wants, registry.Want{Name: fmt.Sprintf("u%04d.service", i), Hash: unit.Hash([]byte(body)), Body: []byte(body), Desired: registry.Launched})
+	}
+	if err := registry.FirstError(f.reg.Ensure(f.ctx, wants, registry.KeepExisting)); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var passes []engine.PassStats
+	f.runEngineWith(engine.Options{ID: "e1", OnPass: func(ps engine.PassStats) {
+		mu.Lock()
+		passes = append(passes, ps)
+		mu.Unlock()
+	}})
+	f.until("every unit placed", func(s *registry.Snapshot) bool {
+		for _, w := range wants {
+			if len(s.Schedule[w.Name]) != 1 {
+				return false
+			}
+		}
+		return len(s.Unplaced) == 0
+	})
+	mu.Lock()
+	partial := 0
+	for _, ps := range passes {
+		if ps.Partial {
+			partial++
+		}
+	}
+	mu.Unlock()
+	if partial == 0 {
+		t.Errorf("no partial pass among %d: %d units should take more than one bounded pass", len(passes), n)
+	}
+
+	// m1 stops being a worker: its units go to m2 and m3.
+	if err := f.reg.SetMetadata(f.ctx, "m1", "role", "db"); err != nil {
+		t.Fatal(err)
+	}
+	f.until("units off m1", func(s *registry.Snapshot) bool {
+		for _, w := range wants {
+			ms := s.Schedule[w.Name]
+			if _, on := ms["m1"]; on || len(ms) != 1 {
+				return false
+			}
+		}
+		return true
+	})
+}
