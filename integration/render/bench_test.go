@@ -350,33 +350,7 @@ func BenchmarkOnetimeResources(b *testing.B) {
 	for _, tc := range []struct{ res, keys int }{{200, 50}, {2000, 5}} {
 		b.Run(fmt.Sprintf("res=%dx%d", tc.res, tc.keys), func(b *testing.B) {
 			srv := etcdtest.New(b, etcdtest.WithMode(etcdtest.Binary))
-			c := srv.Client()
-			dir := b.TempDir()
-			for _, d := range []string{"conf.d", "templates", "out"} {
-				os.MkdirAll(filepath.Join(dir, d), 0o755)
-			}
-			var ops []store.Op
-			for r := range tc.res {
-				svc := fmt.Sprintf("svc%04d", r)
-				os.WriteFile(filepath.Join(dir, "templates", svc+".tmpl"), []byte(fmt.Sprintf(
-					"backend %s\n{{range getvs \"/bench/%s/*\"}}    server {{.}} check\n{{end}}", svc, svc)), 0o644)
-				os.WriteFile(filepath.Join(dir, "conf.d", svc+".toml"), []byte(fmt.Sprintf(
-					"[template]\nsrc = %q\ndest = %q\nkeys = [\"/bench/%s\"]\n", svc+".tmpl", filepath.Join(dir, "out", svc+".cfg"), svc)), 0o644)
-				for k := range tc.keys {
-					ops = append(ops, store.OpPut(fmt.Sprintf("/bench/%s/nginx@%d.service", svc, k), benchVal(r*tc.keys+k, ""), 0))
-					if len(ops) == 100 {
-						if _, _, err := c.Txn(context.Background(), nil, ops, nil); err != nil {
-							b.Fatal(err)
-						}
-						ops = nil
-					}
-				}
-			}
-			if len(ops) > 0 {
-				if _, _, err := c.Txn(context.Background(), nil, ops, nil); err != nil {
-					b.Fatal(err)
-				}
-			}
+			dir := manyResources(b, srv.Client(), tc.res, tc.keys)
 			src := render.NewEtcdSource(srv.Config())
 			defer src.Close()
 			cfg := render.Config{ConfDir: dir, Source: src, Logger: slog.New(slog.DiscardHandler)}
@@ -392,4 +366,39 @@ func BenchmarkOnetimeResources(b *testing.B) {
 			}
 		})
 	}
+}
+
+// manyResources writes a confdir of res resources, each on its own prefix
+// /bench/svcNNNN with keys keys (written in transactions of 100), and
+// returns it; each resource renders into dir/out/svcNNNN.cfg.
+func manyResources(b *testing.B, c *store.Client, res, keys int) string {
+	b.Helper()
+	dir := b.TempDir()
+	for _, d := range []string{"conf.d", "templates", "out"} {
+		os.MkdirAll(filepath.Join(dir, d), 0o755)
+	}
+	var ops []store.Op
+	flush := func() {
+		if _, _, err := c.Txn(context.Background(), nil, ops, nil); err != nil {
+			b.Fatal(err)
+		}
+		ops = nil
+	}
+	for r := range res {
+		svc := fmt.Sprintf("svc%04d", r)
+		os.WriteFile(filepath.Join(dir, "templates", svc+".tmpl"), []byte(fmt.Sprintf(
+			"backend %s\n{{range getvs \"/bench/%s/*\"}}    server {{.}} check\n{{end}}", svc, svc)), 0o644)
+		os.WriteFile(filepath.Join(dir, "conf.d", svc+".toml"), []byte(fmt.Sprintf(
+			"[template]\nsrc = %q\ndest = %q\nkeys = [\"/bench/%s\"]\n", svc+".tmpl", filepath.Join(dir, "out", svc+".cfg"), svc)), 0o644)
+		for k := range keys {
+			ops = append(ops, store.OpPut(fmt.Sprintf("/bench/%s/nginx@%d.service", svc, k), benchVal(r*keys+k, ""), 0))
+			if len(ops) == 100 {
+				flush()
+			}
+		}
+	}
+	if len(ops) > 0 {
+		flush()
+	}
+	return dir
 }

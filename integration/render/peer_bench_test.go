@@ -133,6 +133,35 @@ func BenchmarkPeerOnetime(b *testing.B) {
 	}
 }
 
+// BenchmarkPeerOnetimeResources: a -onetime process over 200 resources ×
+// 50 keys, each resource on its own prefix (one haproxy backend per
+// service), against Debian's etcd binary with its defaults (--max-txn-ops
+// 128: fewer than the resources).
+func BenchmarkPeerOnetimeResources(b *testing.B) {
+	ps := peers(b)
+	const res, keys = 200, 50
+	srv := etcdtest.New(b, etcdtest.WithMode(etcdtest.Binary))
+	dir := manyResources(b, srv.Client(), res, keys)
+	last := filepath.Join(dir, "out", fmt.Sprintf("svc%04d.cfg", res-1))
+	for _, p := range ps {
+		b.Run(fmt.Sprintf("%s/res=%dx%d", p.name, res, keys), func(b *testing.B) {
+			var runs []time.Duration
+			for b.Loop() {
+				os.Remove(last)
+				start := time.Now()
+				if out, err := exec.Command(p.bin, p.args(srv.Endpoint(), dir, "-onetime")...).CombinedOutput(); err != nil {
+					b.Fatalf("%s: %v\n%s", p.name, err, out)
+				}
+				runs = append(runs, time.Since(start))
+			}
+			b.ReportMetric(percentile(runs, 0.50), "p50-ms")
+			if !strings.Contains(read(last), benchVal(res*keys-1, "")) {
+				b.Fatalf("%s did not render %s", p.name, last)
+			}
+		})
+	}
+}
+
 // BenchmarkPeerPutToFile: one put → file, with each implementation watching.
 func BenchmarkPeerPutToFile(b *testing.B) {
 	ps := peers(b)
