@@ -204,17 +204,16 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return err
 	}
 	// The engine candidate and the rollout driver candidate campaign with
-	// one lease, one keepalive for both elections (docs/design.md).
-	elections := c.SharedLease(o.ttl)
-	defer elections.Close()
+	// the agent's presence lease: one lease, one keepalive, per machine
+	// (docs/design.md, "One lease per machine").
 	en, err := engine.New(engine.Options{
-		Registry: reg, ID: id, Leases: elections, Period: o.enginePeriod, MoveGrace: moveGrace(o.moveGrace),
+		Registry: reg, ID: id, Leases: ag, Period: o.enginePeriod, MoveGrace: moveGrace(o.moveGrace),
 		Logger: log.With("component", "engine"), OnPass: api.onPass,
 	})
 	if err != nil {
 		return err
 	}
-	dr, err := rollout.NewDriver(rollout.DriverOptions{Registry: reg, ID: id, Leases: elections, Logger: log.With("component", "rollout")})
+	dr, err := rollout.NewDriver(rollout.DriverOptions{Registry: reg, ID: id, Leases: ag, Logger: log.With("component", "rollout")})
 	if err != nil {
 		return err
 	}
