@@ -61,7 +61,7 @@ type Options struct {
 	// TTL is the leadership lease's; default 10s. Ignored with Leases.
 	TTL time.Duration
 	// Leases, if set, gives the lease each term campaigns with, shared
-	// with the process's other elections (store.SharedLease); the engine
+	// with the rest of the process (serve: the agent's presence lease); the engine
 	// resigns at the end of a term but leaves the lease to its owner.
 	// Nil: every term grants a lease of TTL of its own and revokes it at
 	// its end.
@@ -89,12 +89,10 @@ type Options struct {
 }
 
 // LeaseSource hands out the lease a term campaigns with: the current one,
-// kept alive by its owner (a *store.SharedLease).
+// kept alive by its owner (agent.Agent's Lease: the presence lease).
 type LeaseSource interface {
 	Lease(ctx context.Context) (*store.Lease, error)
 }
-
-var _ LeaseSource = (*store.SharedLease)(nil)
 
 // PassStats describes one pass.
 type PassStats struct {

@@ -31,7 +31,7 @@ type DriverOptions struct {
 	// Ignored with Leases.
 	TTL time.Duration
 	// Leases, if set, gives the lease each term campaigns with, shared
-	// with the process's other elections (store.SharedLease); the driver
+	// with the rest of the process (serve: the agent's presence lease); the driver
 	// resigns at the end of a term but leaves the lease to its owner.
 	// Nil: every term grants a lease of TTL of its own and revokes it at
 	// its end.
@@ -45,12 +45,10 @@ type DriverOptions struct {
 }
 
 // LeaseSource hands out the lease a term campaigns with: the current one,
-// kept alive by its owner (a *store.SharedLease).
+// kept alive by its owner (agent.Agent's Lease: the presence lease).
 type LeaseSource interface {
 	Lease(ctx context.Context) (*store.Lease, error)
 }
-
-var _ LeaseSource = (*store.SharedLease)(nil)
 
 // Driver carries out the records (roll, move, drain) the CLI stores, one
 // at a time in the order they were written, with a Roller: the same code a
