@@ -61,10 +61,10 @@ type Options struct {
 	// TTL is the leadership lease's; default 10s. Ignored with Leases.
 	TTL time.Duration
 	// Leases, if set, gives the lease each term campaigns with, shared
-	// with the rest of the process (serve: the agent's presence lease); the engine
-	// resigns at the end of a term but leaves the lease to its owner.
-	// Nil: every term grants a lease of TTL of its own and revokes it at
-	// its end.
+	// with the rest of the process (serve: the agent's presence lease);
+	// the engine resigns at the end of a term but leaves the lease to its
+	// owner. Nil: every term grants a lease of TTL of its own and revokes
+	// it at its end.
 	Leases LeaseSource
 	// Period is the longest time between two passes; default 30s.
 	Period time.Duration

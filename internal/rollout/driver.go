@@ -31,10 +31,10 @@ type DriverOptions struct {
 	// Ignored with Leases.
 	TTL time.Duration
 	// Leases, if set, gives the lease each term campaigns with, shared
-	// with the rest of the process (serve: the agent's presence lease); the driver
-	// resigns at the end of a term but leaves the lease to its owner.
-	// Nil: every term grants a lease of TTL of its own and revokes it at
-	// its end.
+	// with the rest of the process (serve: the agent's presence lease);
+	// the driver resigns at the end of a term but leaves the lease to its
+	// owner. Nil: every term grants a lease of TTL of its own and revokes
+	// it at its end.
 	Leases LeaseSource
 	// Poll is the interval of the readiness checks (Options.Poll).
 	Poll time.Duration
