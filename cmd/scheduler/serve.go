@@ -31,7 +31,7 @@ const serveUsage = `usage: scheduler serve [flags]
 
 Runs this machine: registers it (presence under a lease of --ttl), runs the
 units the engine targets at it through the executor, and stands as an engine
-candidate. Without --endpoints (or FLOTILLA_ENDPOINTS / ETCDCTL_ENDPOINTS) it
+candidate and a rollout driver candidate, both on the presence lease. Without --endpoints (or FLOTILLA_ENDPOINTS / ETCDCTL_ENDPOINTS) it
 starts an embedded single-node etcd listening on --etcd-listen, with its data
 under --data-dir: one command brings up a cluster of one, and other machines
 join it with --endpoints http://<that address>.
