@@ -31,7 +31,7 @@ const serveUsage = `usage: scheduler serve [flags]
 
 Runs this machine: registers it (presence under a lease of --ttl), runs the
 units the engine targets at it through the executor, and stands as an engine
-candidate. Without --endpoints (or FLOTILLA_ENDPOINTS / ETCDCTL_ENDPOINTS) it
+candidate and a rollout driver candidate, both on the presence lease. Without --endpoints (or FLOTILLA_ENDPOINTS / ETCDCTL_ENDPOINTS) it
 starts an embedded single-node etcd listening on --etcd-listen, with its data
 under --data-dir: one command brings up a cluster of one, and other machines
 join it with --endpoints http://<that address>.
@@ -203,14 +203,17 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err != nil {
 		return err
 	}
+	// The engine candidate and the rollout driver candidate campaign with
+	// the agent's presence lease: one lease, one keepalive, per machine
+	// (docs/design.md, "One lease per machine").
 	en, err := engine.New(engine.Options{
-		Registry: reg, ID: id, TTL: o.ttl, Period: o.enginePeriod, MoveGrace: moveGrace(o.moveGrace),
+		Registry: reg, ID: id, Leases: ag, Period: o.enginePeriod, MoveGrace: moveGrace(o.moveGrace),
 		Logger: log.With("component", "engine"), OnPass: api.onPass,
 	})
 	if err != nil {
 		return err
 	}
-	dr, err := rollout.NewDriver(rollout.DriverOptions{Registry: reg, ID: id, TTL: o.ttl, Logger: log.With("component", "rollout")})
+	dr, err := rollout.NewDriver(rollout.DriverOptions{Registry: reg, ID: id, Leases: ag, Logger: log.With("component", "rollout")})
 	if err != nil {
 		return err
 	}

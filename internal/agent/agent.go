@@ -131,7 +131,16 @@ type Agent struct {
 	// handover is Options.Handover's answer, asked once at shutdown.
 	handover     bool
 	handoverOnce sync.Once
+	// presence is the lease of the current registration, nil between
+	// registrations; presenceChanged is closed, and replaced, whenever it
+	// changes; stopped is set when Run returns.
+	presence        *store.Lease
+	presenceChanged chan struct{}
+	stopped         bool
 }
+
+// ErrStopped is returned by Lease once Run has returned.
+var ErrStopped = errors.New("agent: stopped")
 
 // New checks opts and returns an agent.
 func New(opts Options) (*Agent, error) {
@@ -172,6 +181,8 @@ func New(opts Options) (*Agent, error) {
 		leases:     map[store.LeaseID]bool{},
 		fenced:     map[string]bool{},
 		held:       map[string]bool{},
+
+		presenceChanged: make(chan struct{}),
 	}, nil
 }
 
@@ -233,6 +244,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	a.readLeaseFile()
+	defer a.setPresence(nil, stopping(true))
 	fctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -269,6 +281,51 @@ func (a *Agent) Run(ctx context.Context) error {
 		backoff = min(2*backoff, time.Second)
 	}
 }
+
+// Lease returns the presence lease of the current registration, waiting
+// for one while the machine is not registered (starting, or registering
+// again after losing etcd); it fails with ErrStopped once Run has returned.
+// The other elections of the process campaign with it (docs/design.md,
+// "One lease per machine"): its Done closes when the registration ends
+// (the lease lost, given up, revoked at shutdown, or left to the next run
+// at a handover), and a caller then stops acting and asks again. A caller
+// must not close it. It blocks; it is safe for concurrent use.
+func (a *Agent) Lease(ctx context.Context) (*store.Lease, error) {
+	for {
+		a.mu.Lock()
+		l, changed, stopped := a.presence, a.presenceChanged, a.stopped
+		a.mu.Unlock()
+		if stopped {
+			return nil, ErrStopped
+		}
+		if l != nil {
+			select {
+			case <-l.Done():
+			default:
+				return l, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-changed:
+		}
+	}
+}
+
+// setPresence makes l the lease Lease hands out (nil: none), and marks the
+// agent stopped if stop is set.
+func (a *Agent) setPresence(l *store.Lease, stop stopping) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.presence = l
+	a.stopped = a.stopped || bool(stop)
+	close(a.presenceChanged)
+	a.presenceChanged = make(chan struct{})
+}
+
+// stopping says whether setPresence marks the agent stopped.
+type stopping bool
 
 // running counts the units the executor has.
 func (a *Agent) running() int {

@@ -50,11 +50,13 @@ func (a *Agent) session(ctx context.Context) (registered bool, err error) {
 		return false, err
 	}
 	a.writeLeaseFile(lease.ID())
+	a.setPresence(lease, false)
 	// The new lease cannot expire before asked+TTL: fenced units may run on.
 	a.mu.Lock()
 	a.renewed = asked
 	a.mu.Unlock()
 	defer func() {
+		a.setPresence(nil, false)
 		if ctx.Err() != nil {
 			// A shutdown: units stop before the presence key goes, so that
 			// the engine never sees this machine gone while they run. A

@@ -58,8 +58,14 @@ type Options struct {
 	// ID is this candidate's identity, published while it leads (the
 	// machine id). Required.
 	ID string
-	// TTL is the leadership lease's; default 10s.
+	// TTL is the leadership lease's; default 10s. Ignored with Leases.
 	TTL time.Duration
+	// Leases, if set, gives the lease each term campaigns with, shared
+	// with the rest of the process (serve: the agent's presence lease);
+	// the engine resigns at the end of a term but leaves the lease to its
+	// owner. Nil: every term grants a lease of TTL of its own and revokes
+	// it at its end.
+	Leases LeaseSource
 	// Period is the longest time between two passes; default 30s.
 	Period time.Duration
 	// Debounce is how long changes are collected before a pass; default 50ms.
@@ -80,6 +86,12 @@ type Options struct {
 	Logger *slog.Logger
 	// OnPass, if set, is called after every pass with its figures.
 	OnPass func(PassStats)
+}
+
+// LeaseSource hands out the lease a term campaigns with: the current one,
+// kept alive by its owner (agent.Agent's Lease: the presence lease).
+type LeaseSource interface {
+	Lease(ctx context.Context) (*store.Lease, error)
 }
 
 // PassStats describes one pass.
@@ -237,11 +249,13 @@ func (e *Engine) Run(ctx context.Context) error {
 
 // term is one candidacy: campaign, then lead until leadership is lost.
 func (e *Engine) term(ctx context.Context, c *store.Client) (led bool, err error) {
-	lease, err := c.GrantLease(ctx, e.opts.TTL)
+	lease, err := e.lease(ctx, c)
 	if err != nil {
 		return false, err
 	}
-	defer lease.Close()
+	if e.opts.Leases == nil {
+		defer lease.Close()
+	}
 	lead, err := c.Campaign(ctx, lease, e.reg.ElectionPrefix(), e.opts.ID)
 	if err != nil {
 		return false, err
@@ -260,6 +274,15 @@ func (e *Engine) term(ctx context.Context, c *store.Client) (led bool, err error
 	e.goneAt, e.bodies, e.collect, e.written = map[string]time.Time{}, map[string][]byte{}, true, 0
 	e.mu.Unlock()
 	return true, e.lead(ctx, lead)
+}
+
+// lease is the lease a term campaigns with: Options.Leases's, or a new
+// one of its own.
+func (e *Engine) lease(ctx context.Context, c *store.Client) (*store.Lease, error) {
+	if e.opts.Leases != nil {
+		return e.opts.Leases.Lease(ctx)
+	}
+	return c.GrantLease(ctx, e.opts.TTL)
 }
 
 // checkHealth asks etcd for its Raft term. A failed request, or a term

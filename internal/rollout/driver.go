@@ -28,13 +28,26 @@ type DriverOptions struct {
 	ID string
 	// TTL is the lease of the candidacy: a driver cut off from etcd loses
 	// the lead (and stops) within it, and another takes over after it.
+	// Ignored with Leases.
 	TTL time.Duration
+	// Leases, if set, gives the lease each term campaigns with, shared
+	// with the rest of the process (serve: the agent's presence lease);
+	// the driver resigns at the end of a term but leaves the lease to its
+	// owner. Nil: every term grants a lease of TTL of its own and revokes
+	// it at its end.
+	Leases LeaseSource
 	// Poll is the interval of the readiness checks (Options.Poll).
 	Poll time.Duration
 	// Keep is how many finished records are kept (< 1: DefaultKeep); older
 	// ones are deleted.
 	Keep   int
 	Logger *slog.Logger
+}
+
+// LeaseSource hands out the lease a term campaigns with: the current one,
+// kept alive by its owner (agent.Agent's Lease: the presence lease).
+type LeaseSource interface {
+	Lease(ctx context.Context) (*store.Lease, error)
 }
 
 // Driver carries out the records (roll, move, drain) the CLI stores, one
@@ -99,11 +112,19 @@ var errLostLead = errors.New("rollout driver: lost the lead")
 // term is one candidacy: campaign, then drive until the lead is lost.
 func (d *Driver) term(ctx context.Context) error {
 	c := d.reg.Client()
-	lease, err := c.GrantLease(ctx, d.o.TTL)
+	var lease *store.Lease
+	var err error
+	if d.o.Leases != nil {
+		lease, err = d.o.Leases.Lease(ctx)
+	} else {
+		lease, err = c.GrantLease(ctx, d.o.TTL)
+		if err == nil {
+			defer lease.Close()
+		}
+	}
 	if err != nil {
 		return err
 	}
-	defer lease.Close()
 	lead, err := c.Campaign(ctx, lease, ElectionPrefix(d.reg), d.o.ID)
 	if err != nil {
 		return err
