@@ -110,6 +110,9 @@ func TestFailedUnitRestartsInPlaceThenMoves(t *testing.T) {
 			if got, want := starts(dir, "m1"), 3*tc.attempts; got != want {
 				t.Errorf("ExecStart ran %d times on m1, want %d (a start and RestartFailed=2 restarts, %d runs each)", got, want, tc.attempts)
 			}
+			// "running" is reported once the process is started, maybe
+			// before its shell has written the start.
+			eventually(t, "the start on m2 written", func() bool { return starts(dir, "m2") >= 1 })
 			if got := starts(dir, "m2"); got != 1 {
 				t.Errorf("ExecStart ran %d times on m2, want 1", got)
 			}
