@@ -399,26 +399,39 @@ func TestEtcdOutageTwiceTTL(t *testing.T) {
 		}
 	}
 	back := time.Now()
-	// etcd keeps an expired-while-down lease for a TTL after restart, so the
-	// key must come back bound to a new lease: announce wrote it again.
+	// etcd keeps an expired-while-down lease for a TTL (and an election
+	// timeout) after restart. Either announce saw its lease lost and wrote
+	// the key again on a new one, or (a slow machine: its keepalive had not
+	// yet given up) its keepalive reached the old lease in time: then the
+	// old lease is still alive 3 TTLs after the restart, which only
+	// announce's renewals explain. Either way the key is announced.
 	var kv store.KV
+	renewed := false
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		got, found, _, err := c.Get(ctx, "/out")
+		if err == nil && found && got.Lease == before.Lease && time.Since(back) > 3*ttl {
+			_, alive, lerr := c.LeaseRemaining(ctx, got.Lease)
+			renewed = lerr == nil && alive
+		}
 		cancel()
-		if err == nil && found && got.Lease != before.Lease {
+		if err == nil && found && (got.Lease != before.Lease || renewed) {
 			kv = got
 			break
 		}
 		if time.Since(back) > 20*time.Second {
-			t.Fatalf("key not written again within 20s of etcd's restart (found=%v err=%v)", found, err)
+			t.Fatalf("key not announced again within 20s of etcd's restart (found=%v err=%v)", found, err)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	took := time.Since(back)
-	t.Logf("key back with lease %x (was %x) %s after etcd was reachable", kv.Lease, before.Lease, took)
-	if took > time.Second {
-		t.Errorf("key back %s after etcd was reachable; want within 1s", took)
+	if renewed {
+		t.Logf("the old lease %x survived the restart, renewed by announce", kv.Lease)
+	} else {
+		t.Logf("key back with lease %x (was %x) %s after etcd was reachable", kv.Lease, before.Lease, took)
+		if took > time.Second {
+			t.Errorf("key back %s after etcd was reachable; want within 1s", took)
+		}
 	}
 	if !p.running() {
 		t.Fatal("announce exited")
