@@ -25,13 +25,7 @@ func TestNoBlockRollFailover(t *testing.T) {
 	c := newCluster(t)
 	// d1 and d2 run no unit (no role=web); d1 comes first and drives.
 	c.machine("d1", 5)
-	testmain.Eventually(t, 30*time.Second, 50*time.Millisecond, "d1 leads the rollout driver election", func() error {
-		v, found, err := c.c.Leader(c.ctx, rollout.ElectionPrefix(c.reg))
-		if err != nil || !found || v != "d1" {
-			return fmt.Errorf("leader %q (found %v): %v", v, found, err)
-		}
-		return nil
-	})
+	c.waitDriver(t, "d1")
 	c.machine("d2", 6)
 	for i := 1; i <= 3; i++ {
 		c.machine(fmt.Sprintf("m%d", i), i+1, "--metadata", "role=web")
@@ -172,13 +166,7 @@ func TestRollRenderStopped(t *testing.T) {
 func TestDrainFailover(t *testing.T) {
 	c := newCluster(t)
 	c.machine("d1", 5)
-	testmain.Eventually(t, 30*time.Second, 50*time.Millisecond, "d1 leads the rollout driver election", func() error {
-		v, found, err := c.c.Leader(c.ctx, rollout.ElectionPrefix(c.reg))
-		if err != nil || !found || v != "d1" {
-			return fmt.Errorf("leader %q (found %v): %v", v, found, err)
-		}
-		return nil
-	})
+	c.waitDriver(t, "d1")
 	c.machine("d2", 6)
 	c.machine("m1", 2, "--metadata", "role=web")
 	c.startLB()
@@ -224,4 +212,16 @@ func TestDrainFailover(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	checkZero(t, c.hp, "drain --no-block with the driver's serve killed mid-move", bg.Stop())
+}
+
+// waitDriver waits until machine id leads the rollout driver election.
+func (c *cluster) waitDriver(t *testing.T, id string) {
+	t.Helper()
+	testmain.Eventually(t, 30*time.Second, 50*time.Millisecond, id+" leads the rollout driver election", func() error {
+		v, found, err := c.c.Leader(c.ctx, rollout.ElectionPrefix(c.reg))
+		if err != nil || !found || v != id {
+			return fmt.Errorf("leader %q (found %v): %v", v, found, err)
+		}
+		return nil
+	})
 }
