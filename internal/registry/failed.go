@@ -56,13 +56,22 @@ func (r *Registry) ClearFailure(ctx context.Context, unit, machine string) error
 	return nil
 }
 
-func (r *Registry) decodeFailure(key string, value []byte) (Failure, error) {
+// parseFailureKey returns the unit and machine of a failure record's key.
+func (r *Registry) parseFailureKey(key string) (unit, machine string, err error) {
 	rest := strings.TrimPrefix(key, r.FailedPrefix())
 	i := strings.LastIndexByte(rest, '/')
 	if i <= 0 || i == len(rest)-1 {
-		return Failure{}, fmt.Errorf("decode %s: not %s<unit>/<machine>", key, r.FailedPrefix())
+		return "", "", fmt.Errorf("decode %s: not %s<unit>/<machine>", key, r.FailedPrefix())
 	}
-	f := Failure{Unit: rest[:i], Machine: rest[i+1:]}
+	return rest[:i], rest[i+1:], nil
+}
+
+func (r *Registry) decodeFailure(key string, value []byte) (Failure, error) {
+	unit, machine, err := r.parseFailureKey(key)
+	if err != nil {
+		return Failure{}, err
+	}
+	f := Failure{Unit: unit, Machine: machine}
 	if err := json.Unmarshal(value, &f); err != nil {
 		return Failure{}, fmt.Errorf("decode %s: %w", key, err)
 	}

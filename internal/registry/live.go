@@ -226,15 +226,13 @@ func (l *Live) applyState(ev store.Event, put bool) {
 // machine come from its key, so a delete (or an expiry) needs no value.
 func (l *Live) applyFailure(ev store.Event, put bool) {
 	s, key := l.s, ev.KV.Key
-	rest := strings.TrimPrefix(key, l.r.FailedPrefix())
-	i := strings.LastIndexByte(rest, '/')
-	if i <= 0 || i == len(rest)-1 {
+	unit, machine, err := l.r.parseFailureKey(key)
+	if err != nil {
 		if put {
-			l.skipped[key] = fmt.Errorf("decode %s: not %s<unit>/<machine>", key, l.r.FailedPrefix())
+			l.skipped[key] = err
 		}
 		return
 	}
-	unit, machine := rest[:i], rest[i+1:]
 	delete(s.Failed[unit], machine)
 	if len(s.Failed[unit]) == 0 {
 		delete(s.Failed, unit)
