@@ -14,7 +14,10 @@
 // Writes are batched, up to registry.MaxTxnOps per transaction, keeping the
 // writes of one unit in one transaction; a few transactions are in flight at
 // once, and a leader's pass writes a bounded number of them, leaving the
-// rest to the pass that follows.
+// rest to the passes that follow, which write it without planning again
+// unless a relevant change came meanwhile (a pass's planning is the same
+// whole-registry work whatever it changes, so the first placement of ten
+// thousand units is planned once, not once per bounded write).
 //
 // No unit is targeted at a new machine while another machine still reports
 // it running: a unit leaving a live machine is first untargeted there, and
@@ -111,6 +114,10 @@ type PassStats struct {
 	// Partial says the pass wrote only part of what it planned (a leader's
 	// pass writes a bounded number of transactions); another follows.
 	Partial bool
+	// Continued says the pass planned nothing: it wrote the next part of
+	// an earlier partial pass's plan, which no change since had made stale
+	// (Units and Machines are that plan's).
+	Continued bool
 }
 
 // DefaultMoveGrace is Options.MoveGrace's default: with the default 10s
@@ -164,6 +171,18 @@ type Engine struct {
 	// written is the revision of the leader's last write: a pass plans
 	// from a state that includes it.
 	written int64
+	// rest is what a partial pass planned and left unwritten, for the
+	// passes that follow to write without planning again, until a relevant
+	// change (or a reported state of one of its units) makes it stale.
+	rest unwritten
+}
+
+// unwritten is the unwritten part of a partial pass's plan.
+type unwritten struct {
+	txns  []txn
+	units map[string]bool // the units the txns write
+	// units and machines the plan considered, for PassStats.
+	nUnits, nMachines int
 }
 
 type parsed struct {
@@ -271,7 +290,7 @@ func (e *Engine) term(ctx context.Context, c *store.Client) (led bool, err error
 	e.mu.Lock()
 	e.absentSince, e.released = map[string]time.Time{}, nil
 	e.healthySince, e.etcdTerm, e.unhealthy, e.wake = time.Now(), 0, false, time.Time{}
-	e.goneAt, e.bodies, e.collect, e.written = map[string]time.Time{}, map[string][]byte{}, true, 0
+	e.goneAt, e.bodies, e.collect, e.written, e.rest = map[string]time.Time{}, map[string][]byte{}, true, 0, unwritten{}
 	e.mu.Unlock()
 	return true, e.lead(ctx, lead)
 }
@@ -399,8 +418,9 @@ func (e *Engine) loadUnits(ctx context.Context, snap *registry.Snapshot) (reques
 
 // txn is one guarded transaction of a pass.
 type txn struct {
-	cmps []store.Cmp
-	ops  []store.Op
+	cmps  []store.Cmp
+	ops   []store.Op
+	units []string // whose writes it holds
 }
 
 // txns packs the batches into transactions of at most registry.MaxTxnOps
@@ -420,12 +440,14 @@ func txns(guard store.Cmp, batches []batch) []txn {
 			flush()
 		}
 		cur.cmps = append(cur.cmps, b.cmps...)
+		cur.units = append(cur.units, b.unit)
 		o := b.ops
 		// A global unit on many machines may need several transactions;
 		// each of its keys stands alone.
 		for len(o) > registry.MaxTxnOps {
 			cur.ops = append(cur.ops, o[:registry.MaxTxnOps]...)
 			flush()
+			cur.units = append(cur.units, b.unit)
 			o = o[registry.MaxTxnOps:]
 		}
 		cur.ops = append(cur.ops, o...)
@@ -438,14 +460,12 @@ func txns(guard store.Cmp, batches []batch) []txn {
 // each holds whole units, so their order does not matter.
 const writeInFlight = 4
 
-// write applies the batches in guarded transactions (see txns), at most
-// limit of them (0: all; partial reports that some were left for the next
-// pass), writeInFlight at a time. It returns the revision of its last
-// transaction.
-func (e *Engine) write(ctx context.Context, guard store.Cmp, batches []batch, limit int) (res writeResult, err error) {
-	all := txns(guard, batches)
+// write applies the transactions, at most limit of them (0: all; partial
+// reports that some were left, returned as rest), writeInFlight at a time.
+// It returns the revision of its last transaction.
+func (e *Engine) write(ctx context.Context, all []txn, limit int) (res writeResult, rest []txn, err error) {
 	if limit > 0 && len(all) > limit {
-		all, res.partial = all[:limit], true
+		all, rest, res.partial = all[:limit], all[limit:], true
 	}
 	c := e.reg.Client()
 	var mu sync.Mutex
@@ -473,7 +493,7 @@ func (e *Engine) write(ctx context.Context, guard store.Cmp, batches []batch, li
 		})
 	}
 	err = g.Wait()
-	return res, err
+	return res, rest, err
 }
 
 // writeResult is what write did.

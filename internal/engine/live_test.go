@@ -46,15 +46,24 @@ func TestLeaderPlacesManyInBoundedPasses(t *testing.T) {
 		return len(s.Unplaced) == 0
 	})
 	mu.Lock()
-	partial := 0
+	partial, continued := 0, 0
 	for _, ps := range passes {
 		if ps.Partial {
 			partial++
+		}
+		if ps.Continued {
+			continued++
+			if ps.Plan != 0 {
+				t.Errorf("a continued pass planned for %s", ps.Plan)
+			}
 		}
 	}
 	mu.Unlock()
 	if partial == 0 {
 		t.Errorf("no partial pass among %d: %d units should take more than one bounded pass", len(passes), n)
+	}
+	if continued == 0 {
+		t.Errorf("no continued pass among %d: nothing changed while the first plan was written, so the passes after it should write its rest without planning", len(passes))
 	}
 
 	// m1 stops being a worker: its units go to m2 and m3.
@@ -70,4 +79,69 @@ func TestLeaderPlacesManyInBoundedPasses(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// TestLeaderReplansWhenAChangeComesMidPlan: a change that arrives while a
+// partial pass's plan is still being written makes its rest stale. Here
+// machine m1 stops being a worker right after the first partial pass: at
+// most one continued pass may still follow (the engine's watch may not
+// have brought the change yet), then a pass plans again, and every unit
+// ends up off m1. Writing the stale rest to the end would take several
+// continued passes, each putting units on m1.
+func TestLeaderReplansWhenAChangeComesMidPlan(t *testing.T) {
+	f := newFixture(t)
+	for _, id := range []string{"m1", "m2", "m3"} {
+		f.machine(id, map[string]string{"role": "worker"})
+	}
+	const n = 6000 // about twelve bounded passes
+	body := "[Service]\nExecStart=/bin/sleep 1000\n[X-Fleet]\nMachineMetadata=role=worker\n"
+	var wants []registry.Want
+	for i := range n {
+		wants = append(wants, registry.Want{Name: fmt.Sprintf("u%04d.service", i), Hash: unit.Hash([]byte(body)), Body: []byte(body), Desired: registry.Launched})
+	}
+	if err := registry.FirstError(f.reg.Ensure(f.ctx, wants, registry.KeepExisting)); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var after []engine.PassStats // the passes after the change
+	changed := false
+	f.runEngineWith(engine.Options{ID: "e1", OnPass: func(ps engine.PassStats) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case changed:
+			after = append(after, ps)
+		case ps.Partial:
+			// Called by the leader between its passes: the change lands
+			// while the rest of this plan waits to be written.
+			if err := f.reg.SetMetadata(f.ctx, "m1", "role", "db"); err != nil {
+				t.Error(err)
+			}
+			changed = true
+		}
+	}})
+	f.until("every unit placed off m1", func(s *registry.Snapshot) bool {
+		for _, w := range wants {
+			ms := s.Schedule[w.Name]
+			if _, on := ms["m1"]; on || len(ms) != 1 {
+				return false
+			}
+		}
+		return len(s.Unplaced) == 0
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if !changed {
+		t.Fatal("no partial pass: the change never came mid-plan")
+	}
+	continued := 0
+	for _, ps := range after {
+		if !ps.Continued {
+			break
+		}
+		continued++
+	}
+	if continued > 1 || continued == len(after) {
+		t.Errorf("after the change: %d continued passes before one planned again (of %d passes); want at most 1", continued, len(after))
+	}
 }

@@ -38,34 +38,49 @@ func (e *Engine) lead(ctx context.Context, lead *store.Leadership) error {
 // jobs, machines, planned change and failure records always; a unit's
 // reported state only while the unit
 // waits to stop somewhere before it may start elsewhere. The engine's own
-// writes (schedule/, unplaced/), bodies and the election do not.
-func (e *Engine) relevant(key string) bool {
-	rest := strings.TrimPrefix(key, e.reg.Prefix())
+// writes (schedule/, unplaced/), bodies and the election do not. e.mu is
+// held.
+func (e *Engine) relevant(rest string) bool {
 	switch {
 	case strings.HasPrefix(rest, "jobs/"), strings.HasPrefix(rest, "machines/"), strings.HasPrefix(rest, "metadata/"),
 		plannedChange(rest), failureChange(rest):
 		return true
 	case strings.HasPrefix(rest, "states/"):
-		rest = strings.TrimPrefix(rest, "states/")
-		i := strings.LastIndexByte(rest, '/')
-		if i < 0 {
-			return false
-		}
-		e.mu.Lock()
-		defer e.mu.Unlock()
-		return e.waiting[rest[:i]]
+		return e.waiting[stateUnit(rest)]
 	}
 	return false
+}
+
+// dropRest forgets what the last partial pass left unwritten: the next
+// pass plans again.
+func (e *Engine) dropRest() {
+	e.mu.Lock()
+	e.rest = unwritten{}
+	e.mu.Unlock()
+}
+
+// stateUnit is the unit of a states/<unit>/<machine> key (relative to the
+// prefix); "" for another key.
+func stateUnit(rest string) string {
+	rest, ok := strings.CutPrefix(rest, "states/")
+	i := strings.LastIndexByte(rest, '/')
+	if !ok || i < 0 {
+		return ""
+	}
+	return rest[:i]
 }
 
 // note records what the engine keeps from a watch event besides the
 // registry state: when a machine's presence went (its absence clock may
 // start then, not at the next pass) and the bodies written, which the next
 // pass parses without reading them. It reports whether the event calls
-// for a pass.
+// for a pass. Such an event, or a reported state of a unit the last
+// partial pass left unwritten, makes what that pass left stale: the next
+// pass plans again.
 func (e *Engine) note(ev store.Event, now time.Time) bool {
 	rest := strings.TrimPrefix(ev.KV.Key, e.reg.Prefix())
 	e.mu.Lock()
+	defer e.mu.Unlock()
 	switch {
 	case strings.HasPrefix(rest, "machines/"):
 		id := strings.TrimPrefix(rest, "machines/")
@@ -79,14 +94,21 @@ func (e *Engine) note(ev store.Event, now time.Time) bool {
 	case strings.HasPrefix(rest, "jobs/") || strings.HasPrefix(rest, "pins/"):
 		e.collect = true // a body may have lost its last user
 	}
-	e.mu.Unlock()
-	return e.relevant(ev.KV.Key)
+	relevant := e.relevant(rest)
+	if relevant || (len(e.rest.txns) > 0 && e.rest.units[stateUnit(rest)]) {
+		e.rest = unwritten{}
+	}
+	return relevant
 }
 
 // watchLoop passes on live's state: at once, then on every relevant change
 // (debounced), when a unit held on an absent machine may move, and on the
 // period. A pass waits until the watch has brought live up to the engine's
-// own last write, so that it never plans from a state without it.
+// own last write, so that it never plans from a state without it. After a
+// partial pass the passes that follow write the rest of its plan without
+// planning again, for as long as no relevant change, wake or period comes
+// (see note): each waits for the watch too, so a change made before the
+// last write is always seen before the next.
 func (e *Engine) watchLoop(ctx context.Context, lead *store.Leadership, live *registry.Live, w *store.Watch, period <-chan time.Time) error {
 	debounce := time.After(0)
 	health := time.NewTicker(e.opts.HealthInterval)
@@ -131,6 +153,7 @@ func (e *Engine) watchLoop(ctx context.Context, lead *store.Leadership, live *re
 			e.checkHealth(ctx, lead)
 		case <-wakeC:
 			wakeC, wakeAt = nil, time.Time{}
+			e.dropRest() // a unit held on an absent machine may move: plan again
 			if debounce == nil {
 				debounce = time.After(0)
 			}
@@ -160,6 +183,7 @@ func (e *Engine) watchLoop(ctx context.Context, lead *store.Leadership, live *re
 			debounce = nil
 			err = pass(false)
 		case <-period:
+			e.dropRest()
 			err = pass(true)
 		}
 		if err != nil {
@@ -175,7 +199,10 @@ func (e *Engine) watchLoop(ctx context.Context, lead *store.Leadership, live *re
 // one's writes back (a partial pass), and an error only when leadership or
 // ctx ended.
 func (e *Engine) leaderPass(ctx context.Context, lead *store.Leadership, live *registry.Live, collect bool) (again time.Duration, wait bool, err error) {
-	st, err := e.pass(ctx, lead.Guard(), live.Snapshot(), time.Now(), 0, leaderPassTxns)
+	st, continued, err := e.passRest(ctx, leaderPassTxns)
+	if !continued {
+		st, err = e.pass(ctx, lead.Guard(), live.Snapshot(), time.Now(), 0, leaderPassTxns)
+	}
 	switch {
 	case err == nil:
 	case fatal(ctx, err):

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -52,17 +53,57 @@ func (e *Engine) pass(ctx context.Context, guard store.Cmp, snap *registry.Snaps
 	plan := e.plan(snap)
 	res.Plan = time.Since(planStart)
 	res.Units, res.Machines, res.Unplaced, res.Moved = len(snap.Jobs), len(snap.Machines), len(plan.unplaced), plan.moved
-	w, err := e.write(ctx, guard, plan.batches, limit)
+	w, left, err := e.write(ctx, txns(guard, plan.batches), limit)
 	e.mu.Lock()
 	e.written = max(e.written, w.rev)
+	e.rest = unwritten{}
+	if err == nil && len(left) > 0 {
+		e.rest = unwritten{txns: left, units: map[string]bool{}, nUnits: res.Units, nMachines: res.Machines}
+		for _, t := range left {
+			for _, u := range t.units {
+				e.rest.units[u] = true
+			}
+		}
+	}
 	e.mu.Unlock()
+	return e.passDone(res, w, start, err)
+}
+
+// passRest is a pass that plans nothing: it writes the next part (at most
+// limit transactions) of the last partial pass's plan, which is still
+// current (see note). It reports false when there is none.
+func (e *Engine) passRest(ctx context.Context, limit int) (PassStats, bool, error) {
+	start := time.Now()
+	e.mu.Lock()
+	r := e.rest
+	e.rest = unwritten{}
+	e.mu.Unlock()
+	if len(r.txns) == 0 {
+		return PassStats{}, false, nil
+	}
+	res := PassStats{Units: r.nUnits, Machines: r.nMachines, Continued: true}
+	w, left, err := e.write(ctx, r.txns, limit)
+	e.mu.Lock()
+	e.written = max(e.written, w.rev)
+	if err == nil && len(left) > 0 {
+		r.txns = left
+		e.rest = r
+	}
+	e.mu.Unlock()
+	res, err = e.passDone(res, w, start, err)
+	return res, true, err
+}
+
+// passDone completes a pass's figures with what it wrote, logs and reports
+// them.
+func (e *Engine) passDone(res PassStats, w writeResult, start time.Time, err error) (PassStats, error) {
 	res.Txns, res.Ops, res.Partial = w.txns, w.ops, w.partial
 	res.Requests += w.txns
 	res.Unchanged = w.ops == 0
 	res.Duration = time.Since(start)
 	if err == nil && res.Ops > 0 {
 		e.log.Info("engine pass", "units", res.Units, "machines", res.Machines, "ops", res.Ops, "txns", res.Txns, "partial", res.Partial,
-			"moved", res.Moved, "unplaced", res.Unplaced, "took", res.Duration.Round(time.Microsecond))
+			"continued", res.Continued, "moved", res.Moved, "unplaced", res.Unplaced, "took", res.Duration.Round(time.Microsecond))
 	}
 	if e.opts.OnPass != nil {
 		e.opts.OnPass(res)
@@ -79,6 +120,7 @@ type plan struct {
 // batch is the writes of one unit and the conditions they need besides the
 // leadership guard (a move off an absent machine: its presence still absent).
 type batch struct {
+	unit string
 	ops  []store.Op
 	cmps []store.Cmp
 }
@@ -108,10 +150,38 @@ func (e *Engine) plan(snap *registry.Snapshot) plan {
 	for name, why := range res.Unplaced {
 		p.unplaced[name] = why
 	}
-	want := wanted(res, in.keep)
-	e.twoPhase(snap, res, want, &p)
-	e.diff(snap, want, absent, &p)
+	same := settled(snap, res, in.keep)
+	want := wanted(res, in.keep, same)
+	e.twoPhase(snap, res, want, same, &p)
+	e.diff(snap, want, same, absent, &p)
 	return p
+}
+
+// settled returns the non-global units the placement leaves where the
+// registry has them, as the registry has them (body, desired state), with
+// no unplaced reason, target kept on an absent machine or move request:
+// nothing to write, and nothing the rest of the plan needs to look at. In
+// a steady state that is nearly every unit.
+func settled(snap *registry.Snapshot, res schedule.Result, keep map[string]map[string]bool) map[string]bool {
+	out := make(map[string]bool, len(res.Targets))
+	for name, m := range res.Targets {
+		cur := snap.Schedule[name]
+		if len(cur) != 1 || keep[name] != nil {
+			continue
+		}
+		a, ok := cur[m]
+		if !ok || a.Hash != snap.Hash(name, m) || a.Desired != snap.Jobs[name].Desired {
+			continue
+		}
+		if _, ok := snap.Unplaced[name]; ok {
+			continue
+		}
+		if _, ok := snap.Plan.Moves[name]; ok {
+			continue
+		}
+		out[name] = true
+	}
+	return out
 }
 
 // absences updates the absence clocks and returns the machines targeted by
@@ -193,10 +263,17 @@ func (e *Engine) placementInput(snap *registry.Snapshot, p *plan, now time.Time)
 	for _, m := range snap.Machines {
 		in.machines = append(in.machines, schedule.Machine{ID: m.ID, IP: m.IP, Metadata: m.Metadata, Capacity: m.Capacity})
 	}
+	names := make([]string, 0, len(snap.Jobs))
 	for name, j := range snap.Jobs {
-		if j.Desired != registry.Loaded && j.Desired != registry.Launched {
-			continue
+		if j.Desired == registry.Loaded || j.Desired == registry.Launched {
+			names = append(names, name)
 		}
+	}
+	// In name order, which schedule.Place sorts them in: it then finds
+	// them sorted.
+	slices.Sort(names)
+	in.units = make([]schedule.Unit, 0, len(names))
+	for _, name := range names {
 		pu := e.cache[name]
 		if pu.err != nil || pu.file == nil {
 			p.unplaced[name] = fmt.Sprintf("unit file: %v", pu.err)
@@ -225,16 +302,17 @@ func (e *Engine) placementInput(snap *registry.Snapshot, p *plan, now time.Time)
 		}
 		in.units = append(in.units, u)
 	}
-	sort.Slice(in.units, func(i, j int) bool { return in.units[i].Name < in.units[j].Name })
 	return in
 }
 
 // wanted is the targets a placement asks for (unit → machines), with the
-// targets kept on absent machines.
-func wanted(res schedule.Result, keep map[string]map[string]bool) map[string]map[string]bool {
-	want := make(map[string]map[string]bool, len(res.Targets)+len(res.Global))
+// targets kept on absent machines, but for the settled units.
+func wanted(res schedule.Result, keep map[string]map[string]bool, same map[string]bool) map[string]map[string]bool {
+	want := make(map[string]map[string]bool, len(res.Targets)-len(same)+len(res.Global))
 	for name, m := range res.Targets {
-		want[name] = map[string]bool{m: true}
+		if !same[name] {
+			want[name] = map[string]bool{m: true}
+		}
 	}
 	for name, ms := range res.Global {
 		set := make(map[string]bool, len(ms))
@@ -258,9 +336,12 @@ func wanted(res schedule.Result, keep map[string]map[string]bool) map[string]map
 // reports the unit running (it waits, unplaced, for that machine to stop
 // it), but for surge moves, which keep both; it counts the moves. e.mu is
 // held.
-func (e *Engine) twoPhase(snap *registry.Snapshot, res schedule.Result, want map[string]map[string]bool, p *plan) {
+func (e *Engine) twoPhase(snap *registry.Snapshot, res schedule.Result, want map[string]map[string]bool, same map[string]bool, p *plan) {
 	surge := e.surges(snap, res)
 	for name, target := range res.Targets {
+		if same[name] {
+			continue
+		}
 		if from, ok := surge[name]; ok {
 			want[name][from] = true // started on target before stopped on from
 			if _, ok := snap.Schedule[name][target]; !ok {
@@ -286,11 +367,14 @@ func (e *Engine) twoPhase(snap *registry.Snapshot, res schedule.Result, want map
 }
 
 // diff turns the difference between the registry and want (and the
-// unplaced reasons) into batches, one per unit, in name order. e.mu is held.
-func (e *Engine) diff(snap *registry.Snapshot, want map[string]map[string]bool, absent map[string]bool, p *plan) {
-	names := make(map[string]bool, len(snap.Schedule)+len(want))
+// unplaced reasons) into batches, one per unit but the settled ones, in name
+// order. e.mu is held.
+func (e *Engine) diff(snap *registry.Snapshot, want map[string]map[string]bool, same, absent map[string]bool, p *plan) {
+	names := make(map[string]bool, len(want)+len(p.unplaced))
 	for n := range snap.Schedule {
-		names[n] = true
+		if !same[n] {
+			names[n] = true
+		}
 	}
 	for n := range want {
 		names[n] = true
@@ -319,7 +403,7 @@ func (e *Engine) diff(snap *registry.Snapshot, want map[string]map[string]bool, 
 // unitDiff is the batch of one unit: its targets to remove, add or
 // rewrite, its unplaced reason, and the end of its move. e.mu is held.
 func (e *Engine) unitDiff(snap *registry.Snapshot, name string, want map[string]bool, absent map[string]bool, p *plan) batch {
-	var b batch
+	b := batch{unit: name}
 	job := snap.Jobs[name]
 	encs := map[string]string{} // by hash: a pin (a rollout in progress) keeps a machine on its body
 	val := func(m string) string {
