@@ -371,9 +371,10 @@ func TestScale(t *testing.T) {
 	for _, p := range hc.Passes() {
 		durs = append(durs, p.Duration.Seconds()*1000)
 		if p.Duration > 250*time.Millisecond || p.Moved > 0 {
-			t.Logf("engine pass %s at +%s: %s (planning %s), %d ops in %d txns, %d requests, %d moved, %d unplaced", p.Engine,
+			t.Logf("engine pass %s at +%s: %s (planning %s), %d ops in %d txns, %d requests, %d moved, %d unplaced; its process in the %s since its previous pass: %s on a CPU, %s waiting for one (its threads summed)", p.Engine,
 				p.At.Sub(begin).Round(time.Millisecond), p.Duration.Round(time.Millisecond), p.Plan.Round(time.Millisecond),
-				p.Ops, p.Txns, p.Requests, p.Moved, p.Unplaced)
+				p.Ops, p.Txns, p.Requests, p.Moved, p.Unplaced,
+				p.Since.Round(time.Millisecond), p.CPU.Round(time.Millisecond), p.RunDelay.Round(time.Millisecond))
 		}
 	}
 	slices.Sort(durs)

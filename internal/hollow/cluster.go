@@ -70,6 +70,11 @@ type Pass struct {
 	engine.PassStats
 	Engine string
 	At     time.Time
+	// Since is the time from the engine's previous pass (or its start) to
+	// the end of this one; CPU and RunDelay are how long its process's
+	// threads spent in that time on a CPU and waiting for one (zero where
+	// /proc/self/task/*/schedstat cannot be read).
+	Since, CPU, RunDelay time.Duration
 }
 
 // Node is one hollow machine (its own etcd client and the goroutine that

@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -35,11 +37,14 @@ type engineSpec struct {
 }
 
 // engineLine is one line an engine process writes on its stdout: Ready once
-// it has its client and engine, then one per pass.
+// it has its client and engine, then one per pass with its process's use
+// of the CPU since the line before (Pass's Since, CPU and RunDelay).
 type engineLine struct {
 	Ready bool              `json:",omitempty"`
 	Pass  *engine.PassStats `json:",omitempty"`
 	At    time.Time
+
+	Since, CPU, RunDelay time.Duration
 }
 
 // RunEngineProcess is the body of an engine process: spec is EnvEngine's
@@ -68,10 +73,16 @@ func RunEngineProcess(ctx context.Context, spec string, stdin io.Reader, stdout,
 	defer cl.Close()
 	var mu sync.Mutex
 	enc := json.NewEncoder(stdout)
+	var prev engineLine
 	emit := func(l engineLine) {
 		mu.Lock()
 		defer mu.Unlock()
 		l.At = time.Now()
+		cpu, delay := procTimes()
+		if !prev.At.IsZero() {
+			l.Since, l.CPU, l.RunDelay = l.At.Sub(prev.At), cpu-prev.CPU, delay-prev.RunDelay
+		}
+		prev = engineLine{At: l.At, CPU: cpu, RunDelay: delay}
 		if err := enc.Encode(l); err != nil {
 			log.Error("hollow engine: write to the parent; stopping", "err", err)
 			cancel()
@@ -157,7 +168,7 @@ func (c *Cluster) follow(n *Node, stdout io.Reader, ready chan struct{}) {
 			ready = nil
 		case l.Pass != nil:
 			c.mu.Lock()
-			c.passes = append(c.passes, Pass{PassStats: *l.Pass, Engine: n.ID, At: l.At})
+			c.passes = append(c.passes, Pass{PassStats: *l.Pass, Engine: n.ID, At: l.At, Since: l.Since, CPU: l.CPU, RunDelay: l.RunDelay})
 			c.lastPass[n.ID] = l.At
 			c.mu.Unlock()
 		}
@@ -201,4 +212,26 @@ func (n *Node) logTail() string {
 		b = b[len(b)-tail:]
 	}
 	return fmt.Sprintf("the end of its log %s:\n%s", n.logPath, b)
+}
+
+// procTimes sums the time this process's threads have spent on a CPU and
+// waiting for one (run-queue delay), from /proc/self/task/*/schedstat;
+// threads it cannot read count for nothing.
+func procTimes() (cpu, delay time.Duration) {
+	tasks, _ := os.ReadDir("/proc/self/task")
+	for _, t := range tasks {
+		b, err := os.ReadFile(filepath.Join("/proc/self/task", t.Name(), "schedstat"))
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(b))
+		if len(f) < 2 {
+			continue
+		}
+		c, _ := strconv.ParseInt(f[0], 10, 64)
+		d, _ := strconv.ParseInt(f[1], 10, 64)
+		cpu += time.Duration(c)
+		delay += time.Duration(d)
+	}
+	return cpu, delay
 }
