@@ -61,6 +61,8 @@ func RunEngineProcess(ctx context.Context, spec string, stdin io.Reader, stdout,
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// The parent holds stdin's other end: its end (closed, or the parent
+	// gone) stops the engine.
 	go func() {
 		io.Copy(io.Discard, stdin)
 		cancel()
