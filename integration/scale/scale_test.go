@@ -1,7 +1,9 @@
 // Package scale runs the scheduler at size: hollow machines (real agents, an
-// in-memory executor) and two engine candidates against a 3-member etcd
-// cluster of Debian's etcd binary, with a checker that watches every
-// revision for a unit in two places.
+// in-memory executor, all in the test process) and two engine candidates,
+// each in a process of its own as in a deployment (this test binary
+// re-executed: TestMain hands it to hollow.RunEngineProcess), against a
+// 3-member etcd cluster of Debian's etcd binary, with a checker that
+// watches every revision for a unit in two places.
 //
 // `make test` runs the short size (100 machines × 1,000 units) and asserts
 // the invariants only. `make scale` runs FLOTILLA_SCALE (default
@@ -144,6 +146,22 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// procStat is a process's CPU time so far and its resident set (KiB).
+type procStat struct {
+	cpu time.Duration
+	rss float64
+}
+
+// engineCPU reads each engine process's procStat, by engine id.
+func engineCPU(hc *hollow.Cluster) map[string]procStat {
+	m := map[string]procStat{}
+	for _, e := range hc.Engines {
+		cpu, rss := procCPU(e.Pid())
+		m[e.ID] = procStat{cpu, rss}
+	}
+	return m
+}
+
 func TestScale(t *testing.T) {
 	begin := time.Now()
 	machines, units, full := size(t)
@@ -182,11 +200,18 @@ func TestScale(t *testing.T) {
 	hc, err := hollow.Start(ctx, hollow.Config{
 		Store: cfg, Prefix: "/scale/", Machines: machines, TTL: ttl, MoveGrace: grace, Dir: t.TempDir(),
 		Metadata: func(i int) map[string]string { return map[string]string{"zone": fmt.Sprintf("z%d", i%7)} },
+		// Each engine candidate in a process of its own (this test
+		// binary again, TestMain's hook), as in a deployment.
+		EngineCommand: []string{os.Args[0], "-test.run=^$"},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer hc.Close()
+	defer func() {
+		if err := hc.Close(); err != nil {
+			t.Errorf("hollow cluster: %v", err)
+		}
+	}()
 	lost := map[string]bool{}
 	want := func() int { return units - 1 + machines - len(lost) } // global runs on every live machine
 	settle := func(what string, limit time.Duration) time.Duration {
@@ -251,16 +276,31 @@ func TestScale(t *testing.T) {
 	}
 	runtime.GC()
 	reqs0, cpu0, t0 := etcdRequests(t, cl), cpuTime(), time.Now()
+	engineCPU0 := engineCPU(hc)
 	retargets0 := checker.Status(nil).Retargets
 	time.Sleep(steady)
 	el := time.Since(t0).Seconds()
 	reqs := (etcdRequests(t, cl) - reqs0) / el
+	engineCPU1 := engineCPU(hc)
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	figs.add("steady/etcd-requests-per-machine", "req/s", reqs/float64(machines), 1, true)
 	figs.add("steady/etcd-requests", "req/s", reqs, 0, true)
+	// This process's figures are the agents' (and the checker's): the
+	// engines run in processes of their own.
+	t.Logf("scale: cpu-per-machine and heap-per-machine are this test process's (agents, checker); the engines' are engine-cpu and engine-rss")
 	figs.add("steady/cpu-per-machine", "ms/s", (cpuTime()-cpu0).Seconds()*1000/el/float64(machines), 0, true)
 	figs.add("steady/heap-per-machine", "KiB", float64(ms.HeapInuse)/1024/float64(machines), 0, true)
+	var cpuSum time.Duration
+	var rssMax float64
+	for _, e := range hc.Engines {
+		cpu := engineCPU1[e.ID].cpu - engineCPU0[e.ID].cpu
+		t.Logf("scale: engine %s (pid %d): %.1f ms/s CPU, %.0f KiB resident", e.ID, e.Pid(), cpu.Seconds()*1000/el, engineCPU1[e.ID].rss)
+		cpuSum += cpu
+		rssMax = max(rssMax, engineCPU1[e.ID].rss)
+	}
+	figs.add("steady/engine-cpu", "ms/s", cpuSum.Seconds()*1000/el, 0, true)
+	figs.add("steady/engine-rss-max", "KiB", rssMax, 0, true)
 	if n := checker.Status(nil).Retargets - retargets0; n != 0 {
 		t.Errorf("steady state: %d units taken off their machine", n)
 	}
@@ -278,7 +318,8 @@ func TestScale(t *testing.T) {
 	// (docs/design.md, "When etcd is unreachable"), so the goal carries it.
 	figs.add("loss/units-active-elsewhere", "s", time.Since(lostAt).Seconds(), (ttl + grace + 2*time.Second).Seconds(), true)
 
-	// 4. The engine leader killed: a new leader, and no unit moves.
+	// 4. The engine leader killed (SIGKILL of its process): a new leader
+	// once its leadership lease expires, and no unit moves.
 	leaderID, found, err := admin.Leader(ctx, reg.ElectionPrefix())
 	if err != nil || !found {
 		t.Fatalf("engine leader: %q %v %v", leaderID, found, err)
@@ -330,9 +371,10 @@ func TestScale(t *testing.T) {
 	for _, p := range hc.Passes() {
 		durs = append(durs, p.Duration.Seconds()*1000)
 		if p.Duration > 250*time.Millisecond || p.Moved > 0 {
-			t.Logf("engine pass %s at +%s: %s (planning %s), %d ops in %d txns, %d requests, %d moved, %d unplaced", p.Engine,
+			t.Logf("engine pass %s at +%s: %s (planning %s), %d ops in %d txns, %d requests, %d moved, %d unplaced; its process in the %s since its previous pass: %s on a CPU, %s waiting for one (its threads summed)", p.Engine,
 				p.At.Sub(begin).Round(time.Millisecond), p.Duration.Round(time.Millisecond), p.Plan.Round(time.Millisecond),
-				p.Ops, p.Txns, p.Requests, p.Moved, p.Unplaced)
+				p.Ops, p.Txns, p.Requests, p.Moved, p.Unplaced,
+				p.Since.Round(time.Millisecond), p.CPU.Round(time.Millisecond), p.RunDelay.Round(time.Millisecond))
 		}
 	}
 	slices.Sort(durs)

@@ -2,19 +2,21 @@ package hollow
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
+	"os/exec"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
 	"github.com/flotilla/flotilla/internal/agent"
 	"github.com/flotilla/flotilla/internal/engine"
-	"github.com/flotilla/flotilla/internal/netcut"
 	"github.com/flotilla/flotilla/internal/registry"
 	"github.com/flotilla/flotilla/internal/store"
 )
@@ -29,6 +31,12 @@ type Config struct {
 	// Machines is how many hollow machines run; Engines how many engine
 	// candidates (default 2).
 	Machines, Engines int
+	// EngineCommand is the program (and its arguments) each engine
+	// candidate runs as, in its own process as a `scheduler serve` holds
+	// one: a program that, when EnvEngine is set, calls RunEngineProcess
+	// first thing (a test binary re-executed with -test.run=^$, its
+	// TestMain holding the hook). Required.
+	EngineCommand []string
 	// TTL of the presence and leadership leases; default 10s.
 	TTL time.Duration
 	// MoveGrace is the engines' (engine.Options.MoveGrace: zero is its
@@ -36,13 +44,16 @@ type Config struct {
 	MoveGrace time.Duration
 	// Metadata gives machine i its metadata; may be nil.
 	Metadata func(i int) map[string]string
-	// Dir holds the machines' facts files.
+	// Dir holds the machines' facts files and the engines' logs
+	// (<engine id>.log).
 	Dir string
-	// Logger receives the agents' and engines' logs; nil discards them.
+	// Logger receives the agents' logs and this process's notes on the
+	// engines; nil discards them.
 	Logger *slog.Logger
 }
 
-// Cluster is a running set of hollow machines and engine candidates.
+// Cluster is a running set of hollow machines (goroutines of this process)
+// and engine candidates (a process each).
 type Cluster struct {
 	cfg      Config
 	Machines []*Node
@@ -59,26 +70,51 @@ type Pass struct {
 	engine.PassStats
 	Engine string
 	At     time.Time
+	// Since is the time from the engine's previous pass (or its start) to
+	// the end of this one; CPU and RunDelay are how long its process's
+	// threads spent in that time on a CPU and waiting for one (zero where
+	// /proc/self/task/*/schedstat cannot be read).
+	Since, CPU, RunDelay time.Duration
 }
 
-// Node is one hollow machine or engine candidate: its own etcd client and
-// the goroutine that runs it.
+// Node is one hollow machine (its own etcd client and the goroutine that
+// runs its agent) or engine candidate (its process).
 type Node struct {
-	ID     string
+	ID string
+	// A machine's.
 	client *store.Client
-	// proxies are how an engine reaches each etcd member: Lose cuts them.
-	proxies []*netcut.Proxy
-	cancel  context.CancelFunc
-	done    chan struct{}
-	lost    bool
+	cancel context.CancelFunc
+	// An engine's: its process, the pipe whose end stops it, its log; err
+	// is how it ended (set before done closes).
+	cmd     *exec.Cmd
+	stdin   io.Closer
+	logPath string
+	err     error
+
+	done chan struct{}
+	lost atomic.Bool
 }
 
 // Lost reports whether Lose was called on the node.
-func (n *Node) Lost() bool { return n.lost }
+func (n *Node) Lost() bool { return n.lost.Load() }
 
-// Start opens a client per node and starts every agent and engine; it
-// returns once each has its client (they register and campaign on their own).
+// Pid returns an engine's process id (for its figures in /proc); 0 for a
+// machine, which runs in this process.
+func (n *Node) Pid() int {
+	if n.cmd == nil || n.cmd.Process == nil {
+		return 0
+	}
+	return n.cmd.Process.Pid
+}
+
+// Start starts every engine process and opens a client per machine, then
+// starts every agent; it returns once each engine is ready and each agent
+// has its client (they register and campaign on their own). Close stops
+// them.
 func Start(ctx context.Context, cfg Config) (*Cluster, error) {
+	if len(cfg.EngineCommand) == 0 {
+		return nil, errors.New("hollow: no EngineCommand to run the engines with")
+	}
 	if cfg.Engines == 0 {
 		cfg.Engines = 2
 	}
@@ -94,17 +130,17 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	// Clients open in parallel: a thousand dials one by one take a while.
 	var g errgroup.Group
 	g.SetLimit(32)
+	for i := range c.Engines {
+		g.Go(func() error {
+			n, err := c.startEngine(ctx, fmt.Sprintf("engine-%d", i))
+			c.Engines[i] = n
+			return err
+		})
+	}
 	for i := range c.Machines {
 		g.Go(func() error {
 			n, err := c.open(ctx, fmt.Sprintf("hollow-%04d", i))
 			c.Machines[i] = n
-			return err
-		})
-	}
-	for i := range c.Engines {
-		g.Go(func() error {
-			n, err := c.openProxied(ctx, fmt.Sprintf("engine-%d", i))
-			c.Engines[i] = n
 			return err
 		})
 	}
@@ -128,24 +164,6 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		}
 		c.run(ctx, n, a.Run)
 	}
-	for _, n := range c.Engines {
-		id := n.ID
-		e, err := engine.New(engine.Options{
-			Registry: registry.New(n.client, cfg.Prefix), ID: id, TTL: cfg.TTL, MoveGrace: cfg.MoveGrace,
-			Logger: cfg.Logger.With("engine", id),
-			OnPass: func(ps engine.PassStats) {
-				c.mu.Lock()
-				c.passes = append(c.passes, Pass{PassStats: ps, Engine: id, At: time.Now()})
-				c.lastPass[id] = time.Now()
-				c.mu.Unlock()
-			},
-		})
-		if err != nil {
-			c.Close()
-			return nil, err
-		}
-		c.run(ctx, n, e.Run)
-	}
 	return c, nil
 }
 
@@ -157,46 +175,11 @@ func (c *Cluster) open(ctx context.Context, id string) (*Node, error) {
 	return &Node{ID: id, client: cl, done: make(chan struct{})}, nil
 }
 
-// openProxied opens a client that reaches every endpoint through a proxy
-// that Lose can sever (one member down leaves it the others, as a direct
-// client has).
-func (c *Cluster) openProxied(ctx context.Context, id string) (*Node, error) {
-	n := &Node{ID: id, done: make(chan struct{})}
-	closeAll := func() {
-		for _, p := range n.proxies {
-			p.Close()
-		}
-	}
-	cfg := c.cfg.Store
-	cfg.Endpoints = nil
-	for _, ep := range c.cfg.Store.Endpoints {
-		u, err := url.Parse(ep)
-		if err != nil {
-			closeAll()
-			return nil, fmt.Errorf("hollow %s: %w", id, err)
-		}
-		p, err := netcut.New(u.Host)
-		if err != nil {
-			closeAll()
-			return nil, fmt.Errorf("hollow %s: %w", id, err)
-		}
-		n.proxies = append(n.proxies, p)
-		cfg.Endpoints = append(cfg.Endpoints, u.Scheme+"://"+p.Addr())
-	}
-	cl, err := store.Open(ctx, cfg)
-	if err != nil {
-		closeAll()
-		return nil, fmt.Errorf("hollow %s: %w", id, err)
-	}
-	n.client = cl
-	return n, nil
-}
-
 func (c *Cluster) run(ctx context.Context, n *Node, run func(context.Context) error) {
 	ctx, n.cancel = context.WithCancel(ctx)
 	go func() {
 		defer close(n.done)
-		if err := run(ctx); err != nil && !n.lost {
+		if err := run(ctx); err != nil && !n.lost.Load() {
 			c.cfg.Logger.Error("hollow node ended", "node", n.ID, "err", err)
 		}
 	}()
@@ -204,15 +187,14 @@ func (c *Cluster) run(ctx context.Context, n *Node, run func(context.Context) er
 
 // Lose cuts a node off as a machine that died would be: nothing it sends
 // reaches etcd any more, so its leases expire after their TTL. An engine's
-// proxy is cut (closing its client would let its resignation through); a
+// process is killed (SIGKILL: no resignation) and Lose waits for its end; a
 // machine's client is closed (an agent revokes nothing on the way: its
 // units are its to keep).
 func (c *Cluster) Lose(n *Node) {
-	n.lost = true
-	if len(n.proxies) > 0 {
-		for _, p := range n.proxies {
-			p.Cut(true)
-		}
+	n.lost.Store(true)
+	if n.cmd != nil {
+		n.cmd.Process.Kill()
+		<-n.done
 		return
 	}
 	n.client.Close()
@@ -232,27 +214,40 @@ func (c *Cluster) LastPass(id string) time.Time {
 	return c.lastPass[id]
 }
 
-// Close stops every node (a graceful stop for those not lost) and waits.
-func (c *Cluster) Close() {
-	for _, ns := range [][]*Node{c.Machines, c.Engines} {
-		for _, n := range ns {
-			if n != nil && n.cancel != nil {
-				n.cancel()
-			}
+// engineStopGrace is how long Close waits for an engine process after
+// SIGTERM before it kills it.
+const engineStopGrace = 10 * time.Second
+
+// Close stops every node (a graceful stop for those not lost: SIGTERM for
+// an engine process, killed if still there after a while) and waits for
+// each. It returns what went wrong with an engine process that was not
+// lost: an exit status other than 0 (a data race its race detector found,
+// say) or a kill. Closing twice is safe.
+func (c *Cluster) Close() error {
+	for _, n := range c.Engines {
+		if n != nil {
+			n.cmd.Process.Signal(syscall.SIGTERM)
 		}
 	}
-	for _, ns := range [][]*Node{c.Machines, c.Engines} {
-		for _, n := range ns {
-			if n == nil {
-				continue
-			}
-			if n.cancel != nil {
-				<-n.done
-			}
-			n.client.Close()
-			for _, p := range n.proxies {
-				p.Close()
-			}
+	for _, n := range c.Machines {
+		if n != nil && n.cancel != nil {
+			n.cancel()
 		}
 	}
+	for _, n := range c.Machines {
+		if n == nil {
+			continue
+		}
+		if n.cancel != nil {
+			<-n.done
+		}
+		n.client.Close()
+	}
+	var errs []error
+	for _, n := range c.Engines {
+		if n != nil {
+			errs = append(errs, n.stopEngine(engineStopGrace))
+		}
+	}
+	return errors.Join(errs...)
 }

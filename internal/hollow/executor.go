@@ -2,7 +2,10 @@
 // agents (each with its own etcd client, presence lease and watches) whose
 // executor only keeps unit states in memory, so that a thousand machines fit
 // in one process and the scheduler's own costs (etcd traffic, engine passes,
-// the agents' reports) can be measured at scale.
+// the agents' reports) can be measured at scale. The engine candidates run
+// as they do in a deployment, each in a process of its own (a program that
+// hands over to RunEngineProcess, e.g. the test binary re-executed), which
+// reports its passes on its stdout; losing one kills it.
 package hollow
 
 import (
