@@ -135,6 +135,8 @@ func BenchmarkEnginePass10kUnits1kMachines(b *testing.B) {
 	}
 	b.ReportMetric(float64(first.Duration.Microseconds())/1000, "first-pass-ms")
 	b.ReportMetric(float64(first.Requests), "first-pass-requests")
+	b.ReportMetric(float64(first.Plan.Microseconds())/1000, "first-pass-plan-ms")
+	b.ReportMetric(float64(steady.Plan.Microseconds())/1000, "steady-pass-plan-ms")
 	b.ReportMetric(float64(first.Ops), "first-pass-ops")
 	b.ReportMetric(float64(steady.Requests), "steady-pass-requests")
 	b.ReportMetric(float64(full.Duration.Microseconds())/1000, "full-read-pass-ms")
