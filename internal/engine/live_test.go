@@ -18,18 +18,8 @@ import (
 // it concerns.
 func TestLeaderPlacesManyInBoundedPasses(t *testing.T) {
 	f := newFixture(t)
-	for _, id := range []string{"m1", "m2", "m3"} {
-		f.machine(id, map[string]string{"role": "worker"})
-	}
 	const n = 2000 // a put and an unplaced delete or none each: more than one bounded pass
-	body := "[Service]\nExecStart=/bin/sleep 1000\n[X-Fleet]\nMachineMetadata=role=worker\n"
-	var wants []registry.Want
-	for i := range n {
-		wants = append(wants, registry.Want{Name: fmt.Sprintf("u%04d.service", i), Hash: unit.Hash([]byte(body)), Body: []byte(body), Desired: registry.Launched})
-	}
-	if err := registry.FirstError(f.reg.Ensure(f.ctx, wants, registry.KeepExisting)); err != nil {
-		t.Fatal(err)
-	}
+	wants := f.workers(n)
 	var mu sync.Mutex
 	var passes []engine.PassStats
 	f.runEngineWith(engine.Options{ID: "e1", OnPass: func(ps engine.PassStats) {
@@ -90,18 +80,8 @@ func TestLeaderPlacesManyInBoundedPasses(t *testing.T) {
 // continued passes, each putting units on m1.
 func TestLeaderReplansWhenAChangeComesMidPlan(t *testing.T) {
 	f := newFixture(t)
-	for _, id := range []string{"m1", "m2", "m3"} {
-		f.machine(id, map[string]string{"role": "worker"})
-	}
 	const n = 6000 // about twelve bounded passes
-	body := "[Service]\nExecStart=/bin/sleep 1000\n[X-Fleet]\nMachineMetadata=role=worker\n"
-	var wants []registry.Want
-	for i := range n {
-		wants = append(wants, registry.Want{Name: fmt.Sprintf("u%04d.service", i), Hash: unit.Hash([]byte(body)), Body: []byte(body), Desired: registry.Launched})
-	}
-	if err := registry.FirstError(f.reg.Ensure(f.ctx, wants, registry.KeepExisting)); err != nil {
-		t.Fatal(err)
-	}
+	wants := f.workers(n)
 	var mu sync.Mutex
 	var after []engine.PassStats // the passes after the change
 	changed := false
@@ -144,4 +124,22 @@ func TestLeaderReplansWhenAChangeComesMidPlan(t *testing.T) {
 	if continued > 1 || continued == len(after) {
 		t.Errorf("after the change: %d continued passes before one planned again (of %d passes); want at most 1", continued, len(after))
 	}
+}
+
+// workers registers machines m1, m2 and m3 with role=worker and submits n
+// launched units that run on workers only.
+func (f *fixture) workers(n int) []registry.Want {
+	f.t.Helper()
+	for _, id := range []string{"m1", "m2", "m3"} {
+		f.machine(id, map[string]string{"role": "worker"})
+	}
+	body := "[Service]\nExecStart=/bin/sleep 1000\n[X-Fleet]\nMachineMetadata=role=worker\n"
+	wants := make([]registry.Want, 0, n)
+	for i := range n {
+		wants = append(wants, registry.Want{Name: fmt.Sprintf("u%04d.service", i), Hash: unit.Hash([]byte(body)), Body: []byte(body), Desired: registry.Launched})
+	}
+	if err := registry.FirstError(f.reg.Ensure(f.ctx, wants, registry.KeepExisting)); err != nil {
+		f.t.Fatal(err)
+	}
+	return wants
 }
