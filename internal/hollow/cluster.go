@@ -110,7 +110,8 @@ func defaultAgentProcs(machines int) int {
 
 // Start starts every engine process and every agents process, and returns
 // once each engine is ready and each machine has its client and agent
-// (they register and campaign on their own). Close stops them.
+// (they register and campaign on their own). ctx bounds the start only:
+// the processes run until Close stops them.
 func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	if len(cfg.Command) == 0 {
 		return nil, errors.New("hollow: no Command to run the engines and agents with")
