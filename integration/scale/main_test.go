@@ -12,19 +12,19 @@ import (
 )
 
 // TestMain runs the tests, or, in a process that hollow.Start re-executed
-// this test binary as (hollow.EnvEngine set), an engine candidate until
-// SIGTERM or the end of its stdin.
+// this test binary as (hollow.EnvProcess set), an engine candidate or a
+// share of the hollow machines until SIGTERM or the end of its stdin.
 func TestMain(m *testing.M) {
-	if spec := os.Getenv(hollow.EnvEngine); spec != "" {
-		os.Exit(engineMain(spec))
+	if role := os.Getenv(hollow.EnvProcess); role != "" {
+		os.Exit(processMain(role))
 	}
 	os.Exit(m.Run())
 }
 
-func engineMain(spec string) int {
+func processMain(role string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	if err := hollow.RunEngineProcess(ctx, spec, os.Stdin, os.Stdout, os.Stderr); err != nil {
+	if err := hollow.RunProcess(ctx, role, os.Stdin, os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}

@@ -1,9 +1,10 @@
 // Package scale runs the scheduler at size: hollow machines (real agents, an
-// in-memory executor, all in the test process) and two engine candidates,
-// each in a process of its own as in a deployment (this test binary
-// re-executed: TestMain hands it to hollow.RunEngineProcess), against a
-// 3-member etcd cluster of Debian's etcd binary, with a checker that
-// watches every revision for a unit in two places.
+// in-memory executor, a few hundred to a process, niced, as they stand for
+// other hosts) and two engine candidates, each in a process of its own as
+// in a deployment (both kinds this test binary re-executed: TestMain hands
+// it to hollow.RunProcess), against a 3-member etcd cluster of Debian's
+// etcd binary, with a checker in the test process that watches every
+// revision for a unit in two places.
 //
 // `make test` runs the short size (100 machines × 1,000 units) and asserts
 // the invariants only. `make scale` runs FLOTILLA_SCALE (default
@@ -19,7 +20,6 @@ import (
 	"maps"
 	"net/http"
 	"os"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -162,6 +162,16 @@ func engineCPU(hc *hollow.Cluster) map[string]procStat {
 	return m
 }
 
+// agentStats asks every agents process for its figures.
+func agentStats(t *testing.T, hc *hollow.Cluster) []hollow.AgentStats {
+	t.Helper()
+	st, err := hc.AgentStats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
 func TestScale(t *testing.T) {
 	begin := time.Now()
 	machines, units, full := size(t)
@@ -189,7 +199,7 @@ func TestScale(t *testing.T) {
 	if !full {
 		grace = 2 * time.Second
 	}
-	t.Logf("scale: %d hollow machines, %d units, 2 engine candidates, 3-member etcd (%s), TTL %s, move grace %s", machines, units, etcdtest.BinaryPath(), ttl, grace)
+	t.Logf("scale: %d hollow machines (niced agents processes), %d units, 2 engine candidates, 3-member etcd (%s), TTL %s, move grace %s", machines, units, etcdtest.BinaryPath(), ttl, grace)
 
 	bodies, global := workload(machines, units)
 	checker, err := hollow.NewChecker(ctx, reg, global)
@@ -200,9 +210,10 @@ func TestScale(t *testing.T) {
 	hc, err := hollow.Start(ctx, hollow.Config{
 		Store: cfg, Prefix: "/scale/", Machines: machines, TTL: ttl, MoveGrace: grace, Dir: t.TempDir(),
 		Metadata: func(i int) map[string]string { return map[string]string{"zone": fmt.Sprintf("z%d", i%7)} },
-		// Each engine candidate in a process of its own (this test
-		// binary again, TestMain's hook), as in a deployment.
-		EngineCommand: []string{os.Args[0], "-test.run=^$"},
+		// Each engine candidate in a process of its own, as in a
+		// deployment, and the agents in a few (niced): this test binary
+		// again, TestMain's hook.
+		Command: []string{os.Args[0], "-test.run=^$"},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -274,7 +285,7 @@ func TestScale(t *testing.T) {
 	if full {
 		steady = 60 * time.Second
 	}
-	runtime.GC()
+	agents0 := agentStats(t, hc)
 	reqs0, cpu0, t0 := etcdRequests(t, cl), cpuTime(), time.Now()
 	engineCPU0 := engineCPU(hc)
 	retargets0 := checker.Status(nil).Retargets
@@ -282,15 +293,25 @@ func TestScale(t *testing.T) {
 	el := time.Since(t0).Seconds()
 	reqs := (etcdRequests(t, cl) - reqs0) / el
 	engineCPU1 := engineCPU(hc)
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
+	cpu1 := cpuTime()
+	agents1 := agentStats(t, hc)
 	figs.add("steady/etcd-requests-per-machine", "req/s", reqs/float64(machines), 1, true)
 	figs.add("steady/etcd-requests", "req/s", reqs, 0, true)
-	// This process's figures are the agents' (and the checker's): the
-	// engines run in processes of their own.
-	t.Logf("scale: cpu-per-machine and heap-per-machine are this test process's (agents, checker); the engines' are engine-cpu and engine-rss")
-	figs.add("steady/cpu-per-machine", "ms/s", (cpuTime()-cpu0).Seconds()*1000/el/float64(machines), 0, true)
-	figs.add("steady/heap-per-machine", "KiB", float64(ms.HeapInuse)/1024/float64(machines), 0, true)
+	// The agents run in processes of their own, the engines in theirs,
+	// the checker in this one.
+	t.Logf("scale: cpu-per-machine and heap-per-machine are the agents processes' (summed); the engines' are engine-cpu and engine-rss; this test process (checker) used %.1f ms/s", (cpu1-cpu0).Seconds()*1000/el)
+	var agentCPU, agentDelay time.Duration
+	var heap uint64
+	for i, s := range agents1 {
+		cpu, delay := s.CPU-agents0[i].CPU, s.RunDelay-agents0[i].RunDelay
+		t.Logf("scale: %s (pid %d, %d machines): %.1f ms/s CPU, %.1f ms/s waiting for one, %.0f KiB heap in use", s.Name, s.Pid, s.Machines, cpu.Seconds()*1000/el, delay.Seconds()*1000/el, float64(s.HeapInuse)/1024)
+		agentCPU += cpu
+		agentDelay += delay
+		heap += s.HeapInuse
+	}
+	t.Logf("scale: the agents processes: %.1f ms/s CPU, %.1f ms/s waiting for one (niced)", agentCPU.Seconds()*1000/el, agentDelay.Seconds()*1000/el)
+	figs.add("steady/cpu-per-machine", "ms/s", agentCPU.Seconds()*1000/el/float64(machines), 0, true)
+	figs.add("steady/heap-per-machine", "KiB", float64(heap)/1024/float64(machines), 0, true)
 	var cpuSum time.Duration
 	var rssMax float64
 	for _, e := range hc.Engines {
@@ -309,7 +330,9 @@ func TestScale(t *testing.T) {
 	for i := 0; i < machines/10; i++ {
 		n := hc.Machines[i*10+3]
 		lost[n.ID] = true
-		hc.Lose(n)
+		if err := hc.Lose(n); err != nil {
+			t.Fatal(err)
+		}
 	}
 	lostAt := time.Now()
 	t.Logf("lost %d machines at +%s", len(lost), lostAt.Sub(begin).Round(time.Millisecond))

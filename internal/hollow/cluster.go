@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os/exec"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -15,9 +13,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/flotilla/flotilla/internal/agent"
 	"github.com/flotilla/flotilla/internal/engine"
-	"github.com/flotilla/flotilla/internal/registry"
 	"github.com/flotilla/flotilla/internal/store"
 )
 
@@ -31,33 +27,40 @@ type Config struct {
 	// Machines is how many hollow machines run; Engines how many engine
 	// candidates (default 2).
 	Machines, Engines int
-	// EngineCommand is the program (and its arguments) each engine
-	// candidate runs as, in its own process as a `scheduler serve` holds
-	// one: a program that, when EnvEngine is set, calls RunEngineProcess
-	// first thing (a test binary re-executed with -test.run=^$, its
-	// TestMain holding the hook). Required.
-	EngineCommand []string
+	// AgentProcs is how many processes the machines' agents share, each
+	// running a contiguous share of them at a lower priority (AgentNice);
+	// default one per 50 machines, at most 4. It is capped at Machines.
+	AgentProcs int
+	// Command is the program (and its arguments) each of the cluster's
+	// processes runs (an engine candidate, or a share of the machines): a
+	// program that, when EnvProcess is set, calls RunProcess first thing
+	// (a test binary re-executed with -test.run=^$, its TestMain holding
+	// the hook). Required.
+	Command []string
 	// TTL of the presence and leadership leases; default 10s.
 	TTL time.Duration
 	// MoveGrace is the engines' (engine.Options.MoveGrace: zero is its
 	// default, negative none).
 	MoveGrace time.Duration
-	// Metadata gives machine i its metadata; may be nil.
+	// Metadata gives machine i its metadata; may be nil. It is called in
+	// Start, and its result sent to the machine's process.
 	Metadata func(i int) map[string]string
-	// Dir holds the machines' facts files and the engines' logs
-	// (<engine id>.log).
+	// Dir holds the machines' facts files and the processes' logs
+	// (<engine id>.log, agents-<n>.log).
 	Dir string
-	// Logger receives the agents' logs and this process's notes on the
-	// engines; nil discards them.
+	// Logger receives this process's notes on the others; nil discards
+	// them. The engines and the agents log to their own logs (Dir).
 	Logger *slog.Logger
 }
 
-// Cluster is a running set of hollow machines (goroutines of this process)
-// and engine candidates (a process each).
+// Cluster is a running set of hollow machines (their agents in a few
+// processes, AgentProcs) and engine candidates (a process each).
 type Cluster struct {
 	cfg      Config
 	Machines []*Node
 	Engines  []*Node
+	// agents are the processes running the machines.
+	agents []*proc
 
 	mu     sync.Mutex
 	passes []Pass
@@ -77,47 +80,49 @@ type Pass struct {
 	Since, CPU, RunDelay time.Duration
 }
 
-// Node is one hollow machine (its own etcd client and the goroutine that
-// runs its agent) or engine candidate (its process).
+// Node is one hollow machine (its agent, with its own etcd client, in one
+// of the agents processes) or engine candidate (its process).
 type Node struct {
 	ID string
-	// A machine's.
-	client *store.Client
-	cancel context.CancelFunc
-	// An engine's: its process, the pipe whose end stops it, its log; err
-	// is how it ended (set before done closes).
-	cmd     *exec.Cmd
-	stdin   io.Closer
-	logPath string
-	err     error
-
-	done chan struct{}
-	lost atomic.Bool
+	// proc is the engine's process, or the one the machine's agent runs in.
+	proc   *proc
+	engine bool
+	lost   atomic.Bool
 }
 
 // Lost reports whether Lose was called on the node.
 func (n *Node) Lost() bool { return n.lost.Load() }
 
-// Pid returns an engine's process id (for its figures in /proc); 0 for a
-// machine, which runs in this process.
+// Pid returns the id of the node's process: an engine's own, or the agents
+// process a machine runs in (for its figures in /proc); 0 if it has none.
 func (n *Node) Pid() int {
-	if n.cmd == nil || n.cmd.Process == nil {
+	if n.proc == nil {
 		return 0
 	}
-	return n.cmd.Process.Pid
+	return n.proc.pid()
 }
 
-// Start starts every engine process and opens a client per machine, then
-// starts every agent; it returns once each engine is ready and each agent
-// has its client (they register and campaign on their own). Close stops
-// them.
+// defaultAgentProcs is AgentProcs' default for machines: one process per
+// 50 machines, at most 4.
+func defaultAgentProcs(machines int) int {
+	return min((machines+49)/50, 4)
+}
+
+// Start starts every engine process and every agents process, and returns
+// once each engine is ready and each machine has its client and agent
+// (they register and campaign on their own). ctx bounds the start only:
+// the processes run until Close stops them.
 func Start(ctx context.Context, cfg Config) (*Cluster, error) {
-	if len(cfg.EngineCommand) == 0 {
-		return nil, errors.New("hollow: no EngineCommand to run the engines with")
+	if len(cfg.Command) == 0 {
+		return nil, errors.New("hollow: no Command to run the engines and agents with")
 	}
 	if cfg.Engines == 0 {
 		cfg.Engines = 2
 	}
+	if cfg.AgentProcs <= 0 {
+		cfg.AgentProcs = defaultAgentProcs(cfg.Machines)
+	}
+	cfg.AgentProcs = min(cfg.AgentProcs, cfg.Machines)
 	if cfg.TTL == 0 {
 		cfg.TTL = 10 * time.Second
 	}
@@ -126,21 +131,33 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	}
 	c := &Cluster{cfg: cfg, lastPass: map[string]time.Time{}}
 	c.Machines = make([]*Node, cfg.Machines)
+	for i := range c.Machines {
+		c.Machines[i] = &Node{ID: fmt.Sprintf("hollow-%04d", i)}
+	}
 	c.Engines = make([]*Node, cfg.Engines)
-	// Clients open in parallel: a thousand dials one by one take a while.
+	c.agents = make([]*proc, cfg.AgentProcs)
 	var g errgroup.Group
-	g.SetLimit(32)
 	for i := range c.Engines {
 		g.Go(func() error {
-			n, err := c.startEngine(ctx, fmt.Sprintf("engine-%d", i))
-			c.Engines[i] = n
+			n := &Node{ID: fmt.Sprintf("engine-%d", i), engine: true}
+			p, err := c.startEngine(ctx, n.ID)
+			if p != nil {
+				n.proc = p
+				c.Engines[i] = n
+			}
 			return err
 		})
 	}
-	for i := range c.Machines {
+	for k := range c.agents {
+		lo, hi := k*cfg.Machines/cfg.AgentProcs, (k+1)*cfg.Machines/cfg.AgentProcs
 		g.Go(func() error {
-			n, err := c.open(ctx, fmt.Sprintf("hollow-%04d", i))
-			c.Machines[i] = n
+			p, err := c.startAgents(ctx, fmt.Sprintf("agents-%d", k), lo, hi)
+			if p != nil {
+				c.agents[k] = p
+				for _, n := range c.Machines[lo:hi] {
+					n.proc = p
+				}
+			}
 			return err
 		})
 	}
@@ -148,56 +165,24 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		c.Close()
 		return nil, err
 	}
-	for i, n := range c.Machines {
-		var md map[string]string
-		if cfg.Metadata != nil {
-			md = cfg.Metadata(i)
-		}
-		a, err := agent.New(agent.Options{
-			Registry: registry.New(n.client, cfg.Prefix), Executor: NewExecutor(), TTL: cfg.TTL,
-			Machine: registry.Machine{ID: n.ID, IP: fmt.Sprintf("127.1.%d.%d", i/250, i%250+1), Metadata: md},
-			EnvFile: filepath.Join(cfg.Dir, n.ID+".env"), Logger: cfg.Logger.With("machine", n.ID),
-		})
-		if err != nil {
-			c.Close()
-			return nil, err
-		}
-		c.run(ctx, n, a.Run)
-	}
 	return c, nil
-}
-
-func (c *Cluster) open(ctx context.Context, id string) (*Node, error) {
-	cl, err := store.Open(ctx, c.cfg.Store)
-	if err != nil {
-		return nil, fmt.Errorf("hollow %s: %w", id, err)
-	}
-	return &Node{ID: id, client: cl, done: make(chan struct{})}, nil
-}
-
-func (c *Cluster) run(ctx context.Context, n *Node, run func(context.Context) error) {
-	ctx, n.cancel = context.WithCancel(ctx)
-	go func() {
-		defer close(n.done)
-		if err := run(ctx); err != nil && !n.lost.Load() {
-			c.cfg.Logger.Error("hollow node ended", "node", n.ID, "err", err)
-		}
-	}()
 }
 
 // Lose cuts a node off as a machine that died would be: nothing it sends
 // reaches etcd any more, so its leases expire after their TTL. An engine's
 // process is killed (SIGKILL: no resignation) and Lose waits for its end; a
-// machine's client is closed (an agent revokes nothing on the way: its
-// units are its to keep).
-func (c *Cluster) Lose(n *Node) {
+// machine's client is closed by its process (its agent revokes nothing on
+// the way: its units are its to keep), and Lose waits for that. It fails
+// only if the machine's process cannot be asked (it ended).
+func (c *Cluster) Lose(n *Node) error {
 	n.lost.Store(true)
-	if n.cmd != nil {
-		n.cmd.Process.Kill()
-		<-n.done
-		return
+	if n.engine {
+		n.proc.cmd.Process.Kill()
+		<-n.proc.done
+		return nil
 	}
-	n.client.Close()
+	_, err := n.proc.request("lose " + n.ID)
+	return err
 }
 
 // Passes returns the engine passes so far.
@@ -214,39 +199,41 @@ func (c *Cluster) LastPass(id string) time.Time {
 	return c.lastPass[id]
 }
 
-// engineStopGrace is how long Close waits for an engine process after
-// SIGTERM before it kills it.
-const engineStopGrace = 10 * time.Second
+// engineStopGrace and agentsStopGrace are how long Close waits for an
+// engine process after SIGTERM, and an agents process after the end of its
+// stdin (its agents stop their units and revoke their leases), before it
+// kills them.
+const (
+	engineStopGrace = 10 * time.Second
+	agentsStopGrace = 30 * time.Second
+)
 
-// Close stops every node (a graceful stop for those not lost: SIGTERM for
-// an engine process, killed if still there after a while) and waits for
-// each. It returns what went wrong with an engine process that was not
-// lost: an exit status other than 0 (a data race its race detector found,
-// say) or a kill. Closing twice is safe.
+// Close stops every process gracefully (SIGTERM to an engine's; the end of
+// its stdin to an agents process), kills those still there after a while,
+// and waits for each. It returns what went wrong with a process other than
+// a lost engine's: an exit status other than 0 (a data race its race
+// detector found, say) or a kill. Closing twice is safe.
 func (c *Cluster) Close() error {
 	for _, n := range c.Engines {
 		if n != nil {
-			n.cmd.Process.Signal(syscall.SIGTERM)
+			n.proc.cmd.Process.Signal(syscall.SIGTERM)
 		}
 	}
-	for _, n := range c.Machines {
-		if n != nil && n.cancel != nil {
-			n.cancel()
+	for _, p := range c.agents {
+		if p != nil {
+			p.stdin.Close()
 		}
 	}
-	for _, n := range c.Machines {
-		if n == nil {
-			continue
-		}
-		if n.cancel != nil {
-			<-n.done
-		}
-		n.client.Close()
-	}
+	now := time.Now()
 	var errs []error
+	for _, p := range c.agents {
+		if p != nil {
+			errs = append(errs, p.wait(now.Add(agentsStopGrace), false))
+		}
+	}
 	for _, n := range c.Engines {
 		if n != nil {
-			errs = append(errs, n.stopEngine(engineStopGrace))
+			errs = append(errs, n.proc.wait(now.Add(engineStopGrace), n.Lost()))
 		}
 	}
 	return errors.Join(errs...)

@@ -20,11 +20,11 @@ import (
 )
 
 // TestMain runs the tests, or, re-executed by hollow.Start, an engine
-// candidate.
+// candidate or an agents process.
 func TestMain(m *testing.M) {
-	if spec := os.Getenv(hollow.EnvEngine); spec != "" {
+	if role := os.Getenv(hollow.EnvProcess); role != "" {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
-		err := hollow.RunEngineProcess(ctx, spec, os.Stdin, os.Stdout, os.Stderr)
+		err := hollow.RunProcess(ctx, role, os.Stdin, os.Stdout, os.Stderr)
 		stop()
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -35,8 +35,8 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m, testmain.LeakOptions()...)
 }
 
-// engineCommand re-executes this test binary as an engine process.
-var engineCommand = []string{os.Args[0], "-test.run=^$"}
+// command re-executes this test binary as one of a cluster's processes.
+var command = []string{os.Args[0], "-test.run=^$"}
 
 // gone reports whether no process pid exists any more.
 func gone(pid int) bool {
@@ -53,7 +53,7 @@ func TestEngineProcesses(t *testing.T) {
 	const prefix = "/hollow/"
 	hc, err := hollow.Start(ctx, hollow.Config{
 		Store: srv.Config(), Prefix: prefix, Machines: 3, TTL: 2 * time.Second, MoveGrace: -1,
-		EngineCommand: engineCommand, Dir: t.TempDir(),
+		Command: command, Dir: t.TempDir(),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -133,16 +133,16 @@ func TestEngineProcessNotReady(t *testing.T) {
 		wantErr string
 	}{
 		"no etcd": {
-			cfg:     hollow.Config{Store: unreachable, EngineCommand: engineCommand},
+			cfg:     hollow.Config{Store: unreachable, Command: command},
 			wantErr: "exited before it was ready (exit status 1)",
 		},
 		"a program without the hook": {
-			cfg:     hollow.Config{Store: srv.Config(), EngineCommand: []string{"/bin/true"}},
+			cfg:     hollow.Config{Store: srv.Config(), Command: []string{"/bin/true"}},
 			wantErr: "exited before it was ready (<nil>)",
 		},
 		"no program": {
 			cfg:     hollow.Config{Store: srv.Config()},
-			wantErr: "no EngineCommand",
+			wantErr: "no Command",
 		},
 	} {
 		t.Run(name, func(t *testing.T) {

@@ -1,11 +1,19 @@
 // Package hollow runs hollow machines, as Kubernetes' kubemark does: real
 // agents (each with its own etcd client, presence lease and watches) whose
 // executor only keeps unit states in memory, so that a thousand machines fit
-// in one process and the scheduler's own costs (etcd traffic, engine passes,
-// the agents' reports) can be measured at scale. The engine candidates run
-// as they do in a deployment, each in a process of its own (a program that
-// hands over to RunEngineProcess, e.g. the test binary re-executed), which
-// reports its passes on its stdout; losing one kills it.
+// on one host and the scheduler's own costs (etcd traffic, engine passes,
+// the agents' reports) can be measured at scale.
+//
+// Every part runs in a process of its own, started by Start from one
+// program that hands over to RunProcess (e.g. the test binary re-executed):
+// each engine candidate, as in a deployment, reporting its passes on its
+// stdout (losing one kills it); and the agents, a few hundred machines to a
+// process (Config.AgentProcs), answering requests on their stdin (lose a
+// machine, report the process's CPU and heap). The agents processes run
+// niced (AgentNice): the machines stand for other hosts, as kubemark's
+// hollow nodes run apart from the control plane they load, so that the
+// engines, etcd and the caller's checker get the CPU a host of their own
+// would give them rather than share it with a thousand agents.
 package hollow
 
 import (
