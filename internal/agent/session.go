@@ -30,6 +30,9 @@ type session struct {
 	reported map[string]registry.UnitState
 	// cutOff is when renewals started failing; zero while they succeed.
 	cutOff time.Time
+	// unread holds the units whose body could not be read (etcd slow or
+	// unreachable, not a missing body): the next poll tries again.
+	unread map[string]bool
 }
 
 // session registers the machine and serves it until the presence lease is
@@ -76,7 +79,7 @@ func (a *Agent) session(ctx context.Context) (registered bool, err error) {
 	}()
 	s := &session{
 		a: a, lease: lease,
-		reported: map[string]registry.UnitState{},
+		reported: map[string]registry.UnitState{}, unread: map[string]bool{},
 	}
 	a.log.Info("machine registered", "ip", a.opts.Machine.IP, "lease", fmt.Sprintf("%x", int64(lease.ID())), "ttl", lease.TTL())
 
@@ -273,6 +276,9 @@ func (s *session) watch(ctx context.Context, w, journal *store.Watch, poll, prob
 		case <-a.ex.Changes():
 			s.report(ctx)
 		case <-poll:
+			for name := range s.unread {
+				s.apply(ctx, name)
+			}
 			s.report(ctx)
 		}
 	}
@@ -282,6 +288,7 @@ func (s *session) watch(ctx context.Context, w, journal *store.Watch, poll, prob
 func (s *session) apply(ctx context.Context, name string) {
 	a := s.a
 	as, want := s.desired[name]
+	delete(s.unread, name)
 	log := a.log.With("unit", name)
 	switch {
 	case !want:
@@ -299,6 +306,13 @@ func (s *session) apply(ctx context.Context, name string) {
 			return
 		}
 		body, err := s.body(ctx, as.Hash)
+		if err != nil && !errors.Is(err, registry.ErrNotFound) && ctx.Err() == nil {
+			// Not the unit's fault: start it once the body can be read.
+			a.failed[name] = fmt.Sprintf("read the unit's body (trying again): %v", err)
+			s.unread[name] = true
+			log.Warn("read unit body; trying again at the next poll", "hash", registry.ShortHash(as.Hash), "err", err)
+			return
+		}
 		if err == nil {
 			spec := executor.Spec{Name: name, Body: body, Hash: as.Hash, EnvFile: a.opts.EnvFile, Env: a.env}
 			spec.Fenced = a.isFenced(name, as.Hash, body)
