@@ -25,9 +25,10 @@ func NewCluster(t testing.TB, n int) *Cluster {
 	root := t.TempDir()
 	c := &Cluster{t: t}
 	var parts []string
+	addrs := freeAddrs(t, 2*n) // distinct: every member's client and peer port
 	for i := 0; i < n; i++ {
 		s := &Server{t: t, mode: Binary, name: fmt.Sprintf("m%d", i),
-			dataDir: fmt.Sprintf("%s/m%d", root, i), client: freeAddr(t), peer: freeAddr(t)}
+			dataDir: fmt.Sprintf("%s/m%d", root, i), client: addrs[2*i], peer: addrs[2*i+1]}
 		s.logPath = fmt.Sprintf("%s/m%d.log", root, i)
 		parts = append(parts, s.name+"=http://"+s.peer)
 		c.Members = append(c.Members, s)

@@ -111,8 +111,8 @@ func New(t testing.TB, opts ...Option) *Server {
 		}
 	}
 	s.dataDir = t.TempDir()
-	s.client = freeAddr(t)
-	s.peer = freeAddr(t)
+	addrs := freeAddrs(t, 2)
+	s.client, s.peer = addrs[0], addrs[1]
 	s.Start()
 	t.Cleanup(s.Stop)
 	return s
@@ -265,6 +265,7 @@ func (s *Server) waitReady(limit time.Duration) {
 		}
 		select {
 		case werr := <-s.waitErr:
+			s.waitErr <- werr // for stop, which waits for the exit too
 			log, _ := os.ReadFile(s.logPath)
 			s.t.Fatalf("etcdtest: etcd exited: %v\n%s", werr, log)
 		default:
@@ -384,12 +385,24 @@ func (s *Server) wipe() {
 // freeAddr returns a loopback host:port that was free a moment ago.
 func freeAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("etcdtest: free port: %v", err)
+	return freeAddrs(t, 1)[0]
+}
+
+// freeAddrs returns n distinct loopback host:ports that were free a moment
+// ago: all are held open until the last is found, as a port closed at once
+// may be handed out again by the next request.
+func freeAddrs(t testing.TB, n int) []string {
+	t.Helper()
+	addrs := make([]string, 0, n)
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("etcdtest: free port: %v", err)
+		}
+		defer l.Close()
+		addrs = append(addrs, l.Addr().String())
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addrs
 }
 
 // FreeAddr returns a loopback host:port that was free a moment ago.
