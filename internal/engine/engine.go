@@ -171,6 +171,11 @@ type Engine struct {
 	// written is the revision of the leader's last write: a pass plans
 	// from a state that includes it.
 	written int64
+	// watched says the passes plan from the leader's watch-kept state,
+	// whose every event note sees; loaded then says that no job or body
+	// changed since loadUnits last brought the cache up to date, which it
+	// then need not check again.
+	watched, loaded bool
 	// rest is what a partial pass planned and left unwritten, for the
 	// passes that follow to write without planning again, until a relevant
 	// change (or a reported state of one of its units) makes it stale.
@@ -291,6 +296,7 @@ func (e *Engine) term(ctx context.Context, c *store.Client) (led bool, err error
 	e.absentSince, e.released = map[string]time.Time{}, nil
 	e.healthySince, e.etcdTerm, e.unhealthy, e.wake = time.Now(), 0, false, time.Time{}
 	e.goneAt, e.bodies, e.collect, e.written, e.rest = map[string]time.Time{}, map[string][]byte{}, true, 0, unwritten{}
+	e.loaded = false
 	e.mu.Unlock()
 	return true, e.lead(ctx, lead)
 }
@@ -359,6 +365,17 @@ func (e *Engine) logSkipped(skipped []error) {
 func (e *Engine) loadUnits(ctx context.Context, snap *registry.Snapshot) (requests int, err error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if e.watched && e.loaded {
+		return 0, nil
+	}
+	requests, complete, err := e.loadMissing(ctx, snap)
+	e.loaded = err == nil && complete
+	return requests, err
+}
+
+// loadMissing is loadUnits's work; complete says every job's body was
+// found. e.mu is held.
+func (e *Engine) loadMissing(ctx context.Context, snap *registry.Snapshot) (requests int, complete bool, err error) {
 	var missing []registry.Job
 	for name, j := range snap.Jobs {
 		if p, ok := e.cache[name]; !ok || p.hash != j.Hash {
@@ -382,7 +399,7 @@ func (e *Engine) loadUnits(ctx context.Context, snap *registry.Snapshot) (reques
 	if len(unread) > 20 {
 		all, err := e.reg.Bodies(ctx)
 		if err != nil {
-			return 1, err
+			return 1, false, err
 		}
 		bodies, requests = all, 1
 	} else {
@@ -396,15 +413,17 @@ func (e *Engine) loadUnits(ctx context.Context, snap *registry.Snapshot) (reques
 				continue
 			}
 			if err != nil {
-				return requests, err
+				return requests, false, err
 			}
 			bodies[j.Hash] = b
 		}
 	}
+	complete = true
 	for _, j := range missing {
 		b, ok := bodies[j.Hash]
 		if !ok {
 			e.cache[j.Name] = parsed{hash: j.Hash, err: fmt.Errorf("body %s is missing", registry.ShortHash(j.Hash))}
+			complete = false
 			continue
 		}
 		f, err := unit.Parse(j.Name, b)
@@ -413,7 +432,7 @@ func (e *Engine) loadUnits(ctx context.Context, snap *registry.Snapshot) (reques
 		}
 		e.cache[j.Name] = parsed{hash: j.Hash, file: f, err: err}
 	}
-	return requests, nil
+	return requests, complete, nil
 }
 
 // txn is one guarded transaction of a pass.

@@ -2,8 +2,6 @@ package engine
 
 import (
 	"strings"
-
-	"github.com/flotilla/flotilla/internal/registry"
 )
 
 // Failed units (docs/design.md, "Failed units"): an agent that gives up on
@@ -19,9 +17,3 @@ import (
 // failureChange reports whether a key (relative to the prefix) is a failure
 // record, whose writes and expiries call for a pass.
 func failureChange(rest string) bool { return strings.HasPrefix(rest, "failed/") }
-
-// avoided returns the machines unit name avoids: those where its current
-// body failed for good with OnFailed=move.
-func avoided(snap *registry.Snapshot, name string) []string {
-	return snap.Avoided(name, snap.Jobs[name].Hash)
-}

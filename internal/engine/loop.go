@@ -89,10 +89,14 @@ func (e *Engine) note(ev store.Event, now time.Time) bool {
 		} else {
 			delete(e.goneAt, id)
 		}
-	case strings.HasPrefix(rest, "units/") && ev.Type == store.EventPut:
-		e.bodies[strings.TrimPrefix(rest, "units/")] = ev.KV.Value
+	case strings.HasPrefix(rest, "units/"):
+		if ev.Type == store.EventPut {
+			e.bodies[strings.TrimPrefix(rest, "units/")] = ev.KV.Value
+		}
+		e.loaded = false
 	case strings.HasPrefix(rest, "jobs/") || strings.HasPrefix(rest, "pins/"):
 		e.collect = true // a body may have lost its last user
+		e.loaded = e.loaded && strings.HasPrefix(rest, "pins/")
 	}
 	relevant := e.relevant(rest)
 	if relevant || (len(e.rest.txns) > 0 && e.rest.units[stateUnit(rest)]) {
@@ -110,6 +114,14 @@ func (e *Engine) note(ev store.Event, now time.Time) bool {
 // (see note): each waits for the watch too, so a change made before the
 // last write is always seen before the next.
 func (e *Engine) watchLoop(ctx context.Context, lead *store.Leadership, live *registry.Live, w *store.Watch, period <-chan time.Time) error {
+	e.mu.Lock()
+	e.watched, e.loaded = true, false
+	e.mu.Unlock()
+	defer func() {
+		e.mu.Lock()
+		e.watched = false
+		e.mu.Unlock()
+	}()
 	debounce := time.After(0)
 	health := time.NewTicker(e.opts.HealthInterval)
 	defer health.Stop()

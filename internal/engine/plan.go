@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/flotilla/flotilla/internal/registry"
@@ -134,6 +135,9 @@ type placement struct {
 	units    []schedule.Unit
 	machines []schedule.Machine
 	keep     map[string]map[string]bool
+	// exact says, for each of units, that the registry targets it at its
+	// Current machine alone, with its body and desired state.
+	exact []bool
 }
 
 // plan computes the writes that bring the registry to the placement.
@@ -150,7 +154,7 @@ func (e *Engine) plan(snap *registry.Snapshot) plan {
 	for name, why := range res.Unplaced {
 		p.unplaced[name] = why
 	}
-	same := settled(snap, res, in.keep)
+	same := settled(snap, res, in)
 	want := wanted(res, in.keep, same)
 	e.twoPhase(snap, res, want, same, &p)
 	e.diff(snap, want, same, absent, &p)
@@ -159,27 +163,23 @@ func (e *Engine) plan(snap *registry.Snapshot) plan {
 
 // settled returns the non-global units the placement leaves where the
 // registry has them, as the registry has them (body, desired state), with
-// no unplaced reason, target kept on an absent machine or move request:
-// nothing to write, and nothing the rest of the plan needs to look at. In
-// a steady state that is nearly every unit.
-func settled(snap *registry.Snapshot, res schedule.Result, keep map[string]map[string]bool) map[string]bool {
-	out := make(map[string]bool, len(res.Targets))
-	for name, m := range res.Targets {
-		cur := snap.Schedule[name]
-		if len(cur) != 1 || keep[name] != nil {
+// no unplaced reason or move request: nothing to write, and nothing the
+// rest of the plan needs to look at. In a steady state that is nearly
+// every unit.
+func settled(snap *registry.Snapshot, res schedule.Result, in placement) map[string]bool {
+	out := make(map[string]bool, len(in.units))
+	for i := range in.units {
+		u := &in.units[i]
+		if !in.exact[i] || u.Fleet.Global || res.Targets[u.Name] != u.Current {
 			continue
 		}
-		a, ok := cur[m]
-		if !ok || a.Hash != snap.Hash(name, m) || a.Desired != snap.Jobs[name].Desired {
+		if _, ok := snap.Unplaced[u.Name]; ok {
 			continue
 		}
-		if _, ok := snap.Unplaced[name]; ok {
+		if _, ok := snap.Plan.Moves[u.Name]; ok {
 			continue
 		}
-		if _, ok := snap.Plan.Moves[name]; ok {
-			continue
-		}
-		out[name] = true
+		out[u.Name] = true
 	}
 	return out
 }
@@ -263,26 +263,33 @@ func (e *Engine) placementInput(snap *registry.Snapshot, p *plan, now time.Time)
 	for _, m := range snap.Machines {
 		in.machines = append(in.machines, schedule.Machine{ID: m.ID, IP: m.IP, Metadata: m.Metadata, Capacity: m.Capacity})
 	}
-	names := make([]string, 0, len(snap.Jobs))
+	type job struct {
+		name string
+		registry.Job
+	}
+	jobs := make([]job, 0, len(snap.Jobs))
 	for name, j := range snap.Jobs {
 		if j.Desired == registry.Loaded || j.Desired == registry.Launched {
-			names = append(names, name)
+			jobs = append(jobs, job{name, j})
 		}
 	}
 	// In name order, which schedule.Place sorts them in: it then finds
 	// them sorted.
-	slices.Sort(names)
-	in.units = make([]schedule.Unit, 0, len(names))
-	for _, name := range names {
+	slices.SortFunc(jobs, func(a, b job) int { return strings.Compare(a.name, b.name) })
+	in.units = make([]schedule.Unit, 0, len(jobs))
+	in.exact = make([]bool, 0, len(jobs))
+	for _, j := range jobs {
+		name := j.name
 		pu := e.cache[name]
 		if pu.err != nil || pu.file == nil {
 			p.unplaced[name] = fmt.Sprintf("unit file: %v", pu.err)
 			continue
 		}
-		u := schedule.Unit{Name: name, Fleet: pu.file.Fleet, Avoid: avoided(snap, name)}
+		u := schedule.Unit{Name: name, Fleet: pu.file.Fleet, Avoid: snap.Avoided(name, j.Hash)}
 		fenced := pu.file.Flotilla.Fenced()
 		stay := false
-		for m := range snap.Schedule[name] {
+		sched := snap.Schedule[name]
+		for m := range sched {
 			if _, alive := snap.Machines[m]; alive {
 				if !u.Fleet.Global && (u.Current == "" || m < u.Current) {
 					u.Current = m // the first by id, whatever the map's order
@@ -300,7 +307,16 @@ func (e *Engine) placementInput(snap *registry.Snapshot, p *plan, now time.Time)
 			// targeted there, out of this placement.
 			continue
 		}
+		exact := false
+		if a, ok := sched[u.Current]; ok && len(sched) == 1 {
+			h := j.Hash // snap.Hash, without looking the job up again
+			if pin, ok := snap.Plan.Pins[name][u.Current]; ok {
+				h = pin
+			}
+			exact = a.Hash == h && a.Desired == j.Desired
+		}
 		in.units = append(in.units, u)
+		in.exact = append(in.exact, exact)
 	}
 	return in
 }

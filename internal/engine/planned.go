@@ -55,6 +55,9 @@ func (e *Engine) applyMoves(snap *registry.Snapshot) map[string]string {
 // dropped, and the unit placed as if it had not been asked. e.mu is held.
 func (e *Engine) placeWithPlan(snap *registry.Snapshot, units []schedule.Unit, machines []schedule.Machine, moves map[string]string) schedule.Result {
 	place := func(moves map[string]string) schedule.Result {
+		if len(moves) == 0 && len(snap.Plan.Drained) == 0 {
+			return schedule.Place(units, machines) // nothing to change: no copies
+		}
 		us := make([]schedule.Unit, len(units))
 		copy(us, units)
 		kept := map[string]int{}

@@ -30,7 +30,7 @@ func (b bitset) count() int {
 
 // uinfo is the working state of one unit.
 type uinfo struct {
-	Unit
+	*Unit     // the caller's, never written
 	global    bool
 	holds     []int32 // ids of the patterns in its Conflicts and Replaces
 	replaces  []int32 // ids of the patterns in its Replaces
@@ -132,7 +132,7 @@ func newPlacer(units []Unit, machines []Machine) *placer {
 			continue
 		}
 		p.uIndex[u.Name] = len(infos)
-		infos = append(infos, uinfo{Unit: *u, global: u.Fleet.Global, pinned: -1, target: -1})
+		infos = append(infos, uinfo{Unit: u, global: u.Fleet.Global, pinned: -1, target: -1})
 	}
 	p.us = make([]*uinfo, len(infos))
 	for i := range infos {
