@@ -178,14 +178,18 @@ type Engine struct {
 	watched, loaded bool
 	// rest is what a partial pass planned and left unwritten, for the
 	// passes that follow to write without planning again, until a relevant
-	// change (or a reported state of one of its units) makes it stale.
+	// change (or a reported state of a unit it takes off a machine) makes
+	// it stale.
 	rest unwritten
 }
 
 // unwritten is the unwritten part of a partial pass's plan.
 type unwritten struct {
-	txns  []txn
-	units map[string]bool // the units the txns write
+	txns []txn
+	// moving holds the units the txns take off a machine, or that are
+	// reported where they are not wanted: a state one of them reports may
+	// change the plan (see twoPhase); the others' may not.
+	moving map[string]bool
 	// units and machines the plan considered, for PassStats.
 	nUnits, nMachines int
 }
@@ -437,9 +441,9 @@ func (e *Engine) loadMissing(ctx context.Context, snap *registry.Snapshot) (requ
 
 // txn is one guarded transaction of a pass.
 type txn struct {
-	cmps  []store.Cmp
-	ops   []store.Op
-	units []string // whose writes it holds
+	cmps   []store.Cmp
+	ops    []store.Op
+	moving []string // the units whose writes it holds that take one off a machine
 }
 
 // txns packs the batches into transactions of at most registry.MaxTxnOps
@@ -459,14 +463,18 @@ func txns(guard store.Cmp, batches []batch) []txn {
 			flush()
 		}
 		cur.cmps = append(cur.cmps, b.cmps...)
-		cur.units = append(cur.units, b.unit)
+		if b.moving {
+			cur.moving = append(cur.moving, b.unit)
+		}
 		o := b.ops
 		// A global unit on many machines may need several transactions;
 		// each of its keys stands alone.
 		for len(o) > registry.MaxTxnOps {
 			cur.ops = append(cur.ops, o[:registry.MaxTxnOps]...)
 			flush()
-			cur.units = append(cur.units, b.unit)
+			if b.moving {
+				cur.moving = append(cur.moving, b.unit)
+			}
 			o = o[registry.MaxTxnOps:]
 		}
 		cur.ops = append(cur.ops, o...)

@@ -74,9 +74,9 @@ func stateUnit(rest string) string {
 // registry state: when a machine's presence went (its absence clock may
 // start then, not at the next pass) and the bodies written, which the next
 // pass parses without reading them. It reports whether the event calls
-// for a pass. Such an event, or a reported state of a unit the last
-// partial pass left unwritten, makes what that pass left stale: the next
-// pass plans again.
+// for a pass. Such an event, or a reported state of a unit that what the
+// last partial pass left unwritten takes off a machine, makes that rest
+// stale: the next pass plans again.
 func (e *Engine) note(ev store.Event, now time.Time) bool {
 	rest := strings.TrimPrefix(ev.KV.Key, e.reg.Prefix())
 	e.mu.Lock()
@@ -99,7 +99,7 @@ func (e *Engine) note(ev store.Event, now time.Time) bool {
 		e.loaded = e.loaded && strings.HasPrefix(rest, "pins/")
 	}
 	relevant := e.relevant(rest)
-	if relevant || (len(e.rest.txns) > 0 && e.rest.units[stateUnit(rest)]) {
+	if relevant || (len(e.rest.txns) > 0 && e.rest.moving[stateUnit(rest)]) {
 		e.rest = unwritten{}
 	}
 	return relevant

@@ -59,10 +59,10 @@ func (e *Engine) pass(ctx context.Context, guard store.Cmp, snap *registry.Snaps
 	e.written = max(e.written, w.rev)
 	e.rest = unwritten{}
 	if err == nil && len(left) > 0 {
-		e.rest = unwritten{txns: left, units: map[string]bool{}, nUnits: res.Units, nMachines: res.Machines}
+		e.rest = unwritten{txns: left, moving: map[string]bool{}, nUnits: res.Units, nMachines: res.Machines}
 		for _, t := range left {
-			for _, u := range t.units {
-				e.rest.units[u] = true
+			for _, u := range t.moving {
+				e.rest.moving[u] = true
 			}
 		}
 	}
@@ -124,6 +124,9 @@ type batch struct {
 	unit string
 	ops  []store.Op
 	cmps []store.Cmp
+	// moving says the batch takes the unit off a machine, or the unit is
+	// reported on a machine it is not wanted on.
+	moving bool
 }
 
 // placement is the input of one schedule.Place: the units to place (every
@@ -432,6 +435,7 @@ func (e *Engine) unitDiff(snap *registry.Snapshot, name string, want map[string]
 	for m, a := range snap.Schedule[name] {
 		if !want[m] {
 			b.ops = append(b.ops, store.OpDelete(e.reg.ScheduleKey(m, name)))
+			b.moving = true
 			if absent[m] {
 				// Moving off an absent machine: only while it is still
 				// absent (it may have registered again since the read).
@@ -445,6 +449,10 @@ func (e *Engine) unitDiff(snap *registry.Snapshot, name string, want map[string]
 		if _, ok := snap.Schedule[name][m]; !ok {
 			b.ops = append(b.ops, store.OpPut(e.reg.ScheduleKey(m, name), val(m), 0))
 		}
+	}
+	for m := range snap.States[name] {
+		// Reported somewhere it is not wanted: still leaving that machine.
+		b.moving = b.moving || !want[m]
 	}
 	why, unplaced := p.unplaced[name]
 	old, had := snap.Unplaced[name]
