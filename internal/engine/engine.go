@@ -39,11 +39,13 @@
 package engine
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"path"
 	"sync"
 	"time"
 
@@ -423,6 +425,7 @@ func (e *Engine) loadMissing(ctx context.Context, snap *registry.Snapshot) (requ
 		}
 	}
 	complete = true
+	shared := map[string]*unit.File{}
 	for _, j := range missing {
 		b, ok := bodies[j.Hash]
 		if !ok {
@@ -430,13 +433,34 @@ func (e *Engine) loadMissing(ctx context.Context, snap *registry.Snapshot) (requ
 			complete = false
 			continue
 		}
-		f, err := unit.Parse(j.Name, b)
-		if err == nil {
-			err = f.CheckStartable()
-		}
-		e.cache[j.Name] = parsed{hash: j.Hash, file: f, err: err}
+		e.cache[j.Name] = parseShared(j.Name, j.Hash, b, shared)
 	}
 	return requests, complete, nil
+}
+
+// parseShared parses body (of hash) as unit name, and checks it can be
+// started. A body without a specifier ('%') parses the same under every
+// name of one type, but for the name itself: shared keeps the first such
+// parse of each body and type, and later names get a copy of it with their
+// own name. Anything else (a specifier, an error, a bad or template name)
+// is parsed in full, so that every error names its own unit.
+func parseShared(name, hash string, body []byte, shared map[string]*unit.File) parsed {
+	key := hash + " " + path.Ext(name)
+	if f, ok := shared[key]; ok {
+		if n, err := unit.ParseName(name); err == nil && !n.IsTemplate() {
+			g := *f
+			g.Name = n
+			return parsed{hash: hash, file: &g}
+		}
+	}
+	f, err := unit.Parse(name, body)
+	if err == nil {
+		err = f.CheckStartable()
+	}
+	if err == nil && !bytes.ContainsRune(body, '%') {
+		shared[key] = f
+	}
+	return parsed{hash: hash, file: f, err: err}
 }
 
 // txn is one guarded transaction of a pass.

@@ -116,6 +116,9 @@ type plan struct {
 	batches  []batch // each: the writes of one unit
 	unplaced map[string]string
 	moved    int
+	// encoded holds the schedule values written, by body and desired
+	// state: thousands of units share a few.
+	encoded map[registry.Assignment]string
 }
 
 // batch is the writes of one unit and the conditions they need besides the
@@ -147,7 +150,7 @@ type placement struct {
 func (e *Engine) plan(snap *registry.Snapshot) plan {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	p := plan{unplaced: map[string]string{}}
+	p := plan{unplaced: map[string]string{}, encoded: map[registry.Assignment]string{}}
 	e.waiting = map[string]bool{}
 	now := time.Now()
 	absent := e.absences(snap, now)
@@ -424,13 +427,15 @@ func (e *Engine) diff(snap *registry.Snapshot, want map[string]map[string]bool, 
 func (e *Engine) unitDiff(snap *registry.Snapshot, name string, want map[string]bool, absent map[string]bool, p *plan) batch {
 	b := batch{unit: name}
 	job := snap.Jobs[name]
-	encs := map[string]string{} // by hash: a pin (a rollout in progress) keeps a machine on its body
 	val := func(m string) string {
-		h := snap.Hash(name, m)
-		if _, ok := encs[h]; !ok {
-			encs[h] = registry.Encode(registry.Assignment{Hash: h, Desired: job.Desired})
+		// By machine: a pin (a rollout in progress) keeps one on its body.
+		a := registry.Assignment{Hash: snap.Hash(name, m), Desired: job.Desired}
+		enc, ok := p.encoded[a]
+		if !ok {
+			enc = registry.Encode(a)
+			p.encoded[a] = enc
 		}
-		return encs[h]
+		return enc
 	}
 	for m, a := range snap.Schedule[name] {
 		if !want[m] {
