@@ -105,8 +105,13 @@ func (e *Engine) note(ev store.Event, now time.Time) bool {
 	return relevant
 }
 
+// burstLimit bounds, in Debounces, how long a stream of changes defers a
+// pass.
+const burstLimit = 10
+
 // watchLoop passes on live's state: at once, then on every relevant change
-// (debounced), when a unit held on an absent machine may move, and on the
+// (debounced: once they pause, or at most burstLimit Debounces after the
+// first), when a unit held on an absent machine may move, and on the
 // period. A pass waits until the watch has brought live up to the engine's
 // own last write, so that it never plans from a state without it. After a
 // partial pass the passes that follow write the rest of its plan without
@@ -133,7 +138,8 @@ func (e *Engine) watchLoop(ctx context.Context, lead *store.Leadership, live *re
 			wake.Stop()
 		}
 	}()
-	pending := false // a pass is due once live has caught up with our writes
+	pending := false    // a pass is due once live has caught up with our writes
+	var burst time.Time // when the changes the armed debounce waits for began
 	pass := func(collect bool) error {
 		if live.Rev() < e.written {
 			pending = true
@@ -182,7 +188,16 @@ func (e *Engine) watchLoop(ctx context.Context, lead *store.Leadership, live *re
 			}
 			now := time.Now()
 			for _, ev := range b.Events {
-				if e.note(ev, now) && debounce == nil {
+				if !e.note(ev, now) {
+					continue
+				}
+				// Debounce: a pass once the changes pause for Debounce, or
+				// burstLimit after the first (a submission of thousands of
+				// units is planned once or twice, not at every pause).
+				switch {
+				case debounce == nil:
+					burst, debounce = now, time.After(e.opts.Debounce)
+				case !burst.IsZero() && now.Sub(burst) < burstLimit*e.opts.Debounce:
 					debounce = time.After(e.opts.Debounce)
 				}
 			}
@@ -192,7 +207,7 @@ func (e *Engine) watchLoop(ctx context.Context, lead *store.Leadership, live *re
 				debounce = time.After(0)
 			}
 		case <-debounce:
-			debounce = nil
+			debounce, burst = nil, time.Time{}
 			err = pass(false)
 		case <-period:
 			e.dropRest()
