@@ -3,9 +3,7 @@ package hollow_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
-	"os/signal"
 	"strings"
 	"syscall"
 	"testing"
@@ -22,15 +20,8 @@ import (
 // TestMain runs the tests, or, re-executed by hollow.Start, an engine
 // candidate or an agents process.
 func TestMain(m *testing.M) {
-	if role := os.Getenv(hollow.EnvProcess); role != "" {
-		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
-		err := hollow.RunProcess(ctx, role, os.Stdin, os.Stdout, os.Stderr)
-		stop()
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		os.Exit(0)
+	if code, child := hollow.ChildMain(); child {
+		os.Exit(code)
 	}
 	goleak.VerifyTestMain(m, testmain.LeakOptions()...)
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -28,6 +29,25 @@ const (
 	roleEngine = "engine"
 	roleAgents = "agents"
 )
+
+// ChildMain is for the start of the program Config.Command names (a test
+// binary's TestMain): in a process Start re-executed it as (EnvProcess
+// set), it runs RunProcess with the process's stdio until SIGTERM or an
+// interrupt, and returns the exit code and true; elsewhere it returns at
+// once, false.
+func ChildMain() (code int, child bool) {
+	role := os.Getenv(EnvProcess)
+	if role == "" {
+		return 0, false
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if err := RunProcess(ctx, role, os.Stdin, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1, true
+	}
+	return 0, true
+}
 
 // RunProcess is the body of a process that Start started: role is
 // EnvProcess's value, and stdin's first line its spec. An engine process
