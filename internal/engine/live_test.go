@@ -2,6 +2,7 @@ package engine_test
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 
@@ -142,4 +143,80 @@ func (f *fixture) workers(n int) []registry.Want {
 		f.t.Fatal(err)
 	}
 	return wants
+}
+
+// TestLeaderReplansWhenAMovingUnitReports: a state reported by a unit that
+// the rest of a partial pass takes off a machine makes that rest stale (the
+// unit may have to wait to stop there first). m3 stops being a worker, so
+// its 2,000 units move, more than one bounded pass; after the first, one
+// of the units still to move reports running on m3: at most one continued
+// pass may follow (the watch may not have brought the report yet), then a
+// pass plans again and holds that unit until it stops on m3.
+func TestLeaderReplansWhenAMovingUnitReports(t *testing.T) {
+	f := newFixture(t)
+	wants := f.workers(6000)
+	var mu sync.Mutex
+	var after []engine.PassStats // the passes after the report
+	armed, reported := false, ""
+	f.runEngineWith(engine.Options{ID: "e1", OnPass: func(ps engine.PassStats) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case reported != "":
+			after = append(after, ps)
+		case armed && ps.Partial:
+			// The last unit by name still on m3 is in the rest.
+			snap, err := f.reg.Snapshot(f.ctx)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			for _, w := range wants {
+				if _, on := snap.Schedule[w.Name]["m3"]; on {
+					reported = w.Name
+				}
+			}
+			f.report(reported, "m3", "active")
+		}
+	}})
+	f.until("every unit placed", func(s *registry.Snapshot) bool {
+		for _, w := range wants {
+			if len(s.Schedule[w.Name]) != 1 {
+				return false
+			}
+		}
+		return true
+	})
+	mu.Lock()
+	armed = true
+	mu.Unlock()
+	if err := f.reg.SetMetadata(f.ctx, "m3", "role", "db"); err != nil {
+		t.Fatal(err)
+	}
+	f.until("the reporting unit held on m3, every other unit off it", func(s *registry.Snapshot) bool {
+		mu.Lock()
+		name := reported
+		mu.Unlock()
+		if name == "" || !strings.HasPrefix(s.Unplaced[name], "waiting for it to stop on m3") {
+			return false
+		}
+		for _, w := range wants {
+			if _, on := s.Schedule[w.Name]["m3"]; on && w.Name != name {
+				return false
+			}
+		}
+		return true
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	continued := 0
+	for _, ps := range after {
+		if !ps.Continued {
+			break
+		}
+		continued++
+	}
+	if continued > 1 || continued == len(after) {
+		t.Errorf("after the report: %d continued passes before one planned again (of %d passes); want at most 1", continued, len(after))
+	}
 }
