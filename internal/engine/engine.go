@@ -73,7 +73,8 @@ type Options struct {
 	Leases LeaseSource
 	// Period is the longest time between two passes; default 30s.
 	Period time.Duration
-	// Debounce is how long changes are collected before a pass; default 50ms.
+	// Debounce is the pause in changes a pass waits for (at most ten
+	// Debounces after the first change); default 50ms.
 	Debounce time.Duration
 	// MoveGrace is how long a machine's presence must stay absent (after
 	// its lease expired, i.e. TTL after its last renewal), counted while
