@@ -303,7 +303,6 @@ func (e *Engine) term(ctx context.Context, c *store.Client) (led bool, err error
 	e.absentSince, e.released = map[string]time.Time{}, nil
 	e.healthySince, e.etcdTerm, e.unhealthy, e.wake = time.Now(), 0, false, time.Time{}
 	e.goneAt, e.bodies, e.collect, e.written, e.rest = map[string]time.Time{}, map[string][]byte{}, true, 0, unwritten{}
-	e.loaded = false
 	e.mu.Unlock()
 	return true, e.lead(ctx, lead)
 }

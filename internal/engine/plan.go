@@ -54,19 +54,7 @@ func (e *Engine) pass(ctx context.Context, guard store.Cmp, snap *registry.Snaps
 	plan := e.plan(snap)
 	res.Plan = time.Since(planStart)
 	res.Units, res.Machines, res.Unplaced, res.Moved = len(snap.Jobs), len(snap.Machines), len(plan.unplaced), plan.moved
-	w, left, err := e.write(ctx, txns(guard, plan.batches), limit)
-	e.mu.Lock()
-	e.written = max(e.written, w.rev)
-	e.rest = unwritten{}
-	if err == nil && len(left) > 0 {
-		e.rest = unwritten{txns: left, moving: map[string]bool{}, nUnits: res.Units, nMachines: res.Machines}
-		for _, t := range left {
-			for _, u := range t.moving {
-				e.rest.moving[u] = true
-			}
-		}
-	}
-	e.mu.Unlock()
+	w, err := e.writeKeepingRest(ctx, unwritten{txns: txns(guard, plan.batches), nUnits: res.Units, nMachines: res.Machines}, limit)
 	return e.passDone(res, w, start, err)
 }
 
@@ -82,17 +70,30 @@ func (e *Engine) passRest(ctx context.Context, limit int) (PassStats, bool, erro
 	if len(r.txns) == 0 {
 		return PassStats{}, false, nil
 	}
-	res := PassStats{Units: r.nUnits, Machines: r.nMachines, Continued: true}
-	w, left, err := e.write(ctx, r.txns, limit)
-	e.mu.Lock()
-	e.written = max(e.written, w.rev)
-	if err == nil && len(left) > 0 {
-		r.txns = left
-		e.rest = r
-	}
-	e.mu.Unlock()
-	res, err = e.passDone(res, w, start, err)
+	w, err := e.writeKeepingRest(ctx, r, limit)
+	res, err := e.passDone(PassStats{Units: r.nUnits, Machines: r.nMachines, Continued: true}, w, start, err)
 	return res, true, err
+}
+
+// writeKeepingRest writes at most limit of todo's transactions and keeps
+// what it leaves, with the units those take off a machine, as e.rest for
+// the passes that follow (none after an error).
+func (e *Engine) writeKeepingRest(ctx context.Context, todo unwritten, limit int) (writeResult, error) {
+	w, left, err := e.write(ctx, todo.txns, limit)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.written = max(e.written, w.rev)
+	e.rest = unwritten{}
+	if err == nil && len(left) > 0 {
+		todo.txns, todo.moving = left, map[string]bool{}
+		for _, t := range left {
+			for _, u := range t.moving {
+				todo.moving[u] = true
+			}
+		}
+		e.rest = todo
+	}
+	return w, err
 }
 
 // passDone completes a pass's figures with what it wrote, logs and reports
@@ -269,23 +270,19 @@ func (e *Engine) placementInput(snap *registry.Snapshot, p *plan, now time.Time)
 	for _, m := range snap.Machines {
 		in.machines = append(in.machines, schedule.Machine{ID: m.ID, IP: m.IP, Metadata: m.Metadata, Capacity: m.Capacity})
 	}
-	type job struct {
-		name string
-		registry.Job
-	}
-	jobs := make([]job, 0, len(snap.Jobs))
-	for name, j := range snap.Jobs {
+	jobs := make([]registry.Job, 0, len(snap.Jobs))
+	for _, j := range snap.Jobs {
 		if j.Desired == registry.Loaded || j.Desired == registry.Launched {
-			jobs = append(jobs, job{name, j})
+			jobs = append(jobs, j)
 		}
 	}
 	// In name order, which schedule.Place sorts them in: it then finds
 	// them sorted.
-	slices.SortFunc(jobs, func(a, b job) int { return strings.Compare(a.name, b.name) })
+	slices.SortFunc(jobs, func(a, b registry.Job) int { return strings.Compare(a.Name, b.Name) })
 	in.units = make([]schedule.Unit, 0, len(jobs))
 	in.exact = make([]bool, 0, len(jobs))
 	for _, j := range jobs {
-		name := j.name
+		name := j.Name
 		pu := e.cache[name]
 		if pu.err != nil || pu.file == nil {
 			p.unplaced[name] = fmt.Sprintf("unit file: %v", pu.err)
